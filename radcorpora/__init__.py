@@ -1,0 +1,3 @@
+"""radcorpora: build, validate and publish radiology vision-language training corpora."""
+
+__version__ = "0.1.0"

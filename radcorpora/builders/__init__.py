@@ -1,0 +1,1 @@
+"""One module per corpus: sources + ops (+ llm) -> validated samples, as named stages."""

@@ -1,0 +1,1 @@
+"""Small demo sources in the upstream formats, drawn by radcorpora, for `radcorpora demo`."""

@@ -1,0 +1,1 @@
+"""Pure functions shared by builders and validators (no I/O)."""

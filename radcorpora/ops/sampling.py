@@ -1,0 +1,79 @@
+"""Seeded, order-independent randomness: every choice derives from (seed, corpus, row key).
+
+Nothing here depends on call order or worker count, so a row's content is the same whether the
+build runs on one worker or many, all at once or resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+def row_digest(seed: int, corpus: str, key: str, purpose: str = "") -> bytes:
+    """A stable 32-byte digest of one row's identity and the purpose of the draw."""
+    material = f"{seed}\x1f{corpus}\x1f{key}\x1f{purpose}".encode()
+    return hashlib.sha256(material).digest()
+
+
+def row_rng(seed: int, corpus: str, key: str, purpose: str = "") -> random.Random:
+    """A `random.Random` owned by one row and one purpose."""
+    return random.Random(int.from_bytes(row_digest(seed, corpus, key, purpose), "big"))
+
+
+def rank_key(seed: int, corpus: str, key: str, purpose: str = "") -> str:
+    """A sort key giving a seeded, order-independent random permutation of keys."""
+    return row_digest(seed, corpus, key, purpose).hex()
+
+
+def sample_distinct(rng: random.Random, population: Sequence[T], k: int) -> list[T]:
+    """k distinct items drawn from `population` (sorted first, so input order never matters)."""
+    pool = sorted(set(population))
+    if k > len(pool):
+        raise ValueError(f"need {k} distinct items, only {len(pool)} available")
+    return rng.sample(pool, k)
+
+
+def largest_remainder_quotas(counts: Mapping[K, int], total: int) -> dict[K, int]:
+    """Split `total` across strata in proportion to `counts` (Hamilton's method).
+
+    Each quota is floor or ceil of its exact share; ties in the remainder go to the larger
+    stratum, then to the smaller key, so the result is deterministic.
+    """
+    population = sum(counts.values())
+    if population == 0 or total <= 0:
+        return {k: 0 for k in counts}
+    total = min(total, population)
+    exact = {k: c * total / population for k, c in counts.items()}
+    quotas = {k: int(v) for k, v in exact.items()}
+    left = total - sum(quotas.values())
+    order = sorted(counts, key=lambda k: (-(exact[k] - quotas[k]), -counts[k], str(k)))
+    for k in order[:left]:
+        quotas[k] += 1
+    return quotas
+
+
+def stratified_ranked_sample(
+    items: Iterable[tuple[K, str]],
+    total: int,
+    seed: int,
+    corpus: str,
+    purpose: str = "stratified",
+) -> tuple[dict[K, list[str]], dict[K, int]]:
+    """Candidates per stratum in seeded rank order, plus each stratum's quota.
+
+    `items` are (stratum, row key) pairs. Callers take the first `quota` acceptable candidates
+    of each stratum; keeping the full ranked list lets them skip a bad row and take the next.
+    """
+    by_stratum: dict[K, list[str]] = {}
+    for stratum, key in items:
+        by_stratum.setdefault(stratum, []).append(key)
+    for stratum, keys in by_stratum.items():
+        keys.sort(key=lambda k: rank_key(seed, corpus, k, purpose))
+    quotas = largest_remainder_quotas({s: len(k) for s, k in by_stratum.items()}, total)
+    return by_stratum, quotas

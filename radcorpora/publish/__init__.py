@@ -1,0 +1,1 @@
+"""Hub-layout writer (Parquet shards, images stored once), dataset card, push, load."""

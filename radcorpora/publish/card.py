@@ -1,0 +1,140 @@
+"""The dataset card (README.md): YAML configs, features, splits, licence, citations, how the
+build was made, validation results. Built with huggingface_hub / datasets card helpers so the
+Hub and `load_dataset` read it as they read their own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+from pydantic import BaseModel
+
+from radcorpora.publish import atomic
+from radcorpora.schemas.features import features_for
+
+
+@dataclass
+class CardContent:
+    """The corpus-specific parts of a card; the layout and metadata are shared."""
+
+    pretty_name: str
+    summary: str
+    licence: dict[str, str]  # license, license_name, license_link
+    licence_text: str
+    citations: list[str]
+    task_categories: list[str]
+    tags: list[str]
+    usage: str
+    sections: dict[str, str] = field(default_factory=dict)  # extra "## title" -> markdown
+
+
+def _size_category(rows: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if rows < bound:
+            return label
+    return "10M<n<100M"
+
+
+def card_metadata(build: Path, configs: dict[str, type[BaseModel]], default: str | None = None) -> tuple[DatasetCardData, dict[str, dict[str, int]]]:
+    """Card data with `configs` and `dataset_info` computed from the shards on disk."""
+    data = DatasetCardData()
+    metadata_configs: dict[str, Any] = {}
+    infos: dict[str, DatasetInfo] = {}
+    split_rows: dict[str, dict[str, int]] = {}
+    for name, model in configs.items():
+        folder = build / "data" / name
+        splits = sorted({p.name.split("-")[0] for p in folder.glob("*.parquet")})
+        if not splits:
+            continue
+        entry: dict[str, Any] = {"data_files": [{"split": s, "path": f"data/{name}/{s}-*"} for s in splits]}
+        if name == default:
+            entry["default"] = True
+        metadata_configs[name] = entry
+        split_dict = SplitDict()
+        total_bytes = 0
+        for split in splits:
+            files = sorted(folder.glob(f"{split}-*.parquet"))
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            size = sum(f.stat().st_size for f in files)
+            total_bytes += size
+            split_dict.add(SplitInfo(name=split, num_bytes=size, num_examples=rows))
+            split_rows.setdefault(name, {})[split] = rows
+        infos[name] = DatasetInfo(features=features_for(model), splits=split_dict, config_name=name,
+                                  dataset_size=total_bytes, download_size=total_bytes)
+    MetadataConfigs(metadata_configs).to_dataset_card_data(data)
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data, split_rows
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardContent,
+                manifest: dict[str, Any], default: str | None = None) -> str:
+    data, split_rows = card_metadata(build, configs, default)
+    data.pretty_name = content.pretty_name
+    data.language = ["en"]
+    data.task_categories = content.task_categories
+    data.tags = content.tags
+    data.size_categories = [_size_category(sum(sum(s.values()) for s in split_rows.values()))]
+    for key, value in content.licence.items():
+        setattr(data, key, value)
+    data.license = content.licence.get("license")
+
+    validation = manifest.get("validation") or {}
+    rejects = manifest.get("rejects") or {}
+    build_info = manifest.get("build") or {}
+    parts = [
+        f"# {content.pretty_name}",
+        content.summary,
+        "## Configs and splits",
+        _table(["config", "split", "rows"], [[c, s, n] for c, splits in split_rows.items() for s, n in splits.items()]),
+        "## Usage",
+        content.usage,
+        *[piece for title, body in content.sections.items() for piece in (f"## {title}", body)],
+        "## How it was built",
+        f"Built by radcorpora {manifest.get('versions', {}).get('radcorpora', '?')} with:\n\n```\n{build_info.get('command', '?')}\n```",
+        _table(["setting", "value"], [[k, f"`{v}`"] for k, v in sorted((manifest.get("fingerprint") or {}).get("config", {}).items())
+                                     if not isinstance(v, (dict, list))]),
+        "Library versions: " + ", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items())) + ".",
+        "Every random choice is seeded from (seed, corpus, row key): the same sources and settings give byte-identical Parquet shards.",
+        "## Rejected source rows",
+        ("Rows that did not become samples are listed with their reason in `build/rejects.jsonl`.\n\n"
+         + (_table(["reason", "rows"], sorted(rejects.items())) if rejects else "None.")),
+        "## Validation",
+        _validation_text(validation),
+        "## Licence",
+        content.licence_text,
+        "## Citation",
+        "\n\n".join(f"```bibtex\n{c.strip()}\n```" for c in content.citations),
+    ]
+    body = "\n\n".join(parts)
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")  # parses and checks the YAML
+    return str(card)
+
+
+def _validation_text(validation: dict[str, Any]) -> str:
+    if not validation:
+        return "Not validated yet."
+    status = "passed" if validation.get("valid") else "FAILED"
+    lines = [f"`radcorpora validate` {status}: {validation.get('checks', 0)} checks, "
+             f"{validation.get('violations', 0)} violations."]
+    if validation.get("failed_checks"):
+        lines.append("Failed checks: " + ", ".join(validation["failed_checks"]) + ".")
+    for warning in validation.get("warnings", []):
+        lines.append(f"Warning: {warning}")
+    return "\n\n".join(lines)
+
+
+def write_card(build: Path, text: str) -> None:
+    atomic.write_text(build / "README.md", text)

@@ -1,0 +1,53 @@
+"""Views over loaded corpora. `QuestionView` gives one training example per question of an
+`instruct` split without copying image bytes (the image is read from its row on access)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+
+class QuestionView(Sequence):
+    """One example per (image, question) of a radimagenet-vqa `instruct` split.
+
+    Example keys: image, id (`<image id>#<question_id>`), conversations (one human/gpt pair,
+    the human turn starting with `<image>`), question_type, answer, choices, metadata.
+    """
+
+    def __init__(self, dataset: Any):
+        self._dataset = dataset
+        counts = [len(q) for q in dataset.select_columns(["questions"])["questions"]]
+        self._index: list[tuple[int, int]] = [(row, q) for row, n in enumerate(counts) for q in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]  # type: ignore[return-value]
+        row_index, q = self._index[i]
+        row = self._dataset[row_index]
+        return question_example(row, q)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for row in self._dataset:
+            for q in range(len(row["questions"])):
+                yield question_example(row, q)
+
+
+def question_example(row: dict[str, Any], q: int) -> dict[str, Any]:
+    """The q-th question of an instruct row as a standalone single-turn example."""
+    human = row["conversations"][2 * q]["value"]
+    if not human.startswith("<image>"):
+        human = f"<image>\n{human}"
+    question = row["questions"][q]
+    return {
+        "image": row["image"],
+        "id": f"{row['id']}#{question['metadata']['question_id']}",
+        "conversations": [{"from": "human", "value": human}, dict(row["conversations"][2 * q + 1])],
+        "question": question["question"],
+        "question_type": question["question_type"],
+        "answer": question["answer"],
+        "choices": question["choices"],
+        "metadata": question["metadata"],
+    }

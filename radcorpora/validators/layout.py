@@ -1,0 +1,126 @@
+"""Corpus-independent checks of a build folder in the Hub layout, and streaming row access."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.validators.report import ValidationReport
+
+SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+
+
+class BuildFolderError(ValueError):
+    """The folder is not a radcorpora build (no manifest or card); names the missing file."""
+
+
+def read_card_yaml(build: Path) -> dict[str, Any]:
+    card = build / "README.md"
+    if not card.exists():
+        raise BuildFolderError(f"{card}: dataset card missing")
+    text = card.read_text(encoding="utf-8")
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    if not match:
+        raise BuildFolderError(f"{card}: no YAML front matter")
+    return yaml.safe_load(match.group(1)) or {}
+
+
+def read_manifest(build: Path) -> dict[str, Any]:
+    path = build / "build" / "manifest.json"
+    if not path.exists():
+        raise BuildFolderError(f"{path}: build manifest missing (is {build} a radcorpora build?)")
+    return json.loads(path.read_text())
+
+
+def config_shards(build: Path, config: str) -> dict[str, list[Path]]:
+    """split -> shard files of one config, sorted."""
+    shards: dict[str, list[Path]] = {}
+    for path in sorted((build / "data" / config).glob("*.parquet")):
+        match = SHARD_RE.match(path.name)
+        if match:
+            shards.setdefault(match["split"], []).append(path)
+    return shards
+
+
+def iter_rows(path: Path, batch_size: int = 64) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) from one shard, streamed in small batches."""
+    row_number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            yield row_number, row
+            row_number += 1
+
+
+def check_layout(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport) -> None:
+    """Card configs vs files, shard naming and completeness, Parquet schemas vs record models."""
+    card = read_card_yaml(build)
+    configs = {c["config_name"]: c for c in card.get("configs", [])}
+    check = report.check("card_configs", "every config in the card exists on disk with the declared splits")
+    for name in records:
+        on_disk = config_shards(build, name)
+        if name not in configs:
+            check.expect(not on_disk, f"config {name!r} has shards but is not in the card")
+            continue
+        declared = {d["split"] for d in configs[name].get("data_files", [])}
+        check.expect(declared == set(on_disk), f"{name}: card splits {sorted(declared)} != files {sorted(on_disk)}")
+    check.expect(set(configs) <= set(records), f"card declares unknown configs {sorted(set(configs) - set(records))}")
+
+    shards_check = report.check("shard_sets", "shards named <split>-NNNNN-of-NNNNN.parquet, none missing")
+    schema_check = report.check("parquet_schema", "every shard has the schema derived from the record model")
+    for name, model in records.items():
+        expected = arrow_schema_for(model)
+        for split, paths in config_shards(build, name).items():
+            totals = {int(SHARD_RE.match(p.name)["total"]) for p in paths}
+            indices = sorted(int(SHARD_RE.match(p.name)["index"]) for p in paths)
+            shards_check.expect(len(totals) == 1 and indices == list(range(next(iter(totals)))),
+                                f"{name}/{split}: shard set incomplete or inconsistent: {[p.name for p in paths]}")
+            for path in paths:
+                schema = pq.read_schema(path)
+                schema_check.expect(schema.remove_metadata().equals(expected.remove_metadata()),
+                                    f"{path.relative_to(build)}: schema differs from {model.__name__}")
+
+
+def validate_record(model: type[BaseModel], row: dict[str, Any], where: str, report: ValidationReport) -> BaseModel | None:
+    check = report.check("record_schema", "every row validates against its record model")
+    try:
+        record = model.model_validate(row)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        check.expect(False, f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        return None
+    check.checked += 1
+    return record
+
+
+class ImageDecodeCheck:
+    """Decodes each distinct image once (by content hash) and checks the lineage hash."""
+
+    def __init__(self, report: ValidationReport):
+        self.check = report.check("images_decode", "every image decodes and matches its lineage hash")
+        self.seen: set[str] = set()
+
+    def __call__(self, data: bytes, expected_sha256: str | None, where: str) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None:
+            self.check.expect(digest == expected_sha256, f"{where}: image bytes do not match lineage.image_sha256")
+        if digest in self.seen:
+            return digest
+        self.seen.add(digest)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+            self.check.checked += 1
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a violation to report
+            self.check.expect(False, f"{where}: image does not decode ({type(exc).__name__}: {exc})")
+        return digest

@@ -1,0 +1,163 @@
+"""Record and corpus checks of a radimagenet-vqa build."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from radcorpora.schemas.radimagenet_vqa import (
+    CONFIG_RECORDS,
+    QUESTION_IDS,
+    QUESTION_SLOTS,
+    AlignmentRecord,
+    BenchmarkRecord,
+    InstructRecord,
+    QuestionAnswer,
+)
+from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
+from radcorpora.validators.layout import (
+    ImageDecodeCheck,
+    check_layout,
+    config_shards,
+    iter_rows,
+    read_manifest,
+    validate_record,
+)
+from radcorpora.validators.report import ValidationReport
+
+EXPECTED_TYPES = Counter(slot[2] for slot in QUESTION_SLOTS)  # open 2, closed 5, multiple_choice 2
+SLOT_OF = {slot[0]: slot for slot in QUESTION_SLOTS}
+STRATIFICATION_TOLERANCE = 1.0  # images per stratum, vs the exact proportional share
+
+
+def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> None:
+    """Answers agree with the image labels; distractors and negatives obey the corpus rules."""
+    tax = radimagenet_vqa_taxonomy()
+    none = tax.no_pathology_answer
+    meta = qa.metadata
+    region = tax.find_region(meta.location)
+    labels = report.check("answers_match_labels", "every answer agrees with the image's region / pathology labels")
+    if not labels.expect(region is not None, f"{where}: unknown region {meta.location!r}"):
+        return
+    truth = meta.pathology if meta.is_abnormal else none
+    _, task, qtype, polarity = SLOT_OF.get(meta.question_id, (None, None, None, None))
+    if not labels.expect(task is not None and qtype == qa.question_type,
+                         f"{where}: question_id {meta.question_id!r} / type {qa.question_type!r} mismatch"):
+        return
+    if meta.is_abnormal:
+        labels.expect(tax.find_pathology(region, meta.pathology) is not None,
+                      f"{where}: {meta.pathology!r} is not a {region.name} pathology")
+    expected_answer = {
+        ("anatomy", "open"): region.name,
+        ("pathology", "open"): truth,
+        ("abnormality", "closed"): "yes" if meta.is_abnormal else "no",
+    }.get((task, qtype))
+    if expected_answer is not None:
+        labels.expect(qa.answer == expected_answer, f"{where}: answer {qa.answer!r}, labels say {expected_answer!r}")
+    if qtype == "closed" and task != "abnormality":
+        negatives = report.check("closed_polarity", "closed+ asks the true label (yes); closed- asks something absent (no)")
+        own = region.name if task == "anatomy" else truth
+        if polarity == "positive":
+            negatives.expect(qa.subject == own and qa.answer == "yes", f"{where}: closed+ asks {qa.subject!r} (truth {own!r}), answer {qa.answer!r}")
+        else:
+            absent = qa.subject is not None and qa.subject != own
+            if task == "anatomy":
+                absent = absent and tax.find_region(qa.subject) is not None
+            else:
+                absent = absent and (qa.subject == none or tax.find_pathology(region, qa.subject) is not None)
+            negatives.expect(absent and qa.answer == "no", f"{where}: closed- asks {qa.subject!r} on an image labelled {own!r}")
+    if qtype == "multiple_choice":
+        mc = report.check("multiple_choice_options", "4 distinct options; answer among them; distractors from the right pool")
+        choices = qa.choices or []
+        if task == "anatomy":
+            mc.expect(meta.correct_text == region.name and all(tax.find_region(c) for c in choices),
+                      f"{where}: anatomy options {choices} must all be regions, correct {region.name!r}")
+        else:
+            mc.expect(meta.correct_text == truth, f"{where}: correct_text {meta.correct_text!r} != {truth!r}")
+            mc.expect(none in choices, f"{where}: pathology options lack {none!r}: {choices}")
+            mc.expect(all(c == none or tax.find_pathology(region, c) for c in choices),
+                      f"{where}: pathology distractors outside {region.name}: {choices}")
+
+
+def validate_radimagenet_vqa(build: Path) -> ValidationReport:
+    report = ValidationReport(corpus="radimagenet-vqa")
+    manifest = read_manifest(build)
+    check_layout(build, CONFIG_RECORDS, report)
+    decode = ImageDecodeCheck(report)
+    ids = report.check("unique_ids", "ids are unique within each config")
+    counts_check = report.check("counts_match_manifest", "row counts equal those recorded in the manifest")
+    split_of_source: dict[str, str] = {}
+    splits_of_content: dict[str, set[str]] = defaultdict(set)
+    leak = report.check("split_disjoint", "no source image appears in two splits (across all configs)")
+    bench_questions: dict[str, Counter] = defaultdict(Counter)
+    bench_strata: Counter = Counter()
+    structure = report.check("conversation_structure", "conversations alternate human/gpt, open with <image>, and match the questions")
+
+    for config, model in CONFIG_RECORDS.items():
+        seen_ids: set[str] = set()
+        for split, paths in config_shards(build, config).items():
+            rows = 0
+            for path in paths:
+                rel = path.relative_to(build)
+                for row_number, row in iter_rows(path):
+                    rows += 1
+                    where = f"{rel} row {row_number}"
+                    record = validate_record(model, row, where, report)
+                    if record is None:
+                        continue
+                    ids.expect(record.id not in seen_ids, f"{where}: duplicate id {record.id!r}")
+                    seen_ids.add(record.id)
+                    source = record.lineage.source_id
+                    previous = split_of_source.setdefault(source, split)
+                    leak.expect(previous == split, f"{where}: {source} is in both {previous} and {split}")
+                    digest = decode(record.image.bytes, record.lineage.image_sha256, where)
+                    splits_of_content[digest].add(split)
+                    if isinstance(record, AlignmentRecord):
+                        turns = record.conversations
+                        structure.expect(len(turns) == 2 and turns[0].from_ == "human" and turns[0].value.startswith("<image>"),
+                                         f"{where}: caption conversation malformed")
+                    elif isinstance(record, InstructRecord):
+                        qids = [q.metadata.question_id for q in record.questions]
+                        structure.expect(sorted(qids) == sorted(QUESTION_IDS), f"{where}: questions {qids} are not the nine slots")
+                        structure.expect(record.conversations[0].value.startswith("<image>"), f"{where}: first turn lacks <image>")
+                        answers = [t.value for t in record.conversations[1::2]]
+                        structure.expect(answers == [q.answer for q in record.questions], f"{where}: gpt turns differ from answers")
+                        for qa in record.questions:
+                            check_question(qa, f"{where} {qa.metadata.question_id}", report)
+                    elif isinstance(record, BenchmarkRecord):
+                        qa = QuestionAnswer.model_validate(record.model_dump(include=set(QuestionAnswer.model_fields)))
+                        check_question(qa, where, report)
+                        bench_questions[source][record.metadata.question_id] += 1
+                        if record.metadata.question_id == QUESTION_IDS[0]:
+                            bench_strata[f"{record.metadata.location}|{record.metadata.pathology}"] += 1
+            recorded = manifest.get("splits", {}).get(config, {}).get(split)
+            counts_check.expect(recorded == rows, f"{config}/{split}: {rows} rows, manifest says {recorded}")
+
+    nine = report.check("benchmark_nine_questions", "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice")
+    for source, per_id in sorted(bench_questions.items()):
+        nine.expect(dict(per_id) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(per_id)}")
+    _check_stratification(manifest, bench_strata, report)
+    shared = sum(1 for splits in splits_of_content.values() if len(splits) > 1)
+    if shared:
+        report.warnings.append(f"{shared} image(s) have byte-identical copies in different splits of the source")
+    report.stats.update({"distinct_images": len(decode.seen), "benchmark_images": sum(bench_strata.values())})
+    return report
+
+
+def _check_stratification(manifest: dict, strata: Counter, report: ValidationReport) -> None:
+    bench = manifest.get("benchmark") or {}
+    population: dict[str, int] = bench.get("population") or {}
+    check = report.check("benchmark_stratified",
+                         f"benchmark keeps the test mix of region x pathology (within {STRATIFICATION_TOLERANCE:g} image per stratum)")
+    total = sum(strata.values())
+    pop_total = sum(population.values())
+    if not population or not total:
+        return
+    for stratum in sorted(set(population) | set(strata)):
+        expected = population.get(stratum, 0) * total / pop_total
+        got = strata.get(stratum, 0)
+        check.expect(abs(got - expected) <= STRATIFICATION_TOLERANCE,
+                     f"{stratum}: {got} benchmark images, proportional share {expected:.2f}")
+    normal_pop = sum(c for s, c in population.items() if s.endswith("|normal")) / pop_total
+    normal_got = sum(c for s, c in strata.items() if s.endswith("|normal")) / total
+    report.stats.update({"benchmark_normal_share": round(normal_got, 4), "test_normal_share": round(normal_pop, 4)})
