@@ -73,7 +73,7 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         raise BuildStateError(f"{out} is not empty and holds no radcorpora build ({', '.join(stray)}...); "
                               "choose an empty folder or pass --overwrite")
     if previous is not None and previous != fingerprint:
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        changed = _changed_keys(previous, fingerprint)
         raise BuildStateError(f"{out} holds a build made with different settings (changed: {', '.join(changed)}); "
                               "use a new --out folder, or --overwrite to rebuild it")
     if previous is not None and manifest.exists() and not (out / STATE_DIR).exists():
@@ -81,6 +81,17 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
     atomic.remove_stale_tmp(out)
     atomic.write_json(state_fp, fingerprint)
     return "resume" if previous is not None else "fresh"
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changed: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 def _chunk_done(out: Path, chunk_id: str) -> ChunkResult | None:

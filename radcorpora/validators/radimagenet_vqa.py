@@ -125,8 +125,10 @@ def validate_radimagenet_vqa(build: Path) -> ValidationReport:
                         for qa in record.questions:
                             check_question(qa, f"{where} {qa.metadata.question_id}", report)
                     elif isinstance(record, BenchmarkRecord):
-                        qa = QuestionAnswer.model_validate(record.model_dump(include=set(QuestionAnswer.model_fields)))
-                        check_question(qa, where, report)
+                        qa = validate_record(QuestionAnswer, record.model_dump(include=set(QuestionAnswer.model_fields)),
+                                             where, report)
+                        if qa is not None:
+                            check_question(qa, where, report)
                         bench_questions[source][record.metadata.question_id] += 1
                         if record.metadata.question_id == QUESTION_IDS[0]:
                             bench_strata[f"{record.metadata.location}|{record.metadata.pathology}"] += 1

@@ -1,0 +1,50 @@
+from collections import Counter
+
+import pytest
+
+from radcorpora.ops.sampling import largest_remainder_quotas, row_rng, stratified_ranked_sample
+from radcorpora.schemas.taxonomy import normalise_label, radimagenet_vqa_taxonomy
+
+# Table 3 of the paper, counted by hand: pathologies per region.
+TABLE3_COUNTS = {"abdomen/pelvis": 30, "ankle foot": 24, "brain": 9, "hip": 13, "knee": 17,
+                 "chest": 5, "shoulder": 13, "spine": 8}
+
+
+def test_taxonomy_matches_table3():
+    tax = radimagenet_vqa_taxonomy()
+    assert {r.name: len(r.pathologies) for r in tax.regions} == TABLE3_COUNTS
+    assert tax.find_pathology(tax.region("chest"), "Airspace_Opacity") == "airspace opacity"
+    assert tax.find_pathology(tax.region("knee"), "nodule") is None
+    assert normalise_label("Post-Operative_state ") == "post operative state"
+
+
+def test_quotas_sum_and_are_proportional():
+    counts = {"a": 701, "b": 199, "c": 100}
+    quotas = largest_remainder_quotas(counts, 100)
+    assert sum(quotas.values()) == 100
+    for key, count in counts.items():
+        assert abs(quotas[key] - 100 * count / 1000) < 1
+    assert largest_remainder_quotas(counts, 5000) == counts  # capped at the population
+
+
+def test_stratified_sample_ignores_input_order():
+    items = [(f"s{i % 3}", f"row{i}") for i in range(60)]
+    forward, q1 = stratified_ranked_sample(items, 10, seed=7, corpus="c")
+    backward, q2 = stratified_ranked_sample(list(reversed(items)), 10, seed=7, corpus="c")
+    assert forward == backward and q1 == q2
+    other, _ = stratified_ranked_sample(items, 10, seed=8, corpus="c")
+    assert other != forward
+
+
+def test_row_rng_depends_only_on_identity():
+    assert row_rng(1, "c", "k", "p").random() == row_rng(1, "c", "k", "p").random()
+    assert row_rng(1, "c", "k", "p").random() != row_rng(1, "c", "k", "q").random()
+    draws = Counter(row_rng(0, "c", f"k{i}").randrange(4) for i in range(4000))
+    assert all(900 < n < 1100 for n in draws.values())
+
+
+def test_quota_of_empty_population():
+    assert largest_remainder_quotas({}, 10) == {}
+    with pytest.raises(ValueError):
+        from radcorpora.ops.sampling import sample_distinct
+        sample_distinct(row_rng(0, "c", "k"), ["a", "b"], 3)
