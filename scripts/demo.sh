@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and run the demo: generate RadImageNet-format sources, build and
+# validate the radimagenet-vqa corpus. No data, network (beyond the package index) or GPU needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e .
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+.venv/bin/radcorpora demo --out "${1:-demo-out}"
