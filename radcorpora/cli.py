@@ -6,7 +6,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -56,8 +55,8 @@ def build_radimagenet_vqa_cmd(
     out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
     seed: int = typer.Option(0, "--seed"),
     benchmark_images: int = typer.Option(1000, "--benchmark-images", help="Test images in the benchmark (9 questions each)"),
-    label_map: Optional[Path] = typer.Option(None, "--label-map", help="YAML/JSON folder-name map (anatomy, pathology, normal)"),
-    templates: Optional[Path] = typer.Option(None, "--templates", help="Your own wording file (same slots as the packaged one)"),
+    label_map: Path | None = typer.Option(None, "--label-map", help="YAML/JSON folder-name map (anatomy, pathology, normal)"),
+    templates: Path | None = typer.Option(None, "--templates", help="Your own wording file (same slots as the packaged one)"),
     workers: int = typer.Option(_default_workers(), "--workers", min=1),
     images_per_shard: int = typer.Option(2000, "--images-per-shard", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing build in --out first"),
@@ -76,7 +75,7 @@ def build_radimagenet_vqa_cmd(
     _finish_build(outcome)
 
 
-def _finish_build(outcome) -> None:  # noqa: ANN001 - BuildOutcome, imported lazily
+def _finish_build(outcome) -> None:
     manifest = outcome.manifest
     if outcome.state == "complete":
         console.print(f"{outcome.out}: build already complete; nothing to do.")
@@ -129,7 +128,7 @@ def publish_cmd(
     repo: str = typer.Option(..., "--repo", help="Hub dataset repo id, e.g. org/name"),
     private: bool = typer.Option(True, "--private/--public"),
     allow_public_restricted: bool = typer.Option(False, "--allow-public-restricted"),
-    revision: Optional[str] = typer.Option(None, "--revision"),
+    revision: str | None = typer.Option(None, "--revision"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be pushed, push nothing"),
 ) -> None:
     """Push a validated build to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)."""

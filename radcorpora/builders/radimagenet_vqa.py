@@ -37,7 +37,7 @@ from radcorpora.schemas.radimagenet_vqa import (
     QuestionMetadata,
 )
 from radcorpora.schemas.taxonomy import Taxonomy, radimagenet_vqa_taxonomy
-from radcorpora.sources.radimagenet import NORMAL, RadImageNetImage, RadImageNetScan
+from radcorpora.sources.radimagenet import RadImageNetImage, RadImageNetScan
 
 CORPUS = "radimagenet-vqa"
 LICENCE_CLASS = "restricted"

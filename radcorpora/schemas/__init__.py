@@ -7,7 +7,7 @@ from radcorpora.schemas.common import (
     Reject,
     Turn,
 )
-from radcorpora.schemas.features import features_for, arrow_schema_for
+from radcorpora.schemas.features import arrow_schema_for, features_for
 
 __all__ = [
     "ImageData",
@@ -15,6 +15,6 @@ __all__ = [
     "Lineage",
     "Reject",
     "Turn",
-    "features_for",
     "arrow_schema_for",
+    "features_for",
 ]

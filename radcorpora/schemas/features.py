@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal, Union
 
 import pyarrow as pa
@@ -51,7 +51,7 @@ def _struct_for(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def features_for(model: type[BaseModel]) -> Features:
     """HF features of a record model (field order preserved)."""
     return Features(_struct_for(model))

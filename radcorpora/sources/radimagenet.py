@@ -246,7 +246,7 @@ def _resolve_folders(
     return resolved, problems
 
 
-def _read_split_csv(path: Path, split: str, root: Path, scan: RadImageNetScan) -> list[tuple[str, int]]:
+def _read_split_csv(path: Path, scan: RadImageNetScan) -> list[tuple[str, int]]:
     """(normalised rel path, row number) for each row of one split CSV."""
     rows: list[tuple[str, int]] = []
     try:
@@ -324,7 +324,7 @@ def scan_radimagenet(source: Path, label_map: LabelMap | None = None, taxonomy: 
         if csv_path is None:
             continue
         scan.split_csvs[split] = csv_path.name
-        for rel, row_number in _read_split_csv(csv_path, split, root, scan):
+        for rel, row_number in _read_split_csv(csv_path, scan):
             csv_rows.setdefault(rel, []).append((split, str(csv_path), row_number))
     if not scan.split_csvs:
         scan.warnings.append(f"no split CSVs ({', '.join(SPLIT_FILES.values())}) under {root}: every image goes to train")

@@ -23,4 +23,4 @@ def validate_build(build: Path) -> ValidationReport:
     return VALIDATORS[corpus](build)
 
 
-__all__ = ["VALIDATORS", "ValidationReport", "validate_build", "BuildFolderError"]
+__all__ = ["VALIDATORS", "BuildFolderError", "ValidationReport", "validate_build"]

@@ -30,7 +30,7 @@ def read_card_yaml(build: Path) -> dict[str, Any]:
     if not card.exists():
         raise BuildFolderError(f"{card}: dataset card missing")
     text = card.read_text(encoding="utf-8")
-    match = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
     if not match:
         raise BuildFolderError(f"{card}: no YAML front matter")
     return yaml.safe_load(match.group(1)) or {}
