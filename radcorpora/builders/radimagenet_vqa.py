@@ -26,6 +26,7 @@ from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.publish.shards import ShardWriter, shard_relpath
 from radcorpora.schemas.common import ImageData, Lineage, Reject, Turn
 from radcorpora.schemas.radimagenet_vqa import (
+    CONFIG_RECORDS,
     CONTENT_TYPE_OF_TASK,
     LETTERS,
     QUESTION_SLOTS,
@@ -266,8 +267,7 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     """Read, check and turn one chunk of images into its shards (runs in a worker process)."""
     payload: ChunkPayload = spec.payload
     ctx = _context(payload)
-    models = {"alignment": AlignmentRecord, "instruct": InstructRecord, "benchmark": BenchmarkRecord}
-    writers = {cfg: ShardWriter(out / rel, models[cfg]) for cfg, rel in payload.shards.items()}
+    writers = {cfg: ShardWriter(out / rel, CONFIG_RECORDS[cfg]) for cfg, rel in payload.shards.items()}
     result = ChunkResult(chunk_id=spec.chunk_id)
     counts: Counter = Counter()
     try:

@@ -8,7 +8,6 @@ that end up in logs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ class PushPlan:
     private: bool
     files: list[str]
     licence_class: str
+    corpus: str
 
 
 def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted: bool = False) -> PushPlan:
@@ -45,7 +45,7 @@ def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted:
         raise PublishError(f"{build}: holds data under by-request terms (restricted); push with --private, or "
                            "--allow-public-restricted if you hold the right to redistribute it")
     files = sorted({str(p.relative_to(build)) for pattern in PUSH_PATTERNS for p in build.glob(pattern)})
-    return PushPlan(repo_id, private, files, licence)
+    return PushPlan(repo_id, private, files, licence, str(manifest.get("corpus")))
 
 
 def push_build(build: Path, plan: PushPlan, api: Any = None, token: str | None = None,
@@ -59,5 +59,5 @@ def push_build(build: Path, plan: PushPlan, api: Any = None, token: str | None =
         folder_path=str(build),
         allow_patterns=plan.files,
         revision=revision,
-        commit_message=f"radcorpora build ({json.dumps(read_manifest(build).get('corpus'))})",
+        commit_message=f"radcorpora build ({plan.corpus})",
     )
