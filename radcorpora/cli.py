@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import shlex
 import sys
@@ -21,6 +22,13 @@ app = typer.Typer(help="Build, validate and publish radiology vision-language co
 build_app = typer.Typer(help="Build a corpus from upstream sources.", no_args_is_help=True)
 app.add_typer(build_app, name="build")
 console = Console(stderr=True)
+
+
+
+class ImageCheckChoice(str, enum.Enum):
+    crc = "crc"
+    full = "full"
+
 
 USER_ERRORS = (SourceError, BuildStateError, TemplateError, BuildFolderError, PublishError)
 
@@ -57,6 +65,8 @@ def build_radimagenet_vqa_cmd(
     benchmark_images: int = typer.Option(1000, "--benchmark-images", help="Test images in the benchmark (9 questions each)"),
     label_map: Path | None = typer.Option(None, "--label-map", help="YAML/JSON folder-name map (anatomy, pathology, normal)"),
     templates: Path | None = typer.Option(None, "--templates", help="Your own wording file (same slots as the packaged one)"),
+    image_check: ImageCheckChoice = typer.Option("crc", "--image-check",
+                                                 help="crc: PNG structure and chunk CRCs (fast); full: decode every pixel"),
     workers: int = typer.Option(_default_workers(), "--workers", min=1),
     images_per_shard: int = typer.Option(2000, "--images-per-shard", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing build in --out first"),
@@ -67,7 +77,7 @@ def build_radimagenet_vqa_cmd(
     try:
         outcome = build_radimagenet_vqa(
             source, out, seed=seed, benchmark_images=benchmark_images, label_map=label_map,
-            templates=templates, workers=workers, images_per_shard=images_per_shard, overwrite=overwrite,
+            templates=templates, image_check=image_check.value, workers=workers, images_per_shard=images_per_shard, overwrite=overwrite,
             command=shlex.join(["radcorpora", *sys.argv[1:]]), console=console,
         )
     except USER_ERRORS as exc:
@@ -89,10 +99,13 @@ def _finish_build(outcome) -> None:
 
 
 @app.command("validate")
-def validate_cmd(build_dir: Path = typer.Argument(..., help="A build folder")) -> None:
+def validate_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    image_check: ImageCheckChoice = typer.Option("full", "--image-check", help="full: decode every pixel; crc: PNG chunk CRCs"),
+) -> None:
     """Check every record and the corpus rules; exit 0 only when valid."""
     try:
-        report = validate_build(build_dir)
+        report = validate_build(build_dir, image_check=image_check.value)
     except USER_ERRORS as exc:
         _fail(exc)
     print_report(report, Console())

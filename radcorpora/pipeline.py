@@ -13,6 +13,7 @@ from typing import Any
 from radcorpora import __version__
 from radcorpora.builders import radimagenet_vqa as rvqa
 from radcorpora.builders.engine import clear_state, make_progress, prepare_out_dir
+from radcorpora.ops.image_check import ImageCheck
 from radcorpora.publish import atomic
 from radcorpora.publish.card import render_card, write_card
 from radcorpora.publish.radimagenet_vqa_card import radimagenet_vqa_card
@@ -58,6 +59,7 @@ def build_radimagenet_vqa(
     benchmark_images: int = 1000,
     label_map: Path | None = None,
     templates: Path | None = None,
+    image_check: ImageCheck = "crc",
     images_per_shard: int = 2000,
     workers: int = 1,
     overwrite: bool = False,
@@ -69,7 +71,8 @@ def build_radimagenet_vqa(
     labels = load_label_map(label_map)
     config = rvqa.RadImageNetVQAConfig(seed=seed, benchmark_images=benchmark_images,
                                        images_per_shard=images_per_shard, label_map=labels.to_json(),
-                                       templates_path=str(templates) if templates else None)
+                                       templates_path=str(templates) if templates else None,
+                                       image_check=image_check)
     template_set = rvqa.load_templates(config)
     scan = scan_radimagenet(source, labels)  # raises on unknown folder names, before any work
     fingerprint = rvqa.fingerprint(scan, config, template_set)
@@ -104,6 +107,7 @@ def build_radimagenet_vqa(
         "source": {"dataset": "RadImageNet", "root_name": scan.root.name, "split_csvs": scan.split_csvs,
                    "images_per_split": {k: len(v) for k, v in scan.images.items()}},
         "licence_class": rvqa.LICENCE_CLASS,
+        "image_check": config.image_check,
         "prompts": {template_set.id: template_set.content_hash},
         "splits": splits,
         "counts": dict(sorted(counts.items())),
@@ -117,7 +121,7 @@ def build_radimagenet_vqa(
     card_content = radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer)
     atomic.write_json(out / "build" / "manifest.json", manifest)
     write_card(out, render_card(out, CONFIG_RECORDS, card_content, manifest, default="instruct"))
-    report = validate_build(out)
+    report = validate_build(out, image_check=config.image_check)
     atomic.write_json(out / "build" / "validation.json", json.loads(report.model_dump_json()))
     manifest["validation"] = report.summary()
     manifest["build"]["seconds"] = round(time.time() - started, 2)

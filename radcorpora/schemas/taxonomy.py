@@ -12,6 +12,7 @@ import yaml
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
+@lru_cache(maxsize=4096)
 def normalise_label(name: str) -> str:
     """Comparison key for labels: case-insensitive, `_`/`-`/space runs treated alike."""
     return _SEPARATORS.sub(" ", name.strip().lower()).strip()
@@ -30,9 +31,11 @@ class Taxonomy:
     regions: tuple[Region, ...]
     no_pathology_answer: str
     _by_key: dict[str, Region] = field(default_factory=dict, compare=False, repr=False)
+    _pathologies_by_key: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_key.update({normalise_label(r.name): r for r in self.regions})
+        self._pathologies_by_key.update({(r.name, normalise_label(p)): p for r in self.regions for p in r.pathologies})
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -49,11 +52,7 @@ class Taxonomy:
 
     def find_pathology(self, region: Region, name: str) -> str | None:
         """The canonical spelling of `name` among `region`'s pathologies, or None."""
-        key = normalise_label(name)
-        for pathology in region.pathologies:
-            if normalise_label(pathology) == key:
-                return pathology
-        return None
+        return self._pathologies_by_key.get((region.name, normalise_label(name)))
 
     @property
     def all_pathologies(self) -> tuple[str, ...]:

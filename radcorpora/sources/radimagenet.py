@@ -14,6 +14,7 @@ import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -171,7 +172,7 @@ class RadImageNetImage:
     pathology: str  # taxonomy pathology, or "normal"
     split: str  # train | validation | test
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Stable id: the path below radiology_ai/ without its suffix."""
         return str(PurePosixPath(self.rel_path).relative_to(TREE_ROOT).with_suffix(""))

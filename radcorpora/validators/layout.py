@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -12,9 +11,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.validators.report import ValidationReport
 
@@ -104,10 +103,11 @@ def validate_record(model: type[BaseModel], row: dict[str, Any], where: str, rep
 
 
 class ImageDecodeCheck:
-    """Decodes each distinct image once (by content hash) and checks the lineage hash."""
+    """Checks each distinct image once (by content hash) at the given level, and its lineage hash."""
 
-    def __init__(self, report: ValidationReport):
-        self.check = report.check("images_decode", "every image decodes and matches its lineage hash")
+    def __init__(self, report: ValidationReport, level: ImageCheck = "full"):
+        self.level = level
+        self.check = report.check("images_decode", f"every image is readable ({level} check) and matches its lineage hash")
         self.seen: set[str] = set()
 
     def __call__(self, data: bytes, expected_sha256: str | None, where: str) -> str:
@@ -118,9 +118,8 @@ class ImageDecodeCheck:
             return digest
         self.seen.add(digest)
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
+            check_image(data, self.level)
             self.check.checked += 1
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a violation to report
-            self.check.expect(False, f"{where}: image does not decode ({type(exc).__name__}: {exc})")
+        except ImageCheckError as exc:
+            self.check.expect(False, f"{where}: image does not decode ({exc})")
         return digest

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.radimagenet_vqa import (
     CONFIG_RECORDS,
     QUESTION_IDS,
@@ -79,11 +80,11 @@ def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> 
                       f"{where}: pathology distractors outside {region.name}: {choices}")
 
 
-def validate_radimagenet_vqa(build: Path) -> ValidationReport:
+def validate_radimagenet_vqa(build: Path, image_check: ImageCheck = "full") -> ValidationReport:
     report = ValidationReport(corpus="radimagenet-vqa")
     manifest = read_manifest(build)
     check_layout(build, CONFIG_RECORDS, report)
-    decode = ImageDecodeCheck(report)
+    decode = ImageDecodeCheck(report, image_check)
     ids = report.check("unique_ids", "ids are unique within each config")
     counts_check = report.check("counts_match_manifest", "row counts equal those recorded in the manifest")
     split_of_source: dict[str, str] = {}

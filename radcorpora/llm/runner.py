@@ -1,0 +1,215 @@
+"""Running many requests: cache first, then bounded concurrency under RPM/TPM limits, retries
+with backoff that honour Retry-After, a bounded number of attempts, timeouts, one repair attempt
+for unparseable replies, and a failure ledger. Nothing is dropped: every request ends as an
+answer or a ledger entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from radcorpora.llm.cache import AnswerCache
+from radcorpora.llm.errors import ComplianceError, LLMError
+from radcorpora.llm.limits import RateLimiter, RunnerLimits, estimate_input_tokens
+from radcorpora.llm.providers import Provider
+from radcorpora.llm.request import LLMRequest, LLMResponse, Message
+from radcorpora.llm.structured import ParseError
+from radcorpora.llm.usage import UsageMeter
+
+REPAIR_STAGE_SUFFIX = "/repair"
+
+
+@dataclass
+class CallResult:
+    request: LLMRequest
+    key: str
+    response: LLMResponse | None = None
+    parsed: Any = None
+    error: LLMError | None = None
+    attempts: int = 0
+    cached: bool = False
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class FailureLedger:
+    """Failed requests of a run, written to `build/llm_failures.jsonl` by the caller."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: CallResult) -> None:
+        assert result.error is not None
+        self.entries.append({"id": result.request.id, "stage": result.request.stage, "key": result.key,
+                             "kind": result.error.kind, "status": result.error.status,
+                             "message": str(result.error), "attempts": result.attempts})
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(e["kind"] for e in self.entries).items()))
+
+
+def check_compliance(requests: Sequence[LLMRequest], provider: Provider) -> None:
+    """Refuse before anything is sent if credentialed items would go to an unapproved provider."""
+    if provider.approved_for_credentialed:
+        return
+    blocked = [r.id for r in requests if r.licence_class == "credentialed"]
+    if blocked:
+        raise ComplianceError(
+            f"{len(blocked)} item(s) (e.g. {blocked[0]!r}) come from credentialed sources (PhysioNet data use "
+            f"agreement) and may only go to a provider you approved for that data; {provider.name} at "
+            f"{provider.endpoint} is not approved. Pass --approve-credentialed only if your agreement allows "
+            "this provider (for example a zero-retention Azure OpenAI deployment), or use a local endpoint.")
+
+
+Parser = Callable[[str], Any]
+
+
+class LLMRunner:
+    def __init__(self, provider: Provider, cache: AnswerCache, meter: UsageMeter,
+                 limits: RunnerLimits | None = None, ledger: FailureLedger | None = None,
+                 on_result: Callable[[CallResult], None] | None = None, jitter_seed: int | None = None):
+        self.provider = provider
+        self.cache = cache
+        self.meter = meter
+        self.limits = limits or RunnerLimits()
+        self.ledger = ledger or FailureLedger()
+        self.on_result = on_result
+        self.sent = 0  # HTTP calls actually made (retries included)
+        self._jitter = random.Random(jitter_seed)  # only timing depends on it, never content
+
+    def key_of(self, request: LLMRequest) -> str:
+        return request.cache_key(self.provider.name, self.provider.endpoint, self.provider.model)
+
+    # ------------------------------------------------------------------ one request
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.limits.backoff_max_s, self.limits.backoff_base_s * 2 ** (attempt - 1))
+        return base * (0.5 + self._jitter.random())
+
+    async def _call(self, request: LLMRequest, key: str, limiter: RateLimiter,
+                    gate: asyncio.Semaphore) -> tuple[LLMResponse | None, LLMError | None, int, bool]:
+        """(response, error, attempts, cached) for one rendered request."""
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, None, 0, True
+        estimate = estimate_input_tokens(request, self.provider.name) + request.sampling.max_tokens
+        attempts = 0
+        while True:
+            attempts += 1
+            async with gate:
+                await limiter.acquire(estimate)
+                self.sent += 1
+                try:
+                    response = await asyncio.wait_for(self.provider.complete(request), self.limits.timeout_s)
+                except asyncio.TimeoutError:
+                    error: LLMError | None = LLMError("timeout", f"no reply within {self.limits.timeout_s:g} s")
+                except LLMError as exc:
+                    error = exc
+                else:
+                    error = None
+            if error is None:
+                limiter.reconcile(estimate, response.usage.input_tokens + response.usage.output_tokens)
+                self.cache.put(key, response, request.stage)
+                return response, None, attempts, False
+            if not error.retryable or attempts >= self.limits.max_attempts:
+                return None, error, attempts, False
+            delay = error.retry_after if error.retry_after is not None else self._backoff(attempts)
+            if error.kind == "rate_limit":
+                limiter.pause(delay)
+            await asyncio.sleep(delay)
+
+    async def _one(self, request: LLMRequest, parser: Parser | None, limiter: RateLimiter,
+                   gate: asyncio.Semaphore) -> CallResult:
+        key = self.key_of(request)
+        result = CallResult(request=request, key=key)
+        response, error, attempts, cached = await self._call(request, key, limiter, gate)
+        result.attempts, result.cached = attempts, cached
+        if error is not None:
+            result.error = error
+            return result
+        assert response is not None
+        result.response = response
+        if parser is None:
+            return result
+        try:
+            result.parsed = parser(response.content)
+            return result
+        except ParseError as first:
+            repair = repair_request(request, response.content, first)
+            repair_key = self.key_of(repair)
+            fixed, error, more, _ = await self._call(repair, repair_key, limiter, gate)
+            result.attempts += more
+            if error is not None:
+                result.error = error
+                return result
+            assert fixed is not None
+            try:
+                result.parsed = parser(fixed.content)
+            except ParseError as second:
+                result.error = LLMError("parse", f"reply not in the required format after one repair: {second}")
+                return result
+            result.response, result.repaired = fixed, True
+            return result
+
+    # ------------------------------------------------------------------ many requests
+
+    async def run(self, requests: Sequence[LLMRequest], parser: Parser | None = None,
+                  bought_now: frozenset[str] = frozenset()) -> list[CallResult]:
+        """Results in request order. Identical requests (same cache key) are sent once.
+        `bought_now`: cached keys paid for by this run (batch answers), accounted as new."""
+        check_compliance(requests, self.provider)
+        limiter = RateLimiter(self.limits.rpm, self.limits.tpm)
+        gate = asyncio.Semaphore(self.limits.concurrency)
+        first_of: dict[str, asyncio.Task[CallResult]] = {}
+        tasks: list[asyncio.Task[CallResult]] = []
+        for request in requests:
+            key = self.key_of(request)
+            if key not in first_of:
+                first_of[key] = asyncio.ensure_future(self._one(request, parser, limiter, gate))
+            tasks.append(first_of[key])
+        results: list[CallResult] = []
+        shared = await asyncio.gather(*tasks)
+        for request, result in zip(requests, shared):
+            if result.key in bought_now:
+                result.cached = False
+            if result.request is not request:  # a duplicate: same answer, its own id
+                result = CallResult(**{**result.__dict__, "request": request, "cached": True})
+            results.append(result)
+            self._account(result)
+        return results
+
+    def _account(self, result: CallResult) -> None:
+        if result.response is not None:
+            self.meter.add(result.response, cached=result.cached, model=self.provider.model)
+        if result.error is not None:
+            self.ledger.add(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def run_sync(self, requests: Sequence[LLMRequest], parser: Parser | None = None) -> list[CallResult]:
+        async def main() -> list[CallResult]:
+            try:
+                return await self.run(requests, parser)
+            finally:
+                await self.provider.close()
+
+        return asyncio.run(main())
+
+
+def repair_request(request: LLMRequest, reply: str, error: ParseError) -> LLMRequest:
+    """The original conversation, the unusable reply, and what was wrong with it."""
+    note = (f"Your reply could not be used: {error}. Reply again with the same content in exactly the "
+            "required format, and nothing else.")
+    return request.model_copy(update={
+        "stage": request.stage + REPAIR_STAGE_SUFFIX,
+        "messages": (*request.messages, Message.assistant(reply), Message.user(note)),
+    })
+

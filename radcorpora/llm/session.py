@@ -1,0 +1,82 @@
+"""One build's LLM work: a shared cache, usage meter and failure ledger over any number of
+models (a generator, its verifiers), run online or through batch APIs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from radcorpora.llm.batch import BatchRunner
+from radcorpora.llm.cache import AnswerCache, default_cache_path
+from radcorpora.llm.limits import RunnerLimits
+from radcorpora.llm.providers import OfflineProvider, OfflineResponder, Provider, make_provider, parse_llm_spec
+from radcorpora.llm.request import LLMRequest
+from radcorpora.llm.runner import CallResult, FailureLedger, LLMRunner, Parser
+from radcorpora.llm.usage import UsageMeter, load_prices
+
+
+class LLMSettings(BaseModel):
+    """How a build talks to models (not part of a build's content fingerprint: the cache key is)."""
+
+    limits: RunnerLimits = Field(default_factory=RunnerLimits)
+    batch: bool = False
+    batch_poll_s: float = 30.0
+    cache_path: str | None = None
+    prices_path: str | None = None
+    approve_credentialed: bool = False
+    base_url: str | None = None
+
+
+class LLMSession:
+    def __init__(self, settings: LLMSettings, offline: dict[str, OfflineResponder] | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.cache = AnswerCache(Path(settings.cache_path) if settings.cache_path else default_cache_path())
+        self.meter = UsageMeter(load_prices(Path(settings.prices_path) if settings.prices_path else None))
+        self.ledger = FailureLedger()
+        self.offline = dict(offline or {})
+        self.log = log
+        self.sent = 0
+
+    def provider(self, spec: str) -> Provider:
+        kind, model = parse_llm_spec(spec)
+        if kind == "offline":
+            return OfflineProvider(model, self.offline)
+        return make_provider(spec, approved_for_credentialed=self.settings.approve_credentialed,
+                             timeout=self.settings.limits.timeout_s, base_url=self.settings.base_url)
+
+    def model_id(self, spec: str) -> str:
+        kind, model = parse_llm_spec(spec)
+        return f"{kind}:{model}"
+
+    def run(self, spec: str, requests: Sequence[LLMRequest], parser: Parser | None = None,
+            on_result: Callable[[CallResult], None] | None = None) -> list[CallResult]:
+        """Answer every request with the model `spec` (cache first); results in request order."""
+        provider = self.provider(spec)  # a fresh client per event loop
+        runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger, on_result)
+
+        async def main() -> list[CallResult]:
+            try:
+                if self.settings.batch and not isinstance(provider, OfflineProvider):
+                    return await BatchRunner(runner, poll_interval_s=self.settings.batch_poll_s, log=self.log).run(
+                        requests, parser)
+                return await runner.run(requests, parser)
+            finally:
+                await provider.close()
+
+        try:
+            return asyncio.run(main())
+        finally:
+            self.sent += runner.sent
+
+    def summary(self) -> dict[str, Any]:
+        return {"usage": self.meter.summary(), "failures": self.ledger.counts(),
+                "failed_requests": len(self.ledger.entries), "requests_sent": self.sent,
+                "batch": self.settings.batch}
+
+    def close(self) -> None:
+        self.cache.close()
