@@ -72,7 +72,7 @@ def build_radimagenet_vqa_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing build in --out first"),
 ) -> None:
     """RadImageNet CT/MR tree -> alignment, instruct and benchmark configs."""
-    from radcorpora.pipeline import build_radimagenet_vqa
+    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
 
     try:
         outcome = build_radimagenet_vqa(
@@ -120,7 +120,7 @@ def demo_cmd(
 ) -> None:
     """Write small RadImageNet-format sources, build and validate radimagenet-vqa from them."""
     from radcorpora.demo.radimagenet import write_demo_radimagenet
-    from radcorpora.pipeline import build_radimagenet_vqa
+    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
 
     source = out / "sources" / "radimagenet"
     if not (source / "radiology_ai").exists():

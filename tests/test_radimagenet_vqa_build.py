@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from radcorpora.builders import radimagenet_vqa as rvqa
 from radcorpora.builders.engine import BuildStateError
 from radcorpora.cli import app
-from radcorpora.pipeline import build_radimagenet_vqa
+from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
 from radcorpora.publish.views import QuestionView
 
 runner = CliRunner()

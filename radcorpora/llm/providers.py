@@ -89,14 +89,13 @@ class OpenAIProvider:
             self.client = openai.AsyncAzureOpenAI(azure_endpoint=endpoint, api_key=api_key, timeout=timeout,
                                                   max_retries=0,
                                                   api_version=os.environ.get("OPENAI_API_VERSION", "2024-10-21"))
-            self.endpoint = endpoint.rstrip("/")
+            self.endpoint = endpoint_for("azure", endpoint)
         else:
-            base = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
             if not (api_key or os.environ.get("OPENAI_API_KEY")):
                 raise ProviderConfigError("openai: OPENAI_API_KEY is not set (use any non-empty value for a "
                                           "local OpenAI-compatible server that needs no key)")
-            self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base, timeout=timeout, max_retries=0)
-            self.endpoint = base.rstrip("/")
+            self.endpoint = endpoint_for("openai", base_url)
+            self.client = openai.AsyncOpenAI(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0)
         # api.openai.com reasoning models refuse `max_tokens`; compatible servers may not know the new name.
         self._max_tokens_field = "max_completion_tokens" if "api.openai.com" in self.endpoint or azure else "max_tokens"
 
@@ -175,9 +174,8 @@ class AnthropicProvider:
             raise ProviderConfigError("anthropic: ANTHROPIC_API_KEY is not set")
         self.model = model
         self.approved_for_credentialed = approved_for_credentialed
-        base = base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base, timeout=timeout, max_retries=0)
-        self.endpoint = base.rstrip("/")
+        self.endpoint = endpoint_for("anthropic", base_url)
+        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0)
 
     def batch_body(self, request: LLMRequest) -> dict[str, Any]:
         messages = []
@@ -269,6 +267,17 @@ class OfflineProvider:
 
     async def close(self) -> None:
         return None
+
+
+def endpoint_for(provider: str, base_url: str | None = None) -> str:
+    """The endpoint a provider would call (part of every cache key), without creating a client."""
+    if provider == "offline":
+        return "offline"
+    if provider == "anthropic":
+        return (base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com").rstrip("/")
+    if provider == "azure":
+        return (base_url or os.environ.get("AZURE_OPENAI_ENDPOINT") or "").rstrip("/")
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
 
 
 def parse_llm_spec(spec: str) -> tuple[str, str]:

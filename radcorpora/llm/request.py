@@ -93,6 +93,7 @@ class LLMRequest(BaseModel):
     output: OutputFormat = OutputFormat()
     licence_class: LicenceClass = "public"
     prompt_id: str | None = None
+    hints: dict[str, str] = Field(default_factory=dict)  # read only by the offline stand-in; not in the key
 
     def canonical(self, provider: str, endpoint: str, model: str) -> dict[str, Any]:
         """The request as the cache sees it: image bytes replaced by their hashes."""

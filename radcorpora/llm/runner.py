@@ -75,13 +75,15 @@ Parser = Callable[[str], Any]
 class LLMRunner:
     def __init__(self, provider: Provider, cache: AnswerCache, meter: UsageMeter,
                  limits: RunnerLimits | None = None, ledger: FailureLedger | None = None,
-                 on_result: Callable[[CallResult], None] | None = None, jitter_seed: int | None = None):
+                 on_result: Callable[[CallResult], None] | None = None, jitter_seed: int | None = None,
+                 cache_only: bool = False):
         self.provider = provider
         self.cache = cache
         self.meter = meter
         self.limits = limits or RunnerLimits()
         self.ledger = ledger or FailureLedger()
         self.on_result = on_result
+        self.cache_only = cache_only  # answer from the cache or fail; never send
         self.sent = 0  # HTTP calls actually made (retries included)
         self._jitter = random.Random(jitter_seed)  # only timing depends on it, never content
 
@@ -100,6 +102,8 @@ class LLMRunner:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None, 0, True
+        if self.cache_only:
+            return None, LLMError("refused", "not in the answer cache, and this run may not send requests"), 0, False
         estimate = estimate_input_tokens(request, self.provider.name) + request.sampling.max_tokens
         attempts = 0
         while True:

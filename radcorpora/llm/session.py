@@ -29,6 +29,7 @@ class LLMSettings(BaseModel):
     prices_path: str | None = None
     approve_credentialed: bool = False
     base_url: str | None = None
+    cache_only: bool = False  # answer from the cache only (re-finalising a build after adjudication)
 
 
 class LLMSession:
@@ -57,11 +58,12 @@ class LLMSession:
             on_result: Callable[[CallResult], None] | None = None) -> list[CallResult]:
         """Answer every request with the model `spec` (cache first); results in request order."""
         provider = self.provider(spec)  # a fresh client per event loop
-        runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger, on_result)
+        runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger, on_result,
+                           cache_only=self.settings.cache_only)
 
         async def main() -> list[CallResult]:
             try:
-                if self.settings.batch and not isinstance(provider, OfflineProvider):
+                if self.settings.batch and not self.settings.cache_only and not isinstance(provider, OfflineProvider):
                     return await BatchRunner(runner, poll_interval_s=self.settings.batch_poll_s, log=self.log).run(
                         requests, parser)
                 return await runner.run(requests, parser)

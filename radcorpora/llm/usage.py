@@ -74,13 +74,14 @@ class UsageMeter:
         self.per_model: dict[str, ModelUsage] = {}
 
     def add(self, response: LLMResponse, *, cached: bool, model: str | None = None) -> None:
+        """`model`: the model asked for (a reply may name a dated snapshot of it)."""
         name = model or response.model
-        entry = self.per_model.setdefault(name, ModelUsage())
+        entry = self.per_model.setdefault(f"{response.provider}:{name}", ModelUsage())
         entry.requests += 1
         entry.from_cache += int(cached)
         entry.batch += int(response.batch)
         entry.usage = entry.usage + response.usage
-        cost = self.prices.cost(name, response.usage, batch=response.batch)
+        cost = 0.0 if response.provider == "offline" else self.prices.cost(name, response.usage, batch=response.batch)
         if cost is None:
             entry.cost_usd = entry.cost_usd_this_run = None
         elif entry.cost_usd is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -45,8 +46,7 @@ class ShardWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _open(self) -> pq.ParquetWriter:
-        binary_columns = [f"{f.name}.bytes" for f in self.schema if pa.types.is_struct(f.type)
-                          and f.type.get_field_index("bytes") >= 0]
+        binary_columns = [c for c in _leaf_paths(self.schema) if c.endswith(".bytes")]  # images, as read
         stats_columns = [c for c in _leaf_paths(self.schema) if c not in binary_columns]
         return pq.ParquetWriter(
             self._tmp,
@@ -84,6 +84,27 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def write_split(out: Path, config: str, split: str, records: Iterable[BaseModel], rows: int,
+                model: type[BaseModel], rows_per_shard: int) -> dict[str, int]:
+    """Write `rows` records (an iterable, consumed once) as ceil(rows / rows_per_shard) shards of
+    one split; returns shard relpath -> rows. An empty split still gets one valid, empty shard."""
+    total = max(1, -(-rows // rows_per_shard))
+    written: dict[str, int] = {}
+    iterator = iter(records)
+    for index in range(total):
+        relpath = shard_relpath(config, split, index, total)
+        writer = ShardWriter(out / relpath, model)
+        try:
+            for _ in range(min(rows_per_shard, rows - index * rows_per_shard)):
+                writer.write(next(iterator))
+        except BaseException:
+            writer.abort()
+            raise
+        written[relpath] = writer.rows
+        writer.close()
+    return written
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:

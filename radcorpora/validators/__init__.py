@@ -7,11 +7,13 @@ from pathlib import Path
 
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.validators.layout import BuildFolderError, read_manifest
+from radcorpora.validators.rad_ace_cot import validate_rad_ace_cot
 from radcorpora.validators.radimagenet_vqa import validate_radimagenet_vqa
 from radcorpora.validators.report import ValidationReport
 
 VALIDATORS: dict[str, Callable[..., ValidationReport]] = {
     "radimagenet-vqa": validate_radimagenet_vqa,
+    "rad-ace-cot": validate_rad_ace_cot,
 }
 
 

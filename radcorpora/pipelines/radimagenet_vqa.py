@@ -1,54 +1,24 @@
-"""Whole builds: build -> rejects -> manifest -> card -> validation, for each corpus."""
+"""The whole radimagenet-vqa build: scan -> plan -> chunks -> rejects -> manifest -> card -> validation."""
 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radcorpora import __version__
 from radcorpora.builders import radimagenet_vqa as rvqa
 from radcorpora.builders.engine import clear_state, make_progress, prepare_out_dir
 from radcorpora.ops.image_check import ImageCheck
+from radcorpora.pipelines.common import BuildOutcome, library_versions, storage_report
 from radcorpora.publish import atomic
 from radcorpora.publish.card import render_card, write_card
 from radcorpora.publish.radimagenet_vqa_card import radimagenet_vqa_card
 from radcorpora.schemas.radimagenet_vqa import CONFIG_RECORDS
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.sources.radimagenet import load_label_map, scan_radimagenet
-from radcorpora.validators import ValidationReport, validate_build
-
-
-@dataclass
-class BuildOutcome:
-    out: Path
-    state: str  # fresh | resume | complete
-    manifest: dict[str, Any]
-    report: ValidationReport | None
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"radcorpora": __version__, "python": platform.python_version()}
-    for name in ("pyarrow", "datasets", "huggingface_hub", "pydantic", "pillow"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def _storage(out: Path, source_bytes: int) -> dict[str, Any]:
-    per_config = {}
-    for folder in sorted((out / "data").glob("*")):
-        size = sum(p.stat().st_size for p in folder.glob("*.parquet"))
-        per_config[folder.name] = size
-    return {"source_image_bytes": source_bytes, "output_bytes": per_config}
+from radcorpora.validators import validate_build
 
 
 def build_radimagenet_vqa(
@@ -117,7 +87,7 @@ def build_radimagenet_vqa(
                       "requested_images": benchmark_images},
         "warnings": scan.warnings,
     }
-    manifest["storage"] = _storage(out, counts.get("source_image_bytes", 0))
+    manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
     card_content = radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer)
     atomic.write_json(out / "build" / "manifest.json", manifest)
     write_card(out, render_card(out, CONFIG_RECORDS, card_content, manifest, default="instruct"))

@@ -1,0 +1,1 @@
+"""Whole builds, one module per corpus: sources -> builder stages -> shards -> card -> validation."""
