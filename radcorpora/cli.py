@@ -1,4 +1,4 @@
-"""`radcorpora` command line: build | validate | demo | publish."""
+"""`radcorpora` command line: build | estimate | validate | adjudicate | export | demo | publish."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from radcorpora.builders.engine import BuildStateError
+from radcorpora.llm.errors import ComplianceError, LLMError, ProviderConfigError
+from radcorpora.llm.verify import AdjudicationError
 from radcorpora.prompts.loader import TemplateError
 from radcorpora.publish.push import PublishError, plan_push, push_build
 from radcorpora.sources.errors import SourceError
@@ -21,6 +23,13 @@ from radcorpora.validators import BuildFolderError, ValidationReport, validate_b
 app = typer.Typer(help="Build, validate and publish radiology vision-language corpora.", no_args_is_help=True)
 build_app = typer.Typer(help="Build a corpus from upstream sources.", no_args_is_help=True)
 app.add_typer(build_app, name="build")
+estimate_app = typer.Typer(help="Estimate a build's LLM requests, tokens, cost and time (sends nothing).",
+                           no_args_is_help=True)
+app.add_typer(estimate_app, name="estimate")
+adjudicate_app = typer.Typer(help="Human adjudication of verifier disagreements.", no_args_is_help=True)
+app.add_typer(adjudicate_app, name="adjudicate")
+export_app = typer.Typer(help="Export a build to other published layouts.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 console = Console(stderr=True)
 
 
@@ -30,7 +39,8 @@ class ImageCheckChoice(str, enum.Enum):
     full = "full"
 
 
-USER_ERRORS = (SourceError, BuildStateError, TemplateError, BuildFolderError, PublishError)
+USER_ERRORS = (SourceError, BuildStateError, TemplateError, BuildFolderError, PublishError, ComplianceError,
+               ProviderConfigError, LLMError, AdjudicationError)
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
@@ -85,7 +95,8 @@ def build_radimagenet_vqa_cmd(
     _finish_build(outcome)
 
 
-def _finish_build(outcome) -> None:
+def _finish_build(outcome, exit_on_invalid: bool = True) -> bool:
+    """Print the outcome; returns whether the build is valid (or exits 1 when it is not)."""
     manifest = outcome.manifest
     if outcome.state == "complete":
         console.print(f"{outcome.out}: build already complete; nothing to do.")
@@ -94,8 +105,162 @@ def _finish_build(outcome) -> None:
     splits = ", ".join(f"{c}/{s}={n}" for c, ss in manifest.get("splits", {}).items() for s, n in ss.items())
     console.print(f"rows: {splits}; rejected source rows: {manifest.get('rejected_rows', 0)} "
                   f"(see {outcome.out / 'build' / 'rejects.jsonl'})")
-    if not (manifest.get("validation") or {}).get("valid", False):
+    for warning in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+    valid = bool((manifest.get("validation") or {}).get("valid", False))
+    if not valid and exit_on_invalid:
         raise typer.Exit(1)
+    return valid
+
+
+def _llm_settings(concurrency: int, rpm: int | None, tpm: int | None, batch: bool, cache: Path | None,
+                  prices: Path | None, approve_credentialed: bool, timeout: float, max_attempts: int):
+    from radcorpora.llm.limits import RunnerLimits
+    from radcorpora.llm.session import LLMSettings
+
+    return LLMSettings(limits=RunnerLimits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout,
+                                           max_attempts=max_attempts),
+                       batch=batch, cache_path=str(cache) if cache else None, prices_path=str(prices) if prices else None,
+                       approve_credentialed=approve_credentialed)
+
+
+def _rad_ace_config(seed: int, llm: str, verify: list[str], max_samples: int | None, subset: str,
+                    validation_fraction: float, prompt: Path | None, verify_prompt: Path | None):
+    from radcorpora.builders.rad_ace_cot import RadAceCotConfig
+
+    return RadAceCotConfig(seed=seed, llm=llm, verifiers=verify, max_samples=max_samples, subset=subset,
+                           validation_fraction=validation_fraction,
+                           prompt_path=str(prompt) if prompt else None,
+                           verify_prompt_path=str(verify_prompt) if verify_prompt else None)
+
+
+LLM_HELP = "PROVIDER:MODEL: openai:MODEL (OPENAI_BASE_URL for compatible servers), anthropic:MODEL, azure:DEPLOYMENT, offline"
+
+
+@build_app.command("rad-ace-cot")
+def build_rad_ace_cot_cmd(
+    source: Path = typer.Option(..., "--source", help="PubMedVision folder (the JSON files and images/)"),
+    out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
+    llm: str = typer.Option(..., "--llm", help=LLM_HELP),
+    vqa_rad: Path | None = typer.Option(None, "--vqa-rad", help="VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config"),
+    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeat for several)"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute limit"),
+    tpm: int | None = typer.Option(None, "--tpm", min=1, help="Tokens per minute limit"),
+    batch: bool = typer.Option(False, "--batch", help="Use the provider's batch API (cheaper, up to 24 h)"),
+    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Seeded subset size (the paper used 12,000)"),
+    subset: str = typer.Option("alignment", "--subset", help="alignment | instruction (which PubMedVision file)"),
+    seed: int = typer.Option(0, "--seed"),
+    validation_fraction: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=0.5),
+    prompt: Path | None = typer.Option(None, "--prompt", help="Your own generation prompt file"),
+    verify_prompt: Path | None = typer.Option(None, "--verify-prompt", help="Your own verification prompt file"),
+    cache: Path | None = typer.Option(None, "--cache", help="Answer cache (default ~/.cache/radcorpora/llm-cache.sqlite)"),
+    prices: Path | None = typer.Option(None, "--prices", help="YAML price table overriding the packaged one"),
+    approve_credentialed: bool = typer.Option(False, "--approve-credentialed",
+                                              help="This provider is approved for credentialed (PhysioNet) data"),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds per request"),
+    max_attempts: int = typer.Option(5, "--max-attempts", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """PubMedVision CT/MR -> <think>/<answer> chains of thought (+ VQA-RAD eval config)."""
+    from radcorpora.pipelines.rad_ace_cot import build_rad_ace_cot
+
+    try:
+        config = _rad_ace_config(seed, llm, verify, max_samples, subset, validation_fraction, prompt, verify_prompt)
+        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts)
+        outcome = build_rad_ace_cot(source, out, config, settings, vqa_rad=vqa_rad, overwrite=overwrite,
+                                    command=shlex.join(["radcorpora", *sys.argv[1:]]), log=console.print)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _finish_build(outcome)
+
+
+@estimate_app.command("rad-ace-cot")
+def estimate_rad_ace_cot_cmd(
+    source: Path = typer.Option(..., "--source"),
+    llm: str = typer.Option(..., "--llm", help=LLM_HELP),
+    verify: list[str] = typer.Option([], "--verify"),
+    max_samples: int | None = typer.Option(None, "--max-samples", min=1),
+    subset: str = typer.Option("alignment", "--subset"),
+    seed: int = typer.Option(0, "--seed"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    rpm: int | None = typer.Option(None, "--rpm", min=1),
+    tpm: int | None = typer.Option(None, "--tpm", min=1),
+    cache: Path | None = typer.Option(None, "--cache"),
+    prices: Path | None = typer.Option(None, "--prices"),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
+) -> None:
+    """Dry run: requests, tokens, cost online vs batch and time under the limits. Sends nothing."""
+    import json
+
+    from radcorpora.builders import rad_ace_cot as rac
+    from radcorpora.llm.cache import AnswerCache, default_cache_path
+    from radcorpora.llm.estimate import estimate_stage, total
+    from radcorpora.llm.providers import endpoint_for, parse_llm_spec
+    from radcorpora.llm.usage import load_prices
+    from radcorpora.sources.pubmedvision import scan_pubmedvision
+
+    try:
+        config = _rad_ace_config(seed, llm, verify, max_samples, subset, 0.05, None, None)
+        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, False, 600.0, 5)
+        scan = scan_pubmedvision(source, config.subset)
+        selected, rejects = rac.select_samples(scan, config)
+        table = load_prices(prices)
+        cache_path = cache or default_cache_path()
+        answer_cache = AnswerCache(cache_path) if cache_path.exists() else None
+        stages = []
+        for spec, requests in rac.estimate_requests(selected, config).items():
+            stage = "cot" if spec == config.llm else "verify"
+            stages.append(estimate_stage(spec, requests, rac.EXPECTED_OUTPUT_TOKENS[stage], table, settings.limits,
+                                         answer_cache, endpoint_for(parse_llm_spec(spec)[0])))
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    result = {"corpus": "rad-ace-cot", "samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects),
+              "stages": stages, "total": total(stages), "prices_as_of": table.as_of}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    out = Console()
+    table_view = Table(title=f"rad-ace-cot estimate: {len(selected)} samples")
+    for column in ("llm", "requests", "already_cached", "estimated_input_tokens", "estimated_output_tokens",
+                   "cost_usd_online", "cost_usd_batch", "minutes_online", "limited_by"):
+        table_view.add_column(column.replace("_", " "))
+    for stage in stages:
+        table_view.add_row(*(str(stage[c]) for c in ("llm", "requests", "already_cached", "estimated_input_tokens",
+                                                      "estimated_output_tokens", "cost_usd_online", "cost_usd_batch",
+                                                      "minutes_online", "limited_by")))
+    out.print(table_view)
+    out.print(f"total: {result['total']}")
+
+
+@adjudicate_app.command("apply")
+def adjudicate_apply_cmd(
+    build_dir: Path = typer.Argument(..., help="A rad-ace-cot build folder"),
+    decisions_file: Path = typer.Argument(..., help="The queue file with `decision` filled in, or id,decision lines"),
+) -> None:
+    """Fold a person's accept/reject decisions on queued samples back into the build."""
+    from radcorpora.pipelines.rad_ace_cot import apply_adjudication
+
+    try:
+        outcome = apply_adjudication(build_dir, decisions_file, log=console.print)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _finish_build(outcome)
+
+
+@export_app.command("rad-ace-csv")
+def export_rad_ace_csv_cmd(
+    build_dir: Path = typer.Argument(...),
+    out: Path = typer.Option(..., "--out", help="CSV file to write"),
+) -> None:
+    """The public RAD-ACE CSV columns: filename (list), modality, cot_output, question."""
+    from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
+
+    try:
+        rows = export_rad_ace_csv(build_dir, out)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    console.print(f"{rows} rows written to {out}")
 
 
 @app.command("validate")
@@ -131,8 +296,35 @@ def demo_cmd(
                                         command=f"radcorpora demo --out {out}", console=console)
     except USER_ERRORS as exc:
         _fail(exc)
-    _finish_build(outcome)
+    valid = _finish_build(outcome, exit_on_invalid=False)
     console.print(f"[green]demo corpus:[/] {outcome.out}  (load with datasets.load_dataset('{outcome.out}', 'benchmark'))")
+    valid = _demo_rad_ace_cot(out) and valid
+    if not valid:
+        raise typer.Exit(1)
+
+
+def _demo_rad_ace_cot(out: Path) -> bool:
+    """PubMedVision- and VQA-RAD-format demo sources -> rad-ace-cot with the offline stand-in."""
+    from radcorpora.builders.rad_ace_cot import RadAceCotConfig
+    from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
+    from radcorpora.llm.session import LLMSettings
+    from radcorpora.pipelines.rad_ace_cot import build_rad_ace_cot
+
+    pubmedvision, vqa_rad = out / "sources" / "pubmedvision", out / "sources" / "vqa-rad"
+    if not (pubmedvision / "PubMedVision_Alignment_VQA.json").exists():
+        pubmedvision.mkdir(parents=True, exist_ok=True)
+        console.print(f"demo PubMedVision source written to {pubmedvision}: {write_demo_pubmedvision(pubmedvision)}")
+        console.print(f"demo VQA-RAD test sample written to {vqa_rad}: {write_demo_vqa_rad(vqa_rad)} questions")
+    config = RadAceCotConfig(llm="offline", verifiers=["offline:verifier"])
+    settings = LLMSettings(cache_path=str(out / "llm-cache.sqlite"))
+    try:
+        outcome = build_rad_ace_cot(pubmedvision, out / "rad-ace-cot", config, settings, vqa_rad=vqa_rad,
+                                    command=f"radcorpora demo --out {out}", log=console.print)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    valid = _finish_build(outcome, exit_on_invalid=False)
+    console.print(f"[green]demo corpus:[/] {outcome.out}  (offline stand-in answers, not a model's)")
+    return valid
 
 
 @app.command("publish")

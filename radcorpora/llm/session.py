@@ -13,8 +13,16 @@ from pydantic import BaseModel, Field
 from radcorpora.llm.batch import BatchRunner
 from radcorpora.llm.cache import AnswerCache, default_cache_path
 from radcorpora.llm.limits import RunnerLimits
-from radcorpora.llm.providers import OfflineProvider, OfflineResponder, Provider, make_provider, parse_llm_spec
-from radcorpora.llm.request import LLMRequest
+from radcorpora.llm.errors import LLMError
+from radcorpora.llm.providers import (
+    OfflineProvider,
+    OfflineResponder,
+    Provider,
+    endpoint_for,
+    make_provider,
+    parse_llm_spec,
+)
+from radcorpora.llm.request import LLMRequest, LLMResponse
 from radcorpora.llm.runner import CallResult, FailureLedger, LLMRunner, Parser
 from radcorpora.llm.usage import UsageMeter, load_prices
 
@@ -32,6 +40,27 @@ class LLMSettings(BaseModel):
     cache_only: bool = False  # answer from the cache only (re-finalising a build after adjudication)
 
 
+class CacheOnlyProvider:
+    """Stands in for a real provider when answers may only come from the cache."""
+
+    approved_for_credentialed = False
+
+    def __init__(self, name: str, endpoint: str, model: str):
+        self.name, self.endpoint, self.model = name, endpoint, model
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        raise LLMError("refused", "not in the answer cache, and this run may not send requests")
+
+    def batch_body(self, request: LLMRequest) -> dict[str, Any]:
+        raise LLMError("refused", "cache-only run")
+
+    def parse_reply(self, body: dict[str, Any], *, batch: bool = False) -> LLMResponse:
+        raise LLMError("refused", "cache-only run")
+
+    async def close(self) -> None:
+        return None
+
+
 class LLMSession:
     def __init__(self, settings: LLMSettings, offline: dict[str, OfflineResponder] | None = None,
                  log: Callable[[str], None] | None = None):
@@ -47,6 +76,8 @@ class LLMSession:
         kind, model = parse_llm_spec(spec)
         if kind == "offline":
             return OfflineProvider(model, self.offline)
+        if self.settings.cache_only:  # same cache keys, no client and no key needed
+            return CacheOnlyProvider(kind, endpoint_for(kind, self.settings.base_url), model)
         return make_provider(spec, approved_for_credentialed=self.settings.approve_credentialed,
                              timeout=self.settings.limits.timeout_s, base_url=self.settings.base_url)
 

@@ -133,3 +133,23 @@ def build_rad_ace_cot(
     write_card(out, render_card(out, CONFIG_RECORDS, rad_ace_cot_card(manifest), manifest, default="default"))
     clear_state(out)
     return BuildOutcome(out, state, manifest, report)
+
+
+def apply_adjudication(build: Path, decisions_file: Path, log: Callable[[str], None] | None = None) -> BuildOutcome:
+    """Fold a person's decisions on queued samples back into the build: accepted samples join
+    their split, rejected ones go to rejects.jsonl. The build is re-finalised from the answer
+    cache only (nothing is sent), so the result equals a build made with these decisions."""
+    from radcorpora.llm.verify import AdjudicationError, read_queue
+    from radcorpora.validators.layout import read_manifest
+
+    manifest = read_manifest(build)
+    if manifest.get("corpus") != rac.CORPUS:
+        raise AdjudicationError(f"{build}: adjudication applies to rad-ace-cot builds, this is {manifest.get('corpus')!r}")
+    previous = read_decisions(build / DECISIONS_FILE) if (build / DECISIONS_FILE).exists() else {}
+    queue_ids = {entry.id for entry in read_queue(build / QUEUE_FILE)} | set(previous)
+    decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
+    rebuild = manifest["build"]["rebuild"]
+    settings = LLMSettings(cache_path=rebuild["cache_path"], cache_only=True)
+    return build_rad_ace_cot(Path(rebuild["source"]), build, rac.RadAceCotConfig.model_validate(rebuild["config"]),
+                             settings, vqa_rad=Path(rebuild["vqa_rad"]) if rebuild.get("vqa_rad") else None,
+                             overwrite=True, decisions=decisions, command=manifest["build"]["command"], log=log)
