@@ -194,8 +194,12 @@ class AnthropicProvider:
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
+        body = self.batch_body(request)
+        # Sampling fields go as raw body fields: newer SDKs no longer list them as arguments,
+        # while the models that accept them still read them from the request body.
+        sampling = {k: body.pop(k) for k in ("temperature", "top_p") if k in body}
         try:
-            message = await self.client.messages.create(**self.batch_body(request))
+            message = await self.client.messages.create(**body, extra_body=sampling or None)
         except self._sdk.AnthropicError as exc:
             raise _sdk_error(exc, self._sdk) from None
         return self.parse_reply(message.model_dump())

@@ -117,6 +117,8 @@ class LLMRunner:
                     error: LLMError | None = LLMError("timeout", f"no reply within {self.limits.timeout_s:g} s")
                 except LLMError as exc:
                     error = exc
+                except Exception as exc:  # noqa: BLE001 - an unexpected failure is recorded, never fatal to the run
+                    error = LLMError("client", f"{type(exc).__name__}: {exc}")
                 else:
                     error = None
             if error is None:

@@ -1,0 +1,206 @@
+"""rad-ace-cot: readers, checks, end-to-end builds (offline and through a local OpenAI/Anthropic
+server), adjudication and the CSV export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+from typer.testing import CliRunner
+
+from radcorpora.builders.rad_ace_cot import RadAceCotConfig
+from radcorpora.cli import app
+from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
+from radcorpora.llm.fake_server import FakeProviderServer
+from radcorpora.llm.session import LLMSettings
+from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
+from radcorpora.pipelines.rad_ace_cot import QUEUE_FILE, build_rad_ace_cot
+from radcorpora.sources.errors import SourceError
+from radcorpora.sources.pubmedvision import modality_class, scan_pubmedvision
+from radcorpora.sources.vqa_rad import read_vqa_rad_test
+
+KEY = "sk-test-cot-0123456789"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cot-sources")
+    write_demo_pubmedvision(root / "pubmedvision")
+    write_demo_vqa_rad(root / "vqa-rad")
+    return root / "pubmedvision", root / "vqa-rad"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("Computed Tomography (CT)", "CT"), ("CT", "CT"), ("ct scan", "CT"), ("CTA", "CT"),
+    ("Magnetic Resonance Imaging (MRI)", "MR"), ("MR", "MR"), ("mri", "MR"), ("MRCP", "MR"),
+    ("Digital Photography", None), ("X-ray", None), ("Positron Emission Tomography (PET)", None),
+    ("PET-CT", None), ("CT and MRI", None), ("Doctor", None), ("", None), (None, None),
+])
+def test_modality_matcher(value, expected):
+    assert modality_class(value) == expected
+
+
+def test_reader_streams_keeps_ct_mr_and_reports_what_it_skipped(sources):
+    scan = scan_pubmedvision(sources[0])
+    assert {s.modality for s in scan.samples} == {"CT", "MR"}
+    assert scan.counts["not_ct_mr"] == 4
+    assert [r.reason for r in scan.rejects] == ["image_file_missing"]
+    assert scan.rejects[0].row is not None and "pmc_" in scan.rejects[0].detail
+    assert any(v.startswith("Digital Photography -> skipped") for v in scan.modality_values)
+    multi = [s for s in scan.samples if len(s.images) == 2]
+    assert multi and all("<image>" not in s.question for s in scan.samples)
+
+
+def test_reader_errors_name_the_file(tmp_path):
+    (tmp_path / "PubMedVision_Alignment_VQA.json").write_text('{"not": "an array"')
+    with pytest.raises(SourceError, match="PubMedVision_Alignment_VQA.json"):
+        scan_pubmedvision(tmp_path)
+    with pytest.raises(SourceError, match="PubMedVision_InstructionTuning_VQA.json"):
+        scan_pubmedvision(tmp_path, "instruction")
+
+
+def test_vqa_rad_osf_release_uses_the_official_test_split(tmp_path, sources):
+    mirror = read_vqa_rad_test(sources[1])
+    assert mirror.source_format == "parquet" and len(mirror.questions) == 8
+    assert {q.answer_type for q in mirror.questions} == {"OPEN", "CLOSED"}
+    images = tmp_path / "VQA_RAD Image Folder"
+    images.mkdir()
+    (images / "synpic1.jpg").write_bytes(mirror.questions[0].image)
+    rows = [{"qid": 1, "image_name": "synpic1.jpg", "question": "Is this normal?", "answer": "No",
+             "answer_type": "CLOSED", "phrase_type": "freeform", "image_organ": "HEAD"},
+            {"qid": 2, "image_name": "synpic1.jpg", "question": "How many lesions?", "answer": 2,
+             "answer_type": "OPEN", "phrase_type": "test_freeform", "image_organ": "HEAD", "question_type": "COUNT"},
+            {"qid": 3, "image_name": "missing.jpg", "question": "Where?", "answer": "left",
+             "answer_type": "OPEN", "phrase_type": "test_para", "image_organ": "CHEST"}]
+    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(rows))
+    test = read_vqa_rad_test(tmp_path)
+    assert [q.id for q in test.questions] == ["2"]
+    assert test.questions[0].answer == "2" and test.questions[0].organ == "HEAD"
+    assert [r.reason for r in test.rejects] == ["image_file_missing"]
+
+
+def test_cot_rules():
+    bounds = CotBounds(think_min_words=3)
+    assert split_cot("<think>a b c</think>\n<answer>yes</answer>") == ("a b c", "yes")
+    assert split_cot("<answer>x</answer><think>y</think>") is None
+    assert split_cot("preamble <think>a</think><answer>b</answer>") is None
+    assert cot_problems("I see a mass here", "mass", bounds) == []
+    problems = cot_problems("The description says there is a mass", "mass", bounds)
+    assert problems and problems[0].startswith("source_text_leak")
+    assert cot_problems("too short", "mass", bounds)[0].startswith("think_length")
+
+
+def offline_build(source: Path, out: Path, vqa_rad: Path | None, cache: Path, **config) -> object:
+    return build_rad_ace_cot(source, out, RadAceCotConfig(llm="offline", **config),
+                             LLMSettings(cache_path=str(cache)), vqa_rad=vqa_rad)
+
+
+def test_offline_build_loads_through_datasets_and_is_reproducible(sources, tmp_path):
+    first = offline_build(sources[0], tmp_path / "a", sources[1], tmp_path / "c1.sqlite")
+    assert first.report.valid, first.report.summary()
+    default = load_dataset(str(tmp_path / "a"))
+    assert set(default) == {"train", "validation"}
+    row = default["train"][0]
+    assert split_cot(row["cot_output"]) == (row["think"], row["answer"])
+    assert row["conversations"][0]["value"].count("<image>") == len(row["images"])
+    evaluation = load_dataset(str(tmp_path / "a"), "eval")["test"]
+    assert len(evaluation) == 8 and evaluation[0]["image"] is not None
+    second = offline_build(sources[0], tmp_path / "b", sources[1], tmp_path / "c2.sqlite")
+    for shard in sorted((tmp_path / "a" / "data").rglob("*.parquet")):
+        assert shard.read_bytes() == (tmp_path / "b" / shard.relative_to(tmp_path / "a")).read_bytes()
+    again = offline_build(sources[0], tmp_path / "a", sources[1], tmp_path / "c1.sqlite")
+    assert again.state == "complete" and second.manifest["splits"] == first.manifest["splits"]
+
+
+def _generator(model, system, messages):
+    """A stand-in reasoning model on the wire: leaks source language for knee questions."""
+    text = messages[-1]["content"]
+    question = text.rsplit("Question:", 1)[-1].strip()
+    findings = text.split("Findings:", 1)[-1].split("Question:", 1)[0].strip()
+    think = " ".join(["I examine the image carefully and note each structure in turn."] * 4)
+    if "ligament" in question or "meniscus" in question:
+        think += " The description says there is a tear."
+    first = findings.split(". ")[0]
+    return f"<think>{think} {first}.</think>\n<answer>{first}.</answer>", "hidden chain"
+
+
+def _verifier_a(model, system, messages):
+    return json.dumps({"consistent": True, "reason": "matches"}), None
+
+
+def _verifier_b(model, system, messages):
+    text = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else messages[-1]["content"][0]["text"]
+    brain = "brain" in text.lower()
+    return json.dumps({"consistent": not brain, "reason": "brain cases doubted" if brain else "fine"}), None
+
+
+def test_build_through_real_sdks_with_two_verifiers_and_adjudication(sources, tmp_path, monkeypatch):
+    with FakeProviderServer(_generator) as gen, FakeProviderServer(_verifier_b) as judge:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", gen.openai_base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", judge.base_url)
+        # the OpenAI-wire verifier agrees with everything; the Anthropic one doubts brain cases
+        gen.responder = lambda model, system, messages: (
+            _verifier_a(model, system, messages) if model == "judge-a" else _generator(model, system, messages))
+        out = tmp_path / "build"
+        runner = CliRunner()
+        args = ["build", "rad-ace-cot", "--source", str(sources[0]), "--out", str(out), "--llm", "openai:deepseek-reasoner",
+                "--verify", "openai:judge-a", "--verify", "anthropic:claude-haiku-4-5", "--cache", str(tmp_path / "c.sqlite"),
+                "--concurrency", "4"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "build/manifest.json").read_text())
+        assert manifest["rejects"]["cot_check_source_text_leak"] == 4  # 2 knee cases x 2 repeats
+        queue = [json.loads(line) for line in (out / QUEUE_FILE).read_text().splitlines()]
+        assert queue and all("brain" in q["item"]["description"].lower() for q in queue)
+        verification = manifest["llm"]["verification"]
+        assert verification["outcomes"]["disagree"] == len(queue)
+        assert "cohen_kappa" in verification and "percent_agreement" in verification
+        assert manifest["llm"]["usage"]["models"]["openai:deepseek-reasoner"]["reasoning_tokens"] > 0
+        assert "LLM stages" in (out / "README.md").read_text()
+        rows_before = sum(manifest["splits"]["default"].values())
+
+        # a person accepts the first queued sample and rejects the rest
+        decisions = tmp_path / "decisions.jsonl"
+        decisions.write_text("\n".join(json.dumps({**q, "decision": "accept" if i == 0 else "reject"})
+                                       for i, q in enumerate(queue)))
+        calls = gen.calls + judge.calls
+        result = runner.invoke(app, ["adjudicate", "apply", str(out), str(decisions)])
+        assert result.exit_code == 0, result.output
+        assert gen.calls + judge.calls == calls, "applying decisions must not send anything"
+        manifest = json.loads((out / "build/manifest.json").read_text())
+        assert sum(manifest["splits"]["default"].values()) == rows_before + 1
+        assert manifest["rejects"]["adjudicator_rejected"] == len(queue) - 1
+        assert (out / QUEUE_FILE).read_text() == ""
+        rows = load_dataset(str(out))
+        adjudicated = [r["id"] for split in rows.values() for r in split if r["verification"] == "adjudicated"]
+        assert adjudicated == [queue[0]["id"]]
+
+        bad = tmp_path / "bad.csv"
+        bad.write_text("Alignment_VQA_99999,accept\n")
+        result = runner.invoke(app, ["adjudicate", "apply", str(out), str(bad)])
+        assert result.exit_code == 2 and "not in this build's adjudication queue" in result.output
+
+
+def test_export_csv_and_estimate(sources, tmp_path):
+    build = tmp_path / "build"
+    offline_build(sources[0], build, None, tmp_path / "c.sqlite")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "rad-ace-csv", str(build), "--out", str(tmp_path / "cot.csv")])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "cot.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["filename", "modality", "cot_output", "question"]
+    assert re.fullmatch(r"\['images/pmc_\d+_0\.jpg'(, 'images/pmc_\d+_1\.jpg')?\]", rows[0]["filename"])
+    result = runner.invoke(app, ["estimate", "rad-ace-cot", "--source", str(sources[0]), "--llm", "openai:gpt-4o",
+                                 "--rpm", "10", "--concurrency", "100", "--json", "--cache", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.output[result.output.index("{"):])
+    stage = estimate["stages"][0]
+    assert stage["requests"] == 32 and stage["limited_by"] == "rpm" and stage["minutes_online"] == pytest.approx(3.2)
+    assert stage["cost_usd_batch"] == pytest.approx(stage["cost_usd_online"] / 2, abs=1e-4)
