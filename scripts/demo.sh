@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a virtual environment and run the demo: generate RadImageNet-format sources, build and
-# validate the radimagenet-vqa corpus. No data, network (beyond the package index) or GPU needed.
+# Set up a virtual environment and run the demo: generate RadImageNet-, PubMedVision- and VQA-RAD-format
+# sources, build and validate radimagenet-vqa and rad-ace-cot (offline stand-in). No data, network
+# (beyond the package index) or GPU needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
