@@ -61,6 +61,11 @@ def test_reader_errors_name_the_file(tmp_path):
         scan_pubmedvision(tmp_path)
     with pytest.raises(SourceError, match="PubMedVision_InstructionTuning_VQA.json"):
         scan_pubmedvision(tmp_path, "instruction")
+    (tmp_path / "PubMedVision_Alignment_VQA.json").write_text(json.dumps([{
+        "id": "Alignment_VQA_1", "image": ["images/a.jpg"], "modality": "X-ray", "body_part": "Chest",
+        "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "d"}]}]))
+    with pytest.raises(SourceError, match=r"no usable CT/MR sample.*X-ray -> skipped"):
+        scan_pubmedvision(tmp_path)
 
 
 def test_vqa_rad_osf_release_uses_the_official_test_split(tmp_path, sources):

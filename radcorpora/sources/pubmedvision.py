@@ -148,4 +148,9 @@ def scan_pubmedvision(source: Path, subset: str = "alignment", limit: int | None
             break
     if scan.counts["records"] == 0:
         raise SourceError(f"{path}: the array holds no records")
+    if not scan.samples:
+        values = ", ".join(f"{v} ({n})" for v, n in scan.modality_values.most_common(8))
+        reasons = Counter(r.reason for r in scan.rejects)
+        raise SourceError(f"{path}: no usable CT/MR sample among {scan.counts['records']} records "
+                          f"(modality values met: {values}; rejected: {dict(reasons) or 'none'})")
     return scan

@@ -70,6 +70,8 @@ def validate_rad_ace_cot(build: Path, image_check: ImageCheck = "full") -> Valid
                         eval_images[decode(record.image.bytes, record.lineage.image_sha256, where)] = where
             recorded = manifest.get("splits", {}).get(config_name, {}).get(split)
             counts.expect(recorded == rows, f"{config_name}/{split}: {rows} rows, manifest says {recorded}")
+    report.check("not_empty", "the default config has training rows").expect(
+        bool(manifest.get("splits", {}).get("default", {}).get("train")), "default/train is empty: nothing to train on")
     for digest, where in sorted(eval_images.items()):
         leak.expect(digest not in train_images, f"{where}: this VQA-RAD image is also a training image")
     report.stats.update({"distinct_images": len(decode.seen)})
