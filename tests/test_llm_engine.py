@@ -265,3 +265,38 @@ def test_agreement_and_routing():
     assert report["cohen_kappa"] == pytest.approx(0.5)
     assert cohen_kappa([True, False], [True, False]) == 1.0
     assert route({"m1": yes}) == "pass" and route({"m1": yes, "m2": no}) == "disagree"
+
+
+def test_tpm_bucket_waits_for_tokens_and_reconciles_with_usage():
+    import asyncio
+
+    from radcorpora.llm.limits import RateLimiter
+
+    async def scenario() -> tuple[float, float]:
+        limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens/s, 1,000 tokens of burst
+        start = time.monotonic()
+        await limiter.acquire(1000)
+        await limiter.acquire(150)  # the bucket is empty: 1.5 s
+        waited = time.monotonic() - start
+        limiter.reconcile(estimated=1000, actual=100)  # the first reply used far less than estimated
+        start = time.monotonic()
+        await limiter.acquire(800)
+        return waited, time.monotonic() - start
+
+    waited, after_refund = asyncio.run(scenario())
+    assert 1.4 <= waited <= 2.5
+    assert after_refund < 0.2
+
+
+def test_price_overrides(tmp_path):
+    override = tmp_path / "prices.yaml"
+    override.write_text("batch_discount: 0.4\nmodels:\n  my-local-model: {input: 1.0, output: 2.0}\n  gpt-4o: {input: 5.0, output: 20.0}\n")
+    table = load_prices(override)
+    from radcorpora.llm.request import Usage
+
+    usage = Usage(input_tokens=1_000_000, output_tokens=500_000)
+    assert table.cost("my-local-model", usage) == pytest.approx(2.0)
+    assert table.cost("gpt-4o-2024-08-06", usage) == pytest.approx(15.0)  # dated snapshot priced as gpt-4o
+    assert table.cost("gpt-4o", usage, batch=True) == pytest.approx(6.0)
+    assert table.cost("unknown-model", usage) is None
+    assert table.price_for("claude-sonnet-4-5") is not None  # packaged entries kept
