@@ -10,6 +10,7 @@ repeated build pays only for what was never answered.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -288,8 +289,6 @@ def offline_cot(request: LLMRequest) -> str:
 
 def offline_verify(request: LLMRequest) -> str:
     """Demo/test stand-in verifier: consistent when most answer words occur in the findings."""
-    import json
-
     findings = set(re.findall(r"[a-z]+", request.hints.get("description", "").lower()))
     answer = request.hints.get("cot", "").rsplit("<answer>", 1)[-1]
     terms = [w for w in re.findall(r"[a-z]+", answer.lower()) if len(w) > 3]

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from radcorpora import __version__
 from radcorpora.builders.engine import ChunkResult, ChunkSpec, ShardInfo, run_chunks
+from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import row_rng, sample_distinct, stratified_ranked_sample
 from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.publish.shards import ShardWriter, shard_relpath
@@ -36,7 +37,6 @@ from radcorpora.schemas.radimagenet_vqa import (
     QuestionMetadata,
 )
 from radcorpora.schemas.taxonomy import Taxonomy, radimagenet_vqa_taxonomy
-from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.sources.radimagenet import RadImageNetImage, RadImageNetScan
 
 CORPUS = "radimagenet-vqa"

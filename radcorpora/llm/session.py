@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 
 from radcorpora.llm.batch import BatchRunner
 from radcorpora.llm.cache import AnswerCache, default_cache_path
-from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.errors import LLMError
+from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.providers import (
     OfflineProvider,
     OfflineResponder,

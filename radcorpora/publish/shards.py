@@ -7,8 +7,8 @@ access on the Hub viewer). Image bytes are embedded exactly as read. Same rows i
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa

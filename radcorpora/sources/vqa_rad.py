@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def _read_parquet(root: Path, files: list[Path]) -> VqaRadTest:
 
 
 def _read_osf(path: Path) -> VqaRadTest:
-    import json
-
     test = VqaRadTest(root=path.parent, source_format="osf-json")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))

@@ -102,6 +102,32 @@ def validate_record(model: type[BaseModel], row: dict[str, Any], where: str, rep
     return record
 
 
+def iter_records(build: Path, records: dict[str, type[BaseModel]], manifest: dict[str, Any],
+                 report: ValidationReport) -> Iterator[tuple[str, str, str, BaseModel]]:
+    """(config, split, where, record) for every row of every shard that validates against its
+    model. Along the way: ids unique within each config, row counts equal to the manifest's."""
+    ids = report.check("unique_ids", "ids are unique within each config")
+    counts = report.check("counts_match_manifest", "row counts equal those recorded in the manifest")
+    for config, model in records.items():
+        seen: set[str] = set()
+        for split, paths in config_shards(build, config).items():
+            rows = 0
+            for path in paths:
+                rel = path.relative_to(build)
+                for row_number, row in iter_rows(path):
+                    rows += 1
+                    where = f"{rel} row {row_number}"
+                    record = validate_record(model, row, where, report)
+                    if record is None:
+                        continue
+                    record_id = record.id  # type: ignore[attr-defined]  # every record model has an id
+                    ids.expect(record_id not in seen, f"{where}: duplicate id {record_id!r}")
+                    seen.add(record_id)
+                    yield config, split, where, record
+            recorded = manifest.get("splits", {}).get(config, {}).get(split)
+            counts.expect(recorded == rows, f"{config}/{split}: {rows} rows, manifest says {recorded}")
+
+
 class ImageDecodeCheck:
     """Checks each distinct image once (by content hash) at the given level, and its lineage hash."""
 

@@ -19,8 +19,7 @@ from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.validators.layout import (
     ImageDecodeCheck,
     check_layout,
-    config_shards,
-    iter_rows,
+    iter_records,
     read_manifest,
     validate_record,
 )
@@ -85,8 +84,6 @@ def validate_radimagenet_vqa(build: Path, image_check: ImageCheck = "full") -> V
     manifest = read_manifest(build)
     check_layout(build, CONFIG_RECORDS, report)
     decode = ImageDecodeCheck(report, image_check)
-    ids = report.check("unique_ids", "ids are unique within each config")
-    counts_check = report.check("counts_match_manifest", "row counts equal those recorded in the manifest")
     split_of_source: dict[str, str] = {}
     splits_of_content: dict[str, set[str]] = defaultdict(set)
     leak = report.check("split_disjoint", "no source image appears in two splits (across all configs)")
@@ -94,47 +91,32 @@ def validate_radimagenet_vqa(build: Path, image_check: ImageCheck = "full") -> V
     bench_strata: Counter = Counter()
     structure = report.check("conversation_structure", "conversations alternate human/gpt, open with <image>, and match the questions")
 
-    for config, model in CONFIG_RECORDS.items():
-        seen_ids: set[str] = set()
-        for split, paths in config_shards(build, config).items():
-            rows = 0
-            for path in paths:
-                rel = path.relative_to(build)
-                for row_number, row in iter_rows(path):
-                    rows += 1
-                    where = f"{rel} row {row_number}"
-                    record = validate_record(model, row, where, report)
-                    if record is None:
-                        continue
-                    ids.expect(record.id not in seen_ids, f"{where}: duplicate id {record.id!r}")
-                    seen_ids.add(record.id)
-                    source = record.lineage.source_id
-                    previous = split_of_source.setdefault(source, split)
-                    leak.expect(previous == split, f"{where}: {source} is in both {previous} and {split}")
-                    digest = decode(record.image.bytes, record.lineage.image_sha256, where)
-                    splits_of_content[digest].add(split)
-                    if isinstance(record, AlignmentRecord):
-                        turns = record.conversations
-                        structure.expect(len(turns) == 2 and turns[0].from_ == "human" and turns[0].value.startswith("<image>"),
-                                         f"{where}: caption conversation malformed")
-                    elif isinstance(record, InstructRecord):
-                        qids = [q.metadata.question_id for q in record.questions]
-                        structure.expect(sorted(qids) == sorted(QUESTION_IDS), f"{where}: questions {qids} are not the nine slots")
-                        structure.expect(record.conversations[0].value.startswith("<image>"), f"{where}: first turn lacks <image>")
-                        answers = [t.value for t in record.conversations[1::2]]
-                        structure.expect(answers == [q.answer for q in record.questions], f"{where}: gpt turns differ from answers")
-                        for qa in record.questions:
-                            check_question(qa, f"{where} {qa.metadata.question_id}", report)
-                    elif isinstance(record, BenchmarkRecord):
-                        qa = validate_record(QuestionAnswer, record.model_dump(include=set(QuestionAnswer.model_fields)),
-                                             where, report)
-                        if qa is not None:
-                            check_question(qa, where, report)
-                        bench_questions[source][record.metadata.question_id] += 1
-                        if record.metadata.question_id == QUESTION_IDS[0]:
-                            bench_strata[f"{record.metadata.location}|{record.metadata.pathology}"] += 1
-            recorded = manifest.get("splits", {}).get(config, {}).get(split)
-            counts_check.expect(recorded == rows, f"{config}/{split}: {rows} rows, manifest says {recorded}")
+    for _config, split, where, record in iter_records(build, CONFIG_RECORDS, manifest, report):
+        source = record.lineage.source_id
+        previous = split_of_source.setdefault(source, split)
+        leak.expect(previous == split, f"{where}: {source} is in both {previous} and {split}")
+        digest = decode(record.image.bytes, record.lineage.image_sha256, where)
+        splits_of_content[digest].add(split)
+        if isinstance(record, AlignmentRecord):
+            turns = record.conversations
+            structure.expect(len(turns) == 2 and turns[0].from_ == "human" and turns[0].value.startswith("<image>"),
+                             f"{where}: caption conversation malformed")
+        elif isinstance(record, InstructRecord):
+            qids = [q.metadata.question_id for q in record.questions]
+            structure.expect(sorted(qids) == sorted(QUESTION_IDS), f"{where}: questions {qids} are not the nine slots")
+            structure.expect(record.conversations[0].value.startswith("<image>"), f"{where}: first turn lacks <image>")
+            answers = [t.value for t in record.conversations[1::2]]
+            structure.expect(answers == [q.answer for q in record.questions], f"{where}: gpt turns differ from answers")
+            for qa in record.questions:
+                check_question(qa, f"{where} {qa.metadata.question_id}", report)
+        elif isinstance(record, BenchmarkRecord):
+            qa = validate_record(QuestionAnswer, record.model_dump(include=set(QuestionAnswer.model_fields)),
+                                 where, report)
+            if qa is not None:
+                check_question(qa, where, report)
+            bench_questions[source][record.metadata.question_id] += 1
+            if record.metadata.question_id == QUESTION_IDS[0]:
+                bench_strata[f"{record.metadata.location}|{record.metadata.pathology}"] += 1
 
     nine = report.check("benchmark_nine_questions", "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice")
     for source, per_id in sorted(bench_questions.items()):
