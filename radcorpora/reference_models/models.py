@@ -1,0 +1,136 @@
+"""Reference models: a tiny Qwen2.5-VL built fully offline, and real checkpoints from disk.
+
+`tiny` is the Qwen2.5-VL architecture at toy size (random init), with a byte-level BPE tokenizer
+trained locally on the corpus text, Qwen's special tokens and a chat template that marks
+assistant turns for assistant-only loss, and an image processor that needs no torchvision. It is
+saved and reloaded like any checkpoint, so every build can be checked on a CPU in minutes.
+`hf:<path>` loads a real checkpoint (Qwen2.5-VL, LLaVA-OneVision, Llama-3.2-Vision) from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen-style turns; assistant text sits inside {% generation %} so the tokenizer can return the
+# mask of assistant tokens (the only tokens in the loss).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] }}<|im_end|>{% endgeneration %}"
+    "{% else %}{{ message['content'] }}<|im_end|>{% endif %}"
+    "{% else %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>{% endgeneration %}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}<|im_end|>{% endif %}"
+    "{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without the video processor (which requires torchvision)."""
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **_: Any):
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` with Qwen's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                      extra_special_tokens={"image_token": "<|image_pad|>"})
+    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.padding_side = "left"  # generation appends on the right
+    return wrapped
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2) -> Qwen2_5_VLConfig:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    heads = 4
+    head_dim = hidden // heads
+    third = head_dim // 2 // 3
+    mrope = [head_dim // 2 - 2 * third, third, third]  # sums to head_dim / 2
+    text = {"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]}
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": hidden, "window_size": 56,
+              "fullatt_block_indexes": [1], "in_channels": 3}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"], bos_token_id=ids["<|endoftext|>"],
+                              eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                              tie_word_embeddings=False)
+    return config
+
+
+def tiny_image_processor(side: int = 112) -> Qwen2VLImageProcessorPil:
+    """Images resized to about side x side pixels: (side/14)^2 patches, a quarter as many tokens."""
+    return Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                    min_pixels=side * side, max_pixels=side * side)
+
+
+def build_tiny(out: Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 1000) -> Path:
+    """Create, save and return the folder of a tiny random-init Qwen2.5-VL checkpoint."""
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(texts, vocab_size)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.pad_token_id
+    processor = ImageOnlyQwen25VLProcessor(tiny_image_processor(), tokenizer, chat_template=CHAT_TEMPLATE)
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def load_processor(path: Path) -> Any:
+    """The saved processor; tiny checkpoints need the image-only class (AutoProcessor would
+    silently return just the tokenizer)."""
+    config = Qwen2_5_VLConfig.from_pretrained(path) if (Path(path) / "config.json").exists() else None
+    if config is not None and getattr(config, "model_type", "") == "qwen2_5_vl" and is_tiny(path):
+        return ImageOnlyQwen25VLProcessor.from_pretrained(path)
+    return AutoProcessor.from_pretrained(path)
+
+
+def is_tiny(path: Path) -> bool:
+    return (Path(path) / "config.json").exists() and Qwen2_5_VLConfig.from_pretrained(path).text_config.hidden_size <= 256
+
+
+def load_model(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(model, processor) of a saved checkpoint, tiny or real."""
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+    return model, load_processor(path)
