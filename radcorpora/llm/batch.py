@@ -44,9 +44,10 @@ class BatchRunner:
         check_compliance(requests, self.provider)
         if not isinstance(self.provider, (OpenAIProvider, AnthropicProvider)):
             raise LLMError("client", f"{self.provider.name} has no batch API; run without --batch")
+        keys_of = [self.runner.key_of(request) for request in requests]
         by_key: dict[str, LLMRequest] = {}
-        for request in requests:
-            by_key.setdefault(self.runner.key_of(request), request)
+        for key, request in zip(keys_of, requests):
+            by_key.setdefault(key, request)
         missing = {k for k in by_key if k not in self.cache}
         for batch_id, keys in self.cache.open_batches(self.provider.name, self.provider.endpoint, self.provider.model):
             if missing & set(keys):
@@ -60,17 +61,14 @@ class BatchRunner:
             await self._collect(batch_id, keys)
         # Everything answered is now cached: the online runner reads it back (no calls), repairs
         # unparseable replies, and accounts usage. Keys the batch failed on are not retried online.
-        results = await self.runner.run([r for r in requests if self.runner.key_of(r) not in self.batch_errors], parser,
+        results = await self.runner.run([r for r, k in zip(requests, keys_of) if k not in self.batch_errors], parser,
                                         bought_now=frozenset(self.landed))
-        failed = [self._failure(r) for r in requests if self.runner.key_of(r) in self.batch_errors]
+        failed = [CallResult(request=r, key=k, error=self.batch_errors[k], attempts=1)
+                  for r, k in zip(requests, keys_of) if k in self.batch_errors]
         for result in failed:
             self.runner.ledger.add(result)
         merged = {id(r.request): r for r in (*results, *failed)}
         return [merged[id(r)] for r in requests]
-
-    def _failure(self, request: LLMRequest) -> CallResult:
-        key = self.runner.key_of(request)
-        return CallResult(request=request, key=key, error=self.batch_errors[key], attempts=1)
 
     # ------------------------------------------------------------------ submit / collect
 

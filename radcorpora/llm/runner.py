@@ -75,17 +75,15 @@ Parser = Callable[[str], Any]
 class LLMRunner:
     def __init__(self, provider: Provider, cache: AnswerCache, meter: UsageMeter,
                  limits: RunnerLimits | None = None, ledger: FailureLedger | None = None,
-                 on_result: Callable[[CallResult], None] | None = None, jitter_seed: int | None = None,
                  cache_only: bool = False):
         self.provider = provider
         self.cache = cache
         self.meter = meter
         self.limits = limits or RunnerLimits()
         self.ledger = ledger or FailureLedger()
-        self.on_result = on_result
         self.cache_only = cache_only  # answer from the cache or fail; never send
         self.sent = 0  # HTTP calls actually made (retries included)
-        self._jitter = random.Random(jitter_seed)  # only timing depends on it, never content
+        self._jitter = random.Random()  # only timing depends on it, never content
 
     def key_of(self, request: LLMRequest) -> str:
         return request.cache_key(self.provider.name, self.provider.endpoint, self.provider.model)
@@ -132,9 +130,8 @@ class LLMRunner:
                 limiter.pause(delay)
             await asyncio.sleep(delay)
 
-    async def _one(self, request: LLMRequest, parser: Parser | None, limiter: RateLimiter,
+    async def _one(self, request: LLMRequest, key: str, parser: Parser | None, limiter: RateLimiter,
                    gate: asyncio.Semaphore) -> CallResult:
-        key = self.key_of(request)
         result = CallResult(request=request, key=key)
         response, error, attempts, cached = await self._call(request, key, limiter, gate)
         result.attempts, result.cached = attempts, cached
@@ -179,7 +176,7 @@ class LLMRunner:
         for request in requests:
             key = self.key_of(request)
             if key not in first_of:
-                first_of[key] = asyncio.ensure_future(self._one(request, parser, limiter, gate))
+                first_of[key] = asyncio.ensure_future(self._one(request, key, parser, limiter, gate))
             tasks.append(first_of[key])
         results: list[CallResult] = []
         shared = await asyncio.gather(*tasks)
@@ -197,17 +194,6 @@ class LLMRunner:
             self.meter.add(result.response, cached=result.cached, model=self.provider.model)
         if result.error is not None:
             self.ledger.add(result)
-        if self.on_result is not None:
-            self.on_result(result)
-
-    def run_sync(self, requests: Sequence[LLMRequest], parser: Parser | None = None) -> list[CallResult]:
-        async def main() -> list[CallResult]:
-            try:
-                return await self.run(requests, parser)
-            finally:
-                await self.provider.close()
-
-        return asyncio.run(main())
 
 
 def repair_request(request: LLMRequest, reply: str, error: ParseError) -> LLMRequest:

@@ -85,11 +85,10 @@ class LLMSession:
         kind, model = parse_llm_spec(spec)
         return f"{kind}:{model}"
 
-    def run(self, spec: str, requests: Sequence[LLMRequest], parser: Parser | None = None,
-            on_result: Callable[[CallResult], None] | None = None) -> list[CallResult]:
+    def run(self, spec: str, requests: Sequence[LLMRequest], parser: Parser | None = None) -> list[CallResult]:
         """Answer every request with the model `spec` (cache first); results in request order."""
         provider = self.provider(spec)  # a fresh client per event loop
-        runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger, on_result,
+        runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger,
                            cache_only=self.settings.cache_only)
 
         async def main() -> list[CallResult]:

@@ -120,14 +120,11 @@ def build_tiny(out: Path, texts: Iterable[str], seed: int = 0, vocab_size: int =
 def load_processor(path: Path) -> Any:
     """The saved processor; tiny checkpoints need the image-only class (AutoProcessor would
     silently return just the tokenizer)."""
-    config = Qwen2_5_VLConfig.from_pretrained(path) if (Path(path) / "config.json").exists() else None
-    if config is not None and getattr(config, "model_type", "") == "qwen2_5_vl" and is_tiny(path):
-        return ImageOnlyQwen25VLProcessor.from_pretrained(path)
+    if (Path(path) / "config.json").exists():
+        config = Qwen2_5_VLConfig.from_pretrained(path)
+        if config.model_type == "qwen2_5_vl" and config.text_config.hidden_size <= 256:  # a tiny checkpoint
+            return ImageOnlyQwen25VLProcessor.from_pretrained(path)
     return AutoProcessor.from_pretrained(path)
-
-
-def is_tiny(path: Path) -> bool:
-    return (Path(path) / "config.json").exists() and Qwen2_5_VLConfig.from_pretrained(path).text_config.hidden_size <= 256
 
 
 def load_model(path: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
