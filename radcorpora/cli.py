@@ -1,4 +1,5 @@
-"""`radcorpora` command line: build | estimate | validate | adjudicate | export | demo | publish."""
+"""`radcorpora` command line: build | estimate | validate | adjudicate | export | train | evaluate | check |
+demo | publish."""
 
 from __future__ import annotations
 
@@ -277,13 +278,162 @@ def validate_cmd(
     raise typer.Exit(0 if report.valid else 1)
 
 
+TRAIN_MISSING = ("the reference-model commands need the training stack: "
+                 "pip install torch==2.13.0 'radcorpora[train]' (or a CUDA torch on a GPU machine)")
+
+
+def _train_stack() -> None:
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        _fail(RuntimeError(f"{TRAIN_MISSING} ({exc})"))
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    from radcorpora.reference_models.models import ModelSpecError
+    from radcorpora.reference_models.sft import TrainingError
+
+    return (*USER_ERRORS, ModelSpecError, TrainingError)
+
+
+def _judge(spec: str | None, cache: Path | None, concurrency: int):
+    if spec is None:
+        return None
+    from radcorpora.llm.session import LLMSession
+    from radcorpora.reference_models.judge import Judge
+
+    from radcorpora.llm.limits import RunnerLimits
+
+    defaults = RunnerLimits()
+    return Judge(spec, LLMSession(_llm_settings(concurrency, None, None, False, cache, None, False,
+                                                defaults.timeout_s, defaults.max_attempts)))
+
+
+@app.command("train")
+def train_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    model: str = typer.Option(..., "--model", help="tiny, or hf:<local checkpoint path>"),
+    out: Path = typer.Option(..., "--out", help="Output folder (weights, training log, checkpoints)"),
+    config: str | None = typer.Option(None, "--config", help="Config to train on (default: the corpus' training config)"),
+    preset: str | None = typer.Option(None, "--preset", help="rad-ace | radimagenet-vqa | tiny-check | tiny-lora"),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1),
+    text_only: bool = typer.Option(False, "--text-only", help="Withhold the images (the shortcut twin)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fine-tune a reference model on a build's training split; resumes from the last checkpoint."""
+    _train_stack()
+    from radcorpora.reference_models.check import CheckConfig, sft_config
+    from radcorpora.reference_models.data import alignment_examples, corpus_of, training_examples, training_texts
+    from radcorpora.reference_models.models import resolve_model
+    from radcorpora.reference_models.sft import train
+
+    try:
+        corpus = corpus_of(build_dir)
+        settings = sft_config(CheckConfig(model=model, preset=preset, max_steps=max_steps, seed=seed), corpus)
+        examples = training_examples(build_dir, config)
+        base = resolve_model(model, out, lambda: training_texts(build_dir, config), seed=seed)
+        console.print(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir}"
+                      f"{' with images withheld' if text_only else ''}")
+        result = train(base, examples, out, settings, text_only=text_only, log=console.print,
+                       alignment_rows=alignment_examples(build_dir))
+    except _model_errors() as exc:
+        _fail(exc)
+    console.print(f"[green]trained:[/] {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}, "
+                  f"{result.samples_per_second} samples/s; weights in {out}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    adapter: Path = typer.Option(..., "--adapter", help="A `radcorpora train` output folder, or a peft adapter folder"),
+    config: str | None = typer.Option(None, "--config", help="Held-out config (default: the corpus' evaluation config)"),
+    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers / criteria)"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N rows only"),
+    out: Path | None = typer.Option(None, "--out", help="Where metrics.json and predictions.jsonl go (default: --adapter)"),
+    cache: Path | None = typer.Option(None, "--cache", help="LLM answer cache (SQLite)"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+) -> None:
+    """Evaluate a trained model with the corpus' own metrics; per-sample predictions next to them."""
+    _train_stack()
+    from radcorpora.publish.atomic import write_json, write_jsonl
+    from radcorpora.reference_models.data import corpus_of, evaluation_rows
+    from radcorpora.reference_models.evaluate import EVALUATORS
+    from radcorpora.reference_models.sft import load_trained
+
+    try:
+        corpus = corpus_of(build_dir)
+        rows = evaluation_rows(build_dir, config, limit)
+        model, processor, trained = load_trained(adapter)
+        text_only = bool(trained and trained.text_only)
+        metrics, samples = EVALUATORS[corpus].run(model, processor, rows, text_only=text_only,
+                                                  judge=_judge(judge, cache, concurrency))
+    except _model_errors() as exc:
+        _fail(exc)
+    target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
+    write_json(target / "metrics.json", metrics)
+    write_jsonl(target / "predictions.jsonl", samples)
+    primary = EVALUATORS[corpus].primary(metrics)
+    console.print(f"{corpus}: {primary} {metrics[primary]} on {len(samples)} rows"
+                  f"{' (images withheld: text-only model)' if text_only else ''}; "
+                  f"metrics and predictions in {target}")
+    Console().print_json(data=metrics)
+
+
+@app.command("check")
+def check_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    model: str = typer.Option("tiny", "--model", help="tiny, or hf:<local checkpoint path>"),
+    margin: float = typer.Option(5.0, "--margin", help="Points the image model must beat the text-only twin by"),
+    preset: str | None = typer.Option(None, "--preset"),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", min=1),
+    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge"),
+    cache: Path | None = typer.Option(None, "--cache"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train on the build, and on the build with images withheld; exit 0 only when the image model
+    beats its text-only twin by the margin on the held-out config."""
+    _train_stack()
+    if not _run_check(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed):
+        raise typer.Exit(1)
+
+
+def _run_check(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
+               eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0) -> bool:
+    from radcorpora.reference_models.check import CheckConfig, run_check
+
+    try:
+        report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
+                                                  eval_limit=eval_limit, seed=seed),
+                           judge=_judge(judge, cache, 8), log=console.print)
+    except _model_errors() as exc:
+        _fail(exc)
+    table = Table(title=f"reference check: {report['corpus']} ({report['metric']})")
+    for column in ("", "image model", "text-only twin"):
+        table.add_column(column)
+    table.add_row(report["metric"], str(report["image"]["score"]), str(report["text_only"]["score"]))
+    for cell, value in report["image"]["metrics"].get("by_task_and_type", {}).items():
+        table.add_row(cell, str(value), str(report["text_only"]["metrics"]["by_task_and_type"].get(cell, "")))
+    console.print(table)
+    verdict = "[green]passed[/]" if report["passed"] else "[bold red]FAILED[/]"
+    console.print(f"reference check {verdict}: gap {report['gap']:+} points (margin {report['margin']}), "
+                  f"{report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}")
+    return bool(report["passed"])
+
+
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the demo sources and builds"),
     images_per_class: int = typer.Option(12, "--images-per-class", min=5),
     workers: int = typer.Option(_default_workers(), "--workers", min=1),
+    check: bool = typer.Option(True, "--check/--no-check", help="End with the reference check on radimagenet-vqa"),
 ) -> None:
-    """Write small RadImageNet-format sources, build and validate radimagenet-vqa from them."""
+    """Write small demo sources in the upstream formats, build and validate radimagenet-vqa and
+    rad-ace-cot from them, then check radimagenet-vqa against a tiny model trained on it."""
+    if check:
+        _train_stack()
     from radcorpora.demo.radimagenet import write_demo_radimagenet
     from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
 
@@ -299,6 +449,8 @@ def demo_cmd(
     valid = _finish_build(outcome, exit_on_invalid=False)
     console.print(f"[green]demo corpus:[/] {outcome.out}  (load with datasets.load_dataset('{outcome.out}', 'benchmark'))")
     valid = _demo_rad_ace_cot(out) and valid
+    if check:
+        valid = _run_check(out / "radimagenet-vqa", "tiny", margin=5.0) and valid
     if not valid:
         raise typer.Exit(1)
 

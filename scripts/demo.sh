@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+# torch first, in the same command: 2.13.0 is the CPU wheel here (a plain `torch` pulls CUDA builds)
+.venv/bin/python -m pip install -q torch==2.13.0 -e '.[train]'
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/radcorpora demo --out "${1:-demo-out}"

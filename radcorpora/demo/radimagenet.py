@@ -88,8 +88,14 @@ def draw_image(anatomy: str, pathology_index: int | None, key: str, seed: int = 
     return buffer.getvalue()
 
 
-def write_demo_radimagenet(root: Path, images_per_class: int = 10, seed: int = 0, us_images: int = 3) -> dict[str, int]:
-    """Write `root/radiology_ai/...` and the three split CSVs; returns images per split."""
+def write_demo_radimagenet(root: Path, images_per_class: int = 10, seed: int = 0, us_images: int = 3,
+                           pixels_carry_labels: bool = True) -> dict[str, int]:
+    """Write `root/radiology_ai/...` and the three split CSVs; returns images per split.
+
+    With `pixels_carry_labels=False` every image shows a region and lesion drawn at random (seeded
+    by its path), whatever its folder says: a corpus whose answers do not depend on its images,
+    which the reference check must fail."""
+    classes = [(anatomy, index) for _, anatomy, pathologies in DEMO_CLASSES for index in (*range(len(pathologies)), None)]
     tree = root / "radiology_ai"
     rows: dict[str, list[tuple[str, str]]] = {name: [] for name, _ in SPLIT_SHARES}
     for modality, anatomy, pathologies in DEMO_CLASSES:
@@ -99,8 +105,10 @@ def write_demo_radimagenet(root: Path, images_per_class: int = 10, seed: int = 0
             for i in range(images_per_class):
                 name = f"{anatomy}-{pathology}{i:06d}.png"
                 rel = f"radiology_ai/{modality}/{anatomy}/{pathology}/{name}"
-                index = None if pathology == "normal" else p_index
-                (folder / name).write_bytes(draw_image(anatomy, index, rel, seed))
+                drawn = (anatomy, None if pathology == "normal" else p_index)
+                if not pixels_carry_labels:
+                    drawn = row_rng(seed, "demo-radimagenet-shuffled", rel).choice(classes)
+                (folder / name).write_bytes(draw_image(*drawn, rel, seed))
                 position = i / images_per_class
                 split = "train" if position < 0.6 else "val" if position < 0.8 else "test"
                 rows[split].append((rel, f"{anatomy}-{pathology}"))

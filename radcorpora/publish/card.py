@@ -4,6 +4,8 @@ Hub and `load_dataset` read it as they read their own."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
          + (_table(["reason", "rows"], sorted(rejects.items())) if rejects else "None.")),
         "## Validation",
         _validation_text(validation),
+        *_reference_check_section(build),
         "## Licence",
         content.licence_text,
         "## Citation",
@@ -138,3 +141,60 @@ def _validation_text(validation: dict[str, Any]) -> str:
 
 def write_card(build: Path, text: str) -> None:
     atomic.write_text(build / "README.md", text)
+
+
+REFERENCE_CHECK = "Reference check"
+
+
+def _reference_check_section(build: Path) -> list[str]:
+    """Kept when a card is rendered again (e.g. after adjudication), so a check is never dropped."""
+    path = build / "build" / "reference_check.json"
+    return [f"## {REFERENCE_CHECK}", reference_check_text(json.loads(path.read_text()))] if path.exists() else []
+
+
+def reference_check_text(report: dict[str, Any]) -> str:
+    """Markdown of a `radcorpora check` report: both models, the gap, the verdict, how it was run."""
+    image, text = report["image"], report["text_only"]
+    metric, settings = report["metric"], report["settings"]
+    verdict = "passed" if report["passed"] else "FAILED"
+    lines = [
+        f"`radcorpora check` {verdict}: a `{settings['model']}` model fine-tuned on `{settings['train_config']}` "
+        f"(train) scores {image['score']} {metric} on the held-out `{settings['eval_config']}` config "
+        f"({settings['eval_rows']} rows); its text-only twin, trained the same way with the images withheld, "
+        f"scores {text['score']}. Gap {report['gap']:+} points; the check asks for at least {report['margin']}.",
+        "",
+        _table(["", "image model", "text-only twin"], [
+            [metric, image["score"], text["score"]],
+            ["training steps", image["train"]["steps"], text["train"]["steps"]],
+            ["final training loss", _round(image["train"]["last_loss"]), _round(text["train"]["last_loss"])],
+        ]),
+    ]
+    table_i, table_t = image["metrics"].get("by_task_and_type"), text["metrics"].get("by_task_and_type")
+    if table_i and table_t:
+        lines += ["", _table(["task/type", "image model", "text-only twin"],
+                             [[cell, table_i[cell], table_t.get(cell, "")] for cell in table_i])]
+    lines += ["", f"Preset `{settings['preset']}` ({settings['sft']['method']}, seed {settings['sft']['seed']}); "
+              f"{report['seconds']} s in all. Metrics, settings and per-sample predictions: `build/reference_check.json` "
+              "and `build/reference_check/`."]
+    return "\n".join(lines)
+
+
+def _round(value: float | None) -> Any:
+    return round(value, 4) if value is not None else ""
+
+
+def upsert_card_section(build: Path, title: str, body: str) -> None:
+    """Put `## title` + body into the card, replacing that section if present (before `## Licence`
+    when new), atomically."""
+    path = build / "README.md"
+    text = path.read_text(encoding="utf-8")
+    section = f"## {title}\n\n{body.strip()}\n\n"
+    existing = re.search(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    if existing:
+        text = text[:existing.start()] + section + text[existing.end():]
+    else:
+        anchor = re.search(r"^## Licence\n", text, flags=re.MULTILINE)
+        at = anchor.start() if anchor else len(text)
+        text = text[:at] + section + text[at:]
+    DatasetCard(text)  # the YAML header must still parse
+    atomic.write_text(path, text)

@@ -16,7 +16,8 @@ from huggingface_hub import HfApi
 
 from radcorpora.validators.layout import read_card_yaml, read_manifest
 
-PUSH_PATTERNS = ["README.md", "data/**/*.parquet", "build/manifest.json", "build/rejects.jsonl", "build/validation.json"]
+PUSH_PATTERNS = ["README.md", "data/**/*.parquet", "build/manifest.json", "build/rejects.jsonl", "build/validation.json",
+                 "build/reference_check.json"]
 
 
 class PublishError(RuntimeError):

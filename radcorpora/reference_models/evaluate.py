@@ -1,9 +1,13 @@
-"""Evaluating a (fine-tuned) reference model with a corpus' own metrics.
+"""Evaluating a (fine-tuned) reference model with a corpus' own metrics; `EVALUATORS` has one
+entry per corpus.
 
 radimagenet-vqa: closed answers are read on word boundaries ("nodule" is not "no"), multiple
 choice letters are read robustly (a bare letter, "(B)", "answer: B", or the option's text), open
-answers by normalised match; accuracy by task x question type as in the paper. Per-sample
-predictions are written next to the metrics so every number can be traced.
+answers by normalised match offline or by an LLM judge; accuracy by task x question type as in
+the paper. rad-ace-cot: the rate of well-formed think/answer outputs, answer accuracy against
+VQA-RAD, ROUGE-L and BLEU, and the five-criteria LLM judge; each question is asked with its own
+prompt. Every evaluation returns per-sample predictions next to its metrics, so every number can
+be traced.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import re
 import string
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from radcorpora.ops.cot import split_cot
+from radcorpora.reference_models.judge import CRITERIA, Judge, JudgeItem
 from radcorpora.reference_models.sft import decode_images, to_messages
 
 LETTERS = "ABCD"
@@ -72,14 +79,14 @@ def score_radimagenet_vqa(row: dict[str, Any], prediction: str) -> tuple[bool, s
 
 @torch.no_grad()
 def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts: Sequence[str], text_only: bool,
-             max_new_tokens: int = 16, batch_size: int = 16) -> list[str]:
+             max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
     """Greedy answers, one per (row, prompt)."""
     model.eval()
     device = next(model.parameters()).device
     processor.tokenizer.padding_side = "left"
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
         messages = [to_messages([{"from": "human", "value": prompt}], None if text_only else decode_images(row))
                     for row, prompt in zip(chunk, prompts[start:start + batch_size])]
         batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
@@ -91,19 +98,119 @@ def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts
     return answers
 
 
+def _percent(hits: Sequence[bool]) -> float:
+    return round(100 * sum(hits) / len(hits), 2) if hits else 0.0
+
+
 def evaluate_radimagenet_vqa(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
-                             batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                             batch_size: int = 16, judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, per-sample predictions) on benchmark rows."""
     prompts = [question_prompt(r["question"], r["choices"]) for r in rows]
-    predictions = generate(model, processor, rows, prompts, text_only, batch_size=batch_size)
-    cells: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    predictions = generate(model, processor, rows, prompts, text_only, max_new_tokens=24, batch_size=batch_size)
     samples = []
     for row, prediction in zip(rows, predictions):
         correct, parsed = score_radimagenet_vqa(row, prediction)
-        task = row["metadata"]["question_id"].split("_")[0]
-        cells[(task, row["question_type"])].append(correct)
-        samples.append({"id": row["id"], "task": task, "question_type": row["question_type"], "answer": row["answer"],
+        samples.append({"id": row["id"], "task": row["metadata"]["question_id"].split("_")[0],
+                        "question_type": row["question_type"], "question": row["question"], "answer": row["answer"],
                         "prediction": prediction, "parsed": parsed, "correct": correct})
-    table = {f"{task}/{qtype}": round(100 * sum(v) / len(v), 2) for (task, qtype), v in sorted(cells.items())}
-    overall = round(100 * sum(s["correct"] for s in samples) / len(samples), 2) if samples else 0.0
-    return {"accuracy": overall, "by_task_and_type": table, "questions": len(samples)}, samples
+    metrics: dict[str, Any] = {}
+    if judge is not None:
+        open_ones = [(s, r) for s, r in zip(samples, rows) if r["question_type"] == "open"]
+        items = [JudgeItem(s["id"], r["question"], r["metadata"]["correct_text"] or r["answer"], s["prediction"],
+                           r["lineage"]["licence_class"]) for s, r in open_ones]
+        judgements = judge.open_answers(items)
+        for (sample, _), judgement in zip(open_ones, judgements):
+            sample["matched"] = sample["correct"]
+            sample["correct"] = bool(judgement.parsed and judgement.parsed.correct)  # type: ignore[attr-defined]
+            if judgement.error:
+                sample["judge_error"] = judgement.error
+        metrics["judge"] = {"model": judge.spec, "open_answers": len(items),
+                            "failed": sum(j.error is not None for j in judgements)}
+    cells: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for sample in samples:
+        cells[(sample["task"], sample["question_type"])].append(sample["correct"])
+    metrics.update({"accuracy": _percent([s["correct"] for s in samples]),
+                    "by_task_and_type": {f"{task}/{qtype}": _percent(v) for (task, qtype), v in sorted(cells.items())},
+                    "questions": len(samples)})
+    return metrics, samples
+
+
+def cot_prompt(question: str) -> str:
+    """The human turn of a rad-ace-cot example: the image, then the question (as in training)."""
+    return f"<image>\n{question}"
+
+
+def score_vqa_rad(answer_type: str, truth: str, answer: str) -> bool:
+    """A VQA-RAD answer: yes/no on word boundaries, other answers by normalised containment."""
+    truth_norm = normalise(truth)
+    if answer_type == "CLOSED" and truth_norm in {"yes", "no"}:
+        return parse_closed(answer) == truth_norm
+    said = normalise(answer)
+    return bool(truth_norm) and re.search(rf"\b{re.escape(truth_norm)}\b", said) is not None
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-L F1 (mean over samples, rouge-score) and corpus BLEU (sacrebleu), both 0-100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not predictions:
+        return {"rouge_l": 0.0, "bleu": 0.0}
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)])
+    return {"rouge_l": round(100 * sum(rouge) / len(rouge), 2), "bleu": round(bleu.score, 2)}
+
+
+def evaluate_rad_ace_cot(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
+                         batch_size: int = 8, judge: Judge | None = None,
+                         max_new_tokens: int = 512) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metrics, per-sample predictions) on VQA-RAD test questions, each asked on its own."""
+    prompts = [cot_prompt(r["question"]) for r in rows]
+    outputs = generate(model, processor, rows, prompts, text_only, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    samples = []
+    for row, output in zip(rows, outputs):
+        parts = split_cot(output)
+        answer = parts[1] if parts else output
+        samples.append({"id": row["id"], "question": row["question"], "answer_type": row["answer_type"],
+                        "reference": row["answer"], "prediction": output, "well_formed": parts is not None,
+                        "parsed_answer": answer, "correct": score_vqa_rad(row["answer_type"], row["answer"], answer)})
+    by_type = {kind: _percent([s["correct"] for s in samples if s["answer_type"] == kind]) for kind in ("CLOSED", "OPEN")}
+    metrics: dict[str, Any] = {
+        "questions": len(samples),
+        "format_rate": _percent([s["well_formed"] for s in samples]),
+        "answer_accuracy": _percent([s["correct"] for s in samples]),
+        "closed_accuracy": by_type["CLOSED"], "open_accuracy": by_type["OPEN"],
+        **text_metrics([s["parsed_answer"] for s in samples], [s["reference"] for s in samples]),
+    }
+    if judge is not None:
+        items = [JudgeItem(s["id"], s["question"], s["reference"], s["prediction"], r["lineage"]["licence_class"])
+                 for s, r in zip(samples, rows)]
+        judgements = judge.criteria(items)
+        scored = []
+        for sample, judgement in zip(samples, judgements):
+            if judgement.parsed is not None:
+                sample["judge"] = judgement.parsed.model_dump()
+                scored.append(judgement.parsed)
+            else:
+                sample["judge_error"] = judgement.error
+        means = {c: round(sum(getattr(s, c) for s in scored) / len(scored), 3) if scored else None for c in CRITERIA}
+        overall = round(sum(s.mean() for s in scored) / len(scored), 3) if scored else None
+        metrics["judge"] = {"model": judge.spec, "scored": len(scored), "failed": len(samples) - len(scored),
+                            "criteria": means, "mean": overall}
+        # On 0-100 like the other metrics, so a margin in points means the same for every corpus.
+        metrics["judge_score"] = round(100 * (overall - 1) / 4, 2) if overall is not None else 0.0
+    return metrics, samples
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    run: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]]
+    primary: Callable[[dict[str, Any]], str]  # which metric (0-100, higher is better) the check compares
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "radimagenet-vqa": Evaluator(evaluate_radimagenet_vqa, lambda metrics: "accuracy"),
+    "rad-ace-cot": Evaluator(evaluate_rad_ace_cot,
+                             lambda metrics: "judge_score" if "judge_score" in metrics else "answer_accuracy"),
+}

@@ -9,7 +9,9 @@ saved and reloaded like any checkpoint, so every build can be checked on a CPU i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,19 +104,44 @@ def tiny_image_processor(side: int = 112) -> Qwen2VLImageProcessorPil:
                                     min_pixels=side * side, max_pixels=side * side)
 
 
-def build_tiny(out: Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 1000) -> Path:
-    """Create, save and return the folder of a tiny random-init Qwen2.5-VL checkpoint."""
+def build_tiny(out: Path, texts: Iterable[str], seed: int = 0, vocab_size: int = 1000, hidden: int = 64,
+               layers: int = 2, image_side: int = 112) -> Path:
+    """Create, save and return the folder of a tiny random-init Qwen2.5-VL checkpoint (written to a
+    temporary sibling first, so a killed run never leaves half a model)."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(texts, vocab_size)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, hidden, layers))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.pad_token_id
-    processor = ImageOnlyQwen25VLProcessor(tiny_image_processor(), tokenizer, chat_template=CHAT_TEMPLATE)
+    processor = ImageOnlyQwen25VLProcessor(tiny_image_processor(image_side), tokenizer, chat_template=CHAT_TEMPLATE)
     out = Path(out)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out
+
+
+class ModelSpecError(ValueError):
+    """A `--model` value that names no usable model; the message says why."""
+
+
+def resolve_model(spec: str, folder: Path, texts: Callable[[], Iterable[str]], seed: int = 0) -> Path:
+    """The checkpoint folder for `tiny` (built under `folder` on first use, its tokenizer trained on
+    `texts()`) or `hf:<local path>` (a real checkpoint already on disk)."""
+    if spec == "tiny":
+        path = Path(folder) / "tiny-base"
+        return path if (path / "config.json").exists() else build_tiny(path, texts(), seed=seed)
+    if spec.startswith("hf:"):
+        path = Path(spec[3:]).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelSpecError(f"--model {spec}: {path} is not a checkpoint folder (no config.json); "
+                                 "download the model first, e.g. `hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir PATH`")
+        return path
+    raise ModelSpecError(f"--model {spec!r}: expected `tiny` or `hf:<local checkpoint path>`")
 
 
 def load_processor(path: Path) -> Any:

@@ -1,0 +1,136 @@
+"""The build check: train a reference model on a build's training split, evaluate it on the
+held-out config, do the same for a text-only twin (images withheld), and pass only when the image
+model beats the twin by the margin. A corpus whose answers do not depend on its images fails.
+
+Everything lands in the build folder: `build/reference_check.json` (both models' metrics, the
+gap, settings, times), per-sample predictions under `build/reference_check/`, and a "Reference
+check" section in the dataset card. A killed check resumes its training runs when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from radcorpora.pipelines.common import library_versions
+from radcorpora.publish.atomic import write_json, write_jsonl
+from radcorpora.publish.card import reference_check_text, upsert_card_section
+from radcorpora.reference_models.data import CORPUS_DATA, alignment_examples, corpus_of, evaluation_rows, training_examples, training_texts
+from radcorpora.reference_models.evaluate import EVALUATORS
+from radcorpora.reference_models.judge import Judge
+from radcorpora.reference_models.models import resolve_model
+from radcorpora.reference_models.sft import PRESETS, SFTConfig, TrainingError, load_trained, train
+
+CORPUS_PRESETS = {"radimagenet-vqa": "radimagenet-vqa", "rad-ace-cot": "rad-ace"}
+VARIANTS = {"image": False, "text-only": True}  # variant -> images withheld
+
+
+class CheckConfig(BaseModel):
+    model: str = "tiny"
+    margin: float = Field(5.0, description="points (0-100 scale) the image model must beat the text-only twin by")
+    preset: str | None = None  # default: tiny-check for the tiny model, the corpus recipe otherwise
+    max_steps: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+def default_preset(model: str, corpus: str) -> str:
+    return "tiny-check" if model == "tiny" else CORPUS_PRESETS[corpus]
+
+
+def sft_config(config: CheckConfig, corpus: str) -> SFTConfig:
+    name = config.preset or default_preset(config.model, corpus)
+    if name not in PRESETS:
+        raise TrainingError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+    update: dict[str, Any] = {"seed": config.seed}
+    if config.max_steps:
+        update["max_steps"] = config.max_steps
+    return PRESETS[name].model_copy(update=update)
+
+
+def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the check and return what was written to `build/reference_check.json`."""
+    build = Path(build)
+    say = log or (lambda _: None)
+    started_at, started = datetime.now(timezone.utc), time.time()
+    corpus = corpus_of(build)
+    evaluator = EVALUATORS[corpus]
+    work = build / "build" / "reference_check"
+    sft = sft_config(config, corpus)
+    examples = training_examples(build)
+    captions = alignment_examples(build)
+    rows = evaluation_rows(build, limit=config.eval_limit)
+    base = resolve_model(config.model, work, lambda: training_texts(build), seed=config.seed)
+    say(f"reference check of {build} ({corpus}): {len(examples)} training examples, {len(rows)} held-out rows, "
+        f"model {config.model}, {sft.method} fine-tuning")
+    results: dict[str, Any] = {}
+    for variant, text_only in VARIANTS.items():
+        out = work / variant
+        t0 = time.time()
+        def run(v: str = variant, text_only: bool = text_only, out: Path = out) -> Any:
+            return train(base, examples, out, sft, text_only=text_only, log=lambda m: say(f"[{v}] {m}"),
+                         alignment_rows=captions)
+
+        try:
+            trained = run()
+        except TrainingError:  # the folder holds a run with other settings: this check owns it, start over
+            shutil.rmtree(out)
+            trained = run()
+        model, processor, _ = load_trained(out)
+        t1 = time.time()
+        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only, judge=judge)
+        write_jsonl(out / "predictions.jsonl", samples)
+        write_json(out / "metrics.json", metrics)
+        primary = evaluator.primary(metrics)
+        results[variant] = {"metrics": metrics, "primary": primary, "score": metrics[primary],
+                            "train": {k: getattr(trained, k) for k in ("steps", "examples_seen", "first_loss", "last_loss",
+                                                                       "samples_per_second", "tokens_per_second")},
+                            "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
+                            "predictions": str((out / "predictions.jsonl").relative_to(build))}
+        say(f"[{variant}] {primary} {metrics[primary]}")
+    gap = round(results["image"]["score"] - results["text-only"]["score"], 2)
+    report = {
+        "corpus": corpus,
+        "passed": gap >= config.margin,
+        "gap": gap,
+        "margin": config.margin,
+        "metric": results["image"]["primary"],
+        "image": results["image"],
+        "text_only": results["text-only"],
+        "settings": {"model": config.model, "base_checkpoint": str(base), "preset": config.preset or default_preset(
+            config.model, corpus), "sft": sft.model_dump(mode="json"),
+            "train_config": CORPUS_DATA[corpus].train_config, "eval_config": CORPUS_DATA[corpus].eval_config,
+            "eval_rows": len(rows), "training_examples": len(examples),
+            "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0, "judge": judge.spec if judge else None},
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 1),
+        "versions": library_versions() | _train_versions(),
+    }
+    write_json(build / "build" / "reference_check.json", report)
+    upsert_card_section(build, "Reference check", reference_check_text(report))
+    return report
+
+
+def _train_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def read_check(build: Path) -> dict[str, Any] | None:
+    path = Path(build) / "build" / "reference_check.json"
+    return json.loads(path.read_text()) if path.exists() else None
