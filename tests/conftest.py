@@ -34,3 +34,15 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+def pytest_configure(config):
+    """Under xdist, give each worker its share of the cores (torch would start one thread per core
+    in every worker, and the training tests would fight over them)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        try:
+            import torch
+        except ImportError:
+            return
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

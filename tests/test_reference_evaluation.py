@@ -51,8 +51,8 @@ def test_text_metrics_match_hand_computed_values():
 
 
 def _judge_server(model, system, messages):
-    text = messages[-1]["content"] if isinstance(messages[-1]["content"], str) else messages[-1]["content"][0]["text"]
-    if "malformed" in text:
+    text = json.dumps(messages)
+    if "malformed" in text:  # also refuses the repair request, which repeats the conversation
         return "I would rate it highly.", None
     good = "<answer>Yes" in text
     score = 5 if good else 2
@@ -71,7 +71,7 @@ def test_rad_ace_evaluation_with_a_five_criteria_judge(monkeypatch, tmp_path):
     ]
     outputs = ["<think>The cortex is broken.</think><answer>Yes, a fracture.</answer>",
                "<think>Opacity on one side.</think><answer>The right lung.</answer>",
-               "no tags at all, malformed"]
+               "malformed output, tags missing"]
     asked: list[list[str]] = []
 
     def fake_generate(model, processor, rows_, prompts, text_only, max_new_tokens=24, batch_size=16):
@@ -86,7 +86,8 @@ def test_rad_ace_evaluation_with_a_five_criteria_judge(monkeypatch, tmp_path):
         metrics, samples = evaluate.evaluate_rad_ace_cot(None, None, rows, judge=Judge("openai:gpt-4o", session))
         bodies = list(server.request_bodies)
     assert asked == [[f"<image>\n{r['question']}" for r in rows]]  # each question with its own prompt
-    assert len(bodies) == 3 and all(b["temperature"] == 0.0 for b in bodies)
+    # three questions, plus one repair request for the reply that was not JSON
+    assert len(bodies) == 4 and all(b["temperature"] == 0.0 for b in bodies)
     assert metrics["format_rate"] == round(100 * 2 / 3, 2)
     assert metrics["answer_accuracy"] == round(100 * 1 / 3, 2)  # q1 right, q2 wrong lung, q3 "no" not said
     assert metrics["closed_accuracy"] == 50.0 and metrics["open_accuracy"] == 0.0
@@ -105,7 +106,7 @@ def test_rad_ace_evaluation_with_a_five_criteria_judge(monkeypatch, tmp_path):
 def test_open_answer_judge_verdicts(monkeypatch, tmp_path):
     def server(model, system, messages):
         text = messages[-1]["content"]
-        return json.dumps({"correct": "Model answer: kidney" not in text}), None
+        return json.dumps({"correct": "Model answer: kidney lesion" in text}), None
 
     with FakeProviderServer(server) as fake:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
