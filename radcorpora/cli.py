@@ -284,9 +284,9 @@ TRAIN_MISSING = ("the reference-model commands need the training stack: "
 
 def _train_stack() -> None:
     try:
-        import peft  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import peft
+        import torch
+        import transformers
     except ImportError as exc:
         _fail(RuntimeError(f"{TRAIN_MISSING} ({exc})"))
 
@@ -301,10 +301,9 @@ def _model_errors() -> tuple[type[Exception], ...]:
 def _judge(spec: str | None, cache: Path | None, concurrency: int):
     if spec is None:
         return None
+    from radcorpora.llm.limits import RunnerLimits
     from radcorpora.llm.session import LLMSession
     from radcorpora.reference_models.judge import Judge
-
-    from radcorpora.llm.limits import RunnerLimits
 
     defaults = RunnerLimits()
     return Judge(spec, LLMSession(_llm_settings(concurrency, None, None, False, cache, None, False,
@@ -325,7 +324,12 @@ def train_cmd(
     """Fine-tune a reference model on a build's training split; resumes from the last checkpoint."""
     _train_stack()
     from radcorpora.reference_models.check import CheckConfig, sft_config
-    from radcorpora.reference_models.data import alignment_examples, corpus_of, training_examples, training_texts
+    from radcorpora.reference_models.data import (
+        alignment_examples,
+        corpus_of,
+        training_examples,
+        training_texts,
+    )
     from radcorpora.reference_models.models import resolve_model
     from radcorpora.reference_models.sft import train
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from radcorpora.cli import app  # noqa: E402
-from radcorpora.demo.radimagenet import write_demo_radimagenet  # noqa: E402
-from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa  # noqa: E402
+from radcorpora.cli import app
+from radcorpora.demo.radimagenet import write_demo_radimagenet
+from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
 
 
 @pytest.mark.slow

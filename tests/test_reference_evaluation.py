@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from radcorpora.llm.fake_server import FakeProviderServer  # noqa: E402
-from radcorpora.llm.session import LLMSession, LLMSettings  # noqa: E402
-from radcorpora.reference_models import evaluate  # noqa: E402
-from radcorpora.reference_models.judge import Judge, JudgeItem  # noqa: E402
+from radcorpora.llm.fake_server import FakeProviderServer
+from radcorpora.llm.session import LLMSession, LLMSettings
+from radcorpora.reference_models import evaluate
+from radcorpora.reference_models.judge import Judge, JudgeItem
 
 KEY = "sk-test-reference-0123456789"
 

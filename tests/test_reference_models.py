@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from radcorpora.publish.views import QuestionView  # noqa: E402
-from radcorpora.reference_models import sft  # noqa: E402
-from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts  # noqa: E402
-from radcorpora.reference_models.evaluate import evaluate_radimagenet_vqa, generate, question_prompt  # noqa: E402
-from radcorpora.reference_models.models import (  # noqa: E402
+from radcorpora.publish.views import QuestionView
+from radcorpora.reference_models import sft
+from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts
+from radcorpora.reference_models.evaluate import evaluate_radimagenet_vqa, generate, question_prompt
+from radcorpora.reference_models.models import (
     CHAT_TEMPLATE,
     ModelSpecError,
     build_tiny,
@@ -135,9 +135,35 @@ def test_evaluation_writes_a_traceable_table(tiny, demo_build):
 
 def test_model_specs(tmp_path, demo_build):
     with pytest.raises(ModelSpecError, match="not a checkpoint folder"):
-        resolve_model(f"hf:{tmp_path}/nothing", tmp_path, lambda: [])
+        resolve_model(f"hf:{tmp_path}/nothing", tmp_path, list)
     with pytest.raises(ModelSpecError, match="expected `tiny`"):
-        resolve_model("qwen", tmp_path, lambda: [])
+        resolve_model("qwen", tmp_path, list)
     built = resolve_model("tiny", tmp_path, lambda: training_texts(demo_build))
-    assert resolve_model(f"hf:{built}", tmp_path, lambda: []) == built
+    assert resolve_model(f"hf:{built}", tmp_path, list) == built
     assert resolve_model("tiny", tmp_path, lambda: pytest.fail("rebuilt")) == built  # reused, not rebuilt
+
+
+def test_train_and_evaluate_commands(demo_build, tmp_path):
+    from typer.testing import CliRunner
+
+    from radcorpora.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    trained = runner.invoke(app, ["train", str(demo_build), "--model", "tiny", "--out", str(out),
+                                  "--preset", "tiny-lora", "--max-steps", "3", "--text-only"])
+    assert trained.exit_code == 0, trained.output
+    assert (out / "tiny-base/config.json").exists() and (out / "adapter/adapter_config.json").exists()
+    evaluated = runner.invoke(app, ["evaluate", str(demo_build), "--adapter", str(out), "--limit", "9"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "images withheld" in evaluated.output  # a text-only run is evaluated text-only
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["questions"] == len(predictions) == 9
+    assert metrics["accuracy"] == round(100 * sum(p["correct"] for p in predictions) / 9, 2)
+
+    bad = runner.invoke(app, ["train", str(demo_build), "--model", "qwen", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "expected `tiny`" in bad.output
+    held_out = runner.invoke(app, ["train", str(demo_build), "--model", "tiny", "--out", str(tmp_path / "y"),
+                                   "--config", "benchmark"])
+    assert held_out.exit_code == 2 and "held-out evaluation config" in held_out.output

@@ -22,11 +22,19 @@ from pydantic import BaseModel, Field
 from radcorpora.pipelines.common import library_versions
 from radcorpora.publish.atomic import write_json, write_jsonl
 from radcorpora.publish.card import reference_check_text, upsert_card_section
-from radcorpora.reference_models.data import CORPUS_DATA, alignment_examples, corpus_of, evaluation_rows, training_examples, training_texts
+from radcorpora.reference_models.data import (
+    CORPUS_DATA,
+    alignment_examples,
+    corpus_of,
+    evaluation_rows,
+    training_examples,
+    training_texts,
+)
 from radcorpora.reference_models.evaluate import EVALUATORS
 from radcorpora.reference_models.judge import Judge
 from radcorpora.reference_models.models import resolve_model
 from radcorpora.reference_models.sft import PRESETS, SFTConfig, TrainingError, load_trained, train
+from radcorpora.validators.layout import read_manifest
 
 CORPUS_PRESETS = {"radimagenet-vqa": "radimagenet-vqa", "rad-ace-cot": "rad-ace"}
 VARIANTS = {"image": False, "text-only": True}  # variant -> images withheld
@@ -63,7 +71,7 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
     started_at, started = datetime.now(timezone.utc), time.time()
     corpus = corpus_of(build)
     evaluator = EVALUATORS[corpus]
-    work = build / "build" / "reference_check"
+    work = _work_folder(build)
     sft = sft_config(config, corpus)
     examples = training_examples(build)
     captions = alignment_examples(build)
@@ -75,15 +83,12 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
     for variant, text_only in VARIANTS.items():
         out = work / variant
         t0 = time.time()
-        def run(v: str = variant, text_only: bool = text_only, out: Path = out) -> Any:
-            return train(base, examples, out, sft, text_only=text_only, log=lambda m: say(f"[{v}] {m}"),
-                         alignment_rows=captions)
-
+        log_variant = (lambda m, v=variant: say(f"[{v}] {m}"))
         try:
-            trained = run()
+            trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
         except TrainingError:  # the folder holds a run with other settings: this check owns it, start over
             shutil.rmtree(out)
-            trained = run()
+            trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
         model, processor, _ = load_trained(out)
         t1 = time.time()
         metrics, samples = evaluator.run(model, processor, rows, text_only=text_only, judge=judge)
@@ -109,7 +114,8 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
             config.model, corpus), "sft": sft.model_dump(mode="json"),
             "train_config": CORPUS_DATA[corpus].train_config, "eval_config": CORPUS_DATA[corpus].eval_config,
             "eval_rows": len(rows), "training_examples": len(examples),
-            "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0, "judge": judge.spec if judge else None},
+            "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0,
+            "judge": judge.spec if judge else None},
         "started_at": started_at.isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
         "versions": library_versions() | _train_versions(),
@@ -117,6 +123,19 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
     write_json(build / "build" / "reference_check.json", report)
     upsert_card_section(build, "Reference check", reference_check_text(report))
     return report
+
+
+def _work_folder(build: Path) -> Path:
+    """`build/reference_check/`, emptied when the build it was made for has since been rebuilt
+    with other content (its tiny base and trained runs would be stale)."""
+    work = build / "build" / "reference_check"
+    fingerprint = read_manifest(build).get("fingerprint")
+    stamp = work / "build_fingerprint.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != fingerprint:
+        shutil.rmtree(work)
+    if not stamp.exists():
+        write_json(stamp, fingerprint)
+    return work
 
 
 def _train_versions() -> dict[str, str]:
