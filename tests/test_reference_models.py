@@ -51,6 +51,8 @@ def test_labels_cover_assistant_answers_only(tiny, examples):
         # exactly the answer and the end-of-turn token: no prompt, image or padding token
         assert tokenizer.decode(labelled) == row["conversations"][1]["value"] + "<|im_end|>"
         assert not (labelled == image_id).any()
+    with pytest.raises(sft.TrainingError, match=rf"{rows[0]['id']} \(\d+ tokens\)"):
+        sft.collate(processor, rows, text_only=False, max_length=20)
     text_batch = sft.collate(processor, rows, text_only=True, max_length=512)
     assert "pixel_values" not in text_batch and not (text_batch["input_ids"] == image_id).any()
 
@@ -117,7 +119,7 @@ def test_killed_training_resumes_to_the_same_weights(tiny, examples, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     # a finished run is returned as it is; other settings in the same folder are refused
     assert sft.train(tiny, examples, tmp_path / "straight", config).seconds == straight.seconds
-    with pytest.raises(sft.TrainingError, match="other settings"):
+    with pytest.raises(sft.SettingsChanged, match="other settings"):
         sft.train(tiny, examples, tmp_path / "straight", config.model_copy(update={"learning_rate": 5e-4}))
 
 

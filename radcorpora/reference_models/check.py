@@ -33,7 +33,7 @@ from radcorpora.reference_models.data import (
 from radcorpora.reference_models.evaluate import EVALUATORS
 from radcorpora.reference_models.judge import Judge
 from radcorpora.reference_models.models import resolve_model
-from radcorpora.reference_models.sft import PRESETS, SFTConfig, TrainingError, load_trained, train
+from radcorpora.reference_models.sft import PRESETS, SettingsChanged, SFTConfig, TrainingError, load_trained, train
 from radcorpora.validators.layout import read_manifest
 
 CORPUS_PRESETS = {"radimagenet-vqa": "radimagenet-vqa", "rad-ace-cot": "rad-ace"}
@@ -86,7 +86,7 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
         log_variant = (lambda m, v=variant: say(f"[{v}] {m}"))
         try:
             trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
-        except TrainingError:  # the folder holds a run with other settings: this check owns it, start over
+        except SettingsChanged:  # the folder holds a run with other settings: this check owns it, start over
             shutil.rmtree(out)
             trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
         model, processor, _ = load_trained(out)

@@ -62,6 +62,14 @@ class SFTConfig(BaseModel):
     log_every: int = Field(10, ge=1)
 
 
+class TrainingError(RuntimeError):
+    """A training run cannot start or go on as asked; the message says why."""
+
+
+class SettingsChanged(TrainingError):
+    """The output folder holds a run made with other settings."""
+
+
 PRESETS: dict[str, SFTConfig] = {
     # RAD-ACE recipe (paper, section 3.2): r 16, alpha 16 on both towers, lr 2e-4, 2 x 4, 2 epochs.
     "rad-ace": SFTConfig(),
@@ -158,9 +166,11 @@ def collate(processor: Any, rows: Sequence[dict[str, Any]], text_only: bool, max
     labels = batch["input_ids"].clone()
     labels[mask == 0] = -100
     batch["labels"] = labels
-    if batch["input_ids"].shape[1] > max_length:
-        raise ValueError(f"a batch is {batch['input_ids'].shape[1]} tokens long, more than max_length {max_length}; "
-                         "truncating would cut image tokens or answers")
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    too_long = [f"{row.get('id', i)} ({n} tokens)" for i, (row, n) in enumerate(zip(rows, lengths)) if n > max_length]
+    if too_long:
+        raise TrainingError(f"example(s) longer than max_length {max_length}: {', '.join(too_long)}; truncating "
+                            "would cut image tokens or answers: raise max_length in the preset")
     return dict(batch)
 
 
@@ -177,10 +187,6 @@ class TrainResult(BaseModel):
     samples_per_second: float
     tokens_per_second: float
     config: SFTConfig
-
-
-class TrainingError(RuntimeError):
-    """A training run cannot start or go on as asked; the message says why."""
 
 
 WEIGHTS = {"lora": "adapter", "full": "model"}  # folder under `out` holding the trained weights
@@ -252,7 +258,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
     settings_path = out / "run_settings.json"
     if settings_path.exists():
         if json.loads(settings_path.read_text()) != settings:
-            raise TrainingError(f"{out}: holds a run with other settings ({settings_path}); use a new output folder")
+            raise SettingsChanged(f"{out}: holds a run with other settings ({settings_path}); use a new output folder")
         if (out / "train_result.json").exists() and (out / WEIGHTS[config.method]).exists():
             return TrainResult.model_validate_json((out / "train_result.json").read_text())
     else:
