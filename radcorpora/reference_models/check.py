@@ -33,7 +33,14 @@ from radcorpora.reference_models.data import (
 from radcorpora.reference_models.evaluate import EVALUATORS
 from radcorpora.reference_models.judge import Judge
 from radcorpora.reference_models.models import resolve_model
-from radcorpora.reference_models.sft import PRESETS, SettingsChanged, SFTConfig, TrainingError, load_trained, train
+from radcorpora.reference_models.sft import (
+    PRESETS,
+    SettingsChanged,
+    SFTConfig,
+    TrainingError,
+    load_trained,
+    train,
+)
 from radcorpora.validators.layout import read_manifest
 
 CORPUS_PRESETS = {"radimagenet-vqa": "radimagenet-vqa", "rad-ace-cot": "rad-ace"}
