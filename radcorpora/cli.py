@@ -302,12 +302,11 @@ def _judge(spec: str | None, cache: Path | None, concurrency: int):
     if spec is None:
         return None
     from radcorpora.llm.limits import RunnerLimits
-    from radcorpora.llm.session import LLMSession
+    from radcorpora.llm.session import LLMSession, LLMSettings
     from radcorpora.reference_models.judge import Judge
 
-    defaults = RunnerLimits()
-    return Judge(spec, LLMSession(_llm_settings(concurrency, None, None, False, cache, None, False,
-                                                defaults.timeout_s, defaults.max_attempts)))
+    return Judge(spec, LLMSession(LLMSettings(limits=RunnerLimits(concurrency=concurrency),
+                                              cache_path=str(cache) if cache else None)))
 
 
 @app.command("train")

@@ -98,6 +98,17 @@ def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts
     return answers
 
 
+IMAGE_COLUMNS = ("image", "images")
+
+
+def without_images(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows' text fields, read once: iterating a `datasets.Dataset` would decode every image
+    again for each pass over questions and answers (generation reads the images itself)."""
+    if hasattr(rows, "remove_columns"):
+        return list(rows.remove_columns([c for c in IMAGE_COLUMNS if c in rows.column_names]))
+    return [{k: v for k, v in row.items() if k not in IMAGE_COLUMNS} for row in rows]
+
+
 def _percent(hits: Sequence[bool]) -> float:
     return round(100 * sum(hits) / len(hits), 2) if hits else 0.0
 
@@ -105,17 +116,18 @@ def _percent(hits: Sequence[bool]) -> float:
 def evaluate_radimagenet_vqa(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
                              batch_size: int = 16, judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, per-sample predictions) on benchmark rows."""
-    prompts = [question_prompt(r["question"], r["choices"]) for r in rows]
+    texts = without_images(rows)
+    prompts = [question_prompt(r["question"], r["choices"]) for r in texts]
     predictions = generate(model, processor, rows, prompts, text_only, max_new_tokens=24, batch_size=batch_size)
     samples = []
-    for row, prediction in zip(rows, predictions):
+    for row, prediction in zip(texts, predictions):
         correct, parsed = score_radimagenet_vqa(row, prediction)
         samples.append({"id": row["id"], "task": row["metadata"]["question_id"].split("_")[0],
                         "question_type": row["question_type"], "question": row["question"], "answer": row["answer"],
                         "prediction": prediction, "parsed": parsed, "correct": correct})
     metrics: dict[str, Any] = {}
     if judge is not None:
-        open_ones = [(s, r) for s, r in zip(samples, rows) if r["question_type"] == "open"]
+        open_ones = [(s, r) for s, r in zip(samples, texts) if r["question_type"] == "open"]
         items = [JudgeItem(s["id"], r["question"], r["metadata"]["correct_text"] or r["answer"], s["prediction"],
                            r["lineage"]["licence_class"]) for s, r in open_ones]
         judgements = judge.open_answers(items)
@@ -166,10 +178,11 @@ def evaluate_rad_ace_cot(model: Any, processor: Any, rows: Sequence[dict[str, An
                          batch_size: int = 8, judge: Judge | None = None,
                          max_new_tokens: int = 512) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, per-sample predictions) on VQA-RAD test questions, each asked on its own."""
-    prompts = [cot_prompt(r["question"]) for r in rows]
+    texts = without_images(rows)
+    prompts = [cot_prompt(r["question"]) for r in texts]
     outputs = generate(model, processor, rows, prompts, text_only, max_new_tokens=max_new_tokens, batch_size=batch_size)
     samples = []
-    for row, output in zip(rows, outputs):
+    for row, output in zip(texts, outputs):
         parts = split_cot(output)
         answer = parts[1] if parts else output
         samples.append({"id": row["id"], "question": row["question"], "answer_type": row["answer_type"],
@@ -185,7 +198,7 @@ def evaluate_rad_ace_cot(model: Any, processor: Any, rows: Sequence[dict[str, An
     }
     if judge is not None:
         items = [JudgeItem(s["id"], s["question"], s["reference"], s["prediction"], r["lineage"]["licence_class"])
-                 for s, r in zip(samples, rows)]
+                 for s, r in zip(samples, texts)]
         judgements = judge.criteria(items)
         scored = []
         for sample, judgement in zip(samples, judgements):

@@ -9,14 +9,13 @@ saved and reloaded like any checkpoint, so every build can be checked on a CPU i
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     PreTrainedTokenizerFast,
@@ -26,6 +25,8 @@ from transformers import (
 )
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
+
+from radcorpora.publish.atomic import replace_folder
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -115,14 +116,12 @@ def build_tiny(out: Path, texts: Iterable[str], seed: int = 0, vocab_size: int =
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.pad_token_id
     processor = ImageOnlyQwen25VLProcessor(tiny_image_processor(image_side), tokenizer, chat_template=CHAT_TEMPLATE)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return replace_folder(Path(out), write)
 
 
 class ModelSpecError(ValueError):
@@ -148,7 +147,7 @@ def load_processor(path: Path) -> Any:
     """The saved processor; tiny checkpoints need the image-only class (AutoProcessor would
     silently return just the tokenizer)."""
     if (Path(path) / "config.json").exists():
-        config = Qwen2_5_VLConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
         if config.model_type == "qwen2_5_vl" and config.text_config.hidden_size <= 256:  # a tiny checkpoint
             return ImageOnlyQwen25VLProcessor.from_pretrained(path)
     return AutoProcessor.from_pretrained(path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -27,7 +26,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from transformers import get_cosine_schedule_with_warmup
 
-from radcorpora.publish.atomic import write_json, write_text
+from radcorpora.publish.atomic import replace_folder, write_json, write_text
 from radcorpora.reference_models.models import load_model
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",  # language tower
@@ -212,21 +211,21 @@ def _trainable(model_path: Path, config: SFTConfig, resume: Path | None) -> tupl
 
 
 def _save_weights(model: Any, processor: Any, folder: Path, config: SFTConfig, extra: dict[str, Any] | None = None) -> None:
-    """Write to a temporary sibling and rename, so a killed run never leaves half a checkpoint."""
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if config.method == "full":
-        processor.save_pretrained(tmp)
-    if extra is not None:
-        torch.save(extra, tmp / "trainer_state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    """Atomically, so a killed run never leaves half a checkpoint."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if config.method == "full":
+            processor.save_pretrained(tmp)
+        if extra is not None:
+            torch.save(extra, tmp / "trainer_state.pt")
+
+    replace_folder(folder, write)
 
 
-def _run_settings(model_path: Path, config: SFTConfig, text_only: bool, examples: int) -> dict[str, Any]:
+def _run_settings(model_path: Path, config: SFTConfig, text_only: bool, examples: int,
+                  alignment_examples: int) -> dict[str, Any]:
     return {"base_model": str(Path(model_path).resolve()), "text_only": text_only, "examples": examples,
-            "config": config.model_dump(mode="json")}
+            "alignment_examples": alignment_examples, "config": config.model_dump(mode="json")}
 
 
 def _plan(config: SFTConfig, sizes: tuple[int, int], total_steps: int) -> list[list[tuple[int, int]]]:
@@ -254,7 +253,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     alignment_rows = alignment_rows if alignment_rows is not None and config.alignment_steps else []
-    settings = _run_settings(model_path, config, text_only, len(rows)) | {"alignment_examples": len(alignment_rows)}
+    settings = _run_settings(model_path, config, text_only, len(rows), len(alignment_rows))
     settings_path = out / "run_settings.json"
     if settings_path.exists():
         if json.loads(settings_path.read_text()) != settings:

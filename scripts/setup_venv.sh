@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Create .venv and install radcorpora with the given extras, e.g. `bash scripts/setup_venv.sh train,dev`.
+# torch comes first in the same pip command: 2.13.0 is the CPU wheel here (a plain `torch` pulls CUDA builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0 -e ".[$1]"
