@@ -1,0 +1,105 @@
+"""What every source reader shares: who it is (licence class, citation, label space) and what a
+scan returns (typed records, rejects with file and row, counts). One reader module per dataset
+subclasses `SourceInfo` data and returns a `SourceScan`; builders read nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from radcorpora.schemas.common import LicenceClass, Reject
+from radcorpora.sources.errors import SourceError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A dataset's identity: what the card, the licence gate and the label mapping read."""
+
+    name: str  # reader name used in lineage, e.g. "mimic-cxr"
+    title: str  # human name, e.g. "MIMIC-CXR-JPG"
+    licence_class: LicenceClass
+    licence: str  # short licence text for the card
+    citation: str  # bibtex
+    labels: tuple[str, ...] = ()  # the source's own label space
+
+
+@dataclass
+class SourceScan(Generic[T]):
+    """Records read from one source, plus what was not read and why."""
+
+    info: SourceInfo
+    root: Path
+    records: list[T] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+
+    def reject(self, source: Path | str, row: int | str | None, reason: str, detail: str = "") -> None:
+        self.rejects.append(Reject(source=str(source), row=None if row is None else str(row), reason=reason,
+                                   detail=detail))
+        self.counts[f"rejected_{reason}"] += 1
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise SourceError(f"{path}: {what} folder does not exist")
+    return path
+
+
+def find_file(root: Path, names: Sequence[str], what: str) -> Path:
+    """The first of `names` (relative to root, globs allowed) that exists; a clear error otherwise."""
+    for name in names:
+        hits = sorted(root.glob(name))
+        if hits:
+            return hits[0]
+    raise SourceError(f"{root}: no {what} found (looked for {', '.join(names)})")
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """A text handle on a plain or gzip-compressed file."""
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def read_csv_rows(path: Path, required: Sequence[str], aliases: dict[str, str] | None = None
+                  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV (plain or .gz); a missing required column is a SourceError
+    naming the file and the columns present. `aliases` maps alternative spellings to the name
+    used in `required` (e.g. VinDr's `rad_ID` -> `rad_id`). Line numbers count the header as 1."""
+    aliases = aliases or {}
+    try:
+        handle = open_text(path)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open ({exc})") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [aliases.get(h, h) for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})")
+        reader.fieldnames = header
+        try:
+            for line, row in enumerate(reader, start=2):
+                yield line, row
+        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+            raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
+
+
+def cell(row: dict[str, Any], column: str) -> str | None:
+    """A stripped cell, None when empty (empty CSV cells mean missing, never 0)."""
+    value = row.get(column)
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
