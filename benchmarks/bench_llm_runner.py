@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from radcorpora.llm.fake_server import FakeProviderServer, echo_responder
+from radcorpora.testing.fake_llm_server import FakeProviderServer, echo_responder
 from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.request import LLMRequest, Message
 from radcorpora.llm.session import LLMSession, LLMSettings

@@ -14,7 +14,7 @@ import pytest
 
 from radcorpora.llm.batch import BatchRunner
 from radcorpora.llm.errors import ComplianceError, redact
-from radcorpora.llm.fake_server import FakeProviderServer, Fault
+from radcorpora.testing.fake_llm_server import FakeProviderServer, Fault
 from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.request import ImagePart, LLMRequest, Message
 from radcorpora.llm.session import LLMSession, LLMSettings

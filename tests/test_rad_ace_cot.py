@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from radcorpora.builders.rad_ace_cot import RadAceCotConfig
 from radcorpora.cli import app
 from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
-from radcorpora.llm.fake_server import FakeProviderServer
+from radcorpora.testing.fake_llm_server import FakeProviderServer
 from radcorpora.llm.session import LLMSettings
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
 from radcorpora.pipelines.rad_ace_cot import QUEUE_FILE, build_rad_ace_cot

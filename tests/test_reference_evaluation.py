@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from radcorpora.llm.fake_server import FakeProviderServer
+from radcorpora.testing.fake_llm_server import FakeProviderServer
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.reference_models import evaluate
 from radcorpora.reference_models.judge import Judge, JudgeItem
