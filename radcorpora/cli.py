@@ -12,16 +12,20 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from radcorpora.builders.engine import BuildStateError
+from radcorpora import __version__
+from radcorpora.engine.executors import ExecutorError
 from radcorpora.llm.errors import ComplianceError, LLMError, ProviderConfigError
 from radcorpora.llm.verify import AdjudicationError
 from radcorpora.prompts.loader import TemplateError
-from radcorpora.publish.push import PublishError, plan_push, push_build
+from radcorpora.publish.push import PublishError
 from radcorpora.sources.errors import SourceError
-from radcorpora.validators import BuildFolderError, ValidationReport, validate_build
+from radcorpora.store.state import BuildStateError
+from radcorpora.validators import BuildFolderError, ValidationReport
 
-app = typer.Typer(help="Build, validate and publish radiology vision-language corpora.", no_args_is_help=True)
+app = typer.Typer(help="Build, validate and publish radiology vision-language corpora.", no_args_is_help=True,
+                  context_settings={"max_content_width": 80}, rich_markup_mode=None)
 build_app = typer.Typer(help="Build a corpus from upstream sources.", no_args_is_help=True)
 app.add_typer(build_app, name="build")
 estimate_app = typer.Typer(help="Estimate a build's LLM requests, tokens, cost and time (sends nothing).",
@@ -41,12 +45,29 @@ class ImageCheckChoice(str, enum.Enum):
 
 
 USER_ERRORS = (SourceError, BuildStateError, TemplateError, BuildFolderError, PublishError, ComplianceError,
-               ProviderConfigError, LLMError, AdjudicationError)
+               ProviderConfigError, LLMError, AdjudicationError, ExecutorError)
+
+
+def say(text: str, style: str | None = None) -> None:
+    """Print user-facing text as it is: no Rich markup, so `data[v2]` and `[x1, y1]` survive."""
+    console.print(Text(str(text), style=style or ""), highlight=False, soft_wrap=True)
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"radcorpora {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Build, validate and publish radiology vision-language corpora."""
 
 
 def _default_workers() -> int:
@@ -58,84 +79,160 @@ def print_report(report: ValidationReport, out: Console) -> None:
     for column in ("check", "checked", "violations", "first examples"):
         table.add_column(column)
     for check in report.checks:
-        style = "green" if check.passed else "red"
-        table.add_row(f"[{style}]{check.name}[/]", str(check.checked), str(check.violations),
-                      "\n".join(check.examples[:3]))
+        table.add_row(Text(check.name, style="green" if check.passed else "red"), str(check.checked),
+                      str(check.violations), Text("\n".join(check.examples[:3])))
     out.print(table)
     for warning in report.warnings:
-        out.print(f"[yellow]warning:[/] {warning}")
-    verdict = "[green]valid[/]" if report.valid else f"[red]INVALID ({report.violations} violations)[/]"
-    out.print(f"{verdict}")
+        out.print(Text.assemble(("warning: ", "yellow"), warning))
+    out.print(Text("valid", style="green") if report.valid else
+              Text(f"INVALID ({report.violations} violations)", style="red"))
+
+
+def _command() -> str:
+    return shlex.join(["radcorpora", *sys.argv[1:]])
+
+
+def _executor(executor: str, workers: int, ray_address: str | None):
+    from radcorpora.engine.executors import ExecutorSettings
+
+    if executor not in ("local", "ray"):
+        _fail(ValueError(f"--executor must be local or ray, got {executor!r}"))
+    return ExecutorSettings(name=executor, workers=workers, ray_address=ray_address)  # type: ignore[arg-type]
+
+
+def _build(name: str, sources: dict[str, Path | None], settings, out: Path, *, workers: int, executor: str,
+           ray_address: str | None, overwrite: bool, llm_settings=None, exit_on_invalid: bool = True):
+    """options -> spec -> engine, then the one-screen summary."""
+    from radcorpora.corpora import corpus
+    from radcorpora.engine.lifecycle import run_build
+    from radcorpora.engine.progress import BuildProgress
+
+    spec = corpus(name)
+    given = {k: Path(v) for k, v in sources.items() if v is not None}
+    try:
+        with BuildProgress(console) as progress:
+            outcome = run_build(spec, given, settings, out, executor=_executor(executor, workers, ray_address),
+                                llm_settings=llm_settings, overwrite=overwrite, command=_command(), log=say,
+                                progress=progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    return print_summary(outcome, exit_on_invalid)
+
+
+def print_summary(outcome, exit_on_invalid: bool = True) -> bool:
+    """One screen: rows per config/split, rejects by reason, validation verdict, card, time."""
+    manifest = outcome.manifest
+    if outcome.state == "complete":
+        say(f"{outcome.out}: build already complete (same settings, unchanged sources); nothing to do.")
+    elif outcome.report is not None:
+        print_report(outcome.report, console)
+    table = Table(title=f"{manifest.get('corpus')}: {outcome.out}")
+    table.add_column("config")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    for config, splits in (manifest.get("splits") or {}).items():
+        for split, rows in splits.items():
+            table.add_row(config, split, str(rows))
+    console.print(table)
+    rejects = manifest.get("rejects") or {}
+    if rejects:
+        say("rejected source rows: " + ", ".join(f"{reason} {n}" for reason, n in rejects.items())
+            + f" (see {outcome.out / 'build' / 'rejects.jsonl'})")
+    else:
+        say("rejected source rows: none")
+    for warning in manifest.get("warnings", []):
+        console.print(Text.assemble(("warning: ", "yellow"), warning))
+    valid = bool((manifest.get("validation") or {}).get("valid", False))
+    say(f"validation: {'passed' if valid else 'FAILED'}; card: {outcome.out / 'README.md'}; "
+        f"{(manifest.get('build') or {}).get('seconds', outcome.seconds)} s", "green" if valid else "red")
+    if not valid and exit_on_invalid:
+        raise typer.Exit(1)
+    return valid
+
+
+WORKERS = typer.Option(_default_workers(), "--workers", min=1, help="Worker processes (or Ray tasks) for chunks")
+EXECUTOR = typer.Option("local", "--executor", help="local (processes here) or ray (pip install 'radcorpora[ray]')")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local Ray runtime)")
+OVERWRITE = typer.Option(False, "--overwrite", help="Delete an existing build in --out first")
+LLM_HELP = "PROVIDER:MODEL: openai:MODEL (OPENAI_BASE_URL for compatible servers), anthropic:MODEL, azure:DEPLOYMENT, offline"
+
+
+@app.command("corpora")
+def corpora_cmd() -> None:
+    """List the registered corpora, their configs and source options."""
+    from radcorpora.corpora import CORPORA
+
+    table = Table(title="corpora")
+    for column in ("corpus", "configs (splits)", "sources"):
+        table.add_column(column)
+    for spec in CORPORA.values():
+        configs = "\n".join(f"{c.name} ({', '.join(c.splits)})" for c in spec.configs)
+        sources = "\n".join(f"{o.flag}{'' if o.required else ' (optional)'}" for o in spec.sources)
+        table.add_row(Text(f"{spec.name}\n{spec.summary}"), configs, sources)
+    Console().print(table)
 
 
 @build_app.command("radimagenet-vqa")
 def build_radimagenet_vqa_cmd(
     source: Path = typer.Option(..., "--source", help="Folder holding radiology_ai/ and RadiologyAI_*.csv"),
     out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
-    seed: int = typer.Option(0, "--seed"),
-    benchmark_images: int = typer.Option(1000, "--benchmark-images", help="Test images in the benchmark (9 questions each)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    benchmark_images: int = typer.Option(1000, "--benchmark-images", min=0, help="Test images in the benchmark (9 questions each)"),
     label_map: Path | None = typer.Option(None, "--label-map", help="YAML/JSON folder-name map (anatomy, pathology, normal)"),
     templates: Path | None = typer.Option(None, "--templates", help="Your own wording file (same slots as the packaged one)"),
     image_check: ImageCheckChoice = typer.Option("crc", "--image-check",
                                                  help="crc: PNG structure and chunk CRCs (fast); full: decode every pixel"),
-    workers: int = typer.Option(_default_workers(), "--workers", min=1),
-    images_per_shard: int = typer.Option(2000, "--images-per-shard", min=1),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing build in --out first"),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    images_per_shard: int = typer.Option(2000, "--images-per-shard", min=1, help="Images per Parquet shard"),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """RadImageNet CT/MR tree -> alignment, instruct and benchmark configs."""
-    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+    from radcorpora.builders.radimagenet_vqa import make_settings
 
     try:
-        outcome = build_radimagenet_vqa(
-            source, out, seed=seed, benchmark_images=benchmark_images, label_map=label_map,
-            templates=templates, image_check=image_check.value, workers=workers, images_per_shard=images_per_shard, overwrite=overwrite,
-            command=shlex.join(["radcorpora", *sys.argv[1:]]), console=console,
-        )
+        settings = make_settings(seed=seed, benchmark_images=benchmark_images, label_map=label_map, templates=templates,
+                                 image_check=image_check.value, images_per_shard=images_per_shard)
     except USER_ERRORS as exc:
         _fail(exc)
-    _finish_build(outcome)
-
-
-def _finish_build(outcome, exit_on_invalid: bool = True) -> bool:
-    """Print the outcome; returns whether the build is valid (or exits 1 when it is not)."""
-    manifest = outcome.manifest
-    if outcome.state == "complete":
-        console.print(f"{outcome.out}: build already complete; nothing to do.")
-    elif outcome.report is not None:
-        print_report(outcome.report, console)
-    splits = ", ".join(f"{c}/{s}={n}" for c, ss in manifest.get("splits", {}).items() for s, n in ss.items())
-    console.print(f"rows: {splits}; rejected source rows: {manifest.get('rejected_rows', 0)} "
-                  f"(see {outcome.out / 'build' / 'rejects.jsonl'})")
-    for warning in manifest.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")
-    valid = bool((manifest.get("validation") or {}).get("valid", False))
-    if not valid and exit_on_invalid:
-        raise typer.Exit(1)
-    return valid
+    _build("radimagenet-vqa", {"source": source}, settings, out, workers=workers, executor=executor,
+           ray_address=ray_address, overwrite=overwrite)
 
 
 def _llm_settings(concurrency: int, rpm: int | None, tpm: int | None, batch: bool, cache: Path | None,
-                  prices: Path | None, approve_credentialed: bool, timeout: float, max_attempts: int):
+                  prices: Path | None, approve_credentialed: list[str], timeout: float, max_attempts: int):
     from radcorpora.llm.limits import RunnerLimits
     from radcorpora.llm.session import LLMSettings
 
     return LLMSettings(limits=RunnerLimits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout,
                                            max_attempts=max_attempts),
                        batch=batch, cache_path=str(cache) if cache else None, prices_path=str(prices) if prices else None,
-                       approve_credentialed=approve_credentialed)
+                       approve_credentialed=list(approve_credentialed))
 
 
 def _rad_ace_config(seed: int, llm: str, verify: list[str], max_samples: int | None, subset: str,
-                    validation_fraction: float, prompt: Path | None, verify_prompt: Path | None):
+                    validation_fraction: float, prompt: Path | None, verify_prompt: Path | None,
+                    decisions: dict[str, str] | None = None):
     from radcorpora.builders.rad_ace_cot import RadAceCotConfig
 
     return RadAceCotConfig(seed=seed, llm=llm, verifiers=verify, max_samples=max_samples, subset=subset,
                            validation_fraction=validation_fraction,
                            prompt_path=str(prompt) if prompt else None,
-                           verify_prompt_path=str(verify_prompt) if verify_prompt else None)
+                           verify_prompt_path=str(verify_prompt) if verify_prompt else None,
+                           decisions=decisions or {})
 
 
-LLM_HELP = "PROVIDER:MODEL: openai:MODEL (OPENAI_BASE_URL for compatible servers), anthropic:MODEL, azure:DEPLOYMENT, offline"
+CONCURRENCY = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once")
+RPM = typer.Option(None, "--rpm", min=1, help="Requests per minute limit")
+TPM = typer.Option(None, "--tpm", min=1, help="Tokens per minute limit")
+BATCH = typer.Option(False, "--batch", help="Use the provider's batch API (cheaper, up to 24 h)")
+CACHE = typer.Option(None, "--cache", help="Answer cache (default ~/.cache/radcorpora/llm-cache.sqlite)")
+PRICES = typer.Option(None, "--prices", help="YAML price table overriding the packaged one")
+APPROVE = typer.Option([], "--approve-credentialed", metavar="PROVIDER",
+                       help="Provider approved for credentialed (PhysioNet) data, e.g. openai (repeatable)")
+TIMEOUT = typer.Option(600.0, "--timeout", help="Seconds per request")
+MAX_ATTEMPTS = typer.Option(5, "--max-attempts", min=1, help="Tries per request before it goes to the failure ledger")
 
 
 @build_app.command("rad-ace-cot")
@@ -145,93 +242,79 @@ def build_rad_ace_cot_cmd(
     llm: str = typer.Option(..., "--llm", help=LLM_HELP),
     vqa_rad: Path | None = typer.Option(None, "--vqa-rad", help="VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config"),
     verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeat for several)"),
-    concurrency: int = typer.Option(8, "--concurrency", min=1),
-    rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute limit"),
-    tpm: int | None = typer.Option(None, "--tpm", min=1, help="Tokens per minute limit"),
-    batch: bool = typer.Option(False, "--batch", help="Use the provider's batch API (cheaper, up to 24 h)"),
+    concurrency: int = CONCURRENCY,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    batch: bool = BATCH,
     max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Seeded subset size (the paper used 12,000)"),
     subset: str = typer.Option("alignment", "--subset", help="alignment | instruction (which PubMedVision file)"),
-    seed: int = typer.Option(0, "--seed"),
-    validation_fraction: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=0.5),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    validation_fraction: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=0.5,
+                                              help="Share of samples in the validation split"),
     prompt: Path | None = typer.Option(None, "--prompt", help="Your own generation prompt file"),
     verify_prompt: Path | None = typer.Option(None, "--verify-prompt", help="Your own verification prompt file"),
-    cache: Path | None = typer.Option(None, "--cache", help="Answer cache (default ~/.cache/radcorpora/llm-cache.sqlite)"),
-    prices: Path | None = typer.Option(None, "--prices", help="YAML price table overriding the packaged one"),
-    approve_credentialed: bool = typer.Option(False, "--approve-credentialed",
-                                              help="This provider is approved for credentialed (PhysioNet) data"),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds per request"),
-    max_attempts: int = typer.Option(5, "--max-attempts", min=1),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    cache: Path | None = CACHE,
+    prices: Path | None = PRICES,
+    approve_credentialed: list[str] = APPROVE,
+    timeout: float = TIMEOUT,
+    max_attempts: int = MAX_ATTEMPTS,
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """PubMedVision CT/MR -> <think>/<answer> chains of thought (+ VQA-RAD eval config)."""
-    from radcorpora.pipelines.rad_ace_cot import build_rad_ace_cot
+    from radcorpora.builders.rad_ace_cot import DECISIONS_FILE
+    from radcorpora.llm.verify import read_decisions
 
     try:
-        config = _rad_ace_config(seed, llm, verify, max_samples, subset, validation_fraction, prompt, verify_prompt)
+        decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
+        config = _rad_ace_config(seed, llm, verify, max_samples, subset, validation_fraction, prompt, verify_prompt,
+                                 decisions)
         settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts)
-        outcome = build_rad_ace_cot(source, out, config, settings, vqa_rad=vqa_rad, overwrite=overwrite,
-                                    command=shlex.join(["radcorpora", *sys.argv[1:]]), log=console.print)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    _finish_build(outcome)
+    _build("rad-ace-cot", {"source": source, "vqa_rad": vqa_rad}, config, out, workers=workers, executor=executor,
+           ray_address=ray_address, overwrite=overwrite, llm_settings=settings)
 
 
 @estimate_app.command("rad-ace-cot")
 def estimate_rad_ace_cot_cmd(
-    source: Path = typer.Option(..., "--source"),
+    source: Path = typer.Option(..., "--source", help="PubMedVision folder"),
     llm: str = typer.Option(..., "--llm", help=LLM_HELP),
-    verify: list[str] = typer.Option([], "--verify"),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1),
-    subset: str = typer.Option("alignment", "--subset"),
-    seed: int = typer.Option(0, "--seed"),
-    concurrency: int = typer.Option(8, "--concurrency", min=1),
-    rpm: int | None = typer.Option(None, "--rpm", min=1),
-    tpm: int | None = typer.Option(None, "--tpm", min=1),
-    cache: Path | None = typer.Option(None, "--cache"),
-    prices: Path | None = typer.Option(None, "--prices"),
+    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeat for several)"),
+    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Seeded subset size"),
+    subset: str = typer.Option("alignment", "--subset", help="alignment | instruction"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subset"),
+    concurrency: int = CONCURRENCY,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    cache: Path | None = CACHE,
+    prices: Path | None = PRICES,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
 ) -> None:
     """Dry run: requests, tokens, cost online vs batch and time under the limits. Sends nothing."""
     import json
 
     from radcorpora.builders import rad_ace_cot as rac
-    from radcorpora.llm.cache import AnswerCache, default_cache_path
-    from radcorpora.llm.estimate import estimate_stage, total
-    from radcorpora.llm.providers import endpoint_for, parse_llm_spec
-    from radcorpora.llm.usage import load_prices
+    from radcorpora.engine.estimate import estimate_plan, print_estimate
     from radcorpora.sources.pubmedvision import scan_pubmedvision
 
     try:
         config = _rad_ace_config(seed, llm, verify, max_samples, subset, 0.05, None, None)
-        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, False, 600.0, 5)
+        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, [], 600.0, 5)
         scan = scan_pubmedvision(source, config.subset)
         selected, rejects = rac.select_samples(scan, config)
-        table = load_prices(prices)
-        cache_path = cache or default_cache_path()
-        answer_cache = AnswerCache(cache_path) if cache_path.exists() else None
-        stages = []
-        for spec, requests in rac.estimate_requests(selected, config).items():
-            stage = "cot" if spec == config.llm else "verify"
-            stages.append(estimate_stage(spec, requests, rac.EXPECTED_OUTPUT_TOKENS[stage], table, settings.limits,
-                                         answer_cache, endpoint_for(parse_llm_spec(spec)[0])))
+        result = estimate_plan("rad-ace-cot", rac.estimate_requests(selected, config), settings)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    result = {"corpus": "rad-ace-cot", "samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects),
-              "stages": stages, "total": total(stages), "prices_as_of": table.as_of}
+    result.update({"samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects)})
+    if max_samples and len(selected) < max_samples:
+        result["note"] = f"only {len(selected)} usable samples exist; --max-samples asked for {max_samples}"
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    out = Console()
-    table_view = Table(title=f"rad-ace-cot estimate: {len(selected)} samples")
-    for column in ("llm", "requests", "already_cached", "estimated_input_tokens", "estimated_output_tokens",
-                   "cost_usd_online", "cost_usd_batch", "minutes_online", "limited_by"):
-        table_view.add_column(column.replace("_", " "))
-    for stage in stages:
-        table_view.add_row(*(str(stage[c]) for c in ("llm", "requests", "already_cached", "estimated_input_tokens",
-                                                      "estimated_output_tokens", "cost_usd_online", "cost_usd_batch",
-                                                      "minutes_online", "limited_by")))
-    out.print(table_view)
-    out.print(f"total: {result['total']}")
+    print_estimate(result, Console(width=80))
 
 
 @adjudicate_app.command("apply")
@@ -239,39 +322,61 @@ def adjudicate_apply_cmd(
     build_dir: Path = typer.Argument(..., help="A rad-ace-cot build folder"),
     decisions_file: Path = typer.Argument(..., help="The queue file with `decision` filled in, or id,decision lines"),
 ) -> None:
-    """Fold a person's accept/reject decisions on queued samples back into the build."""
-    from radcorpora.pipelines.rad_ace_cot import apply_adjudication
+    """Fold a person's accept/reject decisions on queued samples back into the build (sends nothing)."""
+    from radcorpora.builders.rad_ace_cot import DECISIONS_FILE, QUEUE_FILE, RadAceCotConfig
+    from radcorpora.llm.session import LLMSettings
+    from radcorpora.llm.verify import read_decisions, read_queue
+    from radcorpora.store.folder import read_manifest
 
     try:
-        outcome = apply_adjudication(build_dir, decisions_file, log=console.print)
-    except USER_ERRORS as exc:
-        _fail(exc)
-    _finish_build(outcome)
+        manifest = read_manifest(build_dir)
+        if manifest.get("corpus") != "rad-ace-cot":
+            raise AdjudicationError(f"{build_dir}: adjudication applies to rad-ace-cot builds, this is "
+                                    f"{manifest.get('corpus')!r}")
+        previous = read_decisions(build_dir / DECISIONS_FILE) if (build_dir / DECISIONS_FILE).exists() else {}
+        queue_ids = {entry.id for entry in read_queue(build_dir / QUEUE_FILE)} | set(previous)
+        decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
+        config = RadAceCotConfig.model_validate({**manifest["fingerprint"]["config"], "decisions": decisions})
+        sources = {k: Path(v) for k, v in manifest["rebuild"]["sources"].items()}
+        settings = LLMSettings(cache_path=manifest["llm"]["cache_path"], cache_only=True)
+    except (*USER_ERRORS, KeyError, ValueError) as exc:
+        _fail(exc if not isinstance(exc, KeyError) else BuildFolderError(f"{build_dir}: manifest lacks {exc}"))
+    _build("rad-ace-cot", sources, config, build_dir, workers=1, executor="local", ray_address=None, overwrite=True,
+           llm_settings=settings)
 
 
 @export_app.command("rad-ace-csv")
 def export_rad_ace_csv_cmd(
-    build_dir: Path = typer.Argument(...),
-    out: Path = typer.Option(..., "--out", help="CSV file to write"),
+    build_dir: Path = typer.Argument(..., help="A rad-ace-cot build folder"),
+    out: Path = typer.Option(..., "--out", help="CSV file to write (its folder is created)"),
 ) -> None:
     """The public RAD-ACE CSV columns: filename (list), modality, cot_output, question."""
     from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
 
     try:
+        if out.exists() and out.is_dir():
+            raise BuildFolderError(f"{out}: is a folder; --out names the CSV file to write")
         rows = export_rad_ace_csv(build_dir, out)
-    except (*USER_ERRORS, ValueError) as exc:
+    except (*USER_ERRORS, ValueError, OSError) as exc:
         _fail(exc)
-    console.print(f"{rows} rows written to {out}")
+    say(f"{rows} rows written to {out}")
 
 
 @app.command("validate")
 def validate_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
     image_check: ImageCheckChoice = typer.Option("full", "--image-check", help="full: decode every pixel; crc: PNG chunk CRCs"),
+    workers: int = typer.Option(_default_workers(), "--workers", min=1, help="Shards checked in parallel"),
+    deep: bool = typer.Option(False, "--deep", help="Also re-parse every record as an object and check each rule per row"),
 ) -> None:
-    """Check every record and the corpus rules; exit 0 only when valid."""
+    """Check every record and the corpus rules; the result is written back to the build
+    (build/validation.json, the manifest, the card). Exit 0 only when valid."""
+    from radcorpora.corpora import validate
+    from radcorpora.engine.lifecycle import record_validation
+
     try:
-        report = validate_build(build_dir, image_check=image_check.value)
+        report = validate(build_dir, image_check=image_check.value, workers=workers, deep=deep)
+        record_validation(build_dir, report)
     except USER_ERRORS as exc:
         _fail(exc)
     print_report(report, Console())
@@ -284,9 +389,9 @@ TRAIN_MISSING = ("the reference-model commands need the training stack: "
 
 def _train_stack() -> None:
     try:
-        import peft
-        import torch
-        import transformers
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         _fail(RuntimeError(f"{TRAIN_MISSING} ({exc})"))
 
@@ -309,6 +414,15 @@ def _judge(spec: str | None, cache: Path | None, concurrency: int):
                                               cache_path=str(cache) if cache else None)))
 
 
+def _recipe(build_dir: Path):
+    from radcorpora.corpora import spec_of_build
+
+    spec = spec_of_build(build_dir)
+    if spec.evaluation is None:
+        raise BuildFolderError(f"{build_dir}: corpus {spec.name!r} has no reference-model recipe")
+    return spec.evaluation
+
+
 @app.command("train")
 def train_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
@@ -316,35 +430,30 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (weights, training log, checkpoints)"),
     config: str | None = typer.Option(None, "--config", help="Config to train on (default: the corpus' training config)"),
     preset: str | None = typer.Option(None, "--preset", help="rad-ace | radimagenet-vqa | tiny-check | tiny-lora"),
-    max_steps: int | None = typer.Option(None, "--max-steps", min=1),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps"),
     text_only: bool = typer.Option(False, "--text-only", help="Withhold the images (the shortcut twin)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and batch order"),
 ) -> None:
     """Fine-tune a reference model on a build's training split; resumes from the last checkpoint."""
     _train_stack()
     from radcorpora.reference_models.check import CheckConfig, sft_config
-    from radcorpora.reference_models.data import (
-        alignment_examples,
-        corpus_of,
-        training_examples,
-        training_texts,
-    )
+    from radcorpora.reference_models.data import alignment_examples, training_examples, training_texts
     from radcorpora.reference_models.models import resolve_model
     from radcorpora.reference_models.sft import train
 
     try:
-        corpus = corpus_of(build_dir)
-        settings = sft_config(CheckConfig(model=model, preset=preset, max_steps=max_steps, seed=seed), corpus)
-        examples = training_examples(build_dir, config)
-        base = resolve_model(model, out, lambda: training_texts(build_dir, config), seed=seed)
-        console.print(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir}"
-                      f"{' with images withheld' if text_only else ''}")
-        result = train(base, examples, out, settings, text_only=text_only, log=console.print,
-                       alignment_rows=alignment_examples(build_dir))
+        recipe = _recipe(build_dir)
+        settings = sft_config(CheckConfig(model=model, preset=preset, max_steps=max_steps, seed=seed), recipe)
+        examples = training_examples(build_dir, recipe, config)
+        base = resolve_model(model, out, lambda: training_texts(build_dir, recipe, config), seed=seed)
+        say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir}"
+            f"{' with images withheld' if text_only else ''}")
+        result = train(base, examples, out, settings, text_only=text_only, log=say,
+                       alignment_rows=alignment_examples(build_dir, recipe))
     except _model_errors() as exc:
         _fail(exc)
-    console.print(f"[green]trained:[/] {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}, "
-                  f"{result.samples_per_second} samples/s; weights in {out}")
+    say(f"trained: {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}, "
+        f"{result.samples_per_second} samples/s; weights in {out}", "green")
 
 
 @app.command("evaluate")
@@ -355,32 +464,34 @@ def evaluate_cmd(
     judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers / criteria)"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N rows only"),
     out: Path | None = typer.Option(None, "--out", help="Where metrics.json and predictions.jsonl go (default: --adapter)"),
-    cache: Path | None = typer.Option(None, "--cache", help="LLM answer cache (SQLite)"),
-    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    cache: Path | None = CACHE,
+    concurrency: int = CONCURRENCY,
 ) -> None:
     """Evaluate a trained model with the corpus' own metrics; per-sample predictions next to them."""
     _train_stack()
-    from radcorpora.publish.atomic import write_json, write_jsonl
-    from radcorpora.reference_models.data import corpus_of, evaluation_rows
+    from radcorpora.reference_models.data import evaluation_rows
     from radcorpora.reference_models.evaluate import EVALUATORS
     from radcorpora.reference_models.sft import load_trained
+    from radcorpora.store.atomic import write_json, write_jsonl
+    from radcorpora.store.folder import read_manifest
 
     try:
-        corpus = corpus_of(build_dir)
-        rows = evaluation_rows(build_dir, config, limit)
+        recipe = _recipe(build_dir)
+        rows = evaluation_rows(build_dir, recipe, config, limit)
         model, processor, trained = load_trained(adapter)
         text_only = bool(trained and trained.text_only)
-        metrics, samples = EVALUATORS[corpus].run(model, processor, rows, text_only=text_only,
-                                                  judge=_judge(judge, cache, concurrency))
+        render = recipe.prompt_renderer(read_manifest(build_dir)) if recipe.prompt_renderer else None
+        evaluator = EVALUATORS[recipe.evaluator]
+        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only,
+                                         judge=_judge(judge, cache, concurrency), render=render)
     except _model_errors() as exc:
         _fail(exc)
     target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
     write_json(target / "metrics.json", metrics)
     write_jsonl(target / "predictions.jsonl", samples)
-    primary = EVALUATORS[corpus].primary(metrics)
-    console.print(f"{corpus}: {primary} {metrics[primary]} on {len(samples)} rows"
-                  f"{' (images withheld: text-only model)' if text_only else ''}; "
-                  f"metrics and predictions in {target}")
+    primary = evaluator.primary(metrics)
+    say(f"{recipe.evaluator}: {primary} {metrics[primary]} on {len(samples)} rows"
+        f"{' (images withheld: text-only model)' if text_only else ''}; metrics and predictions in {target}")
     Console().print_json(data=metrics)
 
 
@@ -389,12 +500,12 @@ def check_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
     model: str = typer.Option("tiny", "--model", help="tiny, or hf:<local checkpoint path>"),
     margin: float = typer.Option(5.0, "--margin", help="Points the image model must beat the text-only twin by"),
-    preset: str | None = typer.Option(None, "--preset"),
-    max_steps: int | None = typer.Option(None, "--max-steps", min=1),
-    eval_limit: int | None = typer.Option(None, "--eval-limit", min=1),
+    preset: str | None = typer.Option(None, "--preset", help="Training preset (default: tiny-check for tiny)"),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps"),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="Evaluate the first N held-out rows only"),
     judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge"),
-    cache: Path | None = typer.Option(None, "--cache"),
-    seed: int = typer.Option(0, "--seed"),
+    cache: Path | None = CACHE,
+    seed: int = typer.Option(0, "--seed", help="Seed of both training runs"),
 ) -> None:
     """Train on the build, and on the build with images withheld; exit 0 only when the image model
     beats its text-only twin by the margin on the held-out config."""
@@ -405,12 +516,13 @@ def check_cmd(
 
 def _run_check(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
                eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0) -> bool:
+    from radcorpora.engine.lifecycle import library_versions
     from radcorpora.reference_models.check import CheckConfig, run_check
 
     try:
         report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
-                                                  eval_limit=eval_limit, seed=seed),
-                           judge=_judge(judge, cache, 8), log=console.print)
+                                                  eval_limit=eval_limit, seed=seed), _recipe(build_dir),
+                           judge=_judge(judge, cache, 8), log=say, versions=library_versions())
     except _model_errors() as exc:
         _fail(exc)
     table = Table(title=f"reference check: {report['corpus']} ({report['metric']})")
@@ -420,88 +532,85 @@ def _run_check(build_dir: Path, model: str, margin: float, preset: str | None = 
     for cell, value in report["image"]["metrics"].get("by_task_and_type", {}).items():
         table.add_row(cell, str(value), str(report["text_only"]["metrics"]["by_task_and_type"].get(cell, "")))
     console.print(table)
-    verdict = "[green]passed[/]" if report["passed"] else "[bold red]FAILED[/]"
-    console.print(f"reference check {verdict}: gap {report['gap']:+} points (margin {report['margin']}), "
-                  f"{report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}")
+    say(f"reference check {'passed' if report['passed'] else 'FAILED'}: gap {report['gap']:+} points "
+        f"(margin {report['margin']}), {report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}",
+        "green" if report["passed"] else "bold red")
     return bool(report["passed"])
 
 
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the demo sources and builds"),
-    images_per_class: int = typer.Option(12, "--images-per-class", min=5),
-    workers: int = typer.Option(_default_workers(), "--workers", min=1),
+    images_per_class: int = typer.Option(12, "--images-per-class", min=5, help="Demo RadImageNet images per class"),
+    workers: int = WORKERS,
     check: bool = typer.Option(True, "--check/--no-check", help="End with the reference check on radimagenet-vqa"),
 ) -> None:
-    """Write small demo sources in the upstream formats, build and validate radimagenet-vqa and
-    rad-ace-cot from them, then check radimagenet-vqa against a tiny model trained on it."""
+    """Write small demo sources in the upstream formats, build and validate every corpus from them
+    (LLM stages with the offline stand-in), then check radimagenet-vqa against a tiny model."""
     if check:
         _train_stack()
+    from radcorpora.builders.radimagenet_vqa import make_settings
+    from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
     from radcorpora.demo.radimagenet import write_demo_radimagenet
-    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+    from radcorpora.llm.session import LLMSettings
 
     source = out / "sources" / "radimagenet"
     if not (source / "radiology_ai").exists():
-        counts = write_demo_radimagenet(source, images_per_class=images_per_class)
-        console.print(f"demo RadImageNet source written to {source}: {counts}")
-    try:
-        outcome = build_radimagenet_vqa(source, out / "radimagenet-vqa", benchmark_images=100, workers=workers,
-                                        command=f"radcorpora demo --out {out}", console=console)
-    except USER_ERRORS as exc:
-        _fail(exc)
-    valid = _finish_build(outcome, exit_on_invalid=False)
-    console.print(f"[green]demo corpus:[/] {outcome.out}  (load with datasets.load_dataset('{outcome.out}', 'benchmark'))")
-    valid = _demo_rad_ace_cot(out) and valid
+        say(f"demo RadImageNet source written to {source}: {write_demo_radimagenet(source, images_per_class=images_per_class)}")
+    valid = _build("radimagenet-vqa", {"source": source}, make_settings(benchmark_images=100), out / "radimagenet-vqa",
+                   workers=workers, executor="local", ray_address=None, overwrite=False, exit_on_invalid=False)
+    pubmedvision, vqa_rad = out / "sources" / "pubmedvision", out / "sources" / "vqa-rad"
+    if not (pubmedvision / "PubMedVision_Alignment_VQA.json").exists():
+        pubmedvision.mkdir(parents=True, exist_ok=True)
+        say(f"demo PubMedVision source written to {pubmedvision}: {write_demo_pubmedvision(pubmedvision)}")
+        say(f"demo VQA-RAD test sample written to {vqa_rad}: {write_demo_vqa_rad(vqa_rad)} questions")
+    config = _rad_ace_config(0, "offline", ["offline:verifier"], None, "alignment", 0.05, None, None)
+    valid = _build("rad-ace-cot", {"source": pubmedvision, "vqa_rad": vqa_rad}, config, out / "rad-ace-cot",
+                   workers=workers, executor="local", ray_address=None, overwrite=False, exit_on_invalid=False,
+                   llm_settings=LLMSettings(cache_path=str(out / "llm-cache.sqlite"))) and valid
+    say(f"demo corpora in {out} (rad-ace-cot answers are the offline stand-in's, not a model's)", "green")
     if check:
         valid = _run_check(out / "radimagenet-vqa", "tiny", margin=5.0) and valid
     if not valid:
         raise typer.Exit(1)
 
 
-def _demo_rad_ace_cot(out: Path) -> bool:
-    """PubMedVision- and VQA-RAD-format demo sources -> rad-ace-cot with the offline stand-in."""
-    from radcorpora.builders.rad_ace_cot import RadAceCotConfig
-    from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
-    from radcorpora.llm.session import LLMSettings
-    from radcorpora.pipelines.rad_ace_cot import build_rad_ace_cot
-
-    pubmedvision, vqa_rad = out / "sources" / "pubmedvision", out / "sources" / "vqa-rad"
-    if not (pubmedvision / "PubMedVision_Alignment_VQA.json").exists():
-        pubmedvision.mkdir(parents=True, exist_ok=True)
-        console.print(f"demo PubMedVision source written to {pubmedvision}: {write_demo_pubmedvision(pubmedvision)}")
-        console.print(f"demo VQA-RAD test sample written to {vqa_rad}: {write_demo_vqa_rad(vqa_rad)} questions")
-    config = RadAceCotConfig(llm="offline", verifiers=["offline:verifier"])
-    settings = LLMSettings(cache_path=str(out / "llm-cache.sqlite"))
-    try:
-        outcome = build_rad_ace_cot(pubmedvision, out / "rad-ace-cot", config, settings, vqa_rad=vqa_rad,
-                                    command=f"radcorpora demo --out {out}", log=console.print)
-    except USER_ERRORS as exc:
-        _fail(exc)
-    valid = _finish_build(outcome, exit_on_invalid=False)
-    console.print(f"[green]demo corpus:[/] {outcome.out}  (offline stand-in answers, not a model's)")
-    return valid
-
-
 @app.command("publish")
 def publish_cmd(
-    build_dir: Path = typer.Argument(...),
+    build_dir: Path = typer.Argument(..., help="A build folder"),
     repo: str = typer.Option(..., "--repo", help="Hub dataset repo id, e.g. org/name"),
-    private: bool = typer.Option(True, "--private/--public"),
-    allow_public_restricted: bool = typer.Option(False, "--allow-public-restricted"),
-    revision: str | None = typer.Option(None, "--revision"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be pushed, push nothing"),
+    private: bool = typer.Option(True, "--private/--public", help="Repository visibility"),
+    allow_public_restricted: bool = typer.Option(False, "--allow-public-restricted",
+                                                 help="Push restricted-licence data publicly (you hold the right to)"),
+    allow_public_demo: bool = typer.Option(False, "--allow-public-demo", help="Push a demo build publicly anyway"),
+    image_check: ImageCheckChoice = typer.Option("crc", "--image-check", help="Image check before pushing: crc or full"),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to push to"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and list what would be pushed; push nothing"),
 ) -> None:
-    """Push a validated build to the Hugging Face Hub (token from HF_TOKEN or `hf auth login`)."""
+    """Validate the build again, then push it to the Hugging Face Hub (token from HF_TOKEN or
+    `hf auth login`). Refuses a build that does not validate now."""
+    from radcorpora.corpora import validate
+    from radcorpora.engine.lifecycle import record_validation
+    from radcorpora.publish.push import check_repo_id, plan_push, push_build, require_token
+
     try:
-        plan = plan_push(build_dir, repo, private, allow_public_restricted)
+        check_repo_id(repo)
+        report = validate(build_dir, image_check=image_check.value, workers=_default_workers())
+        record_validation(build_dir, report)
+        if not report.valid:
+            print_report(report, console)
+            raise PublishError(f"{build_dir}: does not validate now ({report.violations} violations in "
+                               f"{', '.join(c.name for c in report.checks if not c.passed)}); nothing pushed")
+        plan = plan_push(build_dir, repo, private, allow_public_restricted, allow_public_demo)
+        token = None if dry_run else require_token()
     except USER_ERRORS as exc:
         _fail(exc)
-    console.print(f"{'private' if plan.private else 'public'} push of {len(plan.files)} files to {plan.repo_id}")
+    say(f"validated; {'private' if plan.private else 'public'} push of {len(plan.files)} files to {plan.repo_id}")
     if dry_run:
         for name in plan.files:
-            console.print(f"  {name}")
+            say(f"  {name}")
         return
-    push_build(build_dir, plan, revision=revision)
+    push_build(build_dir, plan, revision=revision, token=token)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.session import LLMSession
+from radcorpora.llm.stage import LLMStage, offline_responders
 from radcorpora.llm.structured import JsonParser, TagParser
 from radcorpora.llm.verify import QueueEntry, Verdict, agreement, route
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
@@ -30,8 +32,11 @@ from radcorpora.ops.sampling import rank_key, row_rng
 from radcorpora.prompts.llm import Prompt, load_prompt
 from radcorpora.schemas.common import ImageData, Lineage, Reject, Turn
 from radcorpora.schemas.rad_ace_cot import CotEvalRecord, CotRecord
-from radcorpora.sources.pubmedvision import PubMedVisionSample, PubMedVisionScan
-from radcorpora.sources.vqa_rad import VqaRadTest
+from radcorpora.sources.pubmedvision import PubMedVisionSample, PubMedVisionScan, scan_pubmedvision
+from radcorpora.sources.vqa_rad import VqaRadTest, read_vqa_rad_test
+from radcorpora.store import atomic
+from radcorpora.store.shards import write_split
+from radcorpora.store.state import ChunkResult, ShardInfo
 
 CORPUS = "rad-ace-cot"
 LICENCE_CLASS = "public"  # PubMedVision: apache-2.0; VQA-RAD: cc0-1.0
@@ -55,6 +60,7 @@ class RadAceCotConfig(BaseModel):
     prompt_path: str | None = None
     verify_prompt_path: str | None = None
     images_per_shard: int = Field(1000, ge=1)
+    decisions: dict[str, Literal["accept", "reject"]] = Field(default_factory=dict)  # a person's adjudication
 
 
 def load_prompts(config: RadAceCotConfig) -> tuple[Prompt, Prompt]:
@@ -151,6 +157,61 @@ def _reject(item: Selected, reason: str, detail: str) -> Reject:
     return Reject(source=item.sample.file, row=str(item.sample.row), reason=reason, detail=f"{item.sample.id}: {detail}")
 
 
+class CotStage(LLMStage[Selected]):
+    """One reasoning-model call per sample: findings + question in, tagged reasoning out."""
+
+    name = "cot"
+    description = "chain of thought written as a reading of the image, from the findings"
+    expected_output_tokens = 2500  # reasoning models bill their thinking as output
+
+    def __init__(self, prompt: Prompt, config: RadAceCotConfig, model: str):
+        self.prompt_file, self.config, self.model = prompt, config, model
+
+    def prompt(self, row: Selected) -> LLMRequest:
+        return generation_request(row, self.prompt_file, self.config)
+
+    def parser(self) -> TagParser:
+        return TagParser()
+
+    def parse(self, row: Selected, result: CallResult) -> list[Candidate] | Reject:
+        checked = check_generation(row, result, self.config, self.model)
+        return checked if isinstance(checked, Reject) else [checked]
+
+    @staticmethod
+    def offline(request: LLMRequest) -> str:
+        return offline_cot(request)
+
+
+class VerifyStage(LLMStage[Candidate]):
+    """A verifier model judges whether the answer is supported by the findings."""
+
+    name = "verify"
+    description = "answer consistency with the findings"
+    output = Verdict
+    expected_output_tokens = 80
+
+    def __init__(self, prompt: Prompt):
+        self.prompt_file = prompt
+
+    def prompt(self, row: Candidate) -> LLMRequest:
+        return verification_request(row.item, row.cot_output, self.prompt_file)
+
+    def parser(self) -> JsonParser:
+        return JsonParser(Verdict)
+
+    def parse(self, row: Candidate, result: CallResult) -> list[Verdict] | Reject:
+        if not result.ok:
+            return _reject(row.item, f"llm_{result.error.kind if result.error else 'failed'}", str(result.error))
+        return [result.parsed]
+
+    @staticmethod
+    def offline(request: LLMRequest) -> str:
+        return offline_verify(request)
+
+
+STAGES = (CotStage, VerifyStage)
+
+
 def check_generation(item: Selected, result: CallResult, config: RadAceCotConfig, model: str) -> Candidate | Reject:
     if not result.ok:
         assert result.error is not None
@@ -167,15 +228,13 @@ def run_stages(selected: list[Selected], config: RadAceCotConfig, session: LLMSe
                decisions: dict[str, str]) -> StageOutcome:
     generate_prompt, verify_prompt = load_prompts(config)
     outcome = StageOutcome()
-    results = session.run(config.llm, [generation_request(i, generate_prompt, config) for i in selected], TagParser())
     candidates: list[Candidate] = []
-    for item, result in zip(selected, results):
-        checked = check_generation(item, result, config, session.model_id(config.llm))
-        if isinstance(checked, Reject):
-            outcome.rejects.append(checked)
-            outcome.counts[checked.reason] += 1
+    for _item, made in CotStage(generate_prompt, config, session.model_id(config.llm)).run(session, config.llm, selected):
+        if isinstance(made, Reject):
+            outcome.rejects.append(made)
+            outcome.counts[made.reason] += 1
         else:
-            candidates.append(checked)
+            candidates.extend(made)
     outcome.counts["generated"] = len(candidates)
     if not config.verifiers:
         outcome.kept = [(c, "not_run") for c in candidates]
@@ -183,11 +242,9 @@ def run_stages(selected: list[Selected], config: RadAceCotConfig, session: LLMSe
 
     verdicts: dict[str, dict[str, Verdict]] = {c.item.sample.id: {} for c in candidates}
     for spec in config.verifiers:
-        answers = session.run(spec, [verification_request(c.item, c.cot_output, verify_prompt) for c in candidates],
-                              JsonParser(Verdict))
-        for candidate, answer in zip(candidates, answers):
-            if answer.ok:
-                verdicts[candidate.item.sample.id][session.model_id(spec)] = answer.parsed
+        for candidate, made in VerifyStage(verify_prompt).run(session, spec, candidates):
+            if not isinstance(made, Reject):
+                verdicts[candidate.item.sample.id][session.model_id(spec)] = made[0]
     outcome.agreement = agreement(verdicts)
     expected = {session.model_id(s) for s in config.verifiers}
     for candidate in candidates:
@@ -216,16 +273,15 @@ def run_stages(selected: list[Selected], config: RadAceCotConfig, session: LLMSe
 
 # --------------------------------------------------------------------------- estimate
 
-EXPECTED_OUTPUT_TOKENS = {"cot": 2500, "verify": 80}  # reasoning models bill their thinking as output
 
-
-def estimate_requests(selected: list[Selected], config: RadAceCotConfig) -> dict[str, list[LLMRequest]]:
-    """spec -> the requests a build would send; verification is sized with the findings standing
-    in for the not-yet-written reasoning (about the same length)."""
+def estimate_requests(selected: list[Selected], config: RadAceCotConfig) -> list[tuple[type[LLMStage], str, list[LLMRequest]]]:
+    """(stage, model, requests) a build would send; verification is sized with the findings
+    standing in for the not-yet-written reasoning (about the same length)."""
     generate_prompt, verify_prompt = load_prompts(config)
-    plan = {config.llm: [generation_request(i, generate_prompt, config) for i in selected]}
+    plan: list[tuple[type[LLMStage], str, list[LLMRequest]]] = [
+        (CotStage, config.llm, [generation_request(i, generate_prompt, config) for i in selected])]
     for spec in config.verifiers:
-        plan.setdefault(spec, []).extend(verification_request(i, i.sample.description, verify_prompt) for i in selected)
+        plan.append((VerifyStage, spec, [verification_request(i, i.sample.description, verify_prompt) for i in selected]))
     return plan
 
 
@@ -296,4 +352,103 @@ def offline_verify(request: LLMRequest) -> str:
     return json.dumps({"consistent": share >= 0.5, "reason": f"{share:.0%} of the answer's terms are in the findings"})
 
 
-OFFLINE_RESPONDERS = {"cot": offline_cot, "verify": offline_verify}
+OFFLINE_RESPONDERS = offline_responders(STAGES)
+
+
+# --------------------------------------------------------------------------- the corpus' stages
+
+DECISIONS_FILE = "build/adjudication_decisions.jsonl"
+QUEUE_FILE = "build/adjudication_queue.jsonl"
+FAILURES_FILE = "build/llm_failures.jsonl"
+
+
+@dataclass
+class RadAcePlan:
+    scan: PubMedVisionScan
+    selected: list[Selected]
+    select_rejects: list[Reject]
+    vqa_rad: VqaRadTest | None
+
+
+def prepare(sources: dict[str, Path], config: RadAceCotConfig, log) -> Prepared:
+    generate_prompt, verify_prompt = load_prompts(config)
+    scan = scan_pubmedvision(sources["source"], config.subset)
+    log(f"{scan.file.name}: {scan.counts['records']} records, {len(scan.samples)} CT/MR samples")
+    selected, select_rejects = select_samples(scan, config)
+    vqa_rad = read_vqa_rad_test(sources["vqa_rad"]) if sources.get("vqa_rad") else None
+    content = hashlib.sha256()
+    for item in selected:
+        content.update(f"{item.sample.id}\t{','.join(item.image_hashes)}\t{item.sample.description}\t"
+                       f"{item.sample.question}\n".encode())
+    if vqa_rad is not None:
+        for q in sorted(vqa_rad.questions, key=lambda q: q.id):
+            content.update(f"{q.id}\t{hashlib.sha256(q.image).hexdigest()}\t{q.question}\t{q.answer}\n".encode())
+    fingerprint = {
+        "prompts": {generate_prompt.id: generate_prompt.content_hash, verify_prompt.id: verify_prompt.content_hash},
+        "sources": {"file": scan.file.name, "samples": len(scan.samples), "selected": len(selected),
+                    "content": content.hexdigest()[:16], "vqa_rad": bool(vqa_rad)},
+    }
+    return Prepared(fingerprint=fingerprint, plan=RadAcePlan(scan, selected, select_rejects, vqa_rad))
+
+
+def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> StageOutput:
+    plan: RadAcePlan = prepared.plan
+    out = ctx.out
+    generate_prompt, verify_prompt = load_prompts(config)
+    decisions = dict(sorted(config.decisions.items()))
+    if decisions:
+        atomic.write_jsonl(out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
+    session = ctx.llm_session(OFFLINE_RESPONDERS)
+    try:
+        outcome = run_stages(plan.selected, config, session, decisions)
+    finally:
+        session.close()
+    prompts = [generate_prompt] + ([verify_prompt] if config.verifiers else [])
+    models = [session.model_id(config.llm), *(session.model_id(v) for v in config.verifiers)]
+    chunks: list[ChunkResult] = []
+    for split in ("train", "validation"):
+        kept = [(c, v) for c, v in outcome.kept if c.item.split == split]
+        records = (make_record(c, v, prompts, models) for c, v in kept)
+        written = write_split(out, "default", split, records, len(kept), CotRecord, config.images_per_shard)
+        chunks.append(ChunkResult(chunk_id=f"default-{split}", shards={
+            rel: ShardInfo(rows=rows, sha256=digest) for rel, (rows, digest) in written.items()}))
+    eval_rejects: list[Reject] = []
+    if plan.vqa_rad is not None:
+        eval_rejects = plan.vqa_rad.rejects
+        records = eval_records(plan.vqa_rad)
+        written = write_split(out, "eval", "test", records, len(records), CotEvalRecord, 5000)
+        chunks.append(ChunkResult(chunk_id="eval-test", shards={
+            rel: ShardInfo(rows=rows, sha256=digest) for rel, (rows, digest) in written.items()}))
+    atomic.write_jsonl(out / FAILURES_FILE, session.ledger.entries)
+    atomic.write_jsonl(out / QUEUE_FILE, [q.model_dump(mode="json") for q in outcome.queued])
+    counts = Counter(plan.scan.counts) + outcome.counts
+    counts["selected"] = len(plan.selected)
+    eval_rows = sum(r.shards[k].rows for r in chunks if r.chunk_id == "eval-test" for k in r.shards)
+    return StageOutput(
+        chunks=chunks,
+        rejects=[*plan.scan.rejects, *plan.select_rejects, *outcome.rejects, *eval_rejects],
+        counts=counts,
+        warnings=([f"{len(outcome.queued)} sample(s) await adjudication in {QUEUE_FILE}"] if outcome.queued else [])
+        + ([f"{len(session.ledger.entries)} LLM request(s) failed; rerun to retry them"] if session.ledger.entries else []),
+        files=[FAILURES_FILE, QUEUE_FILE, *([DECISIONS_FILE] if decisions else [])],
+        manifest={
+            "source": {"dataset": "PubMedVision", "file": plan.scan.file.name,
+                       "modality_values": dict(plan.scan.modality_values.most_common()),
+                       "vqa_rad": None if plan.vqa_rad is None else {"questions": eval_rows}},
+            "prompts": {p.id: p.content_hash for p in prompts},
+            "llm": {"generator": session.model_id(config.llm),
+                    "verifiers": [session.model_id(v) for v in config.verifiers],
+                    "stages": {s.name: s.description for s in STAGES if s is CotStage or config.verifiers},
+                    **session.summary(), "verification": outcome.agreement,
+                    "adjudication_pending": len(outcome.queued), "adjudication_decisions": len(decisions),
+                    "cache_path": str(session.cache.path)},
+            "rebuild": {"sources": {k: str(Path(v).resolve()) for k, v in ctx_sources(prepared).items()}},
+        })
+
+
+def ctx_sources(prepared: Prepared) -> dict[str, Path]:
+    plan: RadAcePlan = prepared.plan
+    found = {"source": plan.scan.root}
+    if plan.vqa_rad is not None:
+        found["vqa_rad"] = plan.vqa_rad.root
+    return found

@@ -17,27 +17,34 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from radcorpora import __version__
-from radcorpora.builders.engine import ChunkResult, ChunkSpec, ShardInfo, run_chunks
+import pyarrow as pa
+
+from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import row_rng, sample_distinct, stratified_ranked_sample
 from radcorpora.prompts.loader import TemplateSet, load_template_set
-from radcorpora.publish.shards import ShardWriter, shard_relpath
-from radcorpora.schemas.common import ImageData, Lineage, Reject, Turn
+from radcorpora.schemas.columnar import check_table
+from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.store import source_index
+from radcorpora.store.shards import ShardWriter, shard_relpath
+from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
+from radcorpora.schemas.common import Reject, Turn
 from radcorpora.schemas.radimagenet_vqa import (
     CONFIG_RECORDS,
     CONTENT_TYPE_OF_TASK,
     LETTERS,
     QUESTION_SLOTS,
-    AlignmentRecord,
-    BenchmarkRecord,
-    ImageLabels,
-    InstructRecord,
     QuestionAnswer,
-    QuestionMetadata,
+    check_rows,
 )
 from radcorpora.schemas.taxonomy import Taxonomy, radimagenet_vqa_taxonomy
-from radcorpora.sources.radimagenet import RadImageNetImage, RadImageNetScan
+from radcorpora.sources.radimagenet import (
+    LabelMap,
+    RadImageNetImage,
+    RadImageNetScan,
+    load_label_map,
+    scan_radimagenet,
+)
 
 CORPUS = "radimagenet-vqa"
 LICENCE_CLASS = "restricted"
@@ -113,14 +120,21 @@ def _multiple_choice(rng: random.Random, correct: str, distractors: list[str]) -
 
 
 def make_questions(image: RadImageNetImage, ctx: Context) -> list[QuestionAnswer]:
-    """The nine questions of one image, each drawn with its own seeded generator."""
+    """The nine questions of one image as validated records."""
+    return [QuestionAnswer.model_validate(q) for q in question_rows(image, ctx)]
+
+
+def question_rows(image: RadImageNetImage, ctx: Context) -> list[dict[str, Any]]:
+    """The nine questions of one image as plain rows (the columnar path), each drawn with its
+    own seeded generator."""
     cfg, tpl, tax = ctx.config, ctx.templates, ctx.taxonomy
     region = tax.region(image.region)
     none = tax.no_pathology_answer
     truth = image.pathology if image.is_abnormal else none
     words = {"region": region.phrase, "modality": MODALITY_WORDS[image.modality]}
     region_pathologies = tuple(region.pathologies)
-    questions: list[QuestionAnswer] = []
+    questions: list[dict[str, Any]] = []
+    labels = (image.is_abnormal, region.name, image.modality, image.pathology)
     for question_id, task, qtype, polarity in QUESTION_SLOTS:
         rng = row_rng(cfg.seed, CORPUS, image.key, question_id)
         slot, subject, choices = question_id, None, None
@@ -161,50 +175,66 @@ def make_questions(image: RadImageNetImage, ctx: Context) -> list[QuestionAnswer
                 correct = truth
         fill = words_q if (task == "anatomy" and qtype == "closed") else words
         text = _fill(_pick(rng, tpl.variants(slot)), pathology=subject or truth, **fill)
-        questions.append(QuestionAnswer(
-            question=text,
-            choices=choices,
-            answer=answer,
-            question_type=qtype,
-            subject=subject,
-            metadata=QuestionMetadata(
-                content_type=CONTENT_TYPE_OF_TASK[task],
-                correct_text=correct,
-                is_abnormal=image.is_abnormal,
-                location=region.name,
-                modality=image.modality,
-                pathology=image.pathology,
-                question_id=question_id,
-            ),
-        ))
+        questions.append({
+            "question": text, "choices": choices, "answer": answer, "question_type": qtype,
+            "metadata": {"content_type": CONTENT_TYPE_OF_TASK[task], "correct_text": correct,
+                         "is_abnormal": labels[0], "location": labels[1], "modality": labels[2],
+                         "pathology": labels[3], "question_id": question_id},
+            "subject": subject,
+        })
     return questions
 
 
-def render_question(qa: QuestionAnswer, ctx: Context, key: str) -> str:
-    """The human turn for one question (options spelled out for multiple choice)."""
-    if qa.choices is None:
-        return qa.question
-    rng = row_rng(ctx.config.seed, CORPUS, key, f"{qa.metadata.question_id}/instruction")
-    options = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, qa.choices))
-    return f"{qa.question}\n{options}\n{_pick(rng, ctx.templates.variants('multiple_choice_instruction'))}"
+def render_question(question: str, choices: list[str] | None, question_id: str, key: str, seed: int,
+                    templates: TemplateSet) -> str:
+    """The human turn for one question (options spelled out for multiple choice). Training rows
+    and evaluation prompts are both rendered here, so a model is asked as it was taught."""
+    if choices is None:
+        return question
+    rng = row_rng(seed, CORPUS, key, f"{question_id}/instruction")
+    options = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, choices))
+    return f"{question}\n{options}\n{_pick(rng, templates.variants('multiple_choice_instruction'))}"
+
+
+def prompt_renderer(manifest: dict[str, Any]):
+    """row -> the human turn a benchmark row is asked with, for the build described by `manifest`
+    (its seed and wording), without the `<image>` tag."""
+    config = RadImageNetVQAConfig.model_validate((manifest.get("fingerprint") or {}).get("config") or {})
+    templates = load_templates(config)
+
+    def render(row: dict[str, Any]) -> str:
+        key = row["id"].split("#", 1)[0]
+        return render_question(row["question"], row["choices"], row["metadata"]["question_id"], key, config.seed,
+                               templates)
+    return render
 
 
 def make_caption(image: RadImageNetImage, ctx: Context) -> list[Turn]:
+    return [Turn.model_validate(t) for t in caption_turns(image, ctx)]
+
+
+def caption_turns(image: RadImageNetImage, ctx: Context) -> list[dict[str, str]]:
     rng = row_rng(ctx.config.seed, CORPUS, image.key, "caption")
     region = ctx.taxonomy.region(image.region)
     slot = "caption_abnormal" if image.is_abnormal else "caption_normal"
     caption = _fill(_pick(rng, ctx.templates.variants(slot)), region=region.phrase,
                     pathology=image.pathology, modality=MODALITY_WORDS[image.modality])
     request = _pick(rng, ctx.templates.variants("caption_request"))
-    return [Turn(**{"from": "human", "value": f"<image>\n{request}"}), Turn(**{"from": "gpt", "value": caption})]
+    return [{"from": "human", "value": f"<image>\n{request}"}, {"from": "gpt", "value": caption}]
 
 
 def make_instruct_turns(image: RadImageNetImage, questions: list[QuestionAnswer], ctx: Context) -> list[Turn]:
-    turns: list[Turn] = []
+    rows = [q.model_dump() for q in questions]
+    return [Turn.model_validate(t) for t in instruct_turns(image, rows, ctx)]
+
+
+def instruct_turns(image: RadImageNetImage, questions: list[dict[str, Any]], ctx: Context) -> list[dict[str, str]]:
+    turns: list[dict[str, str]] = []
+    seed, templates = ctx.config.seed, ctx.templates
     for i, qa in enumerate(questions):
-        prompt = render_question(qa, ctx, image.key)
-        turns.append(Turn(**{"from": "human", "value": f"<image>\n{prompt}" if i == 0 else prompt}))
-        turns.append(Turn(**{"from": "gpt", "value": qa.answer}))
+        prompt = render_question(qa["question"], qa["choices"], qa["metadata"]["question_id"], image.key, seed, templates)
+        turns.append({"from": "human", "value": f"<image>\n{prompt}" if i == 0 else prompt})
+        turns.append({"from": "gpt", "value": qa["answer"]})
     return turns
 
 
@@ -217,7 +247,7 @@ class ImageReadError(ValueError):
         self.reason = reason
 
 
-def read_image(image: RadImageNetImage, check: ImageCheck) -> ImageData:
+def read_image_bytes(image: RadImageNetImage, check: ImageCheck) -> bytes:
     """The file's bytes exactly as stored, after checking that they are a readable image."""
     try:
         data = image.path.read_bytes()
@@ -227,32 +257,21 @@ def read_image(image: RadImageNetImage, check: ImageCheck) -> ImageData:
         check_image(data, check)
     except ImageCheckError as exc:
         raise ImageReadError("image_does_not_decode", str(exc)) from exc
-    return ImageData(bytes=data, path=image.path.name)
+    return data
 
 
-def lineage_for(image: RadImageNetImage, data: ImageData, templates: TemplateSet) -> Lineage:
-    return Lineage(
-        source_dataset="RadImageNet",
-        source_id=image.rel_path,
-        source_split=image.split,
-        licence_class=LICENCE_CLASS,
-        image_sha256=hashlib.sha256(data.bytes).hexdigest(),
-        prompt_ids=[templates.id],
-        prompt_hashes=[templates.content_hash],
-    )
-
-
-# --------------------------------------------------------------------------- chunks
+# --------------------------------------------------------------------------- chunks (the columnar path)
 
 
 @dataclass(frozen=True)
 class ChunkPayload:
     split: str
-    images: tuple[RadImageNetImage, ...]
+    images: tuple[RadImageNetImage, ...]  # train/validation: every image; test: ranked candidates
     shards: dict[str, str]  # config -> shard relpath
     config: RadImageNetVQAConfig
     region_weights: dict[str, int]
     pathology_weights: dict[str, dict[str, int]]
+    quotas: tuple[tuple[str, int], ...] = ()  # benchmark chunks: (stratum, images to take), in order
 
 
 def _context(payload: ChunkPayload) -> Context:
@@ -260,46 +279,97 @@ def _context(payload: ChunkPayload) -> Context:
                    payload.region_weights, payload.pathology_weights)
 
 
+def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> list[tuple[RadImageNetImage, bytes]]:
+    """Each image read and checked once. Benchmark chunks walk each stratum's candidates in seeded
+    rank order and take the first `quota` readable ones, so an unreadable image is replaced by the
+    next in its stratum and the mix holds."""
+    taken: list[tuple[RadImageNetImage, bytes]] = []
+    check = payload.config.image_check
+    quotas = dict(payload.quotas)
+    per_stratum: Counter = Counter()
+    for image in payload.images:
+        stratum = stratum_of(image)
+        if payload.quotas and per_stratum[stratum] >= quotas.get(stratum, 0):
+            counts["test_images_not_sampled"] += 1
+            continue
+        try:
+            data = read_image_bytes(image, check)
+        except ImageReadError as exc:
+            result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
+            result.sources[str(image.path)] = source_index.entry_for(image.path, None)
+            continue
+        result.sources[str(image.path)] = source_index.entry_for(image.path, data)
+        per_stratum[stratum] += 1
+        taken.append((image, data))
+    taken.sort(key=lambda pair: pair[0].key)
+    return taken
+
+
+def _lineage(image: RadImageNetImage, digest: str, templates: TemplateSet) -> dict[str, Any]:
+    return {"source_dataset": "RadImageNet", "source_id": image.rel_path, "source_split": image.split,
+            "licence_class": LICENCE_CLASS, "image_sha256": digest, "prompt_ids": [templates.id],
+            "prompt_hashes": [templates.content_hash], "models": []}
+
+
+def chunk_tables(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes]], ctx: Context) -> dict[str, pa.Table]:
+    """The chunk's rows of each config as Arrow tables, built from plain columns."""
+    rows: dict[str, list[dict[str, Any]]] = {cfg: [] for cfg in payload.shards}
+    for image, data in images:
+        stored = {"bytes": data, "path": image.path.name}
+        lineage = _lineage(image, source_index.entry_for(image.path, data)[2], ctx.templates)
+        labels = {"is_abnormal": image.is_abnormal, "location": image.region, "modality": image.modality,
+                  "pathology": image.pathology}
+        questions = question_rows(image, ctx)
+        if "alignment" in rows:
+            rows["alignment"].append({"image": stored, "id": image.key, "conversations": caption_turns(image, ctx),
+                                      "metadata": labels, "lineage": lineage})
+        if "instruct" in rows:
+            rows["instruct"].append({"image": stored, "id": image.key,
+                                     "conversations": instruct_turns(image, questions, ctx),
+                                     "questions": questions, "metadata": labels, "lineage": lineage})
+        if "benchmark" in rows:
+            for qa in questions:
+                rows["benchmark"].append({"image": stored, "id": f"{image.key}#{qa['metadata']['question_id']}",
+                                          **qa, "lineage": lineage})
+    return {cfg: pa.Table.from_pylist(r, schema=arrow_schema_for(CONFIG_RECORDS[cfg])) for cfg, r in rows.items()}
+
+
+def check_chunk_table(config: str, table: pa.Table, where: str, result: ChunkResult) -> None:
+    """Every row against its record model (derived rules) and the corpus' row rules, vectorised;
+    findings name the shard, row and field."""
+    violations, total = check_table(table, CONFIG_RECORDS[config])
+    found = {"record_schema": [f"{where} row {v.row}: {v.field}: {v.message}" for v in violations]}
+    counts = {"record_schema": total}
+    for rule, bad_rows in check_rows(config, table).items():
+        found[rule] = [f"{where} row {r}: breaks {rule}" for r in bad_rows[:5]]
+        counts[rule] = len(bad_rows)
+    for rule in ("record_schema", "question_consistent", "answers_match_labels", "closed_polarity",
+                 "conversation_structure"):
+        result.checked[rule] = result.checked.get(rule, 0) + table.num_rows
+        if counts.get(rule):
+            result.violations.setdefault(rule, []).extend(found[rule][:5])
+            result.violation_counts[rule] = result.violation_counts.get(rule, 0) + counts[rule]
+
+
 def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     """Read, check and turn one chunk of images into its shards (runs in a worker process)."""
     payload: ChunkPayload = spec.payload
     ctx = _context(payload)
-    writers = {cfg: ShardWriter(out / rel, CONFIG_RECORDS[cfg]) for cfg, rel in payload.shards.items()}
     result = ChunkResult(chunk_id=spec.chunk_id)
     counts: Counter = Counter()
-    try:
-        for image in payload.images:
-            try:
-                data = read_image(image, payload.config.image_check)
-            except ImageReadError as exc:
-                result.rejects.append(Reject(source=image.rel_path, reason=exc.reason, detail=str(exc)))
-                continue
-            lineage = lineage_for(image, data, ctx.templates)
-            labels = ImageLabels(is_abnormal=image.is_abnormal, location=image.region,
-                                 modality=image.modality, pathology=image.pathology)
-            questions = make_questions(image, ctx)
-            if "alignment" in writers:
-                writers["alignment"].write(AlignmentRecord(
-                    image=data, id=image.key, conversations=make_caption(image, ctx),
-                    metadata=labels, lineage=lineage))
-            if "instruct" in writers:
-                writers["instruct"].write(InstructRecord(
-                    image=data, id=image.key, conversations=make_instruct_turns(image, questions, ctx),
-                    questions=questions, metadata=labels, lineage=lineage))
-            if "benchmark" in writers:
-                for qa in questions:
-                    writers["benchmark"].write(BenchmarkRecord(
-                        image=data, id=f"{image.key}#{qa.metadata.question_id}", lineage=lineage,
-                        **qa.model_dump(exclude={"metadata"}), metadata=qa.metadata))
-            counts[f"images_{payload.split}"] += 1
-            counts["source_image_bytes"] += len(data.bytes)
-    except BaseException:
-        for writer in writers.values():
+    images = _images_of(payload, result, counts)
+    tables = chunk_tables(payload, images, ctx)
+    for cfg, rel in payload.shards.items():
+        check_chunk_table(cfg, tables[cfg], rel, result)
+        writer = ShardWriter(out / rel, CONFIG_RECORDS[cfg])
+        try:
+            writer.write_table(tables[cfg])
+            result.shards[rel] = ShardInfo(rows=tables[cfg].num_rows, sha256=writer.close())
+        except BaseException:
             writer.abort()
-        raise
-    for cfg, writer in writers.items():
-        rows = writer.rows
-        result.shards[payload.shards[cfg]] = ShardInfo(rows=rows, sha256=writer.close())
+            raise
+    counts[f"images_{payload.split}"] += len(images)
+    counts["source_image_bytes"] += sum(len(data) for _, data in images)
     result.counts = dict(counts)
     return result
 
@@ -309,47 +379,41 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
 
 @dataclass
 class Plan:
+    scan: RadImageNetScan
     chunks: list[ChunkSpec]
     benchmark_population: dict[str, int]  # "region|pathology" -> test images
     benchmark_quotas: dict[str, int]
-    benchmark_rejects: list[Reject]
-    counts: Counter
 
 
 def stratum_of(image: RadImageNetImage) -> str:
     return f"{image.region}|{image.pathology}"
 
 
-def select_benchmark(test: list[RadImageNetImage], config: RadImageNetVQAConfig) -> tuple[
-        list[RadImageNetImage], dict[str, int], dict[str, int], list[Reject]]:
-    """A stratified sample of test images keeping the region x pathology (x normal) mix.
+def _chunked(images: list[RadImageNetImage], size: int) -> list[list[RadImageNetImage]]:
+    return [images[i:i + size] for i in range(0, len(images), size)] or []
 
-    Within each stratum images are taken in seeded rank order; one that fails to decode is
-    recorded and replaced by the next in its stratum, so the mix holds.
-    """
+
+def _benchmark_groups(test: list[RadImageNetImage], config: RadImageNetVQAConfig, per_chunk: int
+                      ) -> tuple[list[tuple[list[RadImageNetImage], tuple[tuple[str, int], ...]]], dict[str, int]]:
+    """Strata packed into chunks of about `per_chunk` benchmark images; each chunk carries its
+    strata's candidates in seeded rank order and the quota of each."""
     by_key = {img.key: img for img in test}
     ranked, quotas = stratified_ranked_sample(((stratum_of(i), i.key) for i in test),
                                               config.benchmark_images, config.seed, CORPUS, "benchmark")
-    chosen: list[RadImageNetImage] = []
-    rejects: list[Reject] = []
+    groups: list[tuple[list[RadImageNetImage], tuple[tuple[str, int], ...]]] = []
+    images: list[RadImageNetImage] = []
+    strata: list[tuple[str, int]] = []
     for stratum in sorted(ranked):
-        taken = 0
-        for key in ranked[stratum]:
-            if taken >= quotas[stratum]:
-                break
-            try:
-                read_image(by_key[key], config.image_check)
-            except ImageReadError as exc:
-                rejects.append(Reject(source=by_key[key].rel_path, reason=exc.reason, detail=str(exc)))
-                continue
-            chosen.append(by_key[key])
-            taken += 1
-    population = Counter(stratum_of(i) for i in test)
-    return sorted(chosen, key=lambda i: i.key), dict(sorted(population.items())), dict(sorted(quotas.items())), rejects
-
-
-def _chunked(images: list[RadImageNetImage], size: int) -> list[list[RadImageNetImage]]:
-    return [images[i:i + size] for i in range(0, len(images), size)] or []
+        if not quotas.get(stratum):
+            continue
+        images += [by_key[k] for k in ranked[stratum]]
+        strata.append((stratum, quotas[stratum]))
+        if sum(q for _, q in strata) >= per_chunk:
+            groups.append((images, tuple(strata)))
+            images, strata = [], []
+    if strata:
+        groups.append((images, tuple(strata)))
+    return groups, {s: q for s, q in sorted(quotas.items()) if q}
 
 
 def plan_build(scan: RadImageNetScan, config: RadImageNetVQAConfig) -> Plan:
@@ -360,38 +424,81 @@ def plan_build(scan: RadImageNetScan, config: RadImageNetVQAConfig) -> Plan:
         if img.is_abnormal:
             bucket = pathology_weights.setdefault(img.region, {})
             bucket[img.pathology] = bucket.get(img.pathology, 0) + 1
-    counts: Counter = Counter()
     chunks: list[ChunkSpec] = []
-    benchmark, population, quotas, bench_rejects = select_benchmark(scan.images["test"], config)
-    counts["test_images_not_sampled"] = len(scan.images["test"]) - len(benchmark) - len(bench_rejects)
-    work = {"train": scan.images["train"], "validation": scan.images["validation"], "test": benchmark}
-    for split, images in work.items():
-        per_shard = config.images_per_shard if split != "test" else max(1, config.images_per_shard // 9)
-        groups = _chunked(images, per_shard)
+    for split in ("train", "validation"):
+        groups = _chunked(scan.images[split], config.images_per_shard)
         for index, group in enumerate(groups):
             shards = {cfg: shard_relpath(cfg, split, index, len(groups)) for cfg in SPLIT_CONFIGS[split]}
             payload = ChunkPayload(split, tuple(group), shards, config, region_weights, pathology_weights)
             chunks.append(ChunkSpec(chunk_id=f"{split}-{index:05d}", size=len(group), payload=payload))
-    return Plan(chunks, population, quotas, bench_rejects, counts)
+    groups, quotas = _benchmark_groups(scan.images["test"], config, max(1, config.images_per_shard // 9))
+    for index, (candidates, strata) in enumerate(groups):
+        shards = {cfg: shard_relpath(cfg, "test", index, len(groups)) for cfg in SPLIT_CONFIGS["test"]}
+        payload = ChunkPayload("test", tuple(candidates), shards, config, region_weights, pathology_weights, strata)
+        chunks.append(ChunkSpec(chunk_id=f"test-{index:05d}", size=len(candidates), payload=payload))
+    population = Counter(stratum_of(i) for i in scan.images["test"])
+    return Plan(scan, chunks, dict(sorted(population.items())), quotas)
 
 
 def fingerprint(scan: RadImageNetScan, config: RadImageNetVQAConfig, templates: TemplateSet) -> dict[str, Any]:
-    """What decides the output: a different value means a different build."""
+    """What decides the output besides the settings: the listing (files, labels, splits), the
+    wording and the taxonomy. Image content is covered by the source index (engine)."""
     listing = hashlib.sha256()
     for split in sorted(scan.images):
         for img in scan.images[split]:
             listing.update(f"{split}\t{img.rel_path}\t{img.region}\t{img.pathology}\n".encode())
     taxonomy = radimagenet_vqa_taxonomy()
     return {
-        "corpus": CORPUS,
-        "config": json.loads(config.model_dump_json(exclude={"templates_path"})),
         "templates": f"{templates.id}@{templates.content_hash}",
         "taxonomy": hashlib.sha256(repr(taxonomy.regions).encode()).hexdigest()[:16],
-        "source_listing": listing.hexdigest()[:16],
-        "radcorpora": __version__,
+        "sources": {"listing": listing.hexdigest()[:16], "split_csvs": scan.split_csvs},
     }
 
 
-def run_plan(plan: Plan, out: Path, workers: int, progress: Any = None) -> list[ChunkResult]:
-    return run_chunks(plan.chunks, build_chunk, out, workers=workers, progress=progress,
-                      description="radimagenet-vqa")
+# --------------------------------------------------------------------------- the corpus' stages
+
+
+def prepare(sources: dict[str, Path], config: RadImageNetVQAConfig, log) -> Prepared:
+    """Scan the tree (unknown folder names stop here, before any work) and plan the chunks."""
+    labels = LabelMap.from_json(config.label_map)
+    templates = load_templates(config)
+    scan = scan_radimagenet(sources["source"], labels)
+    log(f"{scan.root}: " + ", ".join(f"{len(v)} {k}" for k, v in scan.images.items()) + " images")
+    return Prepared(fingerprint=fingerprint(scan, config, templates), plan=plan_build(scan, config))
+
+
+def run(prepared: Prepared, config: RadImageNetVQAConfig, ctx: BuildContext) -> StageOutput:
+    plan: Plan = prepared.plan
+    scan = plan.scan
+    results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
+    counts: Counter = Counter(scan.counts)
+    warnings = list(scan.warnings)
+    taken = sum(r.counts.get("images_test", 0) for r in results)
+    if not plan.benchmark_quotas:
+        warnings.append("no test images: the benchmark config was not built")
+    elif taken < config.benchmark_images:
+        warnings.append(f"the benchmark holds {taken} images, fewer than the {config.benchmark_images} asked for "
+                        f"(the test split has {len(scan.images['test'])} readable candidates)")
+    templates = load_templates(config)
+    return StageOutput(
+        chunks=results, rejects=list(scan.rejects), counts=counts, warnings=warnings,
+        manifest={
+            "source": {"dataset": "RadImageNet", "root_name": scan.root.name, "split_csvs": scan.split_csvs,
+                       "images_per_split": {k: len(v) for k, v in scan.images.items()}},
+            "image_check": config.image_check,
+            "prompts": {templates.id: templates.content_hash},
+            "benchmark": {"population": plan.benchmark_population, "quotas": plan.benchmark_quotas,
+                          "requested_images": config.benchmark_images, "images": taken},
+        })
+
+
+def make_settings(*, seed: int = 0, benchmark_images: int = 1000, label_map: Path | None = None,
+                  templates: Path | None = None, image_check: ImageCheck = "crc",
+                  images_per_shard: int = 2000) -> RadImageNetVQAConfig:
+    """Settings from the user's options: the label-map file is read here (a bad one stops the
+    build before any work), and its content, not its path, goes into the fingerprint."""
+    config = RadImageNetVQAConfig(seed=seed, benchmark_images=benchmark_images, images_per_shard=images_per_shard,
+                                  label_map=load_label_map(label_map).to_json(),
+                                  templates_path=str(templates) if templates else None, image_check=image_check)
+    load_templates(config)  # a bad wording file stops here too
+    return config

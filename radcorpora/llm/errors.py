@@ -6,7 +6,10 @@ import os
 import re
 import time
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from radcorpora.llm.request import Usage
 
 ErrorKind = Literal["rate_limit", "server", "timeout", "connection", "client", "auth", "malformed", "parse",
                     "refused", "batch"]
@@ -26,14 +29,18 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 class LLMError(Exception):
-    """A failed call, with how to treat it. The message is always redacted."""
+    """A failed call, with how to treat it. The message is always redacted.
+
+    `billed`: the usage of a reply that came back (and was charged) but could not be used, e.g. a
+    reply cut off before any text; the runner counts it as paid before retrying."""
 
     def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, billed: Usage | None = None):
         super().__init__(redact(message))
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.billed = billed
 
     @property
     def retryable(self) -> bool:

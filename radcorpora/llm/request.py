@@ -145,3 +145,6 @@ class LLMResponse(BaseModel):
     finish_reason: str | None = None
     usage: Usage = Usage()
     batch: bool = False  # answered through a batch API (priced at the batch rate)
+    # What this reply cost when it was bought (set by the runner from the price table before the
+    # answer is cached; None: unpriced, or cached by an older version, then priced at today's rates).
+    cost_usd: float | None = None

@@ -10,7 +10,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from radcorpora.llm.cache import AnswerCache
@@ -19,7 +19,9 @@ from radcorpora.llm.limits import RateLimiter, RunnerLimits, estimate_input_toke
 from radcorpora.llm.providers import Provider
 from radcorpora.llm.request import LLMRequest, LLMResponse, Message
 from radcorpora.llm.structured import ParseError
-from radcorpora.llm.usage import UsageMeter
+from radcorpora.llm.usage import PaidKind, UsageMeter
+
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+: no extra task per call, unlike wait_for
 
 REPAIR_STAGE_SUFFIX = "/repair"
 
@@ -34,6 +36,8 @@ class CallResult:
     attempts: int = 0
     cached: bool = False
     repaired: bool = False
+    # the cached replies this answer is made of: the first reply and, when repaired, the repair
+    replies: tuple[LLMResponse, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -56,20 +60,28 @@ class FailureLedger:
         return dict(sorted(Counter(e["kind"] for e in self.entries).items()))
 
 
+def compliance_message(provider: Provider, count: int, example: str) -> str:
+    return (f"{count} item(s) (e.g. {example!r}) come from credentialed sources (PhysioNet data use agreement) "
+            f"and may only go to a provider you approved for that data; provider {provider.name!r} at "
+            f"{provider.endpoint} is not approved. If your agreement allows this provider (for example a "
+            f"zero-retention Azure OpenAI deployment), approve it with --approve-credentialed {provider.name} "
+            f"(LLMSettings.approve_credentialed=[{provider.name!r}]); otherwise use a local endpoint or the "
+            "offline provider. Answers already in the cache need no approval.")
+
+
 def check_compliance(requests: Sequence[LLMRequest], provider: Provider) -> None:
-    """Refuse before anything is sent if credentialed items would go to an unapproved provider."""
+    """Refuse before anything is sent if credentialed items would go to an unapproved provider.
+    Pass only the requests that would be sent (answers read from the cache send nothing)."""
     if provider.approved_for_credentialed:
         return
     blocked = [r.id for r in requests if r.licence_class == "credentialed"]
     if blocked:
-        raise ComplianceError(
-            f"{len(blocked)} item(s) (e.g. {blocked[0]!r}) come from credentialed sources (PhysioNet data use "
-            f"agreement) and may only go to a provider you approved for that data; {provider.name} at "
-            f"{provider.endpoint} is not approved. Pass --approve-credentialed only if your agreement allows "
-            "this provider (for example a zero-retention Azure OpenAI deployment), or use a local endpoint.")
+        raise ComplianceError(compliance_message(provider, len(blocked), blocked[0]))
 
 
 Parser = Callable[[str], Any]
+
+COMMIT_TICK_S = 0.25  # how often a run commits buffered answers while it waits on replies
 
 
 class LLMRunner:
@@ -94,15 +106,26 @@ class LLMRunner:
         base = min(self.limits.backoff_max_s, self.limits.backoff_base_s * 2 ** (attempt - 1))
         return base * (0.5 + self._jitter.random())
 
-    async def _call(self, request: LLMRequest, key: str, limiter: RateLimiter,
+    async def _complete(self, request: LLMRequest) -> LLMResponse:
+        if _timeout is None:  # Python 3.10
+            return await asyncio.wait_for(self.provider.complete(request), self.limits.timeout_s)
+        async with _timeout(self.limits.timeout_s):
+            return await self.provider.complete(request)
+
+    async def _call(self, request: LLMRequest, key: str, stage: str, kind: PaidKind, limiter: RateLimiter,
                     gate: asyncio.Semaphore) -> tuple[LLMResponse | None, LLMError | None, int, bool]:
-        """(response, error, attempts, cached) for one rendered request."""
+        """(response, error, attempts, cached) for one rendered request. `stage` and `kind` say how
+        the replies it pays for are counted (a repair counts under the stage it repairs)."""
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None, 0, True
         if self.cache_only:
             return None, LLMError("refused", "not in the answer cache, and this run may not send requests"), 0, False
-        estimate = estimate_input_tokens(request, self.provider.name) + request.sampling.max_tokens
+        if request.licence_class == "credentialed" and not self.provider.approved_for_credentialed:
+            return None, LLMError("refused", compliance_message(self.provider, 1, request.id)), 0, False
+        provider, meter = self.provider, self.meter
+        estimate = (estimate_input_tokens(request, provider.name) + request.sampling.max_tokens
+                    if limiter.tokens is not None else 0)
         attempts = 0
         while True:
             attempts += 1
@@ -110,8 +133,8 @@ class LLMRunner:
                 await limiter.acquire(estimate)
                 self.sent += 1
                 try:
-                    response = await asyncio.wait_for(self.provider.complete(request), self.limits.timeout_s)
-                except asyncio.TimeoutError:
+                    response = await self._complete(request)
+                except (asyncio.TimeoutError, TimeoutError):
                     error: LLMError | None = LLMError("timeout", f"no reply within {self.limits.timeout_s:g} s")
                 except LLMError as exc:
                     error = exc
@@ -120,9 +143,15 @@ class LLMRunner:
                 else:
                     error = None
             if error is None:
-                limiter.reconcile(estimate, response.usage.input_tokens + response.usage.output_tokens)
+                usage = response.usage
+                if estimate:
+                    limiter.reconcile(estimate, usage.input_tokens + usage.output_tokens)
+                response.cost_usd = meter.paid(stage, provider.name, provider.model, usage, batch=response.batch,
+                                               kind=kind)
                 self.cache.put(key, response, request.stage)
                 return response, None, attempts, False
+            if error.billed is not None:  # a reply came back and was charged, but is unusable
+                meter.paid(stage, provider.name, provider.model, error.billed, kind="billed_error")
             if not error.retryable or attempts >= self.limits.max_attempts:
                 return None, error, attempts, False
             delay = error.retry_after if error.retry_after is not None else self._backoff(attempts)
@@ -131,15 +160,19 @@ class LLMRunner:
             await asyncio.sleep(delay)
 
     async def _one(self, request: LLMRequest, key: str, parser: Parser | None, limiter: RateLimiter,
-                   gate: asyncio.Semaphore) -> CallResult:
+                   gate: asyncio.Semaphore, known: LLMResponse | None = None) -> CallResult:
         result = CallResult(request=request, key=key)
-        response, error, attempts, cached = await self._call(request, key, limiter, gate)
+        if known is not None:
+            response, error, attempts, cached = known, None, 0, True
+        else:
+            response, error, attempts, cached = await self._call(request, key, request.stage, "reply", limiter, gate)
         result.attempts, result.cached = attempts, cached
         if error is not None:
             result.error = error
             return result
         assert response is not None
         result.response = response
+        result.replies = (response,)
         if parser is None:
             return result
         try:
@@ -148,7 +181,7 @@ class LLMRunner:
         except ParseError as first:
             repair = repair_request(request, response.content, first)
             repair_key = self.key_of(repair)
-            fixed, error, more, _ = await self._call(repair, repair_key, limiter, gate)
+            fixed, error, more, _ = await self._call(repair, repair_key, request.stage, "repair", limiter, gate)
             result.attempts += more
             if error is not None:
                 result.error = error
@@ -159,39 +192,57 @@ class LLMRunner:
             except ParseError as second:
                 result.error = LLMError("parse", f"reply not in the required format after one repair: {second}")
                 return result
-            result.response, result.repaired = fixed, True
+            result.response, result.repaired, result.replies = fixed, True, (response, fixed)
             return result
 
     # ------------------------------------------------------------------ many requests
 
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_TICK_S)
+            self.cache.commit_if_due()
+
     async def run(self, requests: Sequence[LLMRequest], parser: Parser | None = None,
                   bought_now: frozenset[str] = frozenset()) -> list[CallResult]:
         """Results in request order. Identical requests (same cache key) are sent once.
-        `bought_now`: cached keys paid for by this run (batch answers), accounted as new."""
-        check_compliance(requests, self.provider)
+        `bought_now`: cached keys paid for by this run (batch answers), accounted as new.
+
+        Answers are read from the cache first; credentialed requests that would be sent are
+        checked against the provider's approval before anything is sent. Answers are committed to
+        the cache in short batches, and all of them before this returns (see AnswerCache)."""
+        keys = [self.key_of(request) for request in requests]
+        first_of: dict[str, LLMRequest] = {}
+        for key, request in zip(keys, requests):
+            first_of.setdefault(key, request)
+        known = self.cache.get_many(list(first_of))
+        if not self.cache_only:
+            check_compliance([r for k, r in first_of.items() if k not in known], self.provider)
         limiter = RateLimiter(self.limits.rpm, self.limits.tpm)
         gate = asyncio.Semaphore(self.limits.concurrency)
-        first_of: dict[str, asyncio.Task[CallResult]] = {}
-        tasks: list[asyncio.Task[CallResult]] = []
-        for request in requests:
-            key = self.key_of(request)
-            if key not in first_of:
-                first_of[key] = asyncio.ensure_future(self._one(request, key, parser, limiter, gate))
-            tasks.append(first_of[key])
+        tasks = [asyncio.ensure_future(self._one(request, key, parser, limiter, gate, known.get(key)))
+                 for key, request in first_of.items()]
+        committer = asyncio.ensure_future(self._commit_periodically())
+        try:
+            by_key = dict(zip(first_of, await asyncio.gather(*tasks)))
+        finally:
+            committer.cancel()
+            for task in tasks:
+                task.cancel()
+            self.cache.commit()
         results: list[CallResult] = []
-        shared = await asyncio.gather(*tasks)
-        for request, result in zip(requests, shared):
-            if result.key in bought_now:
+        for request, key in zip(requests, keys):
+            result = by_key[key]
+            if key in bought_now:
                 result.cached = False
             if result.request is not request:  # a duplicate: same answer, its own id
-                result = CallResult(**{**result.__dict__, "request": request, "cached": True})
+                result = replace(result, request=request, cached=True)
             results.append(result)
             self._account(result)
         return results
 
     def _account(self, result: CallResult) -> None:
-        if result.response is not None:
-            self.meter.add(result.response, cached=result.cached, model=self.provider.model)
+        self.meter.request(result.request.stage, self.provider.name, self.provider.model, result.key, result.replies,
+                           ok=result.error is None, cached=result.cached)
         if result.error is not None:
             self.ledger.add(result)
 

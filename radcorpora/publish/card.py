@@ -17,7 +17,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 from pydantic import BaseModel
 
-from radcorpora.publish import atomic
+from radcorpora.store import atomic
 from radcorpora.schemas.features import features_for
 
 
@@ -114,7 +114,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
         ("Rows that did not become samples are listed with their reason in `build/rejects.jsonl`.\n\n"
          + (_table(["reason", "rows"], sorted(rejects.items())) if rejects else "None.")),
         "## Validation",
-        _validation_text(validation),
+        validation_text(validation),
         *_reference_check_section(build),
         "## Licence",
         content.licence_text,
@@ -126,7 +126,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
     return str(card)
 
 
-def _validation_text(validation: dict[str, Any]) -> str:
+def validation_text(validation: dict[str, Any]) -> str:
     if not validation:
         return "Not validated yet."
     status = "passed" if validation.get("valid") else "FAILED"

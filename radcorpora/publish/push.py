@@ -14,10 +14,12 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
-from radcorpora.validators.layout import read_card_yaml, read_manifest
+from radcorpora.store.folder import read_card_yaml, read_manifest
 
 PUSH_PATTERNS = ["README.md", "data/**/*.parquet", "build/manifest.json", "build/rejects.jsonl", "build/validation.json",
-                 "build/reference_check.json"]
+                 "build/reference_check.json", "build/llm_failures.jsonl", "build/adjudication_queue.jsonl",
+                 "build/adjudication_decisions.jsonl"]
+# Never pushed: build/source_index.parquet (local paths), build/reference_check/ (weights), build/.state.
 
 
 class PublishError(RuntimeError):
@@ -33,7 +35,30 @@ class PushPlan:
     corpus: str
 
 
-def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted: bool = False) -> PushPlan:
+def check_repo_id(repo_id: str) -> None:
+    """A repo id the Hub accepts (`org/name`), checked locally before anything is sent."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PublishError(f"--repo {repo_id!r} is not a valid Hub repo id ({exc})") from exc
+    if "/" not in repo_id:
+        raise PublishError(f"--repo {repo_id!r}: give the namespace too, e.g. my-org/{repo_id}")
+
+
+def require_token() -> str:
+    """The Hub token from HF_TOKEN or a `hf auth login`; a clear message before any network call."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PublishError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then publish again")
+    return token
+
+
+def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted: bool = False,
+              allow_public_demo: bool = False) -> PushPlan:
     manifest = read_manifest(build)
     read_card_yaml(build)  # must parse
     validation = manifest.get("validation") or {}
@@ -45,6 +70,10 @@ def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted:
     if not private and licence == "restricted" and not allow_public_restricted:
         raise PublishError(f"{build}: holds data under by-request terms (restricted); push with --private, or "
                            "--allow-public-restricted if you hold the right to redistribute it")
+    if not private and str((manifest.get("build") or {}).get("command", "")).startswith("radcorpora demo") \
+            and not allow_public_demo:
+        raise PublishError(f"{build}: is a demo build (synthetic sources); push it with --private, or "
+                           "--allow-public-demo if you really want it public")
     files = sorted({str(p.relative_to(build)) for pattern in PUSH_PATTERNS for p in build.glob(pattern)})
     return PushPlan(repo_id, private, files, licence, str(manifest.get("corpus")))
 

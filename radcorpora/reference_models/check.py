@@ -19,11 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from radcorpora.pipelines.common import library_versions
-from radcorpora.publish.atomic import write_json, write_jsonl
+from radcorpora.store.atomic import write_json, write_jsonl
 from radcorpora.publish.card import reference_check_text, upsert_card_section
 from radcorpora.reference_models.data import (
-    CORPUS_DATA,
+    EvaluationRecipe,
     alignment_examples,
     corpus_of,
     evaluation_rows,
@@ -41,9 +40,8 @@ from radcorpora.reference_models.sft import (
     load_trained,
     train,
 )
-from radcorpora.validators.layout import read_manifest
+from radcorpora.store.folder import read_manifest
 
-CORPUS_PRESETS = {"radimagenet-vqa": "radimagenet-vqa", "rad-ace-cot": "rad-ace"}
 VARIANTS = {"image": False, "text-only": True}  # variant -> images withheld
 
 
@@ -56,12 +54,12 @@ class CheckConfig(BaseModel):
     seed: int = 0
 
 
-def default_preset(model: str, corpus: str) -> str:
-    return "tiny-check" if model == "tiny" else CORPUS_PRESETS[corpus]
+def default_preset(model: str, recipe: EvaluationRecipe) -> str:
+    return "tiny-check" if model == "tiny" else recipe.preset
 
 
-def sft_config(config: CheckConfig, corpus: str) -> SFTConfig:
-    name = config.preset or default_preset(config.model, corpus)
+def sft_config(config: CheckConfig, recipe: EvaluationRecipe) -> SFTConfig:
+    name = config.preset or default_preset(config.model, recipe)
     if name not in PRESETS:
         raise TrainingError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
     update: dict[str, Any] = {"seed": config.seed}
@@ -70,20 +68,21 @@ def sft_config(config: CheckConfig, corpus: str) -> SFTConfig:
     return PRESETS[name].model_copy(update=update)
 
 
-def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge: Judge | None = None,
+              log: Callable[[str], None] | None = None, versions: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the check and return what was written to `build/reference_check.json`."""
     build = Path(build)
     say = log or (lambda _: None)
     started_at, started = datetime.now(timezone.utc), time.time()
     corpus = corpus_of(build)
-    evaluator = EVALUATORS[corpus]
+    evaluator = EVALUATORS[recipe.evaluator]
     work = _work_folder(build)
-    sft = sft_config(config, corpus)
-    examples = training_examples(build)
-    captions = alignment_examples(build)
-    rows = evaluation_rows(build, limit=config.eval_limit)
-    base = resolve_model(config.model, work, lambda: training_texts(build), seed=config.seed)
+    sft = sft_config(config, recipe)
+    examples = training_examples(build, recipe)
+    captions = alignment_examples(build, recipe)
+    rows = evaluation_rows(build, recipe, limit=config.eval_limit)
+    render = recipe.prompt_renderer(read_manifest(build)) if recipe.prompt_renderer else None
+    base = resolve_model(config.model, work, lambda: training_texts(build, recipe), seed=config.seed)
     say(f"reference check of {build} ({corpus}): {len(examples)} training examples, {len(rows)} held-out rows, "
         f"model {config.model}, {sft.method} fine-tuning")
     results: dict[str, Any] = {}
@@ -98,7 +97,7 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
             trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
         model, processor, _ = load_trained(out)
         t1 = time.time()
-        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only, judge=judge)
+        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only, judge=judge, render=render)
         write_jsonl(out / "predictions.jsonl", samples)
         write_json(out / "metrics.json", metrics)
         primary = evaluator.primary(metrics)
@@ -118,14 +117,14 @@ def run_check(build: Path, config: CheckConfig, judge: Judge | None = None,
         "image": results["image"],
         "text_only": results["text-only"],
         "settings": {"model": config.model, "base_checkpoint": str(base), "preset": config.preset or default_preset(
-            config.model, corpus), "sft": sft.model_dump(mode="json"),
-            "train_config": CORPUS_DATA[corpus].train_config, "eval_config": CORPUS_DATA[corpus].eval_config,
+            config.model, recipe), "sft": sft.model_dump(mode="json"),
+            "train_config": recipe.train_config, "eval_config": recipe.eval_config,
             "eval_rows": len(rows), "training_examples": len(examples),
             "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0,
             "judge": judge.spec if judge else None},
         "started_at": started_at.isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
-        "versions": library_versions() | _train_versions(),
+        "versions": (versions or {}) | _train_versions(),
     }
     write_json(build / "build" / "reference_check.json", report)
     upsert_card_section(build, "Reference check", reference_check_text(report))

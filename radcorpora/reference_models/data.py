@@ -9,37 +9,32 @@ never has to fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from radcorpora.publish.views import QuestionView
-from radcorpora.validators.layout import BuildFolderError, config_shards, read_manifest
+from radcorpora.store.folder import BuildFolderError, config_shards, read_manifest
 
 
 @dataclass(frozen=True)
-class CorpusData:
+class EvaluationRecipe:
+    """How a corpus is trained on and evaluated (declared in its corpus spec)."""
+
     train_config: str  # default config trained on
     eval_config: str  # the held-out config evaluated
     eval_split: str
+    evaluator: str  # key in reference_models.evaluate.EVALUATORS
+    preset: str  # training preset for real checkpoints
     per_question: frozenset[str] = frozenset()  # configs whose rows expand to one example per question
     alignment_config: str | None = None  # captions for a preset's alignment steps, if the corpus has them
-
-
-CORPUS_DATA: dict[str, CorpusData] = {
-    "radimagenet-vqa": CorpusData("instruct", "benchmark", "test", per_question=frozenset({"instruct"}),
-                                  alignment_config="alignment"),
-    "rad-ace-cot": CorpusData("default", "eval", "test"),
-}
+    prompt_renderer: Callable[[dict[str, Any]], Callable[[dict[str, Any]], str]] | None = None
+    """manifest -> (eval row -> human turn), the builder's own renderer, so a model is asked as it was taught."""
 
 
 def corpus_of(build: Path) -> str:
-    corpus = read_manifest(build).get("corpus")
-    if corpus not in CORPUS_DATA:
-        raise BuildFolderError(f"{build}: no reference-model recipe for corpus {corpus!r} "
-                               f"(known: {', '.join(sorted(CORPUS_DATA))})")
-    return str(corpus)
+    return str(read_manifest(build).get("corpus"))
 
 
 def load_split(build: Path, config: str, split: str) -> Any:
@@ -54,9 +49,8 @@ def load_split(build: Path, config: str, split: str) -> Any:
     return datasets.load_dataset(str(build), name=config, split=split)
 
 
-def training_examples(build: Path, config: str | None = None, split: str = "train") -> Sequence[dict[str, Any]]:
-    corpus = corpus_of(build)
-    recipe = CORPUS_DATA[corpus]
+def training_examples(build: Path, recipe: EvaluationRecipe, config: str | None = None,
+                      split: str = "train") -> Sequence[dict[str, Any]]:
     config = config or recipe.train_config
     if config == recipe.eval_config:
         raise BuildFolderError(f"{build}: `{config}` is the held-out evaluation config; train on another one")
@@ -64,24 +58,24 @@ def training_examples(build: Path, config: str | None = None, split: str = "trai
     return QuestionView(dataset) if config in recipe.per_question else dataset
 
 
-def alignment_examples(build: Path) -> Sequence[dict[str, Any]] | None:
+def alignment_examples(build: Path, recipe: EvaluationRecipe) -> Sequence[dict[str, Any]] | None:
     """The corpus' caption data (train split) for alignment steps, or None if it has none."""
-    config = CORPUS_DATA[corpus_of(build)].alignment_config
+    config = recipe.alignment_config
     return load_split(build, config, "train") if config else None
 
 
-def evaluation_rows(build: Path, config: str | None = None, limit: int | None = None) -> Sequence[dict[str, Any]]:
-    recipe = CORPUS_DATA[corpus_of(build)]
+def evaluation_rows(build: Path, recipe: EvaluationRecipe, config: str | None = None,
+                    limit: int | None = None) -> Sequence[dict[str, Any]]:
     dataset = load_split(build, config or recipe.eval_config, recipe.eval_split)
     return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
 
 
-def training_texts(build: Path, config: str | None = None, split: str = "train", limit: int = 20000) -> list[str]:
+def training_texts(build: Path, recipe: EvaluationRecipe, config: str | None = None, split: str = "train",
+                   limit: int = 20000) -> list[str]:
     """Up to about `limit` turns of conversation text, read straight from the shards (no images),
     to train the tiny model's tokenizer on (captions too, where the corpus has them)."""
     import pyarrow.parquet as pq
 
-    recipe = CORPUS_DATA[corpus_of(build)]
     configs = [config or recipe.train_config, *([recipe.alignment_config] if recipe.alignment_config else [])]
     texts: list[str] = []
     for shard in [s for c in configs for s in config_shards(build, c).get(split, [])]:

@@ -114,10 +114,12 @@ def _percent(hits: Sequence[bool]) -> float:
 
 
 def evaluate_radimagenet_vqa(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
-                             batch_size: int = 16, judge: Judge | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(metrics, per-sample predictions) on benchmark rows."""
+                             batch_size: int = 16, judge: Judge | None = None,
+                             render: Callable[[dict[str, Any]], str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metrics, per-sample predictions) on benchmark rows; `render` is the builder's own prompt
+    renderer (the training wording), `question_prompt` only a fallback for foreign rows."""
     texts = without_images(rows)
-    prompts = [question_prompt(r["question"], r["choices"]) for r in texts]
+    prompts = [f"<image>\n{render(r)}" if render else question_prompt(r["question"], r["choices"]) for r in texts]
     predictions = generate(model, processor, rows, prompts, text_only, max_new_tokens=24, batch_size=batch_size)
     samples = []
     for row, prediction in zip(texts, predictions):
@@ -176,7 +178,7 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[
 
 def evaluate_rad_ace_cot(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
                          batch_size: int = 8, judge: Judge | None = None,
-                         max_new_tokens: int = 512) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                         max_new_tokens: int = 512, render: Callable[[dict[str, Any]], str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(metrics, per-sample predictions) on VQA-RAD test questions, each asked on its own."""
     texts = without_images(rows)
     prompts = [cot_prompt(r["question"]) for r in texts]

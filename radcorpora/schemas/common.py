@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+NOT_BLANK = r"\S"
+"""`Field(pattern=NOT_BLANK)`: at least one non-space character (checked per row and per column)."""
 
 LicenceClass = Literal["public", "restricted", "credentialed"]
 """public: openly licensed; restricted: by request / research-use terms (e.g. RadImageNet);
@@ -20,15 +24,8 @@ class ImageData(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    bytes: bytes
+    bytes: builtins.bytes = Field(min_length=1)
     path: str | None = None
-
-    @field_validator("bytes")
-    @classmethod
-    def _not_empty(cls, value: bytes) -> bytes:
-        if not value:
-            raise ValueError("image bytes are empty")
-        return value
 
 
 class Turn(BaseModel):
@@ -37,14 +34,7 @@ class Turn(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     from_: Literal["human", "gpt"] = Field(alias="from", serialization_alias="from")
-    value: str
-
-    @field_validator("value")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("conversation turn is empty")
-        return value
+    value: str = Field(pattern=NOT_BLANK)
 
 
 class Lineage(BaseModel):

@@ -140,6 +140,15 @@ class LabelMap:
         return {"user": layer, "default": self.fallback.to_json()["user"]} if self.fallback else {"user": layer}
 
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabelMap:
+        """The inverse of `to_json` (a build's settings carry the map it was made with)."""
+        user = cls.from_mapping(data.get("user") or {}, "label map")
+        if data.get("default") is None:
+            return user
+        return cls.from_mapping(data["default"], "default label map").overridden_by(user)
+
+
 def _map_key(key: str) -> str:
     return "/".join(normalise_label(part) for part in str(key).split("/"))
 

@@ -21,6 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 # (model, system, messages as sent) -> (content, reasoning or None)
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many concurrent clients connect at once; the default backlog of 5 resets them
+    daemon_threads = True
+
+
 Responder = Callable[[str, str | None, list[dict[str, Any]]], tuple[str, str | None]]
 
 
@@ -61,8 +66,7 @@ class FakeProviderServer:
         self.batches: dict[str, dict[str, Any]] = {}
         self._bucket_level = max(1.0, (rpm_limit or 0) / 60.0)
         self._bucket_stamp = time.monotonic()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -272,3 +276,32 @@ class FakeProviderServer:
                     self._send(404, {}, {"error": {"message": f"no route {path}"}})
 
         return Handler
+
+
+def tagged_responder(model: str, system: str | None, messages: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A reply in `<think>...</think><answer>...</answer>` form, for parse-path benchmarks."""
+    text, _ = echo_responder(model, system, messages)
+    return f"<think>reading {text[6:60]}</think><answer>{text[6:40]}</answer>", None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in this process (for a client measured in another one): prints the base URL, then
+    serves until stdin closes or the process is terminated.
+
+        python -m radcorpora.testing.fake_llm_server --responder tagged --latency 0
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--responder", choices=("echo", "tagged"), default="echo")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    responder = tagged_responder if args.responder == "tagged" else echo_responder
+    with FakeProviderServer(responder, latency_s=args.latency) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()  # returns when the parent closes the pipe or exits
+
+
+if __name__ == "__main__":
+    main()

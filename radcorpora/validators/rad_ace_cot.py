@@ -7,22 +7,19 @@ from pathlib import Path
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.rad_ace_cot import CONFIG_RECORDS, CotEvalRecord, CotRecord
-from radcorpora.validators.layout import (
+from radcorpora.validators.structure import (
     ImageDecodeCheck,
-    check_layout,
     iter_records,
-    read_manifest,
 )
 from radcorpora.validators.report import ValidationReport
 
 
-def validate_rad_ace_cot(build: Path, image_check: ImageCheck = "full") -> ValidationReport:
-    report = ValidationReport(corpus="rad-ace-cot")
-    manifest = read_manifest(build)
+def validate_rad_ace_cot(build: Path, report: ValidationReport, manifest: dict, image_check: ImageCheck = "full",
+                         deep: bool = False) -> ValidationReport:
+    """Corpus rules, per record (the corpus is LLM-sized: thousands of rows, not millions)."""
     config = (manifest.get("fingerprint") or {}).get("config") or {}
     bounds = CotBounds.model_validate(config.get("bounds") or {})
     verified = bool(config.get("verifiers"))
-    check_layout(build, CONFIG_RECORDS, report)
     decode = ImageDecodeCheck(report, image_check)
     fmt = report.check("cot_format", "cot_output is exactly <think>...</think><answer>...</answer>, matching think/answer")
     quality = report.check("cot_quality", "length bounds hold and no caption/description/report language leaked")

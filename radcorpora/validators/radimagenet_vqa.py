@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.radimagenet_vqa import (
     CONFIG_RECORDS,
@@ -16,11 +18,10 @@ from radcorpora.schemas.radimagenet_vqa import (
     QuestionAnswer,
 )
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
-from radcorpora.validators.layout import (
+from radcorpora.store.folder import config_shards
+from radcorpora.validators.structure import (
     ImageDecodeCheck,
-    check_layout,
     iter_records,
-    read_manifest,
     validate_record,
 )
 from radcorpora.validators.report import ValidationReport
@@ -79,10 +80,13 @@ def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> 
                       f"{where}: pathology distractors outside {region.name}: {choices}")
 
 
-def validate_radimagenet_vqa(build: Path, image_check: ImageCheck = "full") -> ValidationReport:
-    report = ValidationReport(corpus="radimagenet-vqa")
-    manifest = read_manifest(build)
-    check_layout(build, CONFIG_RECORDS, report)
+def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: dict, image_check: ImageCheck = "full",
+                             deep: bool = False) -> ValidationReport:
+    """Corpus rules. The row rules already ran column-wise (build workers or `validate`); the
+    default reads only the small label columns; `deep` re-parses every record as an object and
+    runs each rule per question."""
+    if not deep:
+        return _corpus_rules(build, report, manifest)
     decode = ImageDecodeCheck(report, image_check)
     split_of_source: dict[str, str] = {}
     splits_of_content: dict[str, set[str]] = defaultdict(set)
@@ -146,3 +150,34 @@ def _check_stratification(manifest: dict, strata: Counter, report: ValidationRep
     normal_pop = sum(c for s, c in population.items() if s.endswith("|normal")) / pop_total
     normal_got = sum(c for s, c in strata.items() if s.endswith("|normal")) / total
     report.stats.update({"benchmark_normal_share": round(normal_got, 4), "test_normal_share": round(normal_pop, 4)})
+
+
+def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> ValidationReport:
+    """Benchmark completeness and stratification, split disjointness: from projected columns."""
+    leak = report.check("split_disjoint", "no source image appears in two splits (across all configs)")
+    split_of_source: dict[str, str] = {}
+    bench_questions: dict[str, Counter] = defaultdict(Counter)
+    bench_strata: Counter = Counter()
+    for config in CONFIG_RECORDS:
+        for split, paths in config_shards(build, config).items():
+            for path in paths:
+                columns = ["id", "lineage", "metadata"]
+                try:
+                    table = pq.read_table(path, columns=columns)
+                except Exception:  # unreadable shards are reported by the structure checks
+                    continue
+                sources = [lin["source_id"] for lin in table.column("lineage").to_pylist()]
+                for source in set(sources):
+                    previous = split_of_source.setdefault(source, split)
+                    leak.expect(previous == split, f"{path.relative_to(build)}: {source} is in both {previous} and {split}")
+                if config == "benchmark":
+                    for source, meta in zip(sources, table.column("metadata").to_pylist()):
+                        bench_questions[source][meta["question_id"]] += 1
+                        if meta["question_id"] == QUESTION_IDS[0]:
+                            bench_strata[f"{meta['location']}|{meta['pathology']}"] += 1
+    nine = report.check("benchmark_nine_questions", "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice")
+    for source, per_id in sorted(bench_questions.items()):
+        nine.expect(dict(per_id) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(per_id)}")
+    _check_stratification(manifest, bench_strata, report)
+    report.stats.update({"benchmark_images": sum(bench_strata.values())})
+    return report

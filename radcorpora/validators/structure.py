@@ -1,69 +1,27 @@
-"""Corpus-independent checks of a build folder in the Hub layout, and streaming row access."""
+"""Checks every corpus shares: card configs vs files, shard sets and schemas, record re-parse
+(deep), ids and counts, images."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.store.folder import SHARD_RE, config_shards, iter_rows, read_card_yaml
 from radcorpora.validators.report import ValidationReport
 
-SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 
-
-class BuildFolderError(ValueError):
-    """The folder is not a radcorpora build (no manifest or card); names the missing file."""
-
-
-def read_card_yaml(build: Path) -> dict[str, Any]:
-    card = build / "README.md"
-    if not card.exists():
-        raise BuildFolderError(f"{card}: dataset card missing")
-    text = card.read_text(encoding="utf-8")
-    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
-    if not match:
-        raise BuildFolderError(f"{card}: no YAML front matter")
-    return yaml.safe_load(match.group(1)) or {}
-
-
-def read_manifest(build: Path) -> dict[str, Any]:
-    path = build / "build" / "manifest.json"
-    if not path.exists():
-        raise BuildFolderError(f"{path}: build manifest missing (is {build} a radcorpora build?)")
-    return json.loads(path.read_text())
-
-
-def config_shards(build: Path, config: str) -> dict[str, list[Path]]:
-    """split -> shard files of one config, sorted."""
-    shards: dict[str, list[Path]] = {}
-    for path in sorted((build / "data" / config).glob("*.parquet")):
-        match = SHARD_RE.match(path.name)
-        if match:
-            shards.setdefault(match["split"], []).append(path)
-    return shards
-
-
-def iter_rows(path: Path, batch_size: int = 64) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, row) from one shard, streamed in small batches."""
-    row_number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
-            yield row_number, row
-            row_number += 1
-
-
-def check_layout(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport) -> None:
-    """Card configs vs files, shard naming and completeness, Parquet schemas vs record models."""
-    card = read_card_yaml(build)
+def check_layout(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport,
+                 card: dict[str, Any] | None = None) -> None:
+    """Card configs vs files, shard naming and completeness, Parquet schemas vs record models.
+    `card` is the card's YAML when it is not on disk yet (a build validating itself)."""
+    card = read_card_yaml(build) if card is None else card
     configs = {c["config_name"]: c for c in card.get("configs", [])}
     check = report.check("card_configs", "every config in the card exists on disk with the declared splits")
     for name in records:
@@ -85,7 +43,11 @@ def check_layout(build: Path, records: dict[str, type[BaseModel]], report: Valid
             shards_check.expect(len(totals) == 1 and indices == list(range(next(iter(totals)))),
                                 f"{name}/{split}: shard set incomplete or inconsistent: {[p.name for p in paths]}")
             for path in paths:
-                schema = pq.read_schema(path)
+                try:
+                    schema = pq.read_schema(path)
+                except Exception as exc:  # truncated / not Parquet: a finding naming the shard
+                    schema_check.fail(f"{path.relative_to(build)}: not a readable Parquet shard ({exc})")
+                    continue
                 schema_check.expect(schema.remove_metadata().equals(expected.remove_metadata()),
                                     f"{path.relative_to(build)}: schema differs from {model.__name__}")
 

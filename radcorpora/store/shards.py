@@ -7,6 +7,7 @@ access on the Hub viewer). Image bytes are embedded exactly as read. Same rows i
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from radcorpora.publish import atomic
+from radcorpora.store import atomic
 from radcorpora.schemas.features import arrow_schema_for
 
 ROW_GROUP_ROWS = 64
@@ -33,8 +34,39 @@ def record_to_row(record: BaseModel) -> dict[str, Any]:
     return record.model_dump(by_alias=True)
 
 
+class _HashingFile:
+    """A write-only file that hashes what passes through, so a shard's checksum costs no re-read."""
+
+    def __init__(self, path: Path):
+        self._handle = open(path, "wb")
+        self.digest = hashlib.sha256()
+        self.position = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self._handle.write(view)
+        self.position += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self.closed = True
+
+
 class ShardWriter:
-    """Writes one shard to a temporary file; `close()` renames it into place."""
+    """Writes one shard to a temporary file (hashing as it goes); `close()` renames it into place
+    and returns its sha256. Takes Arrow tables (the columnar path) or records."""
 
     def __init__(self, path: Path, model: type[BaseModel]):
         self.path = path
@@ -42,33 +74,42 @@ class ShardWriter:
         self._tmp = atomic.tmp_path_for(path)
         self._buffer: list[dict[str, Any]] = []
         self._writer: pq.ParquetWriter | None = None
+        self._sink: _HashingFile | None = None
         self.rows = 0
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _open(self) -> pq.ParquetWriter:
-        binary_columns = [c for c in _leaf_paths(self.schema) if c.endswith(".bytes")]  # images, as read
-        stats_columns = [c for c in _leaf_paths(self.schema) if c not in binary_columns]
+        leaves = _leaf_paths(self.schema)
+        binary_columns = [c for c in leaves if c.endswith(".bytes")]  # images, as read
+        stats_columns = [c for c in leaves if c not in binary_columns]
+        self._sink = _HashingFile(self._tmp)
         return pq.ParquetWriter(
-            self._tmp,
+            self._sink,
             self.schema,
-            compression={c: ("none" if c in binary_columns else "zstd") for c in _leaf_paths(self.schema)},
+            compression={c: ("none" if c in binary_columns else "zstd") for c in leaves},
             write_statistics=stats_columns,
-            use_dictionary=[c for c in stats_columns],
+            use_dictionary=stats_columns,
         )
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append rows (already checked) in row groups of ROW_GROUP_ROWS."""
+        self._flush()
+        if self._writer is None:
+            self._writer = self._open()
+        self._writer.write_table(table.cast(self.schema) if not table.schema.equals(self.schema) else table,
+                                 row_group_size=ROW_GROUP_ROWS)
+        self.rows += table.num_rows
 
     def write(self, record: BaseModel) -> None:
         self._buffer.append(record_to_row(record))
-        self.rows += 1
         if len(self._buffer) >= ROW_GROUP_ROWS:
             self._flush()
 
     def _flush(self) -> None:
         if not self._buffer:
             return
-        if self._writer is None:
-            self._writer = self._open()
-        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
-        self._buffer.clear()
+        rows, self._buffer = self._buffer, []
+        self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
 
     def close(self) -> str:
         """Finish the shard atomically; returns its sha256."""
@@ -77,19 +118,23 @@ class ShardWriter:
             self._writer = self._open()
             self._writer.write_table(self.schema.empty_table())
         self._writer.close()
-        atomic.commit(self._tmp, self.path)
-        return file_sha256(self.path)
+        assert self._sink is not None
+        self._sink.close()
+        os.replace(self._tmp, self.path)
+        return self._sink.digest.hexdigest()
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
         self._tmp.unlink(missing_ok=True)
 
 
 def write_split(out: Path, config: str, split: str, records: Iterable[BaseModel], rows: int,
-                model: type[BaseModel], rows_per_shard: int) -> dict[str, int]:
+                model: type[BaseModel], rows_per_shard: int) -> dict[str, tuple[int, str]]:
     """Write `rows` records (an iterable, consumed once) as ceil(rows / rows_per_shard) shards of
-    one split; returns shard relpath -> rows. An empty split still gets one valid, empty shard."""
+    one split; returns shard relpath -> (rows, sha256). An empty split still gets one valid, empty shard."""
     total = max(1, -(-rows // rows_per_shard))
     written: dict[str, int] = {}
     iterator = iter(records)
@@ -102,8 +147,8 @@ def write_split(out: Path, config: str, split: str, records: Iterable[BaseModel]
         except BaseException:
             writer.abort()
             raise
-        written[relpath] = writer.rows
-        writer.close()
+        rows = writer.rows
+        written[relpath] = (rows, writer.close())
     return written
 
 

@@ -1,0 +1,49 @@
+"""What a corpus' stages receive from the engine and give back to it. Builders depend on these
+types only, never on the engine that runs them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radcorpora.schemas.common import Reject
+from radcorpora.store.state import ChunkResult, ChunkSpec
+
+
+@dataclass
+class Prepared:
+    """What a corpus' `prepare` returns before the output folder is touched: the parts of the
+    fingerprint it computed (source content, prompts, taxonomies) and its own plan."""
+
+    fingerprint: dict[str, Any]
+    plan: Any
+    log_lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageOutput:
+    """What a corpus' `run` returns: every shard written, every reject, counts, warnings, and the
+    corpus' own manifest sections (source summary, benchmark strata, LLM usage...)."""
+
+    chunks: list[ChunkResult]
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # extra build/ files the corpus wrote (pushed too)
+
+
+@dataclass
+class BuildContext:
+    """What the engine lends a corpus' stages: the output folder, chunk execution, an LLM
+    session factory, and a logger."""
+
+    out: Path
+    run_chunks: Callable[[Sequence[ChunkSpec], Callable[[ChunkSpec, Path], ChunkResult], str], list[ChunkResult]]
+    llm_session: Callable[..., Any]
+    log: Callable[[str], None]
+
+

@@ -1,0 +1,107 @@
+"""The corpus registry: each corpus declared once, as a `CorpusSpec` wired from its schema,
+builder, validator, card and evaluation recipe. The CLI, `validate`, `publish`, `estimate`,
+`check` and the exports all read it. Adding a corpus adds one entry here
+(docs/adding-a-corpus.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from radcorpora.builders import rad_ace_cot as rac
+from radcorpora.builders import radimagenet_vqa as rvqa
+from radcorpora.engine.spec import ConfigSpec, CorpusSpec, SourceOption
+from radcorpora.publish.rad_ace_cot_card import rad_ace_cot_card
+from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
+from radcorpora.publish.radimagenet_vqa_card import radimagenet_vqa_card
+from radcorpora.reference_models.data import EvaluationRecipe
+from radcorpora.schemas import rad_ace_cot as rac_schema
+from radcorpora.schemas import radimagenet_vqa as rvqa_schema
+from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
+from radcorpora.validators.rad_ace_cot import validate_rad_ace_cot
+from radcorpora.validators.radimagenet_vqa import validate_radimagenet_vqa
+
+
+def _fixed(licence: str):
+    return lambda _settings, _sources: licence
+
+
+RADIMAGENET_VQA = CorpusSpec(
+    name="radimagenet-vqa",
+    title="RadImageNet-VQA",
+    summary="RadImageNet CT/MR tree -> captions, nine questions per image, a stratified benchmark",
+    settings=rvqa.RadImageNetVQAConfig,
+    configs=(
+        ConfigSpec("alignment", rvqa_schema.AlignmentRecord, "one caption conversation per image",
+                   ("train", "validation")),
+        ConfigSpec("instruct", rvqa_schema.InstructRecord, "the nine questions of an image, one row per image",
+                   ("train", "validation"), default=True),
+        ConfigSpec("benchmark", rvqa_schema.BenchmarkRecord, "stratified test images, one row per question",
+                   ("test",), loss="none"),
+    ),
+    sources=(SourceOption("source", "--source", "Folder holding radiology_ai/ and RadiologyAI_*.csv", required=True),),
+    licence_class=_fixed(rvqa.LICENCE_CLASS),
+    prepare=rvqa.prepare,
+    run=rvqa.run,
+    validate=validate_radimagenet_vqa,
+    row_rules=rvqa_schema.check_rows,
+    card=lambda manifest: radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer),
+    evaluation=EvaluationRecipe("instruct", "benchmark", "test", evaluator="radimagenet-vqa", preset="radimagenet-vqa",
+                                per_question=frozenset({"instruct"}), alignment_config="alignment",
+                                prompt_renderer=rvqa.prompt_renderer),
+)
+
+RAD_ACE_COT = CorpusSpec(
+    name="rad-ace-cot",
+    title="RAD-ACE-CoT",
+    summary="PubMedVision CT/MR -> <think>/<answer> chains of thought (+ VQA-RAD eval config)",
+    settings=rac.RadAceCotConfig,
+    configs=(
+        ConfigSpec("default", rac_schema.CotRecord, "image(s), question and chain of thought",
+                   ("train", "validation"), default=True, loss="final_assistant"),
+        ConfigSpec("eval", rac_schema.CotEvalRecord, "VQA-RAD test questions", ("test",), loss="none"),
+    ),
+    sources=(SourceOption("source", "--source", "PubMedVision folder (the JSON files and images/)", required=True),
+             SourceOption("vqa_rad", "--vqa-rad", "VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config")),
+    licence_class=_fixed(rac.LICENCE_CLASS),
+    prepare=rac.prepare,
+    run=rac.run,
+    validate=validate_rad_ace_cot,
+    card=rad_ace_cot_card,
+    llm_stages=rac.STAGES,
+    evaluation=EvaluationRecipe("default", "eval", "test", evaluator="rad-ace-cot", preset="rad-ace"),
+    exports={"rad-ace-csv": export_rad_ace_csv},
+)
+
+CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT)}
+
+
+class UnknownCorpus(ValueError):
+    pass
+
+
+def corpus(name: str) -> CorpusSpec:
+    if name not in CORPORA:
+        raise UnknownCorpus(f"unknown corpus {name!r} (known: {', '.join(sorted(CORPORA))})")
+    return CORPORA[name]
+
+
+def spec_of_build(build: Path) -> CorpusSpec:
+    """The spec of the corpus a build folder holds (from its manifest)."""
+    from radcorpora.store.folder import BuildFolderError, read_manifest
+
+    name = read_manifest(build).get("corpus")
+    if name not in CORPORA:
+        raise BuildFolderError(f"{build}: manifest names corpus {name!r}, which this radcorpora does not know "
+                               f"(known: {', '.join(sorted(CORPORA))})")
+    return CORPORA[name]
+
+
+def validate(build: Path, *, image_check: str = "full", workers: int = 1, deep: bool = False) -> Any:
+    """`radcorpora validate`: every check of the build's corpus, from disk."""
+    from radcorpora.validators.run import validate_build_folder
+
+    spec = spec_of_build(build)
+    return validate_build_folder(build, spec.name, spec.records, spec.validate, spec.row_rules,
+                                 image_check=image_check, workers=workers, deep=deep)

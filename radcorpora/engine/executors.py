@@ -1,0 +1,105 @@
+"""Where a build's CPU-bound chunks run: worker processes on this machine, or Ray tasks on a
+cluster. A chunk's content depends only on its payload, so both give byte-identical shards, and
+both resume the same way (chunks with an intact done-marker are skipped).
+
+Ray needs the source and output folders on a filesystem every node sees at the same path (NFS,
+Lustre, a mounted bucket); each node needs radcorpora installed in the same version. LLM stages
+never run here: they stay on the driver's asyncio runner, with one cache and one rate limiter.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from radcorpora.store.state import ChunkResult, ChunkSpec, chunk_done, mark_done
+
+ExecutorName = Literal["local", "ray"]
+ChunkWorker = Callable[[ChunkSpec, Path], ChunkResult]
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot start (Ray missing, cluster unreachable); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    name: ExecutorName = "local"
+    workers: int = 1
+    ray_address: str | None = None
+
+
+def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers: int) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+    if workers <= 1 or len(pending) <= 1:
+        for spec in pending:
+            yield spec, worker(spec, out)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending))) as pool:
+        futures = {pool.submit(worker, spec, out): spec for spec in pending}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings
+         ) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorError("--executor ray needs Ray: pip install 'radcorpora[ray]'") from exc
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            if settings.ray_address:
+                ray.init(address=settings.ray_address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(1, settings.workers), include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_python_path())}})
+        except Exception as exc:  # ConnectionError, RuntimeError, ...: Ray reports many kinds
+            where = settings.ray_address or "a local Ray runtime"
+            raise ExecutorError(f"cannot start Ray on {where}: {exc}") from exc
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=2)(worker)
+        refs = {remote.remote(spec, out): spec for spec in pending}
+        waiting = list(refs)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                yield refs[ref], ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _python_path() -> list[str]:
+    import radcorpora
+
+    return [str(Path(radcorpora.__file__).resolve().parent.parent)]
+
+
+def run_chunks(specs: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings,
+               on_done: Callable[[ChunkSpec, ChunkResult], None] | None = None) -> list[ChunkResult]:
+    """Run every chunk not already done; results come back in spec order. `on_done` is called
+    for finished and for already-done chunks (progress)."""
+    results: dict[str, ChunkResult] = {}
+    pending: list[ChunkSpec] = []
+    for spec in specs:
+        done = chunk_done(out, spec.chunk_id)
+        if done is not None:
+            results[spec.chunk_id] = done
+            if on_done:
+                on_done(spec, done)
+        else:
+            pending.append(spec)
+    stream = _ray(pending, worker, out, settings) if settings.name == "ray" and pending else \
+        _local(pending, worker, out, settings.workers)
+    for spec, result in stream:
+        mark_done(out, result)
+        results[spec.chunk_id] = result
+        if on_done:
+            on_done(spec, result)
+    return [results[s.chunk_id] for s in specs]

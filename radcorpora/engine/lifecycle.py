@@ -1,0 +1,173 @@
+"""One build lifecycle for every corpus: fingerprint -> prepare the folder -> the corpus' stages
+-> rejects -> manifest -> validation -> card -> state.
+
+The manifest and the card are written once, after validation, so neither ever shows a verdict
+the build did not earn. A finished build rerun with the same settings and unchanged sources
+completes at once; a changed setting or source content is refused with a message saying what
+changed (or rebuilt with --overwrite).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from radcorpora import __version__
+from radcorpora.engine.executors import ExecutorSettings, run_chunks
+from radcorpora.engine.progress import BuildProgress
+from radcorpora.engine.spec import BuildContext, CorpusSpec, StageOutput
+from radcorpora.publish.card import render_card, upsert_card_section, validation_text, write_card
+from radcorpora.schemas.common import Reject
+from radcorpora.store import atomic, source_index
+from radcorpora.store.state import ChunkResult, ChunkSpec, clear_state, prepare_out_dir
+from radcorpora.validators import ValidationReport
+from radcorpora.validators.run import validate_finished_build
+
+REJECTS_FILE = "build/rejects.jsonl"
+
+
+@dataclass
+class BuildOutcome:
+    out: Path
+    state: str  # fresh | resume | complete
+    manifest: dict[str, Any]
+    report: ValidationReport | None
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"radcorpora": __version__, "python": platform.python_version()}
+    for name in ("pyarrow", "datasets", "huggingface_hub", "pydantic", "pillow", "openai", "anthropic"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def build_fingerprint(spec: CorpusSpec, settings: BaseModel, prepared_fingerprint: dict[str, Any]) -> dict[str, Any]:
+    return {"corpus": spec.name, "config": json.loads(settings.model_dump_json()), **prepared_fingerprint,
+            "radcorpora": __version__}
+
+
+def sorted_rejects(rejects: Sequence[Reject]) -> list[Reject]:
+    """A stable order, so identical builds write identical ledgers whatever the worker count."""
+    return sorted(rejects, key=lambda r: (r.source, r.row or "", r.reason, r.detail))
+
+
+def splits_of(chunks: Sequence[ChunkResult]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    splits: dict[str, dict[str, int]] = {}
+    shards: dict[str, dict[str, Any]] = {}
+    for result in chunks:
+        for relpath, info in result.shards.items():
+            _, config, name = relpath.split("/")
+            split = name.split("-")[0]
+            splits.setdefault(config, {})[split] = splits.get(config, {}).get(split, 0) + info.rows
+            shards[relpath] = {"rows": info.rows, "sha256": info.sha256}
+    return ({c: dict(sorted(s.items())) for c, s in sorted(splits.items())}, dict(sorted(shards.items())))
+
+
+def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
+    per_config = {}
+    for folder in sorted((out / "data").glob("*")):
+        per_config[folder.name] = sum(p.stat().st_size for p in folder.glob("*.parquet"))
+    return {"source_image_bytes": source_bytes, "output_bytes": per_config}
+
+
+def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, *,
+              executor: ExecutorSettings = ExecutorSettings(), llm_settings: Any = None,
+              overwrite: bool = False, command: str = "", log: Callable[[str], None] | None = None,
+              progress: BuildProgress | None = None) -> BuildOutcome:
+    started = time.time()
+    say = log or (lambda _message: None)
+    progress = progress or BuildProgress(disable=True)
+    prepared = spec.prepare(sources, settings, say)
+    fingerprint = build_fingerprint(spec, settings, prepared.fingerprint)
+    state = prepare_out_dir(out, fingerprint, overwrite)
+    if state == "complete":
+        manifest = json.loads((out / "build" / "manifest.json").read_text())
+        return BuildOutcome(out, state, manifest, None, round(time.time() - started, 2))
+
+    def chunks(specs: Sequence[ChunkSpec], worker, description: str) -> list[ChunkResult]:
+        task = progress.start(description, sum(s.size for s in specs))
+        try:
+            return run_chunks(specs, worker, out, executor, on_done=lambda s, _r: progress.advance(task, s.size))
+        finally:
+            progress.stop(task)
+
+    def session(offline: dict[str, Any] | None = None):
+        from radcorpora.llm.session import LLMSession, LLMSettings
+
+        return LLMSession(llm_settings or LLMSettings(), offline=offline, log=say)
+
+    context = BuildContext(out=out, run_chunks=chunks, llm_session=session, log=say)
+    output: StageOutput = spec.run(prepared, settings, context)
+    manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress)
+    return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
+
+
+def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, fingerprint: dict[str, Any],
+           output: StageOutput, executor: ExecutorSettings, command: str, started: float,
+           progress: BuildProgress) -> tuple[dict[str, Any], ValidationReport]:
+    """Ledgers, manifest, validation and card, written once; then the chunk state goes."""
+    rejects = sorted_rejects([*output.rejects, *(r for c in output.chunks for r in c.rejects)])
+    atomic.write_jsonl(out / REJECTS_FILE, [r.model_dump() for r in rejects])
+    counts: Counter = Counter(output.counts)
+    for result in output.chunks:
+        counts.update(result.counts)
+    splits, shards = splits_of(output.chunks)
+    index = {path: tuple(entry) for c in output.chunks for path, entry in c.sources.items()}
+    if index:
+        source_index.write_index(out, index)  # type: ignore[arg-type]
+    manifest: dict[str, Any] = {
+        "corpus": spec.name,
+        "fingerprint": fingerprint,
+        "versions": library_versions(),
+        "build": {"command": command or f"radcorpora build {spec.name} --out {out}",
+                  "executor": executor.name, "workers": executor.workers, "started_unix": round(started, 3)},
+        "licence_class": spec.licence_class(settings, sources),
+        **output.manifest,
+        "splits": splits,
+        "shards": shards,
+        "counts": dict(sorted(counts.items())),
+        "rejects": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "rejected_rows": len(rejects),
+        "warnings": output.warnings,
+        "files": sorted({REJECTS_FILE, *output.files}),
+    }
+    manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
+    task = progress.start("validating", 1)
+    report = validate_finished_build(out, spec.name, spec.records, spec.validate, manifest, output.chunks,
+                                     image_check=getattr(settings, "image_check", "full"))
+    progress.advance(task, 1)
+    progress.stop(task)
+    manifest["validation"] = report.summary()
+    manifest["build"]["seconds"] = round(time.time() - started, 2)
+    atomic.write_json(out / "build" / "validation.json", json.loads(report.model_dump_json()))
+    atomic.write_json(out / "build" / "manifest.json", manifest)
+    write_card(out, render_card(out, spec.records, spec.card(manifest), manifest, default=spec.default_config))
+    clear_state(out)
+    return manifest, report
+
+
+def record_validation(build: Path, report: ValidationReport) -> None:
+    """Write a `validate` result back into the build (validation.json, the manifest's summary,
+    the card's Validation section), so nothing in the folder shows a stale verdict. Only that
+    section of the card is replaced: a damaged folder still gets its verdict written."""
+    manifest = json.loads((build / "build" / "manifest.json").read_text())
+    manifest["validation"] = report.summary()
+    atomic.write_json(build / "build" / "validation.json", json.loads(report.model_dump_json()))
+    atomic.write_json(build / "build" / "manifest.json", manifest)
+    if (build / "README.md").exists():
+        upsert_card_section(build, "Validation", validation_text(manifest["validation"]))

@@ -1,0 +1,83 @@
+"""A corpus, declared once: what the CLI, the build lifecycle, `validate`, the card, `estimate`,
+`check`, `publish` and the exports read. One `CorpusSpec` per corpus lives in
+`radcorpora/corpora.py`; see docs/adding-a-corpus.md.
+
+The pieces a spec points at live in their own layers (schemas, builders, validators, publish,
+reference_models) and never import the spec: the engine hands each the part it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.reference_models.data import EvaluationRecipe
+from radcorpora.schemas.common import LicenceClass
+
+LossIntent = Literal["all_assistant", "final_assistant", "none"]
+"""Which assistant turns are training targets: every one (conversations, per-question VQA),
+only the last (a chain of thought answering one question), none (evaluation-only configs)."""
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """One Hub config: its record model (the schema), its splits and what trains on it."""
+
+    name: str
+    record: type[BaseModel]
+    description: str
+    splits: tuple[str, ...]
+    default: bool = False
+    loss: LossIntent = "all_assistant"
+
+
+@dataclass(frozen=True)
+class SourceOption:
+    """A `--flag DIR` a build takes; `key` names it in the builder's `sources` mapping."""
+
+    key: str
+    flag: str
+    help: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    name: str
+    title: str
+    summary: str
+    settings: type[BaseModel]  # every field is part of the fingerprint
+    configs: tuple[ConfigSpec, ...]
+    sources: tuple[SourceOption, ...]
+    licence_class: Callable[[BaseModel, dict[str, Path]], LicenceClass]
+    prepare: Callable[[dict[str, Path], BaseModel, Callable[[str], None]], Prepared]
+    run: Callable[[Prepared, BaseModel, BuildContext], StageOutput]
+    validate: Callable[..., Any]  # validators.<corpus>.validate_<corpus>(build, report, options)
+    card: Callable[[dict[str, Any]], Any]  # manifest -> publish.card.CardContent
+    row_rules: Callable[..., dict[str, list[int]]] | None = None  # vectorised per-row rules (schemas)
+    llm_stages: tuple[type, ...] = ()
+    evaluation: EvaluationRecipe | None = None
+    exports: dict[str, Callable[..., int]] = field(default_factory=dict)
+    estimate: Callable[..., dict[str, Any]] | None = None
+    demo: Callable[[Path], dict[str, Path]] | None = None
+
+    @property
+    def records(self) -> dict[str, type[BaseModel]]:
+        return {c.name: c.record for c in self.configs}
+
+    @property
+    def default_config(self) -> str | None:
+        return next((c.name for c in self.configs if c.default), None)
+
+    def config(self, name: str) -> ConfigSpec:
+        for config in self.configs:
+            if config.name == name:
+                return config
+        raise KeyError(name)
+
+__all__ = ["BuildContext", "ConfigSpec", "CorpusSpec", "EvaluationRecipe", "LossIntent", "Prepared", "SourceOption", "StageOutput"]

@@ -1,1 +1,0 @@
-"""Whole builds, one module per corpus: sources -> builder stages -> shards -> card -> validation."""

@@ -1,0 +1,111 @@
+"""The one reader of a build folder: manifest, dataset card (through huggingface_hub's
+`DatasetCard`), shard sets per config and split, and rows. Validators, publish, exports and the
+reference models all read builds through here, the way a Hub user would see the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+MANIFEST = "build/manifest.json"
+CARD = "README.md"
+
+
+class BuildFolderError(ValueError):
+    """The folder is not a readable radcorpora build; the message names the file at fault."""
+
+
+def read_manifest(build: Path) -> dict[str, Any]:
+    path = Path(build) / MANIFEST
+    if not Path(build).is_dir():
+        raise BuildFolderError(f"{build}: not a folder")
+    if not path.exists():
+        raise BuildFolderError(f"{path}: build manifest missing (is {build} a radcorpora build?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildFolderError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+def read_card_yaml(build: Path) -> dict[str, Any]:
+    """The card's YAML header as a dict, parsed by huggingface_hub as the Hub parses it."""
+    from huggingface_hub import DatasetCard
+
+    path = Path(build) / CARD
+    if not path.exists():
+        raise BuildFolderError(f"{path}: dataset card missing")
+    try:
+        card = DatasetCard(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # huggingface_hub raises ValueError or yaml errors for a broken header
+        raise BuildFolderError(f"{path}: card header does not parse ({exc})") from exc
+    data = card.data.to_dict()
+    if not data:
+        raise BuildFolderError(f"{path}: no YAML front matter")
+    return data
+
+
+def config_shards(build: Path, config: str) -> dict[str, list[Path]]:
+    """split -> shard files of one config, sorted."""
+    shards: dict[str, list[Path]] = {}
+    for path in sorted((Path(build) / "data" / config).glob("*.parquet")):
+        match = SHARD_RE.match(path.name)
+        if match:
+            shards.setdefault(match["split"], []).append(path)
+    return shards
+
+
+def configs_on_disk(build: Path) -> list[str]:
+    data = Path(build) / "data"
+    return sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+
+
+def open_shard(path: Path) -> pq.ParquetFile:
+    """A Parquet file, or a BuildFolderError naming the shard when it is truncated or not Parquet."""
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise BuildFolderError(f"{path}: not a readable Parquet shard ({exc})") from exc
+
+
+def iter_batches(path: Path, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from open_shard(path).iter_batches(batch_size=batch_size, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise BuildFolderError(f"{path}: shard cannot be read to the end ({exc})") from exc
+
+
+def iter_rows(path: Path, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) from one shard, streamed in small batches."""
+    row_number = 0
+    for batch in iter_batches(path, batch_size, columns):
+        for row in batch.to_pylist():
+            yield row_number, row
+            row_number += 1
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    config: str
+    split: str
+    path: Path
+
+    def rel(self, build: Path) -> str:
+        return str(self.path.relative_to(build))
+
+
+def all_shards(build: Path, configs: list[str] | None = None) -> list[ShardRef]:
+    """Every shard of the given configs (default: all on disk), in a stable order."""
+    refs = []
+    for config in configs if configs is not None else configs_on_disk(build):
+        for split, paths in sorted(config_shards(build, config).items()):
+            refs += [ShardRef(config, split, p) for p in paths]
+    return refs

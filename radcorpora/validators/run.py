@@ -1,0 +1,229 @@
+"""Running the checks of a build: the shared ones (structure, checksums, rows column-wise,
+images, ids, counts) and the corpus' own rules, as one report.
+
+Two entry points: `validate_finished_build` runs at the end of a build and reads nothing the
+build already checked (rows were checked in the workers as they were written; their findings
+come with the chunk results); `validate_build_folder` checks a folder from disk, shards in
+parallel, as `radcorpora validate` and `publish` do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
+from radcorpora.schemas.columnar import check_table
+from radcorpora.store.folder import BuildFolderError, all_shards, config_shards, iter_batches, open_shard, read_manifest
+from radcorpora.store.shards import file_sha256
+from radcorpora.validators.report import ValidationReport
+from radcorpora.validators.structure import check_layout, iter_records
+
+RowRules = Callable[[str, pa.Table], dict[str, list[int]]]
+CorpusRules = Callable[..., ValidationReport]
+
+
+@dataclass
+class ShardFindings:
+    """What one shard's check found; merged into the report by the parent process."""
+
+    shard: str
+    config: str
+    split: str
+    rows: int = 0
+    sha256: str = ""
+    ids: list[str] = field(default_factory=list)
+    checked: Counter = field(default_factory=Counter)
+    violations: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    image_hashes: set[str] = field(default_factory=set)
+    error: str | None = None
+
+    def fail(self, rule: str, example: str, count: int = 1) -> None:
+        self.violations[rule] += count
+        shown = self.examples.setdefault(rule, [])
+        if len(shown) < 5:
+            shown.append(example)
+
+
+def _image_columns(schema: pa.Schema) -> list[str]:
+    """Top-level image columns (a struct of bytes + path) and lists of them."""
+    names = []
+    for f in schema:
+        t = f.type.value_type if pa.types.is_list(f.type) else f.type
+        if pa.types.is_struct(t) and {c.name for c in t} == {"bytes", "path"}:
+            names.append(f.name)
+    return names
+
+
+def check_shard(build: Path, config: str, split: str, path: Path, model: type[BaseModel], row_rules: RowRules | None,
+                image_check: ImageCheck | None) -> ShardFindings:
+    """Every row of one shard, column-wise; runs in a worker process."""
+    rel = str(path.relative_to(build))
+    found = ShardFindings(rel, config, split, sha256=file_sha256(path))
+    try:
+        parquet = open_shard(path)
+        images = _image_columns(parquet.schema_arrow)
+        offset = 0
+        for batch in iter_batches(path, batch_size=512):
+            table = pa.Table.from_batches([batch])
+            violations, total = check_table(table, model)
+            found.checked["record_schema"] += table.num_rows
+            for v in violations:
+                found.fail("record_schema", f"{rel} row {offset + v.row}: {v.field}: {v.message}", 0)
+            found.violations["record_schema"] += total
+            for rule, rows in (row_rules(config, table) if row_rules else {}).items():
+                found.checked[rule] += table.num_rows
+                for r in rows:
+                    found.fail(rule, f"{rel} row {offset + r}: breaks {rule}")
+            found.ids += table.column("id").to_pylist()
+            if image_check is not None and images:
+                _check_images(table, images, rel, offset, image_check, found)
+            offset += table.num_rows
+        found.rows = offset
+    except BuildFolderError as exc:
+        found.error = str(exc)
+    return found
+
+
+def _check_images(table: pa.Table, columns: list[str], rel: str, offset: int, level: ImageCheck,
+                  found: ShardFindings) -> None:
+    lineage = table.column("lineage").to_pylist() if "lineage" in table.column_names else None
+    for column in columns:
+        for i, value in enumerate(table.column(column).to_pylist()):
+            stored = value if isinstance(value, list) else [value]
+            expected = (lineage[i]["image_sha256"].split(",") if lineage else [None] * len(stored))
+            if len(expected) != len(stored):
+                found.fail("images_decode", f"{rel} row {offset + i}: {len(stored)} images, {len(expected)} lineage hashes")
+                continue
+            for image, want in zip(stored, expected):
+                data = (image or {}).get("bytes") or b""
+                digest = hashlib.sha256(data).hexdigest()
+                found.checked["images_decode"] += 1
+                if want is not None and digest != want:
+                    found.fail("images_decode", f"{rel} row {offset + i}: image bytes do not match lineage.image_sha256")
+                if digest in found.image_hashes:
+                    continue
+                found.image_hashes.add(digest)
+                try:
+                    check_image(data, level)
+                except ImageCheckError as exc:
+                    found.fail("images_decode", f"{rel} row {offset + i}: image does not decode ({exc})")
+
+
+DESCRIPTIONS = {
+    "record_schema": "every row has the columns, types, required fields and allowed values of its record model",
+    "images_decode": "every image is readable and matches its lineage hash",
+    "shard_checksums": "every shard's sha256 equals the one recorded in the manifest",
+    "unique_ids": "ids are unique within each config",
+    "counts_match_manifest": "row counts equal those recorded in the manifest",
+}
+
+
+def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest: dict[str, Any]) -> None:
+    sums = report.check("shard_checksums", DESCRIPTIONS["shard_checksums"])
+    recorded = manifest.get("shards") or {}
+    ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
+    counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
+    seen: dict[str, dict[str, str]] = {}
+    rows: Counter = Counter()
+    for f in findings:
+        if f.error:
+            report.check("record_schema", DESCRIPTIONS["record_schema"]).fail(f.error)
+            continue
+        if recorded:
+            want = (recorded.get(f.shard) or {}).get("sha256")
+            sums.expect(want == f.sha256, f"{f.shard}: sha256 differs from the manifest" if want else
+                        f"{f.shard}: not listed in the manifest")
+        for rule, n in f.checked.items():
+            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
+            check.checked += n
+        for rule, n in f.violations.items():
+            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
+            check.violations += n
+            check.examples = (check.examples + f.examples.get(rule, []))[:5]
+        own = seen.setdefault(f.config, {})
+        for record_id in f.ids:
+            ids.expect(record_id not in own, f"{f.shard}: duplicate id {record_id!r} (also in {own.get(record_id)})")
+            own.setdefault(record_id, f.shard)
+        rows[(f.config, f.split)] += f.rows
+    listed = {str(k) for k in recorded}
+    present = {f.shard for f in findings}
+    for missing in sorted(listed - present):
+        sums.fail(f"{missing}: listed in the manifest but missing on disk")
+    for (config, split), n in sorted(rows.items()):
+        want = (manifest.get("splits") or {}).get(config, {}).get(split)
+        counts.expect(want == n, f"{config}/{split}: {n} rows, manifest says {want}")
+    for config, splits in sorted((manifest.get("splits") or {}).items()):
+        for split in splits:
+            counts.expect((config, split) in rows or any(f.error for f in findings),
+                          f"{config}/{split}: in the manifest but no shards on disk")
+
+
+def validate_build_folder(build: Path, corpus: str, records: dict[str, type[BaseModel]], corpus_rules: CorpusRules,
+                          row_rules: RowRules | None = None, *, image_check: ImageCheck = "full", workers: int = 1,
+                          deep: bool = False) -> ValidationReport:
+    """Check a build folder from disk: structure, checksums, every row (column-wise, shards in
+    parallel), images, ids, counts, then the corpus' rules; `deep` adds an object-level re-parse."""
+    build = Path(build)
+    manifest = read_manifest(build)
+    report = ValidationReport(corpus=corpus)
+    check_layout(build, records, report)
+    shards = [s for s in all_shards(build, list(records))]
+    jobs = [(build, s.config, s.split, s.path, records[s.config], row_rules, image_check) for s in shards]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            findings = list(pool.map(check_shard, *zip(*jobs)))
+    else:
+        findings = [check_shard(*job) for job in jobs]
+    _merge(report, findings, manifest)
+    if deep:
+        for _ in iter_records(build, records, manifest, report):
+            pass
+    corpus_rules(build, report, manifest, image_check=image_check, deep=deep)
+    report.stats.update({"distinct_images": len(set().union(*(f.image_hashes for f in findings))) if findings else 0,
+                         "rows": sum(f.rows for f in findings)})
+    return report
+
+
+def validate_finished_build(build: Path, corpus: str, records: dict[str, type[BaseModel]], corpus_rules: CorpusRules,
+                            manifest: dict[str, Any], chunks: Sequence[Any], image_check: ImageCheck = "crc"
+                            ) -> ValidationReport:
+    """A build checking itself: shard sets and schemas from disk (footers only), row findings from
+    the chunk workers, ids from the id columns, counts from Parquet metadata, corpus rules."""
+    report = ValidationReport(corpus=corpus)
+    check_layout(build, records, report, card={"configs": [
+        {"config_name": c, "data_files": [{"split": s} for s in splits]}
+        for c, splits in (manifest.get("splits") or {}).items()]})
+    for result in chunks:
+        for rule, n in result.checked.items():
+            report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " "))).checked += n
+        for rule, n in result.violation_counts.items():
+            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
+            check.violations += n
+            check.examples = (check.examples + result.violations.get(rule, []))[:5]
+    ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
+    counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
+    for config in records:
+        seen: set[str] = set()
+        for split, paths in config_shards(build, config).items():
+            rows = 0
+            for path in paths:
+                table = pq.read_table(path, columns=["id"])
+                rows += table.num_rows
+                for record_id in table.column("id").to_pylist():
+                    ids.expect(record_id not in seen, f"{path.relative_to(build)}: duplicate id {record_id!r}")
+                    seen.add(record_id)
+            want = (manifest.get("splits") or {}).get(config, {}).get(split)
+            counts.expect(want == rows, f"{config}/{split}: {rows} rows, manifest says {want}")
+    corpus_rules(build, report, manifest, image_check=image_check, deep=False)
+    return report
