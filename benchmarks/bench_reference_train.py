@@ -24,10 +24,11 @@ import torch
 
 def demo_build(folder: Path) -> Path:
     from radcorpora.demo.radimagenet import write_demo_radimagenet
-    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+    from radcorpora.builders.radimagenet_vqa import make_settings
+    from radcorpora.corpora import RADIMAGENET_VQA, build
 
     write_demo_radimagenet(folder / "source", images_per_class=12)
-    build_radimagenet_vqa(folder / "source", folder / "build", benchmark_images=100, show_progress=False)
+    build("radimagenet-vqa", {"source": folder / "source"}, make_settings(benchmark_images=100), folder / "build")
     return folder / "build"
 
 
@@ -38,8 +39,8 @@ def bench_tiny(steps: int, preset: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         build = demo_build(Path(tmp))
-        base = build_tiny(Path(tmp) / "tiny", training_texts(build))
-        examples = training_examples(build)
+        base = build_tiny(Path(tmp) / "tiny", training_texts(build, RADIMAGENET_VQA.evaluation))
+        examples = training_examples(build, RADIMAGENET_VQA.evaluation)
         config = PRESETS[preset].model_copy(update={"max_steps": steps, "save_every": 10 ** 9})
         results = {}
         for variant, text_only in (("image", False), ("text-only", True)):

@@ -105,3 +105,15 @@ def validate(build: Path, *, image_check: str = "full", workers: int = 1, deep: 
     spec = spec_of_build(build)
     return validate_build_folder(build, spec.name, spec.records, spec.validate, spec.row_rules,
                                  image_check=image_check, workers=workers, deep=deep)
+
+
+def build(name: str, sources: dict[str, Path], settings: Any, out: Path, *, workers: int = 1, executor: str = "local",
+          ray_address: str | None = None, llm_settings: Any = None, overwrite: bool = False, command: str = "",
+          log: Any = None) -> Any:
+    """Build a corpus from Python, as `radcorpora build NAME ...` does (no progress display)."""
+    from radcorpora.engine.executors import ExecutorSettings
+    from radcorpora.engine.lifecycle import run_build
+
+    return run_build(corpus(name), {k: Path(v) for k, v in sources.items() if v is not None}, settings, Path(out),
+                     executor=ExecutorSettings(name=executor, workers=workers, ray_address=ray_address),  # type: ignore[arg-type]
+                     llm_settings=llm_settings, overwrite=overwrite, command=command, log=log)

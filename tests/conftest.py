@@ -21,10 +21,10 @@ def demo_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_build(demo_source, tmp_path_factory) -> Path:
-    from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+    from helpers import build_radimagenet_vqa
 
     out = tmp_path_factory.mktemp("build") / "radimagenet-vqa"
-    outcome = build_radimagenet_vqa(demo_source, out, benchmark_images=20, images_per_shard=40, show_progress=False)
+    outcome = build_radimagenet_vqa(demo_source, out, benchmark_images=20, images_per_shard=40)
     assert outcome.report is not None and outcome.report.valid, outcome.report.summary()
     return out
 

@@ -18,7 +18,9 @@ from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 from radcorpora.llm.session import LLMSettings
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
-from radcorpora.pipelines.rad_ace_cot import QUEUE_FILE, build_rad_ace_cot
+from helpers import build_rad_ace_cot
+
+from radcorpora.builders.rad_ace_cot import QUEUE_FILE
 from radcorpora.sources.errors import SourceError
 from radcorpora.sources.pubmedvision import modality_class, scan_pubmedvision
 from radcorpora.sources.vqa_rad import read_vqa_rad_test

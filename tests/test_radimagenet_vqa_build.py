@@ -11,9 +11,9 @@ from datasets import load_dataset
 from typer.testing import CliRunner
 
 from radcorpora.builders import radimagenet_vqa as rvqa
-from radcorpora.builders.engine import BuildStateError
+from radcorpora.store.state import BuildStateError
 from radcorpora.cli import app
-from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+from helpers import build_radimagenet_vqa
 from radcorpora.publish.views import QuestionView
 
 runner = CliRunner()
@@ -71,7 +71,7 @@ def test_question_view_gives_one_example_per_question(demo_build):
 
 def test_byte_identical_across_workers_and_resume_after_kill(demo_source, demo_build, tmp_path, monkeypatch):
     parallel = tmp_path / "parallel"
-    build_radimagenet_vqa(demo_source, parallel, benchmark_images=20, images_per_shard=40, workers=2, show_progress=False)
+    build_radimagenet_vqa(demo_source, parallel, benchmark_images=20, images_per_shard=40, workers=2)
     assert shard_bytes(parallel) == shard_bytes(demo_build)
 
     killed = tmp_path / "killed"
@@ -86,20 +86,20 @@ def test_byte_identical_across_workers_and_resume_after_kill(demo_source, demo_b
 
     monkeypatch.setattr(rvqa, "build_chunk", dies_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40, show_progress=False)
+        build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40)
     assert not (killed / "build/manifest.json").exists()
     assert not list(killed.rglob("*.tmp"))  # the half-written shard was removed
     monkeypatch.setattr(rvqa, "build_chunk", real)
-    resumed = build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40, show_progress=False)
+    resumed = build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40)
     assert resumed.state == "resume" and resumed.report.valid
     assert shard_bytes(killed) == shard_bytes(demo_build)
 
-    again = build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40, show_progress=False)
+    again = build_radimagenet_vqa(demo_source, killed, benchmark_images=20, images_per_shard=40)
     assert again.state == "complete" and shard_bytes(killed) == shard_bytes(demo_build)
     with pytest.raises(BuildStateError, match="seed"):
-        build_radimagenet_vqa(demo_source, killed, seed=1, benchmark_images=20, images_per_shard=40, show_progress=False)
+        build_radimagenet_vqa(demo_source, killed, seed=1, benchmark_images=20, images_per_shard=40)
     rebuilt = build_radimagenet_vqa(demo_source, killed, seed=1, benchmark_images=20, images_per_shard=40,
-                                    overwrite=True, show_progress=False)
+                                    overwrite=True)
     assert rebuilt.state == "fresh" and shard_bytes(killed) != shard_bytes(demo_build)
 
 
@@ -161,7 +161,7 @@ def test_unknown_folder_fails_before_work(demo_source, tmp_path):
 
 
 def test_card_yaml_declares_configs_features_and_licence(demo_build):
-    from radcorpora.validators.layout import read_card_yaml
+    from radcorpora.store.folder import read_card_yaml
 
     card = read_card_yaml(demo_build)
     assert {c["config_name"] for c in card["configs"]} == {"alignment", "instruct", "benchmark"}

@@ -12,14 +12,14 @@ pytest.importorskip("torch")
 
 from radcorpora.cli import app
 from radcorpora.demo.radimagenet import write_demo_radimagenet
-from radcorpora.pipelines.radimagenet_vqa import build_radimagenet_vqa
+from helpers import build_radimagenet_vqa
 
 
 @pytest.mark.slow
 def test_check_fails_when_answers_do_not_depend_on_the_image(tmp_path):
     # The demo's own size and settings; only the pixels no longer follow the labels.
     write_demo_radimagenet(tmp_path / "source", images_per_class=12, pixels_carry_labels=False)
-    outcome = build_radimagenet_vqa(tmp_path / "source", tmp_path / "build", benchmark_images=100, show_progress=False)
+    outcome = build_radimagenet_vqa(tmp_path / "source", tmp_path / "build", benchmark_images=100)
     assert outcome.report is not None and outcome.report.valid  # a valid corpus, but a broken one
     result = CliRunner().invoke(app, ["check", str(tmp_path / "build")])
     assert result.exit_code == 1, result.output

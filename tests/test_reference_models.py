@@ -11,7 +11,10 @@ pytest.importorskip("peft")
 
 from radcorpora.publish.views import QuestionView
 from radcorpora.reference_models import sft
+from radcorpora.corpora import RADIMAGENET_VQA
 from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts
+
+RECIPE = RADIMAGENET_VQA.evaluation
 from radcorpora.reference_models.evaluate import evaluate_radimagenet_vqa, generate, question_prompt
 from radcorpora.reference_models.models import (
     CHAT_TEMPLATE,
@@ -24,12 +27,12 @@ from radcorpora.reference_models.models import (
 
 @pytest.fixture(scope="module")
 def tiny(demo_build, tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("tiny") / "base", training_texts(demo_build), vocab_size=600)
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "base", training_texts(demo_build, RECIPE), vocab_size=600)
 
 
 @pytest.fixture(scope="module")
 def examples(demo_build):
-    examples = training_examples(demo_build)
+    examples = training_examples(demo_build, RECIPE)
     assert isinstance(examples, QuestionView)
     return examples
 
@@ -80,7 +83,7 @@ def test_lora_training_lowers_loss_and_reloads_identically(tiny, examples, demo_
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
     assert (out / "adapter/adapter_config.json").exists() and not list(out.glob("checkpoint-*"))
 
-    rows = evaluation_rows(demo_build, limit=12)
+    rows = evaluation_rows(demo_build, RECIPE, limit=12)
     prompts = [question_prompt(r["question"], r["choices"]) for r in rows]
     model, processor, trained = sft.load_trained(out)
     assert trained is not None and trained.method == "lora" and trained.steps == result.steps
@@ -124,7 +127,7 @@ def test_killed_training_resumes_to_the_same_weights(tiny, examples, tmp_path):
 
 
 def test_evaluation_writes_a_traceable_table(tiny, demo_build):
-    rows = evaluation_rows(demo_build, limit=27)
+    rows = evaluation_rows(demo_build, RECIPE, limit=27)
     model, processor = load_model(tiny)
     metrics, samples = evaluate_radimagenet_vqa(model, processor, rows)
     assert metrics["questions"] == len(samples) == 27
@@ -140,7 +143,7 @@ def test_model_specs(tmp_path, demo_build):
         resolve_model(f"hf:{tmp_path}/nothing", tmp_path, list)
     with pytest.raises(ModelSpecError, match="expected `tiny`"):
         resolve_model("qwen", tmp_path, list)
-    built = resolve_model("tiny", tmp_path, lambda: training_texts(demo_build))
+    built = resolve_model("tiny", tmp_path, lambda: training_texts(demo_build, RECIPE))
     assert resolve_model(f"hf:{built}", tmp_path, list) == built
     assert resolve_model("tiny", tmp_path, lambda: pytest.fail("rebuilt")) == built  # reused, not rebuilt
 

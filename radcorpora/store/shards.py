@@ -94,22 +94,26 @@ class ShardWriter:
     def write_table(self, table: pa.Table) -> None:
         """Append rows (already checked) in row groups of ROW_GROUP_ROWS."""
         self._flush()
-        if self._writer is None:
-            self._writer = self._open()
-        self._writer.write_table(table.cast(self.schema) if not table.schema.equals(self.schema) else table,
-                                 row_group_size=ROW_GROUP_ROWS)
+        self._append(table)
         self.rows += table.num_rows
 
     def write(self, record: BaseModel) -> None:
         self._buffer.append(record_to_row(record))
+        self.rows += 1
         if len(self._buffer) >= ROW_GROUP_ROWS:
             self._flush()
+
+    def _append(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = self._open()
+        self._writer.write_table(table.cast(self.schema) if not table.schema.equals(self.schema) else table,
+                                 row_group_size=ROW_GROUP_ROWS)
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+        self._append(pa.Table.from_pylist(rows, schema=self.schema))
 
     def close(self) -> str:
         """Finish the shard atomically; returns its sha256."""
@@ -136,7 +140,7 @@ def write_split(out: Path, config: str, split: str, records: Iterable[BaseModel]
     """Write `rows` records (an iterable, consumed once) as ceil(rows / rows_per_shard) shards of
     one split; returns shard relpath -> (rows, sha256). An empty split still gets one valid, empty shard."""
     total = max(1, -(-rows // rows_per_shard))
-    written: dict[str, int] = {}
+    written: dict[str, tuple[int, str]] = {}
     iterator = iter(records)
     for index in range(total):
         relpath = shard_relpath(config, split, index, total)
@@ -147,8 +151,8 @@ def write_split(out: Path, config: str, split: str, records: Iterable[BaseModel]
         except BaseException:
             writer.abort()
             raise
-        rows = writer.rows
-        written[relpath] = (rows, writer.close())
+        count = writer.rows
+        written[relpath] = (count, writer.close())
     return written
 
 
