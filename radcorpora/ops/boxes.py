@@ -68,7 +68,7 @@ def fuse_readers(boxes_by_reader: Mapping[str, Sequence[Box]], iou_thr: float = 
     size: tuple[int | None, int | None] | None = None
     lists: dict[str, list[Corners]] = {}
     for reader, boxes in boxes_by_reader.items():
-        if isinstance(boxes, Box) or isinstance(boxes, (str, bytes)):
+        if isinstance(boxes, (Box, str, bytes)):
             raise TypeError(f"reader {reader!r}: expected a sequence of Box, got {type(boxes).__name__}")
         rows = lists[reader] = []
         for box in boxes:
@@ -199,7 +199,7 @@ def _readers_from_score(score: float, models: int) -> int:
     changed library fails loudly instead of miscounting.
     """
     k = score * models
-    agreeing = int(round(k))
+    agreeing = round(k)
     if not 1 <= agreeing <= models or abs(k - agreeing) > 1e-6:
         raise RuntimeError(f"unexpected weighted_boxes_fusion score {score!r} for {models} readers; "
                            "the ensemble_boxes version changed how box_and_model_avg scores clusters")
@@ -322,8 +322,8 @@ _BOX_RE = re.compile(
         # <box>x1 y1 x2 y2</box>, <box>[x1, y1, x2, y2]</box>, <bbox>...</bbox>
         rf"(?P<tag><(?P<tagname>b?box)>\s*[\[\(]?\s*{_FOUR}\s*[\]\)]?\s*</(?P=tagname)>)",
         # x1=.. y1=.. x2=.. y2=..  /  x_min: .., y_min: .., x_max: .., y_max: ..
-        rf"(?P<kv>{_kv('x_?1|x_?min|xmin|left')}[\s,;]*{_kv('y_?1|y_?min|ymin|top')}[\s,;]*"
-        rf"{_kv('x_?2|x_?max|xmax|right')}[\s,;]*{_kv('y_?2|y_?max|ymax|bottom')})",
+        (rf"(?P<kv>{_kv('x_?1|x_?min|xmin|left')}[\s,;]*{_kv('y_?1|y_?min|ymin|top')}[\s,;]*"
+         rf"{_kv('x_?2|x_?max|xmax|right')}[\s,;]*{_kv('y_?2|y_?max|ymax|bottom')})"),
         # (x1, y1), (x2, y2)
         rf"(?P<pairs>{_PAIRS})",
         # [x1, y1, x2, y2], (x1,y1,x2,y2), {x1, y1, x2, y2}
