@@ -77,7 +77,7 @@ def _default_workers() -> int:
 def print_report(report: ValidationReport, out: Console) -> None:
     table = Table(title=f"validation: {report.corpus}")
     for column in ("check", "checked", "violations", "first examples"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for check in report.checks:
         table.add_row(Text(check.name, style="green" if check.passed else "red"), str(check.checked),
                       str(check.violations), Text("\n".join(check.examples[:3])))

@@ -1,0 +1,158 @@
+"""The engine's promises, driven as a user drives them: layers, Ray = local byte for byte,
+publish re-validates, changed sources are seen, user errors exit 2 without a traceback and
+print paths as they are."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import build_radimagenet_vqa
+from typer.testing import CliRunner
+
+import radcorpora
+from radcorpora.cli import app
+from radcorpora.store.state import BuildStateError
+
+ROOT = Path(radcorpora.__file__).parent
+# Each layer may import only the layers listed (and itself). See docs/adding-a-corpus.md.
+LAYERS = {
+    "schemas": set(),
+    "sources": {"schemas"},
+    "ops": {"schemas"},
+    "prompts": {"schemas"},
+    "store": {"schemas"},
+    "llm": {"schemas", "prompts"},
+    "builders": {"schemas", "sources", "ops", "prompts", "store", "llm"},
+    "validators": {"schemas", "ops", "store", "llm"},
+    "publish": {"schemas", "ops", "store", "llm"},
+    "reference_models": {"schemas", "ops", "store", "llm", "prompts", "publish"},
+    "engine": {"schemas", "ops", "store", "llm", "prompts", "builders", "validators", "publish", "reference_models"},
+    "demo": {"schemas", "ops", "sources", "store"},
+}
+runner = CliRunner()
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {name.split(".")[1] for name in found if name.startswith("radcorpora.") and name.count(".") >= 1}
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    offenders = []
+    for layer, allowed in LAYERS.items():
+        for path in (ROOT / layer).rglob("*.py"):
+            bad = _imports(path) - allowed - {layer}
+            if bad:
+                offenders.append(f"{path.relative_to(ROOT)} -> {sorted(bad)}")
+    assert offenders == []
+
+
+def shard_bytes(build: Path) -> dict[str, str]:
+    return {str(p.relative_to(build)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((build / "data").rglob("*.parquet"))}
+
+
+@pytest.mark.slow
+def test_ray_build_equals_local_build_byte_for_byte(demo_source, demo_build, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    outcome = build_radimagenet_vqa(demo_source, out, benchmark_images=20, images_per_shard=40, workers=2,
+                                    executor="ray")
+    assert outcome.report.valid
+    assert shard_bytes(out) == shard_bytes(demo_build)
+    assert (out / "build/rejects.jsonl").read_bytes() == (demo_build / "build/rejects.jsonl").read_bytes()
+
+
+def test_publish_refuses_what_does_not_validate_now(demo_build, tmp_path):
+    import pyarrow.parquet as pq
+
+    ok = runner.invoke(app, ["publish", str(demo_build), "--repo", "org/name", "--dry-run"])
+    assert ok.exit_code == 0, ok.output
+    edited = Path(shutil.copytree(demo_build, tmp_path / "edited"))
+    shard = sorted((edited / "data/benchmark").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    mc = next(i for i, r in enumerate(rows) if r["question_type"] == "multiple_choice")
+    rows[mc]["answer"] = "E"
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard)
+    deleted = Path(shutil.copytree(demo_build, tmp_path / "deleted"))
+    sorted((deleted / "data/instruct").glob("*.parquet"))[0].unlink()
+    truncated = Path(shutil.copytree(demo_build, tmp_path / "truncated"))
+    victim = sorted((truncated / "data/alignment").glob("*.parquet"))[0]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    for bad in (edited, deleted, truncated):
+        result = runner.invoke(app, ["publish", str(bad), "--repo", "org/name", "--dry-run"])
+        assert result.exit_code == 2, (bad, result.output)
+        assert "does not validate" in result.output
+        manifest = (bad / "build/manifest.json").read_text()
+        assert '"valid": false' in manifest  # the verdict is written back
+        assert "`radcorpora validate` FAILED" in (bad / "README.md").read_text()
+
+
+def test_a_changed_source_is_not_answered_with_the_old_build(demo_source, tmp_path):
+    source = Path(shutil.copytree(demo_source, tmp_path / "src"))
+    victim = sorted((source / "radiology_ai/MR/brain/edema").glob("*.png"))[0]
+    good = victim.read_bytes()
+    victim.write_bytes(good[:300])  # corrupt: rejected
+    out = tmp_path / "out"
+    first = build_radimagenet_vqa(source, out, benchmark_images=20, images_per_shard=40)
+    assert first.manifest["rejected_rows"] >= 1
+    victim.write_bytes(good)  # repaired: same path, new content
+    with pytest.raises(BuildStateError, match="sources whose content changed"):
+        build_radimagenet_vqa(source, out, benchmark_images=20, images_per_shard=40)
+    again = build_radimagenet_vqa(source, out, benchmark_images=20, images_per_shard=40, overwrite=True)
+    assert again.manifest["rejected_rows"] == first.manifest["rejected_rows"] - 1
+
+
+def test_user_errors_exit_2_without_traceback_and_name_the_path(demo_source, demo_build, tmp_path, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["build", "radimagenet-vqa", "--source", str(demo_source), "--out", str(a_file)], str(a_file)),
+        (["build", "radimagenet-vqa", "--source", str(demo_source), "--out", str(a_file / "sub")], str(a_file)),
+        (["build", "radimagenet-vqa", "--source", str(tmp_path / "data[v2]"), "--out", str(tmp_path / "o")], "data[v2]"),
+        (["publish", str(demo_build), "--repo", "not a repo id!!"], "not a repo id!!"),
+    ]
+    broken = Path(shutil.copytree(demo_build, tmp_path / "broken"))
+    shard = sorted((broken / "data/instruct").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:500])
+    for argv, named in cases:
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert named in result.output and "Traceback" not in result.output, result.output
+    validate = runner.invoke(app, ["validate", str(broken)])
+    assert validate.exit_code == 1 and shard.name in validate.output
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    no_token = runner.invoke(app, ["publish", str(demo_build), "--repo", "org/name"])
+    assert no_token.exit_code == 2 and "hf auth login" in no_token.output
+
+
+def test_rejects_are_byte_identical_across_builds_and_name_every_place(demo_source, tmp_path):
+    source = Path(shutil.copytree(demo_source, tmp_path / "src"))
+    victim = sorted((source / "radiology_ai/CT/lung/nodule").glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    a = build_radimagenet_vqa(source, tmp_path / "a", benchmark_images=20, images_per_shard=40)
+    b = build_radimagenet_vqa(source, tmp_path / "b", benchmark_images=20, images_per_shard=40, workers=2)
+    ledger = (tmp_path / "a/build/rejects.jsonl").read_bytes()
+    assert ledger == (tmp_path / "b/build/rejects.jsonl").read_bytes()
+    assert b"object at 0x" not in ledger and victim.name.encode() in ledger
+    assert a.manifest["rejects"] == b.manifest["rejects"]
+
+
+def test_help_and_version_and_corpora():
+    assert runner.invoke(app, ["--version"]).output.startswith("radcorpora ")
+    listing = runner.invoke(app, ["corpora"])
+    assert listing.exit_code == 0 and "radimagenet-vqa" in listing.output and "rad-ace-cot" in listing.output
+    help_text = runner.invoke(app, ["build", "radimagenet-vqa", "--help"], terminal_width=80).output
+    assert "--overwrite" in help_text and "--executor" in help_text
+    assert "--overwrite BOOLEAN" not in help_text
