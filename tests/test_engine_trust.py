@@ -130,7 +130,8 @@ def test_user_errors_exit_2_without_traceback_and_name_the_path(demo_source, dem
         assert result.exit_code == 2, (argv, result.output)
         assert named in result.output and "Traceback" not in result.output, result.output
     validate = runner.invoke(app, ["validate", str(broken)])
-    assert validate.exit_code == 1 and shard.name in validate.output
+    assert validate.exit_code == 1 and "Traceback" not in validate.output
+    assert shard.name in (broken / "build/validation.json").read_text()  # named, and written back
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     no_token = runner.invoke(app, ["publish", str(demo_build), "--repo", "org/name"])
