@@ -84,11 +84,14 @@ def main() -> None:
     default_cache = os.environ.get("RADCORPORA_BENCH_CACHE", str(Path.home() / ".cache" / "radcorpora" / "bench"))
     parser.add_argument("--cache", type=Path, default=Path(default_cache))
     parser.add_argument("--repeat", type=int, default=1, help="runs of the timed part (best is reported)")
+    parser.add_argument("--check", action="store_true",
+                        help="also check that the batched table fusion equals one fuse_readers call per "
+                             "(image, class) and does not change when the rows are shuffled")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     wheel = wheel_path(args.cache)  # download (once) is not timed
-    from radcorpora.ops.boxes import fuse_table
+    from radcorpora.ops.boxes import fuse_readers, fuse_table
 
     best = None
     for _ in range(max(1, args.repeat)):
@@ -123,6 +126,22 @@ def main() -> None:
           + "  ".join(f"{k} reader(s): {counts04[k]:,}" for k in sorted(counts04)) + f"  ({t5 - t4:.2f} s)")
     print(f"IoU 0.4 (STACK):  fused {STACK_IOU_04['boxes']:,}  "
           + "  ".join(f"{k} reader(s): {STACK_IOU_04[k]:,}" for k in (1, 2, 3)))
+
+    if args.check:
+        import random
+
+        groups: dict = {}
+        for image_id, class_name, reader, box in boxes:
+            groups.setdefault((image_id, class_name), {}).setdefault(reader, []).append(box)
+        t6 = time.perf_counter()
+        per_group = {key: fuse_readers(by_reader, iou_thr=0.1) for key, by_reader in groups.items()}
+        t7 = time.perf_counter()
+        shuffled = list(boxes)
+        random.Random(0).shuffle(shuffled)
+        same = per_group == fused and fuse_table(shuffled, iou_thr=0.1) == fused
+        print(f"check: batched == per-group fuse_readers ({t7 - t6:.2f} s) and shuffled rows: {same}")
+        if not same:
+            raise SystemExit(1)
 
 
 def _by_image(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:

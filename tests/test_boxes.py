@@ -571,3 +571,20 @@ def test_torchmetrics_and_pycocotools_agree(monkeypatch):
         theirs = grounding_scores(predictions, targets, labels=labels, backend="torchmetrics")
         assert theirs["map_backend"] == "torchmetrics"
         assert ours["map50"] == pytest.approx(theirs["map50"], abs=1e-6)
+
+
+def test_per_reader_lists_cluster_like_radvlms_single_list():
+    """RadVLM passes all readers' boxes as ONE model list; passing one list per reader (in the same
+    order) gives the same fused corners, only the score changes meaning."""
+    from ensemble_boxes import weighted_boxes_fusion
+
+    for seed in range(30):
+        rng = random.Random(500 + seed)
+        boxes = random_readers(rng, readers=3, centres=rng.randint(1, 3))
+        flat = [list(b.xyxy) for r in sorted(boxes) for b in sorted(boxes[r], key=lambda b: b.xyxy)]
+        if not flat:
+            continue
+        out, _, _ = weighted_boxes_fusion([flat], [[1.0] * len(flat)], [[1] * len(flat)], iou_thr=0.1,
+                                          skip_box_thr=0.0)
+        radvlm = sorted(tuple(round(v, 3) for v in c) for c in out.tolist())
+        assert sorted(b.xyxy for b in fuse_readers(boxes)) == radvlm
