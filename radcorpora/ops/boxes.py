@@ -14,6 +14,9 @@ Fusion (`fuse_readers`, `fuse_table`)
     library concatenates the per-model lists before clustering. Inputs are put in a canonical order
     (readers by id, each reader's boxes by corners) before the call because the library's greedy
     matching with equal scores depends on input order; the result does not depend on row order.
+    `fuse_table` fuses every (image, class) group in ONE library call (one label per group; the
+    library clusters each label alone) and skips the library for groups where no two boxes share
+    area (nothing can merge there); both give exactly what one `fuse_readers` call per group gives.
 
 Text
     `box_text` writes RadVLM's published form: `round(v, 2)` printed as Python prints a float, so
