@@ -35,12 +35,12 @@ def make_requests(n: int, tag: str) -> list[LLMRequest]:
             for i in range(n)]
 
 
-def timed(session: LLMSession, requests: list[LLMRequest], profile: bool) -> tuple[float, float, list, str]:
+def timed(session: LLMSession, spec: str, requests: list[LLMRequest], profile: bool) -> tuple[float, float, list, str]:
     profiler = cProfile.Profile() if profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler:
         profiler.enable()
-    results = session.run("openai:bench-local-model", requests, TagParser())
+    results = session.run(spec, requests, TagParser())
     if profiler:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -56,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--spec", default="openai:bench-local-model", help="openai:MODEL or anthropic:MODEL")
+    parser.add_argument("--http-client", choices=("auto", "aiohttp", "httpx"), default="auto")
     parser.add_argument("--profile", choices=("fresh", "cached"), default=None)
     args = parser.parse_args()
     server = subprocess.Popen([sys.executable, "-m", "radcorpora.testing.fake_llm_server", "--responder", "tagged"],
@@ -64,17 +66,19 @@ def main() -> None:
         base_url = server.stdout.readline().strip()
         os.environ["OPENAI_API_KEY"] = "sk-bench-not-a-real-key"
         os.environ["OPENAI_BASE_URL"] = base_url + "/v1"
+        os.environ["ANTHROPIC_API_KEY"] = "sk-bench-not-a-real-key"
+        os.environ["ANTHROPIC_BASE_URL"] = base_url
         requests = make_requests(args.requests, "c")
         with tempfile.TemporaryDirectory() as tmp:
             settings = LLMSettings(cache_path=str(Path(tmp) / "client.sqlite"),
-                                   limits=RunnerLimits(concurrency=args.concurrency))
+                                   limits=RunnerLimits(concurrency=args.concurrency), http_client=args.http_client)
             fresh = LLMSession(settings)
-            fresh_cpu, fresh_wall, results, fresh_report = timed(fresh, requests, args.profile == "fresh")
+            fresh_cpu, fresh_wall, results, fresh_report = timed(fresh, args.spec, requests, args.profile == "fresh")
             assert all(r.ok and not r.cached for r in results), "fresh pass must send every request"
             assert fresh.sent == args.requests, (fresh.sent, fresh.ledger.counts())
             fresh.close()
             cached = LLMSession(settings)
-            cached_cpu, cached_wall, results, cached_report = timed(cached, requests, args.profile == "cached")
+            cached_cpu, cached_wall, results, cached_report = timed(cached, args.spec, requests, args.profile == "cached")
             assert all(r.ok and r.cached for r in results) and cached.sent == 0
             cached.close()
     finally:
@@ -82,7 +86,7 @@ def main() -> None:
         server.wait(timeout=10)
     n = args.requests
     print(json.dumps({
-        "requests": n, "concurrency": args.concurrency,
+        "requests": n, "concurrency": args.concurrency, "llm": args.spec, "http_client": args.http_client,
         "fresh": {"client_cpu_s": round(fresh_cpu, 2), "wall_s": round(fresh_wall, 2),
                   "client_cpu_ms_per_request": round(fresh_cpu / n * 1000, 3)},
         "cached": {"client_cpu_s": round(cached_cpu, 2), "wall_s": round(cached_wall, 2),

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from radcorpora.testing.fake_llm_server import FakeProviderServer, echo_responder
 from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.request import LLMRequest, Message
 from radcorpora.llm.session import LLMSession, LLMSettings
+from radcorpora.testing.fake_llm_server import FakeProviderServer, echo_responder
 
 
 def make_requests(n: int, tag: str) -> list[LLMRequest]:

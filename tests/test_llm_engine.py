@@ -14,13 +14,13 @@ import pytest
 
 from radcorpora.llm.batch import BatchRunner
 from radcorpora.llm.errors import ComplianceError, redact
-from radcorpora.testing.fake_llm_server import FakeProviderServer, Fault
 from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.request import ImagePart, LLMRequest, Message
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.llm.structured import TagParser
 from radcorpora.llm.usage import load_prices
 from radcorpora.llm.verify import Verdict, agreement, cohen_kappa, route
+from radcorpora.testing.fake_llm_server import FakeProviderServer, Fault
 
 KEY = "sk-test-SECRETKEY0123456789"
 
@@ -205,7 +205,7 @@ def test_credentialed_items_need_an_approved_provider(server, tmp_path):
     with pytest.raises(ComplianceError, match="credentialed"):
         session(tmp_path).run("openai:gpt-4o", requests(2) + requests(1, "mimic", licence="credentialed"))
     assert server.calls == 0
-    approved = LLMSession(LLMSettings(cache_path=str(tmp_path / "c.sqlite"), approve_credentialed=True))
+    approved = LLMSession(LLMSettings(cache_path=str(tmp_path / "c.sqlite"), approve_credentialed=["openai"]))
     assert all(r.ok for r in approved.run("openai:gpt-4o", requests(1, "mimic", licence="credentialed")))
     offline = session(tmp_path).run("offline", requests(1, "mimic", licence="credentialed"))
     assert offline[0].ok  # nothing leaves the machine

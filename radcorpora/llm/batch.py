@@ -39,16 +39,17 @@ class BatchRunner:
         self.log = log or (lambda message: None)
         self.batch_errors: dict[str, LLMError] = {}
         self.landed: set[str] = set()
+        self.by_key: dict[str, LLMRequest] = {}
 
     async def run(self, requests: Sequence[LLMRequest], parser: Parser | None = None) -> list[CallResult]:
-        check_compliance(requests, self.provider)
         if not isinstance(self.provider, (OpenAIProvider, AnthropicProvider)):
             raise LLMError("client", f"{self.provider.name} has no batch API; run without --batch")
         keys_of = [self.runner.key_of(request) for request in requests]
-        by_key: dict[str, LLMRequest] = {}
+        by_key = self.by_key
         for key, request in zip(keys_of, requests):
             by_key.setdefault(key, request)
         missing = {k for k in by_key if k not in self.cache}
+        check_compliance([by_key[k] for k in sorted(missing)], self.provider)  # cached answers need no approval
         for batch_id, keys in self.cache.open_batches(self.provider.name, self.provider.endpoint, self.provider.model):
             if missing & set(keys):
                 self.log(f"resuming batch {batch_id}")
@@ -151,7 +152,17 @@ class BatchRunner:
                     raise LLMError("batch", f"batch item {result.get('type')}: {result.get('error')}")
                 answer = provider.parse_reply(result["message"], batch=True)
         except LLMError as exc:
+            if exc.billed is not None:
+                self.runner.meter.paid(self._stage(key), provider.name, provider.model, exc.billed, batch=True,
+                                       kind="billed_error")
             self.batch_errors[key] = exc
             return
+        # paid when it lands (a batch resumed from an earlier run is paid by the run that collects it)
+        answer.cost_usd = self.runner.meter.paid(self._stage(key), provider.name, provider.model, answer.usage,
+                                                 batch=True)
         self.cache.put(key, answer, "batch")
         self.landed.add(key)
+
+    def _stage(self, key: str) -> str:
+        request = self.by_key.get(key)
+        return request.stage if request is not None else "batch"

@@ -56,6 +56,8 @@ class RateLimiter:
         self._paused_until = 0.0
 
     async def acquire(self, tokens: int) -> None:
+        if self.requests is None and self.tokens is None and self._paused_until <= time.monotonic():
+            return  # no limits and no 429 pause: nothing to wait for or to book
         async with self._lock:  # one waiter at a time keeps the order fair and the pacing exact
             while True:
                 now = time.monotonic()

@@ -9,6 +9,14 @@
 
 The SDKs' own retries are switched off: the runner owns retries, so they are counted and bounded.
 Keys are read from the environment by the SDKs and never stored on our objects or in errors.
+
+One SDK client per provider object, with a connection pool sized to the runner's concurrency and,
+where aiohttp is installed, the SDK's aiohttp transport (`http_client="auto"`): against a fast local
+server (vLLM) the client's CPU is the bottleneck, and the default httpx pool costs about twice as
+much per request. Online calls go through the SDK's own request path (auth, headers, base URL,
+Azure deployment routing, error classes) with the body we render and the reply read as JSON, so
+the SDK does not re-transform the body or re-validate the reply into its typed models; the body is
+the same one `batch_body` puts in a batch file.
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from radcorpora.llm.errors import LLMError, ProviderConfigError, parse_retry_after
 from radcorpora.llm.request import ImagePart, LLMRequest, LLMResponse, TextPart, Usage
 
 DEFAULT_TIMEOUT_S = 600.0
+HttpClientKind = Literal["auto", "aiohttp", "httpx"]
 
 
 class Provider(Protocol):
@@ -62,6 +71,26 @@ def _sdk_error(exc: Exception, sdk: Any) -> LLMError:
     raise exc
 
 
+def _http_client(sdk: Any, kind: HttpClientKind, max_connections: int | None) -> Any:
+    """The SDK's HTTP client: aiohttp transport when asked for (or, for "auto", when installed),
+    else the SDK's default httpx client; pool sized to `max_connections` when given."""
+    options: dict[str, Any] = {}
+    limits = getattr(sdk, "DEFAULT_CONNECTION_LIMITS", None)
+    if max_connections is not None and limits is not None:
+        options["limits"] = type(limits)(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                         keepalive_expiry=limits.keepalive_expiry)
+    if kind in ("auto", "aiohttp"):
+        aiohttp_client = getattr(sdk, "DefaultAioHttpClient", None)
+        try:
+            if aiohttp_client is None:
+                raise RuntimeError(f"{sdk.__name__} {sdk.__version__} has no aiohttp transport")
+            return aiohttp_client(**options)
+        except (RuntimeError, ImportError) as exc:
+            if kind == "aiohttp":
+                raise ProviderConfigError(f"http_client 'aiohttp' is not available: {exc}") from None
+    return sdk.DefaultAsyncHttpxClient(**options)
+
+
 def _data_url(part: ImagePart) -> str:
     return f"data:{part.media_type};base64,{part.base64()}"
 
@@ -73,7 +102,7 @@ class OpenAIProvider:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, approved_for_credentialed: bool = False,
-                 azure: bool = False):
+                 azure: bool = False, max_connections: int | None = None, http_client: HttpClientKind = "auto"):
         import openai
 
         self._sdk = openai
@@ -88,14 +117,16 @@ class OpenAIProvider:
                 raise ProviderConfigError("azure: AZURE_OPENAI_API_KEY is not set")
             self.client = openai.AsyncAzureOpenAI(azure_endpoint=endpoint, api_key=api_key, timeout=timeout,
                                                   max_retries=0,
-                                                  api_version=os.environ.get("OPENAI_API_VERSION", "2024-10-21"))
+                                                  api_version=os.environ.get("OPENAI_API_VERSION", "2024-10-21"),
+                                                  http_client=_http_client(openai, http_client, max_connections))
             self.endpoint = endpoint_for("azure", endpoint)
         else:
             if not (api_key or os.environ.get("OPENAI_API_KEY")):
                 raise ProviderConfigError("openai: OPENAI_API_KEY is not set (use any non-empty value for a "
                                           "local OpenAI-compatible server that needs no key)")
             self.endpoint = endpoint_for("openai", base_url)
-            self.client = openai.AsyncOpenAI(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0)
+            self.client = openai.AsyncOpenAI(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0,
+                                             http_client=_http_client(openai, http_client, max_connections))
         # api.openai.com reasoning models refuse `max_tokens`; compatible servers may not know the new name.
         self._max_tokens_field = "max_completion_tokens" if "api.openai.com" in self.endpoint or azure else "max_tokens"
 
@@ -125,34 +156,43 @@ class OpenAIProvider:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         try:
-            completion = await self.client.chat.completions.create(**self.batch_body(request))
+            body = await self.client.post("/chat/completions", cast_to=object, body=self.batch_body(request))
         except self._sdk.OpenAIError as exc:
             raise _sdk_error(exc, self._sdk) from None
-        return self.parse_reply(completion.model_dump())
+        return self.parse_reply(body)
+
+    @staticmethod
+    def _usage(body: Any) -> Usage | None:
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        completion_details = usage.get("completion_tokens_details") or {}
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        return Usage(input_tokens=usage.get("prompt_tokens") or 0,
+                     output_tokens=usage.get("completion_tokens") or 0,
+                     reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
+                     cached_input_tokens=prompt_details.get("cached_tokens") or 0)
 
     def parse_reply(self, body: dict[str, Any], *, batch: bool = False) -> LLMResponse:
         try:
             choice = body["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError):
-            raise LLMError("malformed", f"reply has no choices[0].message: {str(body)[:200]}") from None
+            raise LLMError("malformed", f"reply has no choices[0].message: {str(body)[:200]}",
+                           billed=self._usage(body)) from None
         content = message.get("content")
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        usage = self._usage(body)
         if content is None or not isinstance(content, str):
-            raise LLMError("malformed", f"reply has no text content (finish_reason={choice.get('finish_reason')!r})")
-        usage = body.get("usage") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        prompt_details = usage.get("prompt_tokens_details") or {}
+            raise LLMError("malformed", f"reply has no text content (finish_reason={choice.get('finish_reason')!r})",
+                           billed=usage)
         return LLMResponse(
             content=content,
             reasoning=reasoning if isinstance(reasoning, str) else None,
             model=body.get("model") or self.model,
             provider=self.name,
             finish_reason=choice.get("finish_reason"),
-            usage=Usage(input_tokens=usage.get("prompt_tokens") or 0,
-                        output_tokens=usage.get("completion_tokens") or 0,
-                        reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
-                        cached_input_tokens=prompt_details.get("cached_tokens") or 0),
+            usage=usage or Usage(),
             batch=batch,
         )
 
@@ -166,7 +206,8 @@ class AnthropicProvider:
     name = "anthropic"
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, approved_for_credentialed: bool = False):
+                 timeout: float = DEFAULT_TIMEOUT_S, approved_for_credentialed: bool = False,
+                 max_connections: int | None = None, http_client: HttpClientKind = "auto"):
         import anthropic
 
         self._sdk = anthropic
@@ -175,7 +216,8 @@ class AnthropicProvider:
         self.model = model
         self.approved_for_credentialed = approved_for_credentialed
         self.endpoint = endpoint_for("anthropic", base_url)
-        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0)
+        self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=self.endpoint, timeout=timeout, max_retries=0,
+                                               http_client=_http_client(anthropic, http_client, max_connections))
 
     def batch_body(self, request: LLMRequest) -> dict[str, Any]:
         messages = []
@@ -194,36 +236,42 @@ class AnthropicProvider:
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        body = self.batch_body(request)
-        # Sampling fields go as raw body fields: newer SDKs no longer list them as arguments,
-        # while the models that accept them still read them from the request body.
-        sampling = {k: body.pop(k) for k in ("temperature", "top_p") if k in body}
+        # The rendered body goes as is (sampling fields included: newer SDKs no longer list them
+        # as arguments, while the models that accept them still read them from the body).
         try:
-            message = await self.client.messages.create(**body, extra_body=sampling or None)
+            body = await self.client.post("/v1/messages", cast_to=object, body=self.batch_body(request))
         except self._sdk.AnthropicError as exc:
             raise _sdk_error(exc, self._sdk) from None
-        return self.parse_reply(message.model_dump())
+        return self.parse_reply(body)
 
-    def parse_reply(self, body: dict[str, Any], *, batch: bool = False) -> LLMResponse:
-        blocks = body.get("content")
-        if not isinstance(blocks, list):
-            raise LLMError("malformed", f"reply has no content blocks: {str(body)[:200]}")
-        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-        thinking = "".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
-        if not any(b.get("type") == "text" for b in blocks):
-            raise LLMError("malformed", f"reply has no text block (stop_reason={body.get('stop_reason')!r})")
-        usage = body.get("usage") or {}
+    @staticmethod
+    def _usage(body: Any) -> Usage | None:
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return None
         cache_read = usage.get("cache_read_input_tokens") or 0
         cache_write = usage.get("cache_creation_input_tokens") or 0
+        return Usage(input_tokens=(usage.get("input_tokens") or 0) + cache_read + cache_write,
+                     output_tokens=usage.get("output_tokens") or 0,
+                     cached_input_tokens=cache_read)
+
+    def parse_reply(self, body: dict[str, Any], *, batch: bool = False) -> LLMResponse:
+        blocks = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(blocks, list):
+            raise LLMError("malformed", f"reply has no content blocks: {str(body)[:200]}", billed=self._usage(body))
+        usage = self._usage(body)
+        if not any(isinstance(b, dict) and b.get("type") == "text" for b in blocks):
+            raise LLMError("malformed", f"reply has no text block (stop_reason={body.get('stop_reason')!r})",
+                           billed=usage)
+        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        thinking = "".join(b.get("thinking", "") for b in blocks if b.get("type") == "thinking")
         return LLMResponse(
             content=text,
             reasoning=thinking or None,
             model=body.get("model") or self.model,
             provider=self.name,
             finish_reason=body.get("stop_reason"),
-            usage=Usage(input_tokens=(usage.get("input_tokens") or 0) + cache_read + cache_write,
-                        output_tokens=usage.get("output_tokens") or 0,
-                        cached_input_tokens=cache_read),
+            usage=usage or Usage(),
             batch=batch,
         )
 
@@ -299,12 +347,16 @@ def parse_llm_spec(spec: str) -> tuple[str, str]:
 
 
 def make_provider(spec: str, *, approved_for_credentialed: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
-                  base_url: str | None = None) -> Provider:
+                  base_url: str | None = None, max_connections: int | None = None,
+                  http_client: HttpClientKind = "auto") -> Provider:
+    """`max_connections`: the HTTP pool size (the runner's concurrency)."""
     provider, model = parse_llm_spec(spec)
     if provider == "offline":
         return OfflineProvider(model)
     if provider == "anthropic":
         return AnthropicProvider(model, base_url=base_url, timeout=timeout,
-                                 approved_for_credentialed=approved_for_credentialed)
+                                 approved_for_credentialed=approved_for_credentialed,
+                                 max_connections=max_connections, http_client=http_client)
     return OpenAIProvider(model, base_url=base_url, timeout=timeout, azure=provider == "azure",
-                          approved_for_credentialed=approved_for_credentialed)
+                          approved_for_credentialed=approved_for_credentialed,
+                          max_connections=max_connections, http_client=http_client)

@@ -8,13 +8,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from radcorpora.llm.batch import BatchRunner
 from radcorpora.llm.cache import AnswerCache, default_cache_path
 from radcorpora.llm.errors import LLMError
 from radcorpora.llm.limits import RunnerLimits
 from radcorpora.llm.providers import (
+    HttpClientKind,
     OfflineProvider,
     OfflineResponder,
     Provider,
@@ -26,6 +27,9 @@ from radcorpora.llm.request import LLMRequest, LLMResponse
 from radcorpora.llm.runner import CallResult, FailureLedger, LLMRunner, Parser
 from radcorpora.llm.usage import UsageMeter, load_prices
 
+APPROVABLE_PROVIDERS = ("openai", "azure", "anthropic")
+ANY_PROVIDER = "*"  # what the older `approve_credentialed=True` meant: whichever provider is used
+
 
 class LLMSettings(BaseModel):
     """How a build talks to models (not part of a build's content fingerprint: the cache key is)."""
@@ -35,9 +39,33 @@ class LLMSettings(BaseModel):
     batch_poll_s: float = 30.0
     cache_path: str | None = None
     prices_path: str | None = None
-    approve_credentialed: bool = False
+    # Providers approved for credentialed (PhysioNet) data, by name: e.g. ["azure"]. Credentialed
+    # requests are sent only to these (the offline stand-in always); cached answers need no approval.
+    # The older bool is accepted: True approves whichever provider is used, False none.
+    approve_credentialed: list[str] = Field(default_factory=list)
     base_url: str | None = None
     cache_only: bool = False  # answer from the cache only (re-finalising a build after adjudication)
+    http_client: HttpClientKind = "auto"  # aiohttp transport where installed, else httpx
+
+    @field_validator("approve_credentialed", mode="before")
+    @classmethod
+    def _providers(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return [ANY_PROVIDER] if value else []
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            names = [str(v).strip().lower() for v in value]
+            unknown = [n for n in names if n not in (*APPROVABLE_PROVIDERS, "offline", ANY_PROVIDER)]
+            if unknown:
+                raise ValueError(f"--approve-credentialed {unknown[0]!r}: not a provider; use one of "
+                                 f"{', '.join(APPROVABLE_PROVIDERS)}")
+            return sorted(set(names))
+        return value
+
+    def approves(self, provider: str) -> bool:
+        """May credentialed requests be sent to this provider?"""
+        return provider == "offline" or ANY_PROVIDER in self.approve_credentialed or provider in self.approve_credentialed
 
 
 class CacheOnlyProvider:
@@ -78,8 +106,9 @@ class LLMSession:
             return OfflineProvider(model, self.offline)
         if self.settings.cache_only:  # same cache keys, no client and no key needed
             return CacheOnlyProvider(kind, endpoint_for(kind, self.settings.base_url), model)
-        return make_provider(spec, approved_for_credentialed=self.settings.approve_credentialed,
-                             timeout=self.settings.limits.timeout_s, base_url=self.settings.base_url)
+        return make_provider(spec, approved_for_credentialed=self.settings.approves(kind),
+                             timeout=self.settings.limits.timeout_s, base_url=self.settings.base_url,
+                             max_connections=self.settings.limits.concurrency, http_client=self.settings.http_client)
 
     def model_id(self, spec: str) -> str:
         kind, model = parse_llm_spec(spec)

@@ -3,8 +3,8 @@ the build holds."""
 
 from __future__ import annotations
 
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,8 +65,15 @@ TOKEN_FIELDS = ("input_tokens", "output_tokens", "reasoning_tokens", "cached_inp
 class _Tally:
     """Replies, their tokens and their cost (None once any of them is unpriced)."""
 
-    __slots__ = ("count", "batch", "input_tokens", "output_tokens", "reasoning_tokens", "cached_input_tokens",
-                 "cost_usd")
+    __slots__ = (
+        "batch",
+        "cached_input_tokens",
+        "cost_usd",
+        "count",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+    )
 
     def __init__(self) -> None:
         self.count = self.batch = 0
@@ -92,7 +99,7 @@ class _Tally:
 class _Entry:
     """One (stage, provider:model): requests handed over, what was paid, what is held."""
 
-    __slots__ = ("requests", "failed", "paid", "repairs", "billed_errors", "held", "from_cache", "repaired")
+    __slots__ = ("billed_errors", "failed", "from_cache", "held", "paid", "repaired", "repairs", "requests")
 
     def __init__(self) -> None:
         self.requests = self.failed = 0

@@ -20,6 +20,7 @@ from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+
 # (model, system, messages as sent) -> (content, reasoning or None)
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # many concurrent clients connect at once; the default backlog of 5 resets them
@@ -43,7 +44,21 @@ class Fault:
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
-    malformed: bool = False
+    malformed: bool = False  # a body of the wrong shape, with no usage: nothing billed
+    empty: bool = False  # a well-formed, billed reply with no text (cut off at max_tokens)
+
+
+@dataclass
+class Billed:
+    """One reply the server charged for, with the token counts it reported."""
+
+    api: str  # "openai" | "anthropic"
+    model: str
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int = 0
+    batch: bool = False
+    text: bool = True  # False: the reply had no text (an `empty` fault)
 
 
 class FakeProviderServer:
@@ -61,6 +76,7 @@ class FakeProviderServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.request_bodies: list[dict[str, Any]] = []
+        self.billed: list[Billed] = []  # every reply charged for, online and batch, in order
         self.call_times: list[float] = []
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -103,7 +119,26 @@ class FakeProviderServer:
             return True
         return False
 
-    def _answer(self, kind: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    def billed_totals(self, model: str | None = None, batch: bool | None = None) -> dict[str, int]:
+        """Replies charged for and their tokens, as this server counted them."""
+        with self.lock:
+            chosen = [b for b in self.billed
+                      if (model is None or b.model == model) and (batch is None or b.batch == batch)]
+        return {"replies": len(chosen), "input_tokens": sum(b.input_tokens for b in chosen),
+                "output_tokens": sum(b.output_tokens for b in chosen),
+                "reasoning_tokens": sum(b.reasoning_tokens for b in chosen), "batch": sum(b.batch for b in chosen)}
+
+    def _bill(self, kind: str, model: str, reply: dict[str, Any], batch: bool, text: bool) -> None:
+        usage = reply["usage"]
+        if kind == "openai":
+            entry = Billed(kind, model, usage["prompt_tokens"], usage["completion_tokens"],
+                           usage["completion_tokens_details"]["reasoning_tokens"], batch, text)
+        else:
+            entry = Billed(kind, model, usage["input_tokens"], usage["output_tokens"], 0, batch, text)
+        with self.lock:
+            self.billed.append(entry)
+
+    def _answer(self, kind: str, body: dict[str, Any], batch: bool = False) -> tuple[int, dict[str, str], Any]:
         with self.lock:
             self.calls += 1
             self.request_bodies.append(body)
@@ -126,9 +161,20 @@ class FakeProviderServer:
                 return fault.status, fault.headers, {"error": {"type": "error", "message": f"injected {fault.status}"}}
             if fault and fault.malformed:
                 return 200, {}, {"unexpected": "shape"}
+            reply = self._reply(kind, body)
+            if fault and fault.empty:
+                if kind == "openai":
+                    reply["choices"][0]["message"]["content"] = None
+                    reply["choices"][0]["finish_reason"] = "length"
+                else:
+                    reply["content"] = [b for b in reply["content"] if b["type"] != "text"]
+                    reply["stop_reason"] = "max_tokens"
+                self._bill(kind, body.get("model", ""), reply, batch, text=False)
+                return 200, {}, reply
+            self._bill(kind, body.get("model", ""), reply, batch, text=True)
             with self.lock:
                 self.answered += 1
-            return 200, {}, self._reply(kind, body)
+            return 200, {}, reply
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -167,7 +213,7 @@ class FakeProviderServer:
             out, err = [], []
             for line in self.files[batch["input_file_id"]].decode().splitlines():
                 item = json.loads(line)
-                status, _, reply = self._answer("openai", item["body"])
+                status, _, reply = self._answer("openai", item["body"], batch=True)
                 entry = {"id": f"batch_req_{uuid.uuid4().hex[:8]}", "custom_id": item["custom_id"],
                          "response": {"status_code": status, "request_id": "req", "body": reply}, "error": None}
                 (out if status == 200 else err).append(json.dumps(entry))
@@ -184,7 +230,7 @@ class FakeProviderServer:
         if batch["polls"] > self.batch_polls_before_done and batch["processing_status"] != "ended":
             lines = []
             for item in batch["requests"]:
-                status, _, reply = self._answer("anthropic", item["params"])
+                status, _, reply = self._answer("anthropic", item["params"], batch=True)
                 result = ({"type": "succeeded", "message": reply} if status == 200 else
                           {"type": "errored", "error": {"type": "error", "error": reply.get("error")}})
                 lines.append(json.dumps({"custom_id": item["custom_id"], "result": result}))
