@@ -198,3 +198,31 @@ def upsert_card_section(build: Path, title: str, body: str) -> None:
         text = text[:at] + section + text[at:]
     DatasetCard(text)  # the YAML header must still parse
     atomic.write_text(path, text)
+
+
+def _usd(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def llm_usage_text(usage: dict[str, Any]) -> str:
+    """Per stage and model: what this run paid (every billed reply, repairs and failed parses
+    included) next to what the answers the build holds cost (cache hits at their recorded cost)."""
+    rows = []
+    for stage, models in (usage.get("stages") or {}).items():
+        for model, m in models.items():
+            paid, held = m.get("paid") or {}, m.get("held") or {}
+            rows.append([stage, model, m.get("requests"), paid.get("replies"), paid.get("repairs"),
+                         f"{paid.get('input_tokens', 0)} / {paid.get('output_tokens', 0)}", _usd(paid.get("cost_usd")),
+                         held.get("answers"), held.get("from_cache"), _usd(held.get("cost_usd"))])
+    if not rows:
+        return "No LLM requests."
+    table = _table(["stage", "model", "requests", "replies paid", "repairs", "tokens paid (in / out)", "paid this run",
+                    "answers held", "from cache", "cost of answers held"], rows)
+    paid, held = usage.get("paid_this_run") or {}, usage.get("held") or {}
+    lines = [table, f"Paid this run: {_usd(paid.get('cost_usd'))} for {paid.get('replies', 0)} billed replies. "
+                    f"Cost of the {held.get('answers', 0)} answers this build holds: {_usd(held.get('cost_usd'))} "
+                    f"(list prices as of {usage.get('prices_as_of')}; batch answers at the batch rate)."]
+    if usage.get("unpriced_models"):
+        lines.append("No price known for: " + ", ".join(f"`{m}`" for m in usage["unpriced_models"])
+                     + " (their cost is left out of the totals).")
+    return "\n\n".join(lines)

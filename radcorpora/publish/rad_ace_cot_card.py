@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.card import CardContent
+from radcorpora.publish.card import CardContent, llm_usage_text
 
 RAD_ACE_BIBTEX = """@misc{ates2025radace,
   title  = {RAD-ACE: Multimodal Large Language Models as Radiology Assistants},
@@ -46,18 +46,9 @@ The public RAD-ACE CSV layout (filename, modality, cot_output, question) comes f
 def _llm_section(manifest: dict[str, Any]) -> str:
     llm = manifest.get("llm") or {}
     usage = llm.get("usage") or {}
-    rows = [[model, m.get("requests"), m.get("from_cache"), m.get("batch"), m.get("input_tokens"), m.get("output_tokens"),
-             m.get("reasoning_tokens"), "unknown" if m.get("cost_usd") is None else f"${m['cost_usd']:.4f}"]
-            for model, m in (usage.get("models") or {}).items()]
     lines = [f"Generator: `{llm.get('generator')}`" + (f"; verifiers: {', '.join(f'`{v}`' for v in llm.get('verifiers', []))}"
                                                          if llm.get("verifiers") else "; no verifier model.")]
-    if rows:
-        header = ["model", "requests", "from cache", "batch", "input tokens", "output tokens", "reasoning tokens", "cost"]
-        lines.append("\n".join(["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |",
-                                *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]))
-    if usage.get("total_cost_usd") is not None:
-        lines.append(f"Total cost of the answers in this build: ${usage['total_cost_usd']:.4f} "
-                     f"(prices as of {usage.get('prices_as_of')}; batch answers at the batch rate).")
+    lines.append(llm_usage_text(usage))
     failures = llm.get("failures") or {}
     lines.append("Failed requests: " + (", ".join(f"{k} {v}" for k, v in failures.items()) if failures else "none")
                  + " (each listed in `build/llm_failures.jsonl`).")
