@@ -1,5 +1,7 @@
-"""Build radimagenet-vqa from a generated RadImageNet tree of N distinct 224x224 PNGs and compare with
-`cp -r` of the same tree. Reports wall time, samples/s, peak RSS and storage amplification.
+"""Build radimagenet-vqa from a generated RadImageNet tree of N distinct 224x224 PNGs and compare, side by
+side in one run, with a durable copy of the tree (`cp -r` then `sync`), the floor (read the tree, write
+the two image-embedding configs' bytes durably) and the way a user would write the same alignment +
+instruct rows without us (`datasets.Dataset.from_generator` with an `Image` feature, then `to_parquet`). Reports wall time, samples/s, peak RSS and storage amplification.
 
     python benchmarks/bench_radimagenet_vqa.py --images 20000 --work /tmp/bench
 Peak RSS is measured in a child process (the build) via resource.getrusage(RUSAGE_CHILDREN).
@@ -69,24 +71,101 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
+FLOOR = """
+import os, sys, pathlib
+src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.mkdir(parents=True)
+files = sorted(p for p in src.rglob('*.png'))
+with open(out / 'alignment.bin', 'wb') as a, open(out / 'instruct.bin', 'wb') as b:
+    for f in files:
+        data = f.read_bytes()
+        a.write(data); b.write(data)
+    for h in (a, b):
+        h.flush(); os.fsync(h.fileno())
+"""
+
+DATASETS_WAY = """
+import sys, pathlib, pyarrow.parquet as pq
+from datasets import Dataset, Features, Image, Value, List
+build, src, out = (pathlib.Path(a) for a in sys.argv[1:4])
+turns = List({"from": Value("string"), "value": Value("string")})
+features = Features({"image": Image(), "id": Value("string"), "conversations": turns})
+texts = {}
+for config in ("alignment", "instruct"):
+    rows = []
+    for shard in sorted((build / "data" / config).glob("*.parquet")):
+        t = pq.read_table(shard, columns=["id", "conversations", "lineage"])
+        rows += [(i, c, l["source_id"]) for i, c, l in zip(*(t.column(n).to_pylist() for n in ("id", "conversations", "lineage")))]
+    texts[config] = rows
+import time
+start = time.perf_counter()
+for config, rows in texts.items():
+    def gen(rows=rows):
+        for i, c, source_id in rows:
+            yield {"image": {"bytes": (src / source_id).read_bytes(), "path": None}, "id": i, "conversations": c}
+    ds = Dataset.from_generator(gen, features=features, cache_dir=str(out / "cache" / config))
+    ds.to_parquet(str(out / f"{config}.parquet"))
+print(f"{time.perf_counter() - start:.3f}")
+"""
+
+
+def profile_breakdown(source: Path, out: Path) -> dict[str, float]:
+    """In-process, one worker, under cProfile: where a build's time goes, by phase."""
+    import cProfile
+    import pstats
+
+    from radcorpora.builders.radimagenet_vqa import make_settings
+    from radcorpora.corpora import build
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    build("radimagenet-vqa", {"source": source}, make_settings(), out)
+    profiler.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    def cumulative(*names: str) -> float:
+        return round(sum(v[3] for k, v in stats.items() if k[2] in names), 2)
+    return {
+        "total": round(total, 2),
+        "scan_and_plan": cumulative("prepare"),
+        "read_files": cumulative("read_bytes"),
+        "image_check": cumulative("check_image"),
+        "sha256": cumulative("entry_for"),
+        "generate_rows": cumulative("question_rows", "caption_turns", "instruct_turns"),
+        "arrow_tables": cumulative("from_pylist"),
+        "row_checks": cumulative("check_chunk_table"),
+        "parquet_write": cumulative("write_table"),
+        "fsync": cumulative("fsync"),
+        "validate_at_end": cumulative("validate_finished_build"),
+        "manifest_card": cumulative("render_card", "write_card"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/radcorpora-bench"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image-check", choices=("crc", "full"), default="crc")
+    parser.add_argument("--profile", action="store_true", help="also run once in-process under cProfile (breakdown)")
     args = parser.parse_args()
     work = args.work / str(args.images)
     shutil.rmtree(work, ignore_errors=True)
     source = work / "src"
     source_bytes = make_tree(source, args.images)
     subprocess.run(["sync"], check=False)
-    copy_wall, _ = timed(["cp", "-r", str(source), str(work / "copy")])
+    copy_wall, _ = timed(["sh", "-c", f"cp -r '{source}' '{work / 'copy'}' && sync"])
+    floor_wall, _ = timed([sys.executable, "-c", FLOOR, str(source), str(work / "floor")])
+    subprocess.run(["sync"], check=False)
     out = work / "out"
     cmd = [sys.executable, "-c", "from radcorpora.cli import app; app()", "build", "radimagenet-vqa",
            "--source", str(source), "--out", str(out), "--workers", str(args.workers),
            "--image-check", args.image_check]
     build_wall, peak_kib = timed(cmd)
+    naive = subprocess.run([sys.executable, "-c", DATASETS_WAY, str(out), str(source), str(work / "naive")],
+                           check=True, capture_output=True, text=True)
+    datasets_wall = float(naive.stdout.strip().splitlines()[-1])
     manifest = json.loads((out / "build/manifest.json").read_text())
     rows = sum(n for splits in manifest["splits"].values() for n in splits.values())
     images_built = sum(manifest["source"]["images_per_split"][s] for s in ("train", "validation"))
@@ -94,9 +173,12 @@ def main() -> None:
     result = {
         "images": args.images,
         "source_bytes": source_bytes,
-        "copy_seconds": round(copy_wall, 2),
+        "durable_copy_seconds": round(copy_wall, 2),
+        "floor_seconds": round(floor_wall, 2),
         "build_seconds": round(build_wall, 2),
-        "build_over_copy": round(build_wall / copy_wall, 2),
+        "build_over_durable_copy": round(build_wall / copy_wall, 2),
+        "datasets_way_seconds": round(datasets_wall, 2),
+        "datasets_way_over_build": round(datasets_wall / build_wall, 2),
         "images_per_second": round(args.images / build_wall, 1),
         "rows_per_second": round(rows / build_wall, 1),
         "peak_rss_mib": round(peak_kib / 1024, 1),
@@ -110,6 +192,8 @@ def main() -> None:
         "workers": args.workers,
         "image_check": args.image_check,
     }
+    if args.profile:
+        result["breakdown_one_worker_profiled"] = profile_breakdown(source, work / "profiled")
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

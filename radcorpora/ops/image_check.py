@@ -15,6 +15,7 @@ from typing import Literal
 from PIL import Image, UnidentifiedImageError
 
 ImageCheck = Literal["full", "crc"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_CHECKS: tuple[str, ...] = ("full", "crc")
 
 _DECODER_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
@@ -30,6 +31,8 @@ def check_image(data: bytes, level: ImageCheck = "full") -> tuple[int, int]:
         raise ValueError(f"unknown image check {level!r}; choose one of {', '.join(IMAGE_CHECKS)}")
     if not data:
         raise ImageCheckError("file is empty")
+    if level == "crc" and data[:8] == PNG_SIGNATURE:
+        return png_chunks_check(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
@@ -42,3 +45,42 @@ def check_image(data: bytes, level: ImageCheck = "full") -> tuple[int, int]:
     except Image.DecompressionBombError as exc:
         raise ImageCheckError(f"{type(exc).__name__}: {exc}") from exc
     return size
+
+
+def png_chunks_check(data: bytes) -> tuple[int, int]:
+    """What PIL's PNG `verify` checks (signature, IHDR first, every chunk's CRC-32 over type and
+    data, IDAT present, IEND last), walked with zlib's C crc32 and no decoder objects: about a
+    tenth of the cost of opening the file with PIL. Returns (width, height)."""
+    import struct
+    import zlib
+
+    view = memoryview(data)
+    size = len(data)
+    pos = 8
+    width = height = 0
+    seen_idat = False
+    first = True
+    while True:
+        if pos + 12 > size:
+            raise ImageCheckError("PNG truncated (no IEND chunk)")
+        length, = struct.unpack_from(">I", data, pos)
+        kind = bytes(view[pos + 4:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > size:
+            raise ImageCheckError(f"PNG truncated inside a {kind!r} chunk")
+        crc, = struct.unpack_from(">I", data, end)
+        if zlib.crc32(view[pos + 4:end]) != crc:
+            raise ImageCheckError(f"PNG chunk {kind!r} at byte {pos} fails its CRC check")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                raise ImageCheckError("PNG does not start with an IHDR chunk")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            if not width or not height:
+                raise ImageCheckError(f"PNG has an empty size {width}x{height}")
+            first = False
+        seen_idat = seen_idat or kind == b"IDAT"
+        pos = end + 4
+        if kind == b"IEND":
+            if not seen_idat:
+                raise ImageCheckError("PNG has no image data (IDAT)")
+            return width, height
