@@ -27,6 +27,7 @@ from radcorpora.engine.spec import BuildContext, CorpusSpec, StageOutput
 from radcorpora.publish.card import render_card, upsert_card_section, validation_text, write_card
 from radcorpora.schemas.common import Reject
 from radcorpora.store import atomic, source_index
+from radcorpora.store.shards import sync_files
 from radcorpora.store.state import ChunkResult, ChunkSpec, clear_state, prepare_out_dir
 from radcorpora.validators import ValidationReport
 from radcorpora.validators.run import validate_finished_build
@@ -93,6 +94,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     say = log or (lambda _message: None)
     progress = progress or BuildProgress(disable=True)
     prepared = spec.prepare(sources, settings, say)
+    phases = {"prepare": round(time.time() - started, 2)}
     fingerprint = build_fingerprint(spec, settings, prepared.fingerprint)
     state = prepare_out_dir(out, fingerprint, overwrite)
     if state == "complete":
@@ -112,14 +114,17 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
         return LLMSession(llm_settings or LLMSettings(), offline=offline, log=say)
 
     context = BuildContext(out=out, run_chunks=chunks, llm_session=session, log=say)
+    stages_started = time.time()
     output: StageOutput = spec.run(prepared, settings, context)
-    manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress)
+    phases["stages"] = round(time.time() - stages_started, 2)
+    manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress,
+                              phases)
     return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
 
 
 def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, fingerprint: dict[str, Any],
            output: StageOutput, executor: ExecutorSettings, command: str, started: float,
-           progress: BuildProgress) -> tuple[dict[str, Any], ValidationReport]:
+           progress: BuildProgress, phases: dict[str, float] | None = None) -> tuple[dict[str, Any], ValidationReport]:
     """Ledgers, manifest, validation and card, written once; then the chunk state goes."""
     rejects = sorted_rejects([*output.rejects, *(r for c in output.chunks for r in c.rejects)])
     atomic.write_jsonl(out / REJECTS_FILE, [r.model_dump() for r in rejects])
@@ -147,13 +152,20 @@ def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out:
         "files": sorted({REJECTS_FILE, *output.files}),
     }
     manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
+    phases = dict(phases or {})
+    mark = time.time()
+    sync_files(out / rel for rel in shards)  # durable before the manifest says the build is complete
+    phases["sync"] = round(time.time() - mark, 2)
+    mark = time.time()
     task = progress.start("validating", 1)
     report = validate_finished_build(out, spec.name, spec.records, spec.validate, manifest, output.chunks,
                                      image_check=getattr(settings, "image_check", "full"))
     progress.advance(task, 1)
     progress.stop(task)
     manifest["validation"] = report.summary()
+    phases["validate"] = round(time.time() - mark, 2)
     manifest["build"]["seconds"] = round(time.time() - started, 2)
+    manifest["build"]["phases"] = phases
     atomic.write_json(out / "build" / "validation.json", json.loads(report.model_dump_json()))
     atomic.write_json(out / "build" / "manifest.json", manifest)
     write_card(out, render_card(out, spec.records, spec.card(manifest), manifest, default=spec.default_config))

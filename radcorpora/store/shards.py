@@ -58,15 +58,19 @@ class _HashingFile:
 
     def close(self) -> None:
         if not self.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
             self._handle.close()
             self.closed = True
 
 
 class ShardWriter:
     """Writes one shard to a temporary file (hashing as it goes); `close()` renames it into place
-    and returns its sha256. Takes Arrow tables (the columnar path) or records."""
+    and returns its sha256. Takes Arrow tables (the columnar path) or records.
+
+    The rename makes a shard appear whole or not at all to any reader; durability against power
+    loss comes from `sync_files` once the build's shards are all written (as `cp -r && sync`
+    does), not from one fsync per shard, which would serialise the build on the disk. A chunk's
+    done-marker holds its shards' sha256, and a resumed build re-hashes them, so a shard torn by
+    a crash before that sync is rebuilt, never trusted."""
 
     def __init__(self, path: Path, model: type[BaseModel]):
         self.path = path
@@ -179,3 +183,18 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sync_files(paths: Iterable[Path]) -> None:
+    """fsync each file and each folder holding one (the renames), once, at the end of a build."""
+    folders: set[Path] = set()
+    for path in paths:
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        folders.add(Path(path).parent)
+    for folder in sorted(folders):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
