@@ -157,3 +157,15 @@ def test_help_and_version_and_corpora():
     help_text = runner.invoke(app, ["build", "radimagenet-vqa", "--help"], terminal_width=80).output
     assert "--overwrite" in help_text and "--executor" in help_text
     assert "--overwrite BOOLEAN" not in help_text
+
+
+def test_arrow_schemas_derived_without_datasets_equal_the_datasets_features():
+    """The build path derives Arrow schemas itself (no `datasets` import at start-up); they must
+    be exactly what `datasets.Features` writes, metadata included, or loading would differ."""
+    from radcorpora.corpora import CORPORA
+    from radcorpora.schemas.features import arrow_schema_for, features_for
+
+    for spec in CORPORA.values():
+        for config in spec.configs:
+            derived, reference = arrow_schema_for(config.record), features_for(config.record).arrow_schema
+            assert derived.equals(reference, check_metadata=True), (spec.name, config.name)

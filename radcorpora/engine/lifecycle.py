@@ -27,7 +27,7 @@ from radcorpora.engine.spec import BuildContext, CorpusSpec, StageOutput
 from radcorpora.publish.card import render_card, upsert_card_section, validation_text, write_card
 from radcorpora.schemas.common import Reject
 from radcorpora.store import atomic, source_index
-from radcorpora.store.shards import sync_files
+from radcorpora.store.shards import BackgroundSync, sync_files
 from radcorpora.store.state import ChunkResult, ChunkSpec, clear_state, prepare_out_dir
 from radcorpora.validators import ValidationReport
 from radcorpora.validators.run import validate_finished_build
@@ -101,10 +101,17 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
         manifest = json.loads((out / "build" / "manifest.json").read_text())
         return BuildOutcome(out, state, manifest, None, round(time.time() - started, 2))
 
+    syncer = BackgroundSync()
+
     def chunks(specs: Sequence[ChunkSpec], worker, description: str) -> list[ChunkResult]:
         task = progress.start(description, sum(s.size for s in specs))
+
+        def done(spec: ChunkSpec, result: ChunkResult) -> None:
+            progress.advance(task, spec.size)
+            syncer.submit(out / rel for rel in result.shards)  # flush to disk while other chunks compute
+
         try:
-            return run_chunks(specs, worker, out, executor, on_done=lambda s, _r: progress.advance(task, s.size))
+            return run_chunks(specs, worker, out, executor, on_done=done)
         finally:
             progress.stop(task)
 
@@ -115,16 +122,20 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
 
     context = BuildContext(out=out, run_chunks=chunks, llm_session=session, log=say)
     stages_started = time.time()
-    output: StageOutput = spec.run(prepared, settings, context)
+    try:
+        output: StageOutput = spec.run(prepared, settings, context)
+    finally:
+        synced = syncer.wait()
     phases["stages"] = round(time.time() - stages_started, 2)
     manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress,
-                              phases)
+                              phases, synced)
     return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
 
 
 def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, fingerprint: dict[str, Any],
            output: StageOutput, executor: ExecutorSettings, command: str, started: float,
-           progress: BuildProgress, phases: dict[str, float] | None = None) -> tuple[dict[str, Any], ValidationReport]:
+           progress: BuildProgress, phases: dict[str, float] | None = None,
+           synced: set[Path] | None = None) -> tuple[dict[str, Any], ValidationReport]:
     """Ledgers, manifest, validation and card, written once; then the chunk state goes."""
     rejects = sorted_rejects([*output.rejects, *(r for c in output.chunks for r in c.rejects)])
     atomic.write_jsonl(out / REJECTS_FILE, [r.model_dump() for r in rejects])
@@ -154,7 +165,7 @@ def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out:
     manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
     phases = dict(phases or {})
     mark = time.time()
-    sync_files(out / rel for rel in shards)  # durable before the manifest says the build is complete
+    sync_files(p for p in (out / rel for rel in shards) if p not in (synced or set()))  # durable before the manifest
     phases["sync"] = round(time.time() - mark, 2)
     mark = time.time()
     task = progress.start("validating", 1)

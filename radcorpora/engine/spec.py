@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.publish.preview import PreviewSpec
 from radcorpora.reference_models.data import EvaluationRecipe
 from radcorpora.schemas.common import LicenceClass
 
@@ -65,6 +66,7 @@ class CorpusSpec:
     exports: dict[str, Callable[..., int]] = field(default_factory=dict)
     estimate: Callable[..., dict[str, Any]] | None = None
     demo: Callable[[Path], dict[str, Path]] | None = None
+    preview: PreviewSpec | None = None  # `radcorpora preview`: plots and row renderer (None: from the schema)
 
     @property
     def records(self) -> dict[str, type[BaseModel]]:

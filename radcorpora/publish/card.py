@@ -11,10 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from datasets.info import DatasetInfo, DatasetInfosDict
-from datasets.splits import SplitDict, SplitInfo
-from datasets.utils.metadata import MetadataConfigs
-from huggingface_hub import DatasetCard, DatasetCardData
 from pydantic import BaseModel
 
 from radcorpora.store import atomic
@@ -44,8 +40,13 @@ def _size_category(rows: int) -> str:
     return "10M<n<100M"
 
 
-def card_metadata(build: Path, configs: dict[str, type[BaseModel]], default: str | None = None) -> tuple[DatasetCardData, dict[str, dict[str, int]]]:
+def card_metadata(build: Path, configs: dict[str, type[BaseModel]], default: str | None = None) -> tuple[Any, dict[str, dict[str, int]]]:
     """Card data with `configs` and `dataset_info` computed from the shards on disk."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
     data = DatasetCardData()
     metadata_configs: dict[str, Any] = {}
     infos: dict[str, DatasetInfo] = {}
@@ -122,6 +123,8 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
         "\n\n".join(f"```bibtex\n{c.strip()}\n```" for c in content.citations),
     ]
     body = "\n\n".join(parts)
+    from huggingface_hub import DatasetCard
+
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")  # parses and checks the YAML
     return str(card)
 
@@ -196,6 +199,8 @@ def upsert_card_section(build: Path, title: str, body: str) -> None:
         anchor = re.search(r"^## Licence\n", text, flags=re.MULTILINE)
         at = anchor.start() if anchor else len(text)
         text = text[:at] + section + text[at:]
+    from huggingface_hub import DatasetCard
+
     DatasetCard(text)  # the YAML header must still parse
     atomic.write_text(path, text)
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
-
 from radcorpora.store.folder import read_card_yaml, read_manifest
 
 PUSH_PATTERNS = ["README.md", "data/**/*.parquet", "build/manifest.json", "build/rejects.jsonl", "build/validation.json",
@@ -81,7 +79,10 @@ def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted:
 def push_build(build: Path, plan: PushPlan, api: Any = None, token: str | None = None,
                revision: str | None = None) -> Any:
     """Create the dataset repo (if needed) and upload the planned files in one call."""
-    api = api or HfApi(token=token)
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
     api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
     return api.upload_folder(
         repo_id=plan.repo_id,

@@ -198,3 +198,29 @@ def sync_files(paths: Iterable[Path]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class BackgroundSync:
+    """fsyncs finished shards on one background thread while the build goes on computing, so the
+    final sync before the manifest finds little left to write. `wait()` returns what it synced."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radcorpora-sync")
+        self._futures: list[Any] = []
+        self._synced: set[Path] = set()
+
+    def submit(self, paths: Iterable[Path]) -> None:
+        batch = [Path(p) for p in paths]
+        self._futures.append(self._pool.submit(self._sync, batch))
+
+    def _sync(self, batch: list[Path]) -> None:
+        sync_files(batch)
+        self._synced.update(batch)
+
+    def wait(self) -> set[Path]:
+        for future in self._futures:
+            future.result()
+        self._pool.shutdown()
+        return set(self._synced)

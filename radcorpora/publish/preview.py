@@ -1,0 +1,956 @@
+"""`radcorpora preview`: one self-contained HTML page that shows a build as a person reads it.
+
+The page holds, with nothing fetched from anywhere (images and plots are inlined as data URIs,
+there is no script):
+
+* the manifest's figures: rows per config and split, the validation verdict and its checks, the
+  rejects by reason with a few examples each (read from `build/rejects.jsonl` line by line), the
+  LLM usage and cost, verifier agreement, the adjudication queue length, the reference check;
+* per config, plots of what matters for the corpus (label distributions, question types,
+  conversation rounds, box sizes), drawn with matplotlib;
+* per config and split, N rows chosen by a seeded draw of (shard, row) over the shards' Parquet
+  footers, read one row group at a time: the image thumbnails with every box in the row drawn as
+  an absolutely positioned overlay (pixel position = normalised box x thumbnail size, with the
+  normalised corners in `data-x1..data-y2`), the conversation turns, choices with the answer
+  marked, ids and lineage.
+
+Bounded on any build size: the rows shown are read from their own row groups only; the plots read
+only their own columns, from all row groups of a small build or a seeded subset of row groups of a
+large one (`stat_rows`); the rejects ledger is streamed. Same build + seed -> same bytes.
+
+What a corpus wants is said by a `PreviewSpec` (plots and an optional row renderer) on its
+`CorpusSpec`; without one, plots and rows come from the shard schema (`default_plots`,
+`render_row_default`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from radcorpora.store import atomic
+from radcorpora.store.folder import BuildFolderError, config_shards, configs_on_disk, open_shard, read_manifest
+
+THUMBNAIL_SIDE = 384  # long side of an image thumbnail, pixels
+MAX_IMAGES_PER_ROW = 4
+MAX_TEXT = 3000  # characters of one text shown before it is cut
+MAX_BARS = 20
+REJECT_EXAMPLES = 3
+REJECT_LINES = 200_000  # rejects.jsonl lines read for examples at most
+STAT_ROWS = 20_000  # rows per config the plots read (all of a smaller config)
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+LABEL_NAMES = {"label", "labels", "pathology", "location", "region", "regions", "modality", "body_part", "organ",
+               "finding", "findings", "category", "class", "class_name", "verification", "content_type",
+               "source_split", "view", "view_position", "sex"}
+BOX_TEXT = re.compile(r"\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]")
+BOX_FIELDS = {"x1", "y1", "x2", "y2"}
+
+
+class PreviewError(BuildFolderError):
+    """The preview cannot be made as asked (unknown config or split, nothing to show)."""
+
+
+# --------------------------------------------------------------------------- what a corpus asks for
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """One plot of a config's column, by path: `metadata.pathology`, `questions[].question_type`
+    (`[]` steps into list elements), `conversations` (for `length`), `boxes[]` (for `box_size`).
+
+    kind: `count` (bar chart of values, top 20), `length` (histogram of list lengths, divided by
+    `divide`: 2 turns make one round), `box_size` (histogram of box width and height as shares of
+    the image). `configs`: the configs it applies to (None: every config holding the path)."""
+
+    title: str
+    path: str
+    kind: Literal["count", "length", "box_size"] = "count"
+    configs: tuple[str, ...] | None = None
+    divide: int = 1
+
+
+@dataclass(frozen=True)
+class RenderTools:
+    """What a corpus' own row renderer gets besides the row: the default rendering and its parts."""
+
+    default: Callable[[dict[str, Any]], str]
+    images: Callable[[list[dict[str, Any]], list[FoundBox]], str]
+    turns: Callable[[list[dict[str, Any]], list[FoundBox]], str]
+    find_boxes: Callable[[dict[str, Any]], list[FoundBox]]
+    escape: Callable[[Any], str]
+
+
+RowRenderer = Callable[[dict[str, Any], RenderTools], str]
+
+
+@dataclass(frozen=True)
+class PreviewSpec:
+    """A corpus' preview: its plots (None: derived from the schema) and an optional row renderer
+    `(row, tools) -> HTML` (None: the schema-driven default)."""
+
+    plots: tuple[PlotSpec, ...] | None = None
+    render_row: RowRenderer | None = None
+
+
+@dataclass(frozen=True)
+class FoundBox:
+    """A Box-shaped struct found in a row (or box text in a turn), with what labels it."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    readers: int | None = None
+    source: str = ""  # where in the row: "boxes[0]", "instances[1].boxes[0]", "turn 2"
+    from_text: bool = False
+
+    def matches(self, values: tuple[float, float, float, float], tolerance: float = 0.006) -> bool:
+        return all(abs(a - b) <= tolerance for a, b in zip((self.x1, self.y1, self.x2, self.y2), values))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class PreviewResult:
+    path: Path
+    bytes: int
+    rows_shown: int
+    seconds: float = 0.0
+    sections: list[str] = field(default_factory=list)
+
+
+def write_preview(build: Path, out: Path | None = None, *, spec: PreviewSpec | None = None, title: str | None = None,
+                  config: str | None = None, split: str | None = None, samples: int = 6, seed: int = 0,
+                  stat_rows: int = STAT_ROWS) -> PreviewResult:
+    """Write the preview of `build` to `out` (default `<build>/build/preview.html`)."""
+    build = Path(build)
+    out = Path(out) if out is not None else build / "build" / "preview.html"
+    text, shown = render_preview(build, spec=spec, title=title, config=config, split=split, samples=samples, seed=seed,
+                                 stat_rows=stat_rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out, text)
+    return PreviewResult(out, len(text.encode("utf-8")), shown)
+
+
+def render_preview(build: Path, *, spec: PreviewSpec | None = None, title: str | None = None,
+                   config: str | None = None, split: str | None = None, samples: int = 6, seed: int = 0,
+                   stat_rows: int = STAT_ROWS) -> tuple[str, int]:
+    """The page as text, and how many rows it shows."""
+    build = Path(build)
+    manifest = read_manifest(build)
+    spec = spec or PreviewSpec()
+    on_disk = configs_on_disk(build)
+    configs = [c for c in (manifest.get("splits") or {}) if c in on_disk] + \
+              [c for c in on_disk if c not in (manifest.get("splits") or {})]
+    if config is not None:
+        if config not in on_disk:
+            raise PreviewError(f"{build}: no config {config!r} (configs: {', '.join(on_disk) or 'none'})")
+        configs = [config]
+    shards = {c: config_shards(build, c) for c in configs}
+    if split is not None:
+        if not any(split in s for s in shards.values()):
+            known = sorted({s for per in shards.values() for s in per})
+            raise PreviewError(f"{build}: no split {split!r} in {', '.join(configs)} (splits: {', '.join(known) or 'none'})")
+        shards = {c: {split: per[split]} for c, per in shards.items() if split in per}
+    name = manifest.get("corpus") or build.name
+    page = Page(title or str(name))
+    page.header(manifest, build)
+    page.summary(manifest)
+    page.validation(manifest, build)
+    page.rejects(manifest, build)
+    page.llm(manifest, build)
+    page.reference_check(build)
+    shown = 0
+    for cfg, per_split in shards.items():
+        if not per_split:
+            continue
+        schema = open_shard(next(iter(per_split.values()))[0]).schema_arrow
+        plots = [p for p in (spec.plots if spec.plots is not None else default_plots(schema))
+                 if (p.configs is None or cfg in p.configs) and _resolvable(schema, p.path)]
+        page.config_plots(cfg, per_split, plots, stat_rows, seed)
+        for split_name, paths in per_split.items():
+            rows = sample_rows(paths, samples, f"{seed}:{cfg}:{split_name}")
+            page.samples(cfg, split_name, rows, spec.render_row, sum(_num_rows(p) for p in paths))
+            shown += len(rows)
+    return page.finish(), shown
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _num_rows(path: Path) -> int:
+    return open_shard(path).metadata.num_rows
+
+
+def sample_rows(paths: list[Path], n: int, seed: str) -> list[tuple[Path, int, dict[str, Any]]]:
+    """n rows drawn without replacement by a seeded choice over the shards' footer row counts;
+    each read from its own row group only. (shard, row in shard, row), in shard/row order."""
+    counts = [_num_rows(p) for p in paths]
+    total = sum(counts)
+    picks = sorted(random.Random(seed).sample(range(total), min(n, total))) if total and n > 0 else []
+    chosen: list[tuple[Path, int, dict[str, Any]]] = []
+    start = 0
+    for path, count in zip(paths, counts):
+        mine = [i - start for i in picks if start <= i < start + count]
+        start += count
+        if not mine:
+            continue
+        file = open_shard(path)
+        group_start = 0
+        for g in range(file.metadata.num_row_groups):
+            size = file.metadata.row_group(g).num_rows
+            inside = [r for r in mine if group_start <= r < group_start + size]
+            if inside:
+                try:
+                    table = file.read_row_group(g)
+                except (OSError, pa.ArrowException) as exc:
+                    raise BuildFolderError(f"{path}: row group {g} unreadable ({exc})") from exc
+                for r in inside:
+                    chosen.append((path, r, table.slice(r - group_start, 1).to_pylist()[0]))
+            group_start += size
+    return chosen
+
+
+def stat_table(paths: list[Path], columns: list[str], stat_rows: int, seed: str) -> tuple[pa.Table, int, int]:
+    """The plot columns of all row groups when the config has at most `stat_rows` rows, else of
+    row groups drawn at random until `stat_rows` rows are in hand. (table, rows read, rows in all)."""
+    groups = []
+    for path in paths:
+        file = open_shard(path)
+        groups += [(path, g, file.metadata.row_group(g).num_rows) for g in range(file.metadata.num_row_groups)]
+    total = sum(n for *_, n in groups)
+    if total > stat_rows:
+        order = list(range(len(groups)))
+        random.Random(seed).shuffle(order)
+        taken, rows = [], 0
+        for i in order:
+            if rows >= stat_rows:
+                break
+            taken.append(i)
+            rows += groups[i][2]
+        groups = [groups[i] for i in sorted(taken)]
+    tables = []
+    by_path: dict[Path, list[int]] = {}
+    for path, g, _ in groups:
+        by_path.setdefault(path, []).append(g)
+    for path, gs in by_path.items():
+        try:
+            tables.append(open_shard(path).read_row_groups(gs, columns=columns))
+        except (OSError, pa.ArrowException) as exc:
+            raise BuildFolderError(f"{path}: unreadable ({exc})") from exc
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    return table, table.num_rows, total
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _is_image_type(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) and {t.field(i).name for i in range(t.num_fields)} >= {"bytes", "path"}
+
+
+def _is_box_type(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) and {t.field(i).name for i in range(t.num_fields)} >= BOX_FIELDS
+
+
+def _is_turns_type(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type) and \
+        {t.value_type.field(i).name for i in range(t.value_type.num_fields)} >= {"from", "value"}
+
+
+def default_plots(schema: pa.Schema) -> tuple[PlotSpec, ...]:
+    """Plots a schema suggests: label-like and `*_type` strings and booleans counted, conversation
+    rounds, box sizes and readers of every Box-shaped struct (at any depth)."""
+    plots: list[PlotSpec] = []
+
+    def walk(t: pa.DataType, path: str, name: str) -> None:
+        if _is_image_type(t):
+            return
+        if _is_box_type(t):
+            plots.append(PlotSpec(f"box sizes ({path})", path, "box_size"))
+            if "readers" in {t.field(i).name for i in range(t.num_fields)}:
+                plots.append(PlotSpec(f"readers agreeing per box ({path})", f"{path}.readers"))
+            return
+        if _is_turns_type(t):
+            plots.append(PlotSpec(f"conversation rounds ({path})", path, "length", divide=2))
+            return
+        if pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                f = t.field(i)
+                walk(f.type, f"{path}.{f.name}" if path else f.name, f.name)
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            walk(t.value_type, f"{path}[]", name)
+        elif (pa.types.is_string(t) or pa.types.is_large_string(t)) and \
+                (name.lower() in LABEL_NAMES or name.lower().endswith("_type")):
+            plots.append(PlotSpec(f"{path}", path))
+        elif pa.types.is_boolean(t):
+            plots.append(PlotSpec(f"{path}", path))
+
+    for f in schema:
+        walk(f.type, f.name, f.name)
+    return tuple(plots[:10])
+
+
+def _steps(path: str) -> list[str]:
+    return [s for s in re.split(r"(\[\])|\.", path) if s]
+
+
+def _resolvable(schema: pa.Schema, path: str) -> bool:
+    steps = _steps(path)
+    if not steps or steps[0] not in schema.names:
+        return False
+    t = schema.field(steps[0]).type
+    for step in steps[1:]:
+        if step == "[]":
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                return False
+            t = t.value_type
+        elif pa.types.is_struct(t) and t.get_field_index(step) >= 0:
+            t = t.field(t.get_field_index(step)).type
+        else:
+            return False
+    return True
+
+
+def resolve(table: pa.Table, path: str) -> pa.Array:
+    """The values at `path`, lists flattened where the path says `[]`."""
+    steps = _steps(path)
+    column = table.column(steps[0])
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    for step in steps[1:]:
+        array = pc.list_flatten(array) if step == "[]" else pc.struct_field(array, step)
+    return array
+
+
+def _figure(width: float = 4.6, height: float = 2.8):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _svg(fig) -> str:
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "radcorpora-preview", "svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def bar_plot(title: str, counts: list[tuple[str, float]], xlabel: str = "rows") -> str:
+    fig = _figure(4.6, max(1.6, 0.28 * len(counts) + 0.9))
+    ax = fig.add_subplot()
+    labels = [_cut(str(k), 40) for k, _ in counts][::-1]
+    values = [v for _, v in counts][::-1]
+    ax.barh(range(len(values)), values, color="#4363d8")
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.margins(x=0.15)
+    return _svg(fig)
+
+
+def hist_plot(title: str, series: dict[str, list[float]], xlabel: str, integer: bool = False) -> str:
+    fig = _figure()
+    ax = fig.add_subplot()
+    everything = [v for values in series.values() for v in values]
+    if integer:
+        low, high = int(min(everything)), int(max(everything))
+        bins = [b - 0.5 for b in range(low, high + 2)]
+    else:
+        bins = 20
+    for (name, values), colour in zip(series.items(), ("#4363d8", "#f58231")):
+        ax.hist(values, bins=bins, alpha=0.7 if len(series) > 1 else 1.0, label=name, color=colour)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return _svg(fig)
+
+
+def grouped_split_plot(splits: dict[str, dict[str, int]]) -> str:
+    rows = [(f"{c} / {s}", n) for c, per in splits.items() for s, n in per.items()]
+    return bar_plot("rows per config / split", rows)
+
+
+def plot_one(table: pa.Table, plot: PlotSpec) -> str | None:
+    values = resolve(table, plot.path)
+    if plot.kind == "count":
+        counts = Counter(str(v) for v in values.drop_null().to_pylist())
+        if not counts:
+            return None
+        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if len(top) > MAX_BARS:
+            top = top[:MAX_BARS - 1] + [(f"({len(top) - MAX_BARS + 1} others)", sum(v for _, v in top[MAX_BARS - 1:]))]
+        return bar_plot(plot.title, top, "values")
+    if plot.kind == "length":
+        lengths = [n / plot.divide for n in pc.list_value_length(values).drop_null().to_pylist()]
+        return hist_plot(plot.title, {"rows": lengths}, "rounds" if plot.divide == 2 else "items", integer=True) \
+            if lengths else None
+    boxes = values.drop_null()
+    if not len(boxes):
+        return None
+    widths = pc.subtract(pc.struct_field(boxes, "x2"), pc.struct_field(boxes, "x1")).to_pylist()
+    heights = pc.subtract(pc.struct_field(boxes, "y2"), pc.struct_field(boxes, "y1")).to_pylist()
+    return hist_plot(f"{plot.title}: {len(boxes):,} boxes", {"width": widths, "height": heights},
+                     "share of the image side")
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)) and "path" in value
+
+
+def _is_box(value: Any) -> bool:
+    return isinstance(value, dict) and BOX_FIELDS <= set(value) and \
+        all(isinstance(value[k], (int, float)) for k in BOX_FIELDS)
+
+
+def _is_turns(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and \
+        all(isinstance(t, dict) and "from" in t and "value" in t for t in value)
+
+
+def _label_of(d: dict[str, Any]) -> str | None:
+    for key in ("label", "finding", "phrase", "name", "category", "class_name", "region", "pathology", "text"):
+        if isinstance(d.get(key), str) and d[key].strip():
+            return d[key]
+    return None
+
+
+def find_boxes(row: Any) -> list[FoundBox]:
+    """Every Box-shaped struct in the row, at any depth, labelled by the nearest enclosing struct's
+    label-like field, or a parallel list of strings (`labels` beside `boxes`), or its place."""
+    found: list[FoundBox] = []
+
+    def walk(value: Any, path: str, context: str | None) -> None:
+        if _is_box(value):
+            readers = value.get("readers")
+            found.append(FoundBox(float(value["x1"]), float(value["y1"]), float(value["x2"]), float(value["y2"]),
+                                  context or path, int(readers) if isinstance(readers, int) else None, path))
+        elif _is_image(value):
+            return
+        elif isinstance(value, dict):
+            own = _label_of(value) or context
+            for key, item in value.items():
+                parallel = None
+                if isinstance(item, list) and item and all(_is_box(b) for b in item):
+                    for other in value.values():
+                        if isinstance(other, list) and other is not item and len(other) == len(item) and \
+                                all(isinstance(s, str) for s in other):
+                            parallel = other
+                            break
+                if parallel is not None:
+                    for i, b in enumerate(item):
+                        walk(b, f"{path}.{key}[{i}]".lstrip("."), parallel[i])
+                else:
+                    walk(item, f"{path}.{key}".lstrip("."), own)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]", context)
+
+    walk(row, "", None)
+    return found
+
+
+def text_boxes(turns: list[dict[str, Any]], known: list[FoundBox]) -> list[FoundBox]:
+    """Box text `[x1, y1, x2, y2]` in the turns that no struct box of the row matches."""
+    extra: list[FoundBox] = []
+    for n, turn in enumerate(turns):
+        for match in BOX_TEXT.finditer(str(turn.get("value") or "")):
+            values = tuple(float(v) for v in match.groups())
+            if not _valid_box(values) or any(b.matches(values) for b in known + extra):
+                continue
+            extra.append(FoundBox(*values, label=f"turn {n + 1}: {match.group(0)}", source=f"turn {n + 1}",
+                                  from_text=True))
+    return extra
+
+
+def _valid_box(v: tuple[float, float, float, float]) -> bool:
+    return all(0.0 <= x <= 1.0 for x in v) and v[0] < v[2] and v[1] < v[3]
+
+
+def find_images(row: Any) -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(value: Any, path: str) -> None:
+        if _is_image(value):
+            found.append((path, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}".lstrip("."))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(row, "")
+    return found
+
+
+def thumbnail(data: bytes) -> tuple[str, int, int, int, int]:
+    """(data URI, thumbnail width, height, original width, height); JPEG, long side <= THUMBNAIL_SIDE."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        size = img.size
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            import numpy as np
+
+            array = np.asarray(img, dtype=np.float64)
+            low, high = float(array.min()), float(array.max())
+            scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0
+            img = Image.fromarray(scaled.clip(0, 255).astype("uint8"), "L")
+        elif img.mode not in ("L", "RGB"):
+            img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else img.convert("RGB")
+        else:
+            img = img.copy()
+        img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=82, optimize=True)
+        return ("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+                img.size[0], img.size[1], size[0], size[1])
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+
+
+def _num(v: float) -> str:
+    return f"{v:.4f}".rstrip("0").rstrip(".") if v else "0"
+
+
+def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: list[str] | None = None) -> str:
+    """Thumbnails; every box drawn on the first image (a row's boxes refer to its image)."""
+    parts = []
+    for i, image in enumerate(images[:MAX_IMAGES_PER_ROW]):
+        name = image.get("path") or (where[i] if where else f"image {i + 1}")
+        try:
+            uri, w, h, ow, oh = thumbnail(bytes(image["bytes"]))
+        except Exception as exc:  # an undecodable image is shown as such, the page still renders
+            parts.append(f'<figure class="img broken">image {esc(name)} does not decode: {esc(exc)}</figure>')
+            continue
+        drawn = boxes if i == 0 else []
+        overlays = "".join(_box_div(b, n, w, h) for n, b in enumerate(drawn))
+        legend = "".join(
+            f'<li><span class="swatch" style="background:{_colour(n, b)}"></span>{esc(_cut(b.label, 120))} '
+            f'<code>[{_num(b.x1)}, {_num(b.y1)}, {_num(b.x2)}, {_num(b.y2)}]</code>'
+            f'{f" · {b.readers} readers" if b.readers else ""}{" · from the text" if b.from_text else ""}</li>'
+            for n, b in enumerate(drawn))
+        parts.append(
+            f'<figure class="img"><div class="frame" style="width:{w}px;height:{h}px">'
+            f'<img src="{uri}" width="{w}" height="{h}" alt="{esc(name)}">{overlays}</div>'
+            f'<figcaption>{esc(name)} · {ow}×{oh}</figcaption>'
+            + (f'<ol class="legend">{legend}</ol>' if legend else "") + "</figure>")
+    if len(images) > MAX_IMAGES_PER_ROW:
+        parts.append(f'<p class="note">+{len(images) - MAX_IMAGES_PER_ROW} more images not shown</p>')
+    return f'<div class="images">{"".join(parts)}</div>' if parts else ""
+
+
+def _colour(n: int, box: FoundBox) -> str:
+    return PALETTE[n % len(PALETTE)]
+
+
+def _box_div(box: FoundBox, n: int, w: int, h: int) -> str:
+    left, top = box.x1 * w, box.y1 * h
+    width, height = (box.x2 - box.x1) * w, (box.y2 - box.y1) * h
+    colour = _colour(n, box)
+    tag = f"{n + 1}" + (f" ×{box.readers}" if box.readers else "")
+    place = "inside" if top < 16 else "above"
+    return (f'<div class="box{" text" if box.from_text else ""}" style="left:{left:.2f}px;top:{top:.2f}px;'
+            f'width:{width:.2f}px;height:{height:.2f}px;border-color:{colour}" data-x1="{box.x1!r}" '
+            f'data-y1="{box.y1!r}" data-x2="{box.x2!r}" data-y2="{box.y2!r}" data-readers="{box.readers or ""}" '
+            f'data-label="{esc(box.label)}" title="{esc(box.label)}"><span class="tag {place}" '
+            f'style="background:{colour}">{esc(tag)} {esc(_cut(box.label, 28))}</span></div>')
+
+
+def render_turns(turns: list[dict[str, Any]], boxes: list[FoundBox]) -> str:
+    """The conversation, one bubble per turn; `<image>` marked, box text coloured like its box."""
+    out = []
+    for n, turn in enumerate(turns):
+        who = str(turn.get("from") or "")
+        text = _cut(str(turn.get("value") or ""))
+        pieces, last = [], 0
+        for match in BOX_TEXT.finditer(text):
+            pieces.append(esc(text[last:match.start()]))
+            values = tuple(float(v) for v in match.groups())
+            index = next((i for i, b in enumerate(boxes) if b.matches(values)), None)
+            colour = _colour(index, boxes[index]) if index is not None else "#777"
+            pieces.append(f'<span class="boxtext" style="border-color:{colour}">{esc(match.group(0))}</span>')
+            last = match.end()
+        pieces.append(esc(text[last:]))
+        body = "".join(pieces).replace("&lt;image&gt;", '<span class="chip">&lt;image&gt;</span>')
+        out.append(f'<div class="turn {esc(who)}"><span class="who">{esc(who)}</span><div class="said">{body}</div></div>')
+    return f'<div class="turns">{"".join(out)}</div>'
+
+
+def render_question(q: dict[str, Any]) -> str:
+    """A question with its options, the answer marked."""
+    answer = str(q.get("answer") or "")
+    correct = (q.get("metadata") or {}).get("correct_text") if isinstance(q.get("metadata"), dict) else None
+    kind = q.get("question_type") or q.get("answer_type") or ""
+    items = ""
+    choices = q.get("choices")
+    if isinstance(choices, list) and choices:
+        lis = []
+        for i, choice in enumerate(choices):
+            letter = chr(ord("A") + i)
+            right = answer in (letter, str(choice)) or (correct is not None and str(choice) == correct)
+            lis.append(f'<li class="{"right" if right else ""}"><b>{letter}.</b> {esc(choice)}'
+                       f'{" ✓" if right else ""}</li>')
+        items = f'<ol class="choices">{"".join(lis)}</ol>'
+    return (f'<div class="qa"><div><span class="kind">{esc(kind)}</span> {esc(_cut(str(q.get("question") or "")))}</div>'
+            f'{items}<div class="answer">answer: <b>{esc(_cut(answer, 400))}</b></div></div>')
+
+
+def _flatten(value: Any, prefix: str, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list) and value and all(isinstance(v, (str, int, float, bool)) or v is None for v in value):
+        out.append((prefix, ", ".join(str(v) for v in value)))
+    elif isinstance(value, list):
+        out.append((prefix, f"[{len(value)} items]" if value else "[]"))
+    elif isinstance(value, (bytes, bytearray)):
+        out.append((prefix, f"<{len(value):,} bytes>"))
+    else:
+        out.append((prefix, "null" if value is None else str(value)))
+
+
+def _kv(pairs: list[tuple[str, str]], cls: str = "kv") -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_cut(v, 600))}</td></tr>" for k, v in pairs)
+    return f'<table class="{cls}">{rows}</table>' if rows else ""
+
+
+def render_row_default(row: dict[str, Any]) -> str:
+    """A row as a person reads it, from its shape alone: images with boxes, turns, questions with
+    options, the remaining fields, lineage."""
+    images = find_images(row)
+    struct_boxes = find_boxes(row)
+    turns_keys = [k for k, v in row.items() if _is_turns(v)]
+    turns = [t for k in turns_keys for t in row[k]]
+    boxes = struct_boxes + text_boxes(turns, struct_boxes)
+    image_keys = {path.split("[")[0].split(".")[0] for path, _ in images}
+    parts = [render_images([img for _, img in images], boxes, [p for p, _ in images])]
+    text = []
+    for key in turns_keys:
+        text.append(render_turns(row[key], boxes))
+    question_lists = [k for k, v in row.items() if isinstance(v, list) and v and
+                      all(isinstance(q, dict) and "question" in q and "answer" in q for q in v)]
+    if "question" in row and "answer" in row:
+        text.append(render_question(row))
+    for key in question_lists:
+        text.append(f'<details><summary>{esc(key)}: {len(row[key])} with their options and answers</summary>'
+                    + "".join(render_question(q) for q in row[key]) + "</details>")
+    used = set(turns_keys) | set(question_lists) | image_keys | {"id", "lineage"}
+    if "question" in row and "answer" in row:
+        used |= {"question", "answer", "choices"}
+    box_keys = {b.source.split("[")[0].split(".")[0] for b in struct_boxes}
+    fields: list[tuple[str, str]] = []
+    for key, value in row.items():
+        if key not in used and key not in box_keys:
+            _flatten(value, key, fields)
+    if fields:
+        text.append(f'<details open><summary>fields</summary>{_kv(fields)}</details>')
+    if isinstance(row.get("lineage"), dict):
+        lineage: list[tuple[str, str]] = []
+        _flatten(row["lineage"], "", lineage)
+        text.append(f'<details><summary>lineage</summary>{_kv(lineage)}</details>')
+    parts.append(f'<div class="text">{"".join(text)}</div>')
+    return "".join(parts)
+
+
+def _tools() -> RenderTools:
+    return RenderTools(default=render_row_default, images=lambda imgs, boxes: render_images(imgs, boxes),
+                       turns=render_turns, find_boxes=find_boxes, escape=esc)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
+header .meta{color:#c8cfdb;font-size:12px;margin-top:4px}
+nav{padding:6px 24px;background:#e7eaf0;font-size:13px}nav a{margin-right:14px;color:#28457a}
+main{padding:8px 24px 40px}section{background:#fff;border-radius:6px;padding:10px 16px;margin:14px 0;
+box-shadow:0 1px 2px rgba(0,0,0,.08)}h2{font-size:17px;margin:6px 0 10px}h3{font-size:15px;margin:14px 0 6px}
+table{border-collapse:collapse;font-size:12.5px;margin:4px 0}th,td{border-bottom:1px solid #e3e6ec;padding:3px 8px;
+text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}.note{color:#5f6673;font-size:12px}
+.plots{display:flex;flex-wrap:wrap;gap:10px}.plots img{max-width:480px;border:1px solid #eceef2;border-radius:4px}
+.sample{border-top:1px solid #e3e6ec;padding:12px 0;display:flex;flex-wrap:wrap;gap:16px}
+.sample>.where{flex-basis:100%;font-size:12px;color:#5f6673}.sample>.where b{color:#1d2330}
+.images{display:flex;flex-direction:column;gap:10px}.img{margin:0}.frame{position:relative;display:block;
+background:#000;overflow:visible}.frame img{display:block;position:absolute;left:0;top:0}
+.box{position:absolute;box-sizing:border-box;border:2px solid;pointer-events:none}
+.box.text{border-style:dashed}.tag{position:absolute;left:-2px;white-space:nowrap;color:#fff;font:600 11px/14px
+system-ui,sans-serif;padding:0 3px;border-radius:2px}.tag.above{top:-16px}.tag.inside{top:0}
+figcaption{font-size:11.5px;color:#5f6673;margin-top:3px;max-width:384px;overflow-wrap:anywhere}
+.legend{font-size:12px;margin:4px 0 0 0;padding-left:20px;max-width:384px}.swatch{display:inline-block;width:10px;
+height:10px;margin-right:4px;border-radius:2px}.text{flex:1;min-width:320px;max-width:900px}
+.turns{display:flex;flex-direction:column;gap:6px}.turn{display:flex;gap:8px}.who{flex:0 0 48px;font-size:11px;
+font-weight:700;text-transform:uppercase;color:#5f6673;padding-top:6px}.said{white-space:pre-wrap;padding:6px 10px;
+border-radius:8px;background:#eef1f6;overflow-wrap:anywhere}.turn.gpt .said{background:#e6f4ea}
+.chip{background:#1d2330;color:#fff;border-radius:3px;padding:0 3px;font-size:11px}
+.boxtext{border-bottom:3px solid;font-family:ui-monospace,monospace;font-size:12px}
+.qa{border-left:3px solid #4363d8;padding:4px 10px;margin:8px 0;background:#f7f8fb}.kind{font-size:11px;
+background:#dde3f0;border-radius:3px;padding:0 4px}.choices{margin:4px 0;padding-left:8px;list-style:none}
+.choices li.right{color:#137333;font-weight:600}.answer{font-size:13px}details{margin:8px 0}
+summary{cursor:pointer;font-weight:600;font-size:13px}.kv th{color:#5f6673;font-weight:500;white-space:nowrap}
+code{font-size:11.5px}
+"""
+
+
+class Page:
+    def __init__(self, title: str):
+        self.title = title
+        self.sections: list[tuple[str, str, str, str]] = []  # (anchor, nav label, heading, body)
+        self.head = ""
+
+    def add(self, anchor: str, heading: str, body: str, nav: str | None = None) -> None:
+        self.sections.append((anchor, nav or heading, heading, body))
+
+    def header(self, manifest: dict[str, Any], build: Path) -> None:
+        valid = (manifest.get("validation") or {}).get("valid")
+        verdict = ('<span class="ok">valid</span>' if valid else '<span class="bad">INVALID</span>') \
+            if valid is not None else "not validated"
+        rows = sum(n for per in (manifest.get("splits") or {}).values() for n in per.values())
+        version = (manifest.get("versions") or {}).get("radcorpora") if isinstance(manifest.get("versions"), dict) else None
+        self.head = (f"<h1>{esc(self.title)} · {esc(build.name)}</h1><div class=\"meta\">{rows:,} rows · licence "
+                     f"{esc(manifest.get('licence_class', '?'))} · validation: {verdict}"
+                     + (f" · radcorpora {esc(version)}" if version else "") + "</div>")
+
+    def summary(self, manifest: dict[str, Any]) -> None:
+        splits = manifest.get("splits") or {}
+        rows = "".join(f"<tr><td>{esc(c)}</td><td>{esc(s)}</td><td class=\"n\">{n:,}</td></tr>"
+                       for c, per in splits.items() for s, n in per.items())
+        body = f"<table><tr><th>config</th><th>split</th><th>rows</th></tr>{rows}</table>"
+        if rows:
+            body += f'<div class="plots"><img alt="rows per config and split" src="{grouped_split_plot(splits)}"></div>'
+        for warning in manifest.get("warnings") or []:
+            body += f'<p class="bad">warning: {esc(warning)}</p>'
+        self.add("summary", "Splits", body)
+
+    def validation(self, manifest: dict[str, Any], build: Path) -> None:
+        summary = manifest.get("validation")
+        path = build / "build" / "validation.json"
+        checks = []
+        if path.exists():
+            try:
+                checks = json.loads(path.read_text(encoding="utf-8")).get("checks") or []
+            except (OSError, ValueError) as exc:
+                raise BuildFolderError(f"{path}: unreadable ({exc})") from exc
+        if summary is None and not checks:
+            return
+        verdict = "<p>no verdict recorded</p>" if summary is None else (
+            f'<p>verdict: {"<span class=ok>valid</span>" if summary.get("valid") else "<span class=bad>INVALID</span>"}'
+            f' · {summary.get("checks", len(checks))} checks · {summary.get("violations", 0):,} violations'
+            + (f' · failed: {esc(", ".join(summary.get("failed_checks") or []))}' if summary.get("failed_checks") else "")
+            + "</p>")
+        rows = "".join(
+            f'<tr><td class="{"ok" if not c.get("violations") else "bad"}">{esc(c.get("name"))}</td>'
+            f'<td>{esc(c.get("description", ""))}</td><td class="n">{c.get("checked", 0):,}</td>'
+            f'<td class="n">{c.get("violations", 0):,}</td><td>{esc("; ".join(map(str, (c.get("examples") or [])[:3])))}</td></tr>'
+            for c in checks)
+        body = verdict + (f"<table><tr><th>check</th><th>what</th><th>checked</th><th>violations</th>"
+                          f"<th>first examples</th></tr>{rows}</table>" if rows else "")
+        for warning in (summary or {}).get("warnings") or []:
+            body += f'<p class="note">warning: {esc(warning)}</p>'
+        self.add("validation", "Validation", body)
+
+    def rejects(self, manifest: dict[str, Any], build: Path) -> None:
+        counts = dict(manifest.get("rejects") or {})
+        examples, lines, complete = read_reject_examples(build / "build" / "rejects.jsonl", set(counts))
+        for reason in examples:
+            counts.setdefault(reason, len(examples[reason]))
+        if not counts:
+            self.add("rejects", "Rejects", "<p>no source rows rejected</p>")
+            return
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        rows = []
+        for reason, n in ordered:
+            shown = "".join(
+                f"<li><code>{esc(e.get('source', ''))}{'#' + esc(e['row']) if e.get('row') is not None else ''}</code> "
+                f"{esc(_cut(str(e.get('detail', '')), 300))}</li>" for e in examples.get(reason, []))
+            rows.append(f'<tr><td>{esc(reason)}</td><td class="n">{n:,}</td><td><ul>{shown}</ul></td></tr>')
+        body = (f"<p>{sum(counts.values()):,} source rows rejected</p><table><tr><th>reason</th><th>rows</th>"
+                f"<th>examples</th></tr>{''.join(rows)}</table>")
+        if not complete:
+            body += f'<p class="note">examples from the first {lines:,} lines of build/rejects.jsonl</p>'
+        body += f'<div class="plots"><img alt="rejects by reason" src="{bar_plot("rejects by reason", ordered[:MAX_BARS])}"></div>'
+        self.add("rejects", "Rejects", body)
+
+    def llm(self, manifest: dict[str, Any], build: Path) -> None:
+        llm = manifest.get("llm")
+        queue = build / "build" / "adjudication_queue.jsonl"
+        if not isinstance(llm, dict) and not queue.exists():
+            return
+        llm = llm if isinstance(llm, dict) else {}
+        facts: list[tuple[str, str]] = []
+        for key in ("generator", "verifiers", "requests_sent", "failed_requests", "batch", "adjudication_pending",
+                    "adjudication_decisions"):
+            if key in llm:
+                value = llm[key]
+                facts.append((key.replace("_", " "), ", ".join(map(str, value)) if isinstance(value, list) else str(value)))
+        usage = llm.get("usage") or {}
+        if "total_cost_usd" in usage:
+            facts.append(("cost of the answers held (USD)", f"{usage['total_cost_usd']:.4f}"))
+        if "total_cost_usd_this_run" in usage:
+            facts.append(("paid this run (USD)", f"{usage['total_cost_usd_this_run']:.4f}"))
+        if usage.get("prices_as_of"):
+            facts.append(("prices as of", str(usage["prices_as_of"])))
+        if usage.get("unpriced_models"):
+            facts.append(("unpriced models", ", ".join(map(str, usage["unpriced_models"]))))
+        if queue.exists():
+            facts.append(("adjudication queue", f"{count_lines(queue):,} items in build/adjudication_queue.jsonl"))
+        verification = llm.get("verification") or {}
+        for key in ("items", "percent_agreement", "cohen_kappa", "kappa"):
+            if key in verification:
+                facts.append((f"verification {key.replace('_', ' ')}", str(verification[key])))
+        if verification.get("outcomes"):
+            facts.append(("verification outcomes", ", ".join(f"{k} {v}" for k, v in verification["outcomes"].items())))
+        body = _kv(facts)
+        models = usage.get("models") or {}
+        if models:
+            rows = "".join(
+                f"<tr><td>{esc(m)}</td><td class=\"n\">{u.get('requests', 0):,}</td><td class=\"n\">{u.get('from_cache', 0):,}</td>"
+                f"<td class=\"n\">{u.get('input_tokens', 0):,}</td><td class=\"n\">{u.get('output_tokens', 0):,}</td>"
+                f"<td class=\"n\">{u.get('cost_usd', 0) or 0:.4f}</td><td class=\"n\">{u.get('cost_usd_this_run', 0) or 0:.4f}</td></tr>"
+                for m, u in models.items())
+            body += (f"<h3>usage per model</h3><table><tr><th>model</th><th>requests</th><th>from cache</th>"
+                     f"<th>input tokens</th><th>output tokens</th><th>cost held (USD)</th><th>paid this run (USD)</th>"
+                     f"</tr>{rows}</table>")
+        self.add("llm", "LLM usage", body)
+
+    def reference_check(self, build: Path) -> None:
+        path = build / "build" / "reference_check.json"
+        if not path.exists():
+            return
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BuildFolderError(f"{path}: unreadable ({exc})") from exc
+        image, text = report.get("image") or {}, report.get("text_only") or {}
+        passed = report.get("passed")
+        body = (f'<p>{"<span class=ok>passed</span>" if passed else "<span class=bad>FAILED</span>"}: image model '
+                f'{esc(image.get("score"))} vs text-only twin {esc(text.get("score"))} {esc(report.get("metric", ""))}; '
+                f'gap {esc(report.get("gap"))} points (margin {esc(report.get("margin"))})</p>')
+        table_i, table_t = (image.get("metrics") or {}).get("by_task_and_type"), (text.get("metrics") or {}).get("by_task_and_type")
+        if isinstance(table_i, dict) and table_i:
+            body += _kv([(cell, f"{value} vs {(table_t or {}).get(cell, '')}") for cell, value in table_i.items()])
+        self.add("reference", "Reference check", body)
+
+    def config_plots(self, cfg: str, per_split: dict[str, list[Path]], plots: list[PlotSpec], stat_rows: int,
+                     seed: int) -> None:
+        if not plots:
+            return
+        paths = [p for split in per_split.values() for p in split]
+        columns = sorted({_steps(p.path)[0] for p in plots})
+        table, read, total = stat_table(paths, columns, stat_rows, f"{seed}:{cfg}:plots")
+        images = []
+        for plot in plots:
+            uri = plot_one(table, plot)
+            if uri:
+                images.append(f'<img alt="{esc(plot.title)}" src="{uri}">')
+        scope = f"all {total:,} rows" if read == total else f"{read:,} of {total:,} rows (a seeded sample of row groups)"
+        self.add(f"plots-{cfg}", f"{cfg}: plots",
+                 f'<p class="note">from {scope} of {esc(", ".join(per_split))}</p><div class="plots">{"".join(images)}</div>',
+                 nav=f"{cfg} plots")
+
+    def samples(self, cfg: str, split: str, rows: list[tuple[Path, int, dict[str, Any]]], renderer: RowRenderer | None,
+                total: int) -> None:
+        tools = _tools()
+        cards = []
+        for path, r, row in rows:
+            body = renderer(row, tools) if renderer is not None else render_row_default(row)
+            ident = row.get("id")
+            cards.append(f'<div class="sample" data-config="{esc(cfg)}" data-split="{esc(split)}" data-row="{r}">'
+                         f'<div class="where">{f"<b>{esc(ident)}</b> · " if ident is not None else ""}'
+                         f'{esc(path.name)} row {r}</div>{body}</div>')
+        self.add(f"rows-{cfg}-{split}", f"{cfg} / {split}: {len(rows)} of {total:,} rows", "".join(cards)
+                 or "<p>no rows</p>", nav=f"{cfg}/{split}")
+
+    def finish(self) -> str:
+        nav = "".join(f'<a href="#{esc(a)}">{esc(n)}</a>' for a, n, _, _ in self.sections)
+        body = "".join(f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{b}</section>' for a, _, h, b in self.sections)
+        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+                "style-src 'unsafe-inline'\">"
+                f"<title>{esc(self.title)} preview</title><style>{CSS}</style></head><body>"
+                f"<header>{self.head}</header><nav>{nav}</nav><main>{body}</main></body></html>\n")
+
+
+# --------------------------------------------------------------------------- streamed ledgers
+
+
+def read_reject_examples(path: Path, reasons: set[str], per_reason: int = REJECT_EXAMPLES,
+                         max_lines: int = REJECT_LINES) -> tuple[dict[str, list[dict[str, Any]]], int, bool]:
+    """A few examples per reason, read line by line; stops once every known reason has its
+    examples or after `max_lines`. (examples, lines read, whether the file was read to its end or
+    every reason was served)."""
+    examples: dict[str, list[dict[str, Any]]] = {}
+    if not path.exists():
+        return examples, 0, True
+    lines = 0
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            lines += 1
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"reason": "unparsable_reject_line", "detail": line[:200]}
+            reason = str(entry.get("reason", "?"))
+            if len(examples.setdefault(reason, [])) < per_reason:
+                examples[reason].append(entry)
+            if reasons and all(len(examples.get(r, [])) >= per_reason for r in reasons):
+                return examples, lines, True
+            if lines >= max_lines:
+                return examples, lines, handle.readline() == ""
+    return examples, lines, True
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+    return n
+
+
+def iter_sample_boxes(html_text: str) -> Iterator[dict[str, float]]:
+    """The box overlays of a page (normalised corners), as the tests and tools read them."""
+    for match in re.finditer(r'data-x1="([^"]+)" data-y1="([^"]+)" data-x2="([^"]+)" data-y2="([^"]+)"', html_text):
+        yield dict(zip(("x1", "y1", "x2", "y2"), map(float, match.groups())))
+
+
+__all__ = ["FoundBox", "PlotSpec", "PreviewError", "PreviewResult", "PreviewSpec", "RenderTools", "default_plots",
+           "find_boxes", "render_preview", "render_row_default", "sample_rows", "write_preview"]
