@@ -1,0 +1,509 @@
+"""radvlm: chest X-ray instruction data from seven sources (Deperrois et al., RadVLM), the tasks
+that need no LLM: report generation, abnormality classification, anatomical / abnormality /
+phrase grounding and abnormality detection. The LLM stages (prior-study removal, conversations)
+plug in after `plan_tasks` (part 2).
+
+Stages: read sources -> task instances (seeded wording, fused VinDr boxes) -> patient split
+integrity across every task and source -> chunks (read each image once, DICOM converted once,
+rows checked column-wise, shards) -> finalize (engine).
+
+Differences from the published generator, on purpose: template choices are seeded per row (the
+same build twice gives the same bytes), ids are unique and stable (replicas are a count on the
+instance, not copies), nothing is dropped silently (rejects with reasons), reader fusion does not
+depend on annotation row order, and no patient is in both train and test of any task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.ops.boxes import boxes_text, fuse_readers
+from radcorpora.ops.image_check import ImageCheckError, check_image
+from radcorpora.ops.sampling import rank_key, row_rng
+from radcorpora.prompts.loader import TemplateSet, load_template_set
+from radcorpora.schemas.boxes import Box
+from radcorpora.schemas.columnar import check_table
+from radcorpora.schemas.common import Reject
+from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding
+from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.schemas.radvlm import (
+    CONFIG_RECORDS,
+    DEFAULT_REPLICATION,
+    PATIENT_NAMESPACE,
+    TASK_SOURCES,
+    TASKS,
+    RadVLMRecord,
+)
+from radcorpora.sources.errors import SourceError
+from radcorpora.store import source_index
+from radcorpora.store.shards import ShardWriter, shard_relpath
+from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
+
+CORPUS = "radvlm"
+TEMPLATE_SLOTS = ("report_request", "classification_request", "classification_answer", "classification_normal",
+                  "anatomy_request", "anatomy_answer", "finding_request", "finding_answer", "detection_request",
+                  "detection_none", "phrase_request", "phrase_answer")
+PLACEHOLDERS = frozenset({"view", "region", "finding", "phrase", "findings", "boxes"})
+CREDENTIALED_SOURCES = frozenset({"mimic-cxr", "chest-imagenome", "vindr-cxr", "ms-cxr"})
+SOURCE_FLAGS = {"mimic-cxr": "--mimic-cxr", "chexpert": "--chexpert", "chexpert-plus": "--chexpert-plus",
+                "chest-imagenome": "--chest-imagenome", "vindr-cxr": "--vindr-cxr", "ms-cxr": "--ms-cxr",
+                "padchest-gr": "--padchest-gr"}
+VIEW_WORDS = {"PA": "frontal (PA)", "AP": "frontal (AP)", "LATERAL": "lateral", "LL": "lateral"}
+
+
+class RadVLMConfigError(SourceError):
+    """Options and sources do not fit (a task without its source, an unknown task)."""
+
+
+class RadVLMConfig(BaseModel):
+    """Everything that decides a build's content (part of its fingerprint)."""
+
+    seed: int = 0
+    tasks: list[str] | None = None  # None: every task the given sources allow
+    uncertain: Literal["absent", "present"] = "absent"  # paper: uncertain counts as absent
+    wbf_iou: float = Field(0.1, gt=0.0, le=1.0)
+    min_readers: int = Field(1, ge=1)
+    replication: dict[str, int] = Field(default_factory=dict)  # "task" or "task/source" -> factor
+    max_side: int | None = Field(None, ge=16)  # DICOM -> PNG conversion; None keeps the full size
+    anatomical_grounding_samples: int = Field(80_000, ge=0)
+    images_per_shard: int = Field(1000, ge=1)
+    templates_path: str | None = None
+
+    def replication_for(self, task: str, source: str) -> int:
+        for key in (f"{task}/{source}", task):
+            if key in self.replication:
+                return self.replication[key]
+        return DEFAULT_REPLICATION.get(f"{task}/{source}", 1)
+
+
+def load_templates(config: RadVLMConfig) -> TemplateSet:
+    path = Path(config.templates_path) if config.templates_path else None
+    return load_template_set("radvlm", path, TEMPLATE_SLOTS, PLACEHOLDERS)
+
+
+def load_replication(path: Path | None) -> dict[str, int]:
+    """A YAML/JSON mapping `task` or `task/source` -> factor (>= 1)."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RadVLMConfigError(f"{path}: cannot read the replication file ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise RadVLMConfigError(f"{path}: expected a mapping of task or task/source to a factor")
+    out: dict[str, int] = {}
+    for key, value in raw.items():
+        task = str(key).split("/")[0]
+        if task not in TASKS:
+            raise RadVLMConfigError(f"{path}: unknown task {task!r} (tasks: {', '.join(TASKS)})")
+        if not isinstance(value, int) or value < 1:
+            raise RadVLMConfigError(f"{path}: {key}: the factor must be a whole number >= 1, got {value!r}")
+        out[str(key)] = value
+    return out
+
+
+# --------------------------------------------------------------------------- planned rows
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One output row before its image is read: everything but the pixels (picklable)."""
+
+    task: str
+    source: str
+    image: CxrImage
+    instances: tuple[dict[str, Any], ...]
+    report: str | None = None
+    report_section: str | None = None
+    positive_labels: tuple[str, ...] = ()
+    read_image: str = "file"  # file | dicom | padchest-zip
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.source}/{self.image.image_id}"
+
+    @property
+    def patient(self) -> str:
+        return f"{PATIENT_NAMESPACE[self.source]}:{self.image.subject_id}"
+
+    @property
+    def split(self) -> str:
+        return "test" if self.image.split == "test" else "train"
+
+
+class Words:
+    """Seeded wording: every choice drawn from (seed, corpus, row key, purpose)."""
+
+    def __init__(self, templates: TemplateSet, seed: int):
+        self.templates, self.seed = templates, seed
+
+    def pick(self, slot: str, key: str, **values: str) -> str:
+        variants = self.templates.variants(slot)
+        text = variants[row_rng(self.seed, CORPUS, key, slot).randrange(len(variants))]
+        return text.format(**values)
+
+
+def _turns(human: str, gpt: str) -> list[dict[str, str]]:
+    return [{"from": "human", "value": f"<image>\n{human}"}, {"from": "gpt", "value": gpt}]
+
+
+def _box_rows(boxes: Iterable[Box]) -> list[dict[str, Any]]:
+    return [b.model_dump() for b in boxes]
+
+
+def positive_labels(states: dict[str, str], uncertain: str) -> tuple[list[str], str | None]:
+    """(positive CheXpert labels other than "No Finding", problem) under the uncertain policy.
+    "No Finding" is explicit: an image with no positive label is answered "no finding"; one that
+    the labeler marks "No Finding" positive while naming a finding is contradictory."""
+    take = {"positive"} | ({"uncertain"} if uncertain == "present" else set())
+    found = [label for label in CHEXPERT_LABELS if label != "No Finding" and states.get(label) in take]
+    if found and states.get("No Finding") == "positive":
+        return found, "no_finding_contradicts_labels"
+    return found, None
+
+
+def report_rows(source: str, images: Iterable[CxrImage], report_of: Callable[[CxrImage], Any], words: Words,
+                config: RadVLMConfig, rejects: list[Reject], read_image: str = "file") -> list[PlannedRow]:
+    rows = []
+    factor = config.replication_for("report_generation", source)
+    for image in images:
+        if not image.frontal:
+            continue
+        report = report_of(image)
+        text = report.text if report is not None else None
+        if not text:
+            rejects.append(Reject(source=source, row=image.image_id, reason="report_generation_no_report",
+                                  detail=f"study {image.study_id}: no findings or impression"))
+            continue
+        key = f"report_generation/{source}/{image.image_id}"
+        human = words.pick("report_request", key, view=VIEW_WORDS.get(image.view, "chest"))
+        rows.append(PlannedRow("report_generation", source, image, (
+            {"id": f"{key}#0", "conversations": _turns(human, text), "label": None, "boxes": [],
+             "replication": factor},), report=text,
+            report_section="findings" if report.findings else "impression", read_image=read_image))
+    return rows
+
+
+def classification_rows(source: str, images: Iterable[CxrImage], labels_of: Callable[[CxrImage], dict | None],
+                        words: Words, config: RadVLMConfig, rejects: list[Reject]) -> list[PlannedRow]:
+    rows = []
+    factor = config.replication_for("abnormality_classification", source)
+    for image in images:
+        if not image.frontal:
+            continue
+        states = labels_of(image)
+        if states is None:
+            rejects.append(Reject(source=source, row=image.image_id, reason="classification_no_labels",
+                                  detail=f"study {image.study_id}: no CheXpert labels"))
+            continue
+        found, problem = positive_labels(states, config.uncertain)
+        if problem:
+            rejects.append(Reject(source=source, row=image.image_id, reason=problem,
+                                  detail=f"No Finding positive with {', '.join(found)}"))
+            continue
+        key = f"abnormality_classification/{source}/{image.image_id}"
+        answer = (words.pick("classification_answer", key, findings=", ".join(f.lower() for f in found)) if found
+                  else words.pick("classification_normal", key))
+        rows.append(PlannedRow("abnormality_classification", source, image, (
+            {"id": f"{key}#0", "conversations": _turns(words.pick("classification_request", key), answer),
+             "label": None, "boxes": [], "replication": factor},), positive_labels=tuple(found)))
+    return rows
+
+
+def anatomical_rows(findings: Iterable[GroundedFinding], words: Words, config: RadVLMConfig) -> list[PlannedRow]:
+    """One seeded region per image, then a seeded choice of `anatomical_grounding_samples` images."""
+    by_image: dict[str, list[GroundedFinding]] = defaultdict(list)
+    for finding in findings:
+        if finding.boxes:
+            by_image[finding.image.image_id].append(finding)
+    chosen = sorted(by_image, key=lambda i: rank_key(config.seed, CORPUS, i, "anatomical_grounding"))
+    chosen = sorted(chosen[:config.anatomical_grounding_samples])
+    factor = config.replication_for("anatomical_grounding", "chest-imagenome")
+    rows = []
+    for image_id in chosen:
+        regions = sorted(by_image[image_id], key=lambda f: f.label)
+        region = regions[row_rng(config.seed, CORPUS, image_id, "region").randrange(len(regions))]
+        key = f"anatomical_grounding/chest-imagenome/{image_id}"
+        boxes = list(region.boxes)
+        answer = words.pick("anatomy_answer", key, region=region.label, boxes=boxes_text(boxes))
+        rows.append(PlannedRow("anatomical_grounding", "chest-imagenome", region.image, (
+            {"id": f"{key}#0", "conversations": _turns(words.pick("anatomy_request", key, region=region.label), answer),
+             "label": region.label, "boxes": _box_rows(boxes), "replication": factor},)))
+    return rows
+
+
+def vindr_rows(annotations: Iterable[GroundedFinding], images: Iterable[CxrImage], no_finding: set[str],
+               words: Words, config: RadVLMConfig, tasks: set[str], rejects: list[Reject]) -> list[PlannedRow]:
+    """Reader fusion per (image, class), then one grounding instance per fused class and one
+    detection instance per image (images whose readers found nothing are answered as such)."""
+    fused: dict[str, list[tuple[str, list[Box]]]] = defaultdict(list)
+    for finding in sorted(annotations, key=lambda f: (f.image.image_id, f.label)):
+        per_reader: dict[str, list[Box]] = defaultdict(list)
+        for box, reader in zip(finding.boxes, finding.readers or ("reader",) * len(finding.boxes)):
+            per_reader[reader].append(box)
+        boxes = fuse_readers(per_reader, iou_thr=config.wbf_iou, min_readers=config.min_readers)
+        if boxes:
+            fused[finding.image.image_id].append((finding.label, boxes))
+        else:
+            rejects.append(Reject(source="vindr-cxr", row=finding.image.image_id, reason="fewer_readers_than_required",
+                                  detail=f"{finding.label}: no box agreed by {config.min_readers} readers"))
+    rows = []
+    for image in sorted(images, key=lambda i: i.image_id):
+        classes = fused.get(image.image_id, [])
+        if "abnormality_grounding" in tasks and classes:
+            key = f"abnormality_grounding/vindr-cxr/{image.image_id}"
+            factor = config.replication_for("abnormality_grounding", "vindr-cxr")
+            instances = []
+            for index, (label, boxes) in enumerate(classes):
+                ikey = f"{key}#{index}"
+                instances.append({"id": ikey, "label": label, "boxes": _box_rows(boxes), "replication": factor,
+                                  "conversations": _turns(words.pick("finding_request", ikey, finding=label.lower()),
+                                                          words.pick("finding_answer", ikey, finding=label.lower(),
+                                                                     boxes=boxes_text(boxes)))})
+            rows.append(PlannedRow("abnormality_grounding", "vindr-cxr", image, tuple(instances), read_image="dicom"))
+        if "abnormality_detection" in tasks and (classes or image.image_id in no_finding):
+            key = f"abnormality_detection/vindr-cxr/{image.image_id}"
+            if classes:
+                answer = "; ".join(f"{label}: {boxes_text(boxes)}" for label, boxes in classes)
+                boxes = [b for _, bs in classes for b in bs]
+            else:
+                answer, boxes = words.pick("detection_none", key), []
+            rows.append(PlannedRow("abnormality_detection", "vindr-cxr", image, (
+                {"id": f"{key}#0", "conversations": _turns(words.pick("detection_request", key), answer),
+                 "label": None, "boxes": _box_rows(boxes),
+                 "replication": config.replication_for("abnormality_detection", "vindr-cxr")},), read_image="dicom"))
+    return rows
+
+
+def phrase_rows(source: str, findings: Iterable[GroundedFinding], words: Words, config: RadVLMConfig,
+                read_image: str = "file") -> list[PlannedRow]:
+    by_image: dict[str, list[GroundedFinding]] = defaultdict(list)
+    for finding in findings:
+        if finding.boxes and finding.phrase and finding.abnormal:
+            by_image[finding.image.image_id].append(finding)
+    factor = config.replication_for("phrase_grounding", source)
+    rows = []
+    for image_id in sorted(by_image):
+        key = f"phrase_grounding/{source}/{image_id}"
+        instances = []
+        for index, finding in enumerate(sorted(by_image[image_id], key=lambda f: (f.phrase or "", f.label))):
+            ikey = f"{key}#{index}"
+            instances.append({"id": ikey, "label": finding.phrase, "boxes": _box_rows(finding.boxes),
+                              "replication": factor,
+                              "conversations": _turns(words.pick("phrase_request", ikey, phrase=finding.phrase),
+                                                      words.pick("phrase_answer", ikey,
+                                                                 boxes=boxes_text(list(finding.boxes))))})
+        rows.append(PlannedRow("phrase_grounding", source, by_image[image_id][0].image, tuple(instances),
+                               read_image=read_image))
+    return rows
+
+
+def enforce_patient_splits(rows: list[PlannedRow], rejects: list[Reject]) -> list[PlannedRow]:
+    """No patient in both train and test of any config, across every task and source: a patient
+    with any test row keeps only test rows (the test sets stay as published); their train rows
+    are rejected with the reason and counted."""
+    in_test = {row.patient for row in rows if row.split == "test"}
+    kept = []
+    for row in rows:
+        if row.split == "train" and row.patient in in_test:
+            rejects.append(Reject(source=row.source, row=row.image.image_id, reason="patient_in_test_split",
+                                  detail=f"{row.task}: patient {row.patient} has test images in another task or source"))
+        else:
+            kept.append(row)
+    return kept
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+@dataclass(frozen=True)
+class ChunkPayload:
+    task: str
+    rows: tuple[PlannedRow, ...]
+    shard: str
+    max_side: int | None
+    templates: tuple[str, str]  # id, content hash
+
+
+class ImageUnreadable(ValueError):
+    pass
+
+
+def read_row_image(row: PlannedRow, max_side: int | None) -> tuple[bytes, str | None]:
+    """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted once to PNG),
+    and how it was converted, if it was."""
+    path = Path(row.image.path)
+    try:
+        if row.read_image == "dicom" and path.suffix.lower() in (".dicom", ".dcm"):
+            from radcorpora.sources.dicom import read_dicom_image
+
+            converted = read_dicom_image(path, max_side=max_side)
+            return converted.png, f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
+        if row.read_image == "padchest-zip":
+            from radcorpora.sources.padchest_gr import read_image_bytes
+
+            data = read_image_bytes(row.image)
+        else:
+            data = path.read_bytes()
+        check_image(data, "crc")
+        return data, None
+    except (OSError, ImageCheckError, ValueError) as exc:
+        raise ImageUnreadable(f"{row.image.path}: {exc}") from exc
+
+
+def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: tuple[str, str]) -> dict[str, Any]:
+    image = row.image
+    return {
+        "image": {"bytes": data, "path": Path(image.path.split("::")[-1]).name},
+        "id": row.key, "task": row.task, "source": row.source, "view": image.view, "sex": image.sex,
+        "instances": list(row.instances), "report": row.report, "report_section": row.report_section,
+        "positive_labels": list(row.positive_labels),
+        "lineage": {"source_dataset": row.source, "source_id": image.image_id, "patient_id": row.patient,
+                    "study_id": image.study_id, "source_split": image.split, "licence_class": image.licence_class,
+                    "image_sha256": hashlib.sha256(data).hexdigest(), "image_converted": converted,
+                    "prompt_ids": [templates[0]], "prompt_hashes": [templates[1]], "models": []},
+    }
+
+
+def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
+    """Read each image of the chunk once, make its row, check the batch column-wise, write the shard."""
+    payload: ChunkPayload = spec.payload
+    result = ChunkResult(chunk_id=spec.chunk_id)
+    rows: list[dict[str, Any]] = []
+    counts: Counter = Counter()
+    for row in payload.rows:
+        try:
+            data, converted = read_row_image(row, payload.max_side)
+        except ImageUnreadable as exc:
+            result.rejects.append(Reject(source=row.source, row=row.image.path, reason="image_does_not_decode",
+                                         detail=str(exc)))
+            continue
+        if not row.image.path.count("::"):
+            result.sources[row.image.path] = source_index.entry_for(row.image.path, None if converted else data)
+        rows.append(record_row(row, data, converted, payload.templates))
+        counts[f"rows_{row.task}"] += 1
+        counts[f"instances_{row.task}"] += len(row.instances)
+    table = pa.Table.from_pylist(rows, schema=arrow_schema_for(RadVLMRecord))
+    violations, total = check_table(table, RadVLMRecord)
+    result.checked["record_schema"] = table.num_rows
+    if total:
+        result.violations["record_schema"] = [f"{payload.shard} row {v.row}: {v.field}: {v.message}" for v in violations]
+        result.violation_counts["record_schema"] = total
+    writer = ShardWriter(out / payload.shard, RadVLMRecord)
+    try:
+        writer.write_table(table)
+        result.shards[payload.shard] = ShardInfo(rows=table.num_rows, sha256=writer.close())
+    except BaseException:
+        writer.abort()
+        raise
+    result.counts = dict(counts)
+    return result
+
+
+def plan_chunks(rows: list[PlannedRow], config: RadVLMConfig, templates: TemplateSet) -> list[ChunkSpec]:
+    chunks = []
+    by_config: dict[tuple[str, str], list[PlannedRow]] = defaultdict(list)
+    for row in rows:
+        by_config[(row.task, row.split)].append(row)
+    for (task, split), group in sorted(by_config.items()):
+        group.sort(key=lambda r: r.key)
+        pieces = [group[i:i + config.images_per_shard] for i in range(0, len(group), config.images_per_shard)]
+        for index, piece in enumerate(pieces):
+            shard = shard_relpath(task, split, index, len(pieces))
+            payload = ChunkPayload(task, tuple(piece), shard, config.max_side, (templates.id, templates.content_hash))
+            chunks.append(ChunkSpec(f"{task}-{split}-{index:05d}", len(piece), payload))
+    return chunks
+
+
+# --------------------------------------------------------------------------- the corpus' stages
+
+
+@dataclass
+class RadVLMPlan:
+    rows: list[PlannedRow]
+    chunks: list[ChunkSpec]
+    rejects: list[Reject]
+    counts: Counter
+    warnings: list[str]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def tasks_for(config: RadVLMConfig, present: set[str]) -> list[str]:
+    """The tasks to build: the ones asked for (each needs one of its sources), else every task
+    the given sources allow."""
+    if config.tasks:
+        unknown = [t for t in config.tasks if t not in TASKS]
+        if unknown:
+            raise RadVLMConfigError(f"unknown task(s) {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
+        for task in config.tasks:
+            if not present & set(TASK_SOURCES[task]):
+                needed = " or ".join(SOURCE_FLAGS[s] for s in TASK_SOURCES[task])
+                raise RadVLMConfigError(f"task {task} needs {needed}")
+        return [t for t in TASKS if t in config.tasks]
+    chosen = [t for t in TASKS if present & set(TASK_SOURCES[t])]
+    if not chosen:
+        raise RadVLMConfigError("give at least one source: " + ", ".join(SOURCE_FLAGS.values()))
+    return chosen
+
+
+def licence_class(config: RadVLMConfig, sources: dict[str, Path]) -> str:
+    keys = {k.replace("_", "-") for k in sources}
+    if keys & CREDENTIALED_SOURCES or "mimic-cxr-reports" in keys:
+        return "credentialed"
+    return "restricted"
+
+
+def fingerprint_rows(rows: list[PlannedRow]) -> str:
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r.key):
+        digest.update(json.dumps([row.key, row.image.path, row.image.split, row.instances, row.report,
+                                  row.positive_labels], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
+    from radcorpora.builders.radvlm_sources import read_sources
+
+    templates = load_templates(config)
+    words = Words(templates, config.seed)
+    read = read_sources(sources, config, log)
+    tasks = tasks_for(config, set(read.present))
+    rejects: list[Reject] = list(read.rejects)
+    rows: list[PlannedRow] = []
+    for task in tasks:
+        before = len(rows)
+        rows += read.rows_for(task, words, config, set(tasks), rejects)
+        log(f"{task}: {len(rows) - before} images")
+    rows = enforce_patient_splits(rows, rejects)
+    chunks = plan_chunks(rows, config, templates)
+    fingerprint = {"templates": f"{templates.id}@{templates.content_hash}",
+                   "sources": {"present": sorted(read.present), "rows": fingerprint_rows(rows)}}
+    plan = RadVLMPlan(rows, chunks, rejects, Counter(read.counts), list(read.warnings), read.summary)
+    return Prepared(fingerprint=fingerprint, plan=plan)
+
+
+def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOutput:
+    plan: RadVLMPlan = prepared.plan
+    results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
+    templates = load_templates(config)
+    warnings = list(plan.warnings)
+    if "report_generation" in {r.task for r in plan.rows}:
+        warnings.append("report_generation holds the extracted report text: references to prior studies are "
+                        "still in it (prior-study removal is not applied in this build)")
+    return StageOutput(
+        chunks=results, rejects=plan.rejects, counts=plan.counts, warnings=warnings,
+        manifest={"source": plan.sources, "prompts": {templates.id: templates.content_hash},
+                  "replication": {f"{t}/{s}": config.replication_for(t, s) for t in TASKS for s in TASK_SOURCES[t]},
+                  "tasks": sorted({r.task for r in plan.rows})})

@@ -1,0 +1,51 @@
+"""Corpus rules of a radvlm build: patient split integrity across every task and source, unique
+instance ids, tasks in the right configs. Row rules (boxes, turns) ran column-wise already."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from radcorpora.ops.image_check import ImageCheck
+from radcorpora.schemas.radvlm import CONFIG_RECORDS
+from radcorpora.store.folder import config_shards
+from radcorpora.validators.report import ValidationReport
+
+
+def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image_check: ImageCheck = "full",
+                    deep: bool = False) -> ValidationReport:
+    split_patients: dict[str, set[str]] = defaultdict(set)
+    ids = report.check("unique_instance_ids", "instance ids are unique across the whole build")
+    tasks = report.check("task_matches_config", "every row's task is its config's")
+    replicas = report.check("replication_positive", "every instance has a replication count >= 1")
+    seen: set[str] = set()
+    for config in CONFIG_RECORDS:
+        for split, paths in config_shards(build, config).items():
+            for path in paths:
+                try:
+                    table = pq.read_table(path, columns=["task", "lineage.patient_id", "instances"])
+                except Exception:  # unreadable shards are reported by the structure checks
+                    continue
+                split_patients[split].update(pc.unique(table.column("patient_id").combine_chunks()).to_pylist())
+                for task in pc.unique(table.column("task").combine_chunks()).to_pylist():
+                    tasks.expect(task == config, f"{path.relative_to(build)}: a {task} row in config {config}")
+                instances = pc.list_flatten(table.column("instances").combine_chunks())
+                for instance_id, factor in zip(pc.struct_field(instances, "id").to_pylist(),
+                                               pc.struct_field(instances, "replication").to_pylist()):
+                    ids.expect(instance_id not in seen, f"{path.relative_to(build)}: duplicate instance id {instance_id}")
+                    replicas.expect(factor is not None and factor >= 1, f"{instance_id}: replication {factor}")
+                    seen.add(instance_id)
+    integrity = report.check("patient_split_integrity",
+                             "no patient is in both train and test, across all tasks and sources")
+    train, test = split_patients.get("train", set()), split_patients.get("test", set())
+    integrity.checked += len(train | test)
+    for patient in sorted(train & test)[:5]:
+        integrity.fail(f"patient {patient} is in train and test")
+    extra = len(train & test) - 5
+    if extra > 0:
+        integrity.violations += extra
+    report.stats.update({"patients_train": len(train), "patients_test": len(test), "instances": len(seen)})
+    return report
