@@ -1,5 +1,5 @@
-"""`radcorpora` command line: build | estimate | validate | adjudicate | export | train | evaluate | check |
-demo | publish."""
+"""`radcorpora` command line: build | estimate | validate | preview | adjudicate | export | train | evaluate |
+check | demo | publish."""
 
 from __future__ import annotations
 
@@ -278,6 +278,49 @@ def build_rad_ace_cot_cmd(
            ray_address=ray_address, overwrite=overwrite, llm_settings=settings)
 
 
+@build_app.command("radvlm")
+def build_radvlm_cmd(
+    out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
+    mimic_cxr: Path | None = typer.Option(None, "--mimic-cxr", help="MIMIC-CXR-JPG folder"),
+    mimic_cxr_reports: Path | None = typer.Option(None, "--mimic-cxr-reports", help="MIMIC-CXR reports folder or zip"),
+    chexpert: Path | None = typer.Option(None, "--chexpert", help="CheXpert folder"),
+    chexpert_plus: Path | None = typer.Option(None, "--chexpert-plus", help="CheXpert-Plus folder"),
+    chest_imagenome: Path | None = typer.Option(None, "--chest-imagenome", help="Chest ImaGenome folder (needs --mimic-cxr)"),
+    vindr_cxr: Path | None = typer.Option(None, "--vindr-cxr", help="VinDr-CXR folder (PhysioNet or Kaggle layout)"),
+    ms_cxr: Path | None = typer.Option(None, "--ms-cxr", help="MS-CXR folder (needs --mimic-cxr)"),
+    padchest_gr: Path | None = typer.Option(None, "--padchest-gr", help="PadChest-GR folder"),
+    tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all the sources allow)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    uncertain: str = typer.Option("absent", "--uncertain", help="absent (paper) or present: how uncertain labels count"),
+    wbf_iou: float = typer.Option(0.1, "--wbf-iou", help="IoU threshold of the readers' box fusion (published 0.1)"),
+    min_readers: int = typer.Option(1, "--min-readers", min=1, help="Readers a fused box needs (1 published, 2 majority)"),
+    replication: Path | None = typer.Option(None, "--replication", help="YAML task[/source] -> factor overrides"),
+    max_side: int | None = typer.Option(None, "--max-side", min=16, help="Long side of DICOMs converted to PNG"),
+    templates: Path | None = typer.Option(None, "--templates", help="Your own wording file"),
+    workers: int = WORKERS,
+    executor: str = EXECUTOR,
+    ray_address: str | None = RAY_ADDRESS,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Chest X-ray sources -> RadVLM instruction tasks (no LLM stages)."""
+    from radcorpora.builders.radvlm import RadVLMConfig, load_replication
+
+    try:
+        if uncertain not in ("absent", "present"):
+            raise ValueError(f"--uncertain must be absent or present, got {uncertain!r}")
+        config = RadVLMConfig(seed=seed, tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+                              uncertain=uncertain, wbf_iou=wbf_iou, min_readers=min_readers,
+                              replication=load_replication(replication), max_side=max_side,
+                              templates_path=str(templates) if templates else None)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    sources = {"mimic_cxr": mimic_cxr, "mimic_cxr_reports": mimic_cxr_reports, "chexpert": chexpert,
+               "chexpert_plus": chexpert_plus, "chest_imagenome": chest_imagenome, "vindr_cxr": vindr_cxr,
+               "ms_cxr": ms_cxr, "padchest_gr": padchest_gr}
+    _build("radvlm", sources, config, out, workers=workers, executor=executor, ray_address=ray_address,
+           overwrite=overwrite)
+
+
 @estimate_app.command("rad-ace-cot")
 def estimate_rad_ace_cot_cmd(
     source: Path = typer.Option(..., "--source", help="PubMedVision folder"),
@@ -381,6 +424,35 @@ def validate_cmd(
         _fail(exc)
     print_report(report, Console())
     raise typer.Exit(0 if report.valid else 1)
+
+
+@app.command("preview")
+def preview_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    out: Path | None = typer.Option(None, "--out", help="HTML file to write (default: BUILD/build/preview.html)"),
+    config: str | None = typer.Option(None, "--config", help="Only this config"),
+    split: str | None = typer.Option(None, "--split", help="Only this split"),
+    samples: int = typer.Option(6, "--samples", min=0, help="Rows shown per config and split"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row sample"),
+) -> None:
+    """Write one self-contained HTML report of a build (opens offline in any browser): sample rows
+    with their boxes drawn, plots, rejects, validation, LLM usage, reference check."""
+    from radcorpora.corpora import preview
+
+    try:
+        result = preview(build_dir, out, config=config, split=split, samples=samples, seed=seed)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    say(f"preview of {build_dir} ({result.rows_shown} rows shown, {result.bytes / 1e6:.1f} MB) written to {result.path}")
+
+
+def _demo_preview(build_dir: Path) -> None:
+    from radcorpora.corpora import preview
+
+    try:
+        say(f"preview: {preview(build_dir).path}")
+    except USER_ERRORS as exc:
+        _fail(exc)
 
 
 TRAIN_MISSING = ("the reference-model commands need the training stack: "
@@ -571,6 +643,8 @@ def demo_cmd(
     say(f"demo corpora in {out} (rad-ace-cot answers are the offline stand-in's, not a model's)", "green")
     if check:
         valid = _run_check(out / "radimagenet-vqa", "tiny", margin=5.0) and valid
+    for name in ("radimagenet-vqa", "rad-ace-cot"):
+        _demo_preview(out / name)
     if not valid:
         raise typer.Exit(1)
 

@@ -11,16 +11,21 @@ from typing import Any
 
 from radcorpora.builders import rad_ace_cot as rac
 from radcorpora.builders import radimagenet_vqa as rvqa
+from radcorpora.builders import radvlm as rvlm
 from radcorpora.engine.spec import ConfigSpec, CorpusSpec, SourceOption
 from radcorpora.publish.rad_ace_cot_card import rad_ace_cot_card
+from radcorpora.publish.preview import PlotSpec, PreviewSpec
 from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
 from radcorpora.publish.radimagenet_vqa_card import radimagenet_vqa_card
+from radcorpora.publish.radvlm_card import radvlm_card
 from radcorpora.reference_models.data import EvaluationRecipe
 from radcorpora.schemas import rad_ace_cot as rac_schema
 from radcorpora.schemas import radimagenet_vqa as rvqa_schema
+from radcorpora.schemas import radvlm as rvlm_schema
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.validators.rad_ace_cot import validate_rad_ace_cot
 from radcorpora.validators.radimagenet_vqa import validate_radimagenet_vqa
+from radcorpora.validators.radvlm import validate_radvlm
 
 
 def _fixed(licence: str):
@@ -50,6 +55,13 @@ RADIMAGENET_VQA = CorpusSpec(
     evaluation=EvaluationRecipe("instruct", "benchmark", "test", evaluator="radimagenet-vqa", preset="radimagenet-vqa",
                                 per_question=frozenset({"instruct"}), alignment_config="alignment",
                                 prompt_renderer=rvqa.prompt_renderer),
+    preview=PreviewSpec(plots=(
+        PlotSpec("pathology", "metadata.pathology"), PlotSpec("region", "metadata.location"),
+        PlotSpec("modality", "metadata.modality"), PlotSpec("abnormal", "metadata.is_abnormal"),
+        PlotSpec("questions per type", "questions[].question_type", configs=("instruct",)),
+        PlotSpec("questions per type", "question_type", configs=("benchmark",)),
+        PlotSpec("questions per slot", "metadata.question_id", configs=("benchmark",)),
+        PlotSpec("conversation rounds", "conversations", "length", divide=2))),
 )
 
 RAD_ACE_COT = CorpusSpec(
@@ -72,9 +84,44 @@ RAD_ACE_COT = CorpusSpec(
     llm_stages=rac.STAGES,
     evaluation=EvaluationRecipe("default", "eval", "test", evaluator="rad-ace-cot", preset="rad-ace"),
     exports={"rad-ace-csv": export_rad_ace_csv},
+    preview=PreviewSpec(plots=(
+        PlotSpec("modality", "modality"), PlotSpec("body part", "body_part"), PlotSpec("verification", "verification"),
+        PlotSpec("images per sample", "images", "length"), PlotSpec("organ", "organ", configs=("eval",)),
+        PlotSpec("answer type", "answer_type", configs=("eval",)))),
 )
 
-CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT)}
+RADVLM = CorpusSpec(
+    name="radvlm",
+    title="RadVLM instruction data",
+    summary="MIMIC-CXR, CheXpert(-Plus), Chest ImaGenome, VinDr-CXR, MS-CXR, PadChest-GR -> report generation, "
+            "classification, grounding and detection instructions",
+    settings=rvlm.RadVLMConfig,
+    configs=tuple(ConfigSpec(task, rvlm_schema.RadVLMRecord, description, ("train", "test"), default=task == "report_generation")
+                  for task, description in (
+                      ("report_generation", "frontal image -> findings (else impression)"),
+                      ("abnormality_classification", "image -> its CheXpert findings, or no finding"),
+                      ("anatomical_grounding", "Chest ImaGenome region -> its box"),
+                      ("abnormality_grounding", "VinDr finding class -> its fused boxes"),
+                      ("abnormality_detection", "image -> every VinDr finding with its boxes"),
+                      ("phrase_grounding", "MS-CXR / PadChest-GR phrase -> its boxes"))),
+    sources=tuple(SourceOption(key, flag, help_text) for key, flag, help_text in (
+        ("mimic_cxr", "--mimic-cxr", "MIMIC-CXR-JPG folder (files/ and the metadata, split, chexpert CSVs)"),
+        ("mimic_cxr_reports", "--mimic-cxr-reports", "MIMIC-CXR reports (files/pNN/pX/sY.txt or the zip)"),
+        ("chexpert", "--chexpert", "CheXpert folder (train.csv, valid.csv, images)"),
+        ("chexpert_plus", "--chexpert-plus", "CheXpert-Plus folder (df_chexpert_plus_*.csv, chexbert_labels/, images)"),
+        ("chest_imagenome", "--chest-imagenome", "Chest ImaGenome folder (silver_dataset/); needs --mimic-cxr"),
+        ("vindr_cxr", "--vindr-cxr", "VinDr-CXR folder (PhysioNet or Kaggle layout)"),
+        ("ms_cxr", "--ms-cxr", "MS-CXR folder (MS_CXR_Local_Alignment_*.csv); needs --mimic-cxr"),
+        ("padchest_gr", "--padchest-gr", "PadChest-GR folder (grounded_reports_*.json, master_table, PNGs)"))),
+    licence_class=rvlm.licence_class,
+    prepare=rvlm.prepare,
+    run=rvlm.run,
+    validate=validate_radvlm,
+    row_rules=rvlm_schema.check_rows,
+    card=radvlm_card,
+)
+
+CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT, RADVLM)}
 
 
 class UnknownCorpus(ValueError):
@@ -96,6 +143,17 @@ def spec_of_build(build: Path) -> CorpusSpec:
         raise BuildFolderError(f"{build}: manifest names corpus {name!r}, which this radcorpora does not know "
                                f"(known: {', '.join(sorted(CORPORA))})")
     return CORPORA[name]
+
+
+def preview(build: Path, out: Path | None = None, **options: Any) -> Any:
+    """`radcorpora preview`: the build's HTML report, with its corpus' plots and row renderer when
+    this radcorpora knows the corpus, else the schema-driven defaults."""
+    from radcorpora.publish.preview import write_preview
+    from radcorpora.store.folder import read_manifest
+
+    spec = CORPORA.get(read_manifest(build).get("corpus"))
+    return write_preview(build, out, spec=spec.preview if spec else None, title=spec.title if spec else None,
+                         **options)
 
 
 def validate(build: Path, *, image_check: str = "full", workers: int = 1, deep: bool = False) -> Any:

@@ -41,7 +41,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from radcorpora.store import atomic
-from radcorpora.store.folder import BuildFolderError, config_shards, configs_on_disk, open_shard, read_manifest
+from radcorpora.store.folder import (
+    BuildFolderError,
+    config_shards,
+    configs_on_disk,
+    open_shard,
+    read_manifest,
+)
 
 THUMBNAIL_SIDE = 384  # long side of an image thumbnail, pixels
 MAX_IMAGES_PER_ROW = 4
@@ -295,9 +301,7 @@ def default_plots(schema: pa.Schema) -> tuple[PlotSpec, ...]:
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
             walk(t.value_type, f"{path}[]", name)
         elif (pa.types.is_string(t) or pa.types.is_large_string(t)) and \
-                (name.lower() in LABEL_NAMES or name.lower().endswith("_type")):
-            plots.append(PlotSpec(f"{path}", path))
-        elif pa.types.is_boolean(t):
+                (name.lower() in LABEL_NAMES or name.lower().endswith("_type")) or pa.types.is_boolean(t):
             plots.append(PlotSpec(f"{path}", path))
 
     for f in schema:
@@ -485,7 +489,7 @@ def text_boxes(turns: list[dict[str, Any]], known: list[FoundBox]) -> list[Found
             values = tuple(float(v) for v in match.groups())
             if not _valid_box(values) or any(b.matches(values) for b in known + extra):
                 continue
-            extra.append(FoundBox(*values, label=f"turn {n + 1}: {match.group(0)}", source=f"turn {n + 1}",
+            extra.append(FoundBox(*values, label=f"box in turn {n + 1}", source=f"turn {n + 1}",
                                   from_text=True))
     return extra
 
@@ -555,7 +559,7 @@ def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: li
         name = image.get("path") or (where[i] if where else f"image {i + 1}")
         try:
             uri, w, h, ow, oh = thumbnail(bytes(image["bytes"]))
-        except Exception as exc:  # an undecodable image is shown as such, the page still renders
+        except Exception as exc:  # noqa: BLE001 - an undecodable image is shown as such; the page still renders
             parts.append(f'<figure class="img broken">image {esc(name)} does not decode: {esc(exc)}</figure>')
             continue
         drawn = boxes if i == 0 else []
@@ -585,7 +589,7 @@ def _box_div(box: FoundBox, n: int, w: int, h: int) -> str:
     colour = _colour(n, box)
     tag = f"{n + 1}" + (f" ×{box.readers}" if box.readers else "")
     place = "inside" if top < 16 else "above"
-    return (f'<div class="box{" text" if box.from_text else ""}" style="left:{left:.2f}px;top:{top:.2f}px;'
+    return (f'<div class="box{" fromtext" if box.from_text else ""}" style="left:{left:.2f}px;top:{top:.2f}px;'
             f'width:{width:.2f}px;height:{height:.2f}px;border-color:{colour}" data-x1="{box.x1!r}" '
             f'data-y1="{box.y1!r}" data-x2="{box.x2!r}" data-y2="{box.y2!r}" data-readers="{box.readers or ""}" '
             f'data-label="{esc(box.label)}" title="{esc(box.label)}"><span class="tag {place}" '
@@ -712,7 +716,7 @@ text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:ta
 .images{display:flex;flex-direction:column;gap:10px}.img{margin:0}.frame{position:relative;display:block;
 background:#000;overflow:visible}.frame img{display:block;position:absolute;left:0;top:0}
 .box{position:absolute;box-sizing:border-box;border:2px solid;pointer-events:none}
-.box.text{border-style:dashed}.tag{position:absolute;left:-2px;white-space:nowrap;color:#fff;font:600 11px/14px
+.box.fromtext{border-style:dashed}.tag{position:absolute;left:-2px;white-space:nowrap;color:#fff;font:600 11px/14px
 system-ui,sans-serif;padding:0 3px;border-radius:2px}.tag.above{top:-16px}.tag.inside{top:0}
 figcaption{font-size:11.5px;color:#5f6673;margin-top:3px;max-width:384px;overflow-wrap:anywhere}
 .legend{font-size:12px;margin:4px 0 0 0;padding-left:20px;max-width:384px}.swatch{display:inline-block;width:10px;
