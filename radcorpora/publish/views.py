@@ -51,3 +51,41 @@ def question_example(row: dict[str, Any], q: int) -> dict[str, Any]:
         "choices": question["choices"],
         "metadata": question["metadata"],
     }
+
+
+class InstanceView(Sequence):
+    """One example per instance of a radvlm config (no replicas): random access for training,
+    images read from their row on access, never copied."""
+
+    def __init__(self, dataset: Any):
+        self._dataset = dataset
+        counts = [len(i) for i in dataset.select_columns(["instances"])["instances"]]
+        self._index: list[tuple[int, int]] = [(row, k) for row, n in enumerate(counts) for k in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]  # type: ignore[return-value]
+        row_index, k = self._index[i]
+        row = self._dataset[row_index]
+        instance = row["instances"][k]
+        return {"image": row["image"], "id": instance["id"], "conversations": instance["conversations"],
+                "label": instance["label"], "boxes": instance["boxes"], "task": row["task"]}
+
+
+def instance_view(dataset: Any, replicate: bool = True) -> list[dict[str, Any]] | Iterator[dict[str, Any]]:
+    """One example per instance of a radvlm config (each `replication` times, ids `<id>#r<k>` for
+    k > 0, when `replicate`): {image, id, conversations, label, boxes, task}. Images are not
+    copied: each example refers to its row's image."""
+
+    def examples() -> Iterator[dict[str, Any]]:
+        for row in dataset:
+            for instance in row["instances"]:
+                copies = instance["replication"] if replicate else 1
+                for k in range(copies):
+                    yield {"image": row["image"], "id": instance["id"] + (f"#r{k}" if k else ""),
+                           "conversations": instance["conversations"], "label": instance["label"],
+                           "boxes": instance["boxes"], "task": row["task"]}
+    return examples()

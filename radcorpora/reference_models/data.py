@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radcorpora.publish.views import QuestionView
+from radcorpora.publish.views import InstanceView, QuestionView
 from radcorpora.store.folder import BuildFolderError, config_shards, read_manifest
 
 
@@ -28,6 +28,7 @@ class EvaluationRecipe:
     evaluator: str  # key in reference_models.evaluate.EVALUATORS
     preset: str  # training preset for real checkpoints
     per_question: frozenset[str] = frozenset()  # configs whose rows expand to one example per question
+    per_instance: frozenset[str] = frozenset()  # configs whose rows expand to one example per instance
     alignment_config: str | None = None  # captions for a preset's alignment steps, if the corpus has them
     prompt_renderer: Callable[[dict[str, Any]], Callable[[dict[str, Any]], str]] | None = None
     """manifest -> (eval row -> human turn), the builder's own renderer, so a model is asked as it was taught."""
@@ -55,7 +56,9 @@ def training_examples(build: Path, recipe: EvaluationRecipe, config: str | None 
     if config == recipe.eval_config:
         raise BuildFolderError(f"{build}: `{config}` is the held-out evaluation config; train on another one")
     dataset = load_split(build, config, split)
-    return QuestionView(dataset) if config in recipe.per_question else dataset
+    if config in recipe.per_question:
+        return QuestionView(dataset)
+    return InstanceView(dataset) if config in recipe.per_instance else dataset
 
 
 def alignment_examples(build: Path, recipe: EvaluationRecipe) -> Sequence[dict[str, Any]] | None:
@@ -79,7 +82,13 @@ def training_texts(build: Path, recipe: EvaluationRecipe, config: str | None = N
     configs = [config or recipe.train_config, *([recipe.alignment_config] if recipe.alignment_config else [])]
     texts: list[str] = []
     for shard in [s for c in configs for s in config_shards(build, c).get(split, [])]:
-        for conversation in pq.read_table(shard, columns=["conversations"]).column("conversations").to_pylist():
+        names = pq.read_schema(shard).names
+        if "conversations" in names:
+            conversations = pq.read_table(shard, columns=["conversations"]).column("conversations").to_pylist()
+        else:  # rows of instances (radvlm): every instance's conversation
+            conversations = [i["conversations"] for row in pq.read_table(shard, columns=["instances"])
+                             .column("instances").to_pylist() for i in row]
+        for conversation in conversations:
             texts += [turn["value"].replace("<image>", "") for turn in conversation]
             if len(texts) >= limit:
                 return texts

@@ -218,6 +218,98 @@ def evaluate_rad_ace_cot(model: Any, processor: Any, rows: Sequence[dict[str, An
     return metrics, samples
 
 
+def radeval_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """RadGraph F1, GREEN, BERTScore and CheXbert F1 through RadEval when it and its models are
+    installed locally; it needs torchvision, which breaks the CPU torch this project pins, so it is
+    an optional integration, reported as skipped with the reason otherwise."""
+    try:
+        from RadEval import RadEval  # type: ignore[import-not-found]
+    except Exception as exc:  # ImportError, or torchvision failing to load under it
+        return {"skipped": f"RadEval not available ({type(exc).__name__}: {exc}); pip install RadEval with a "
+                           "torch/torchvision pair and its models to get RadGraph F1, GREEN, BERTScore, CheXbert F1"}
+    try:
+        evaluator = RadEval(do_radgraph=True, do_green=True, do_bertscore=True, do_chexbert=True)
+        return {k: float(v) for k, v in evaluator(refs=list(references), hyps=list(predictions)).items()}
+    except Exception as exc:  # missing local model weights, no network for them
+        return {"skipped": f"RadEval could not run ({type(exc).__name__}: {exc})"}
+
+
+def _first_turns(row: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(prompt without <image>, reference answer, instance) of each instance of a radvlm row."""
+    found = []
+    for instance in row["instances"]:
+        human, gpt = instance["conversations"][0]["value"], instance["conversations"][1]["value"]
+        found.append((human.replace("<image>\n", "").replace("<image>", ""), gpt, instance))
+    return found
+
+
+def evaluate_radvlm(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
+                    batch_size: int = 8, judge: Judge | None = None, render: Callable[[dict[str, Any]], str] | None = None,
+                    uncertain: str = "absent", max_new_tokens: int = 96) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per task of the rows given: classification macro-F1 over the 14 CheXpert labels read from
+    free text with negation handled; grounding mAP at IoU 0.5 and mean IoU (boxes parsed from the
+    answer in any common form); report ROUGE-L and BLEU (+ RadEval's clinical metrics when
+    installed). Each instance is asked on its own; per-sample predictions are kept."""
+    from radcorpora.ops.boxes import parse_boxes
+    from radcorpora.ops.chexpert_mentions import macro_f1, predicted_labels
+    from radcorpora.reference_models.grounding_metrics import grounding_scores
+    from radcorpora.schemas.boxes import Box
+
+    texts = without_images(rows)
+    expanded = [(i, prompt, reference, instance) for i, row in enumerate(texts)
+                for prompt, reference, instance in _first_turns(row)]
+    image_rows = [rows[i] for i, *_ in expanded]
+    prompts = [f"<image>\n{prompt}" for _, prompt, _, _ in expanded]
+    outputs = generate(model, processor, image_rows, prompts, text_only, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size)
+    samples: list[dict[str, Any]] = []
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (i, prompt, reference, instance), output in zip(expanded, outputs):
+        row = texts[i]
+        sample = {"id": instance["id"], "task": row["task"], "prompt": prompt, "reference": reference,
+                  "prediction": output}
+        samples.append(sample)
+        by_task[row["task"]].append({"sample": sample, "row": row, "instance": instance})
+    metrics: dict[str, Any] = {"instances": len(samples)}
+    if "abnormality_classification" in by_task:
+        items = by_task["abnormality_classification"]
+        predicted = [predicted_labels(x["sample"]["prediction"], uncertain) for x in items]
+        truth = [set(x["row"]["positive_labels"]) or {"No Finding"} for x in items]
+        for x, p in zip(items, predicted):
+            x["sample"]["parsed_labels"] = sorted(p)
+        score, per_label = macro_f1(predicted, truth)
+        metrics["classification_macro_f1"] = round(100 * score, 2)
+        metrics["classification_f1_by_label"] = {k: round(100 * v, 2) for k, v in per_label.items()}
+    for task in ("anatomical_grounding", "abnormality_grounding", "abnormality_detection", "phrase_grounding"):
+        if task not in by_task:
+            continue
+        items = by_task[task]
+        predictions = [parse_boxes(x["sample"]["prediction"]) for x in items]
+        targets = [[Box.model_validate(b) for b in x["instance"]["boxes"]] for x in items]
+        for x, p in zip(items, predictions):
+            x["sample"]["parsed_boxes"] = [list(b.xyxy) for b in p]
+        scores = grounding_scores(predictions, targets)
+        metrics[f"{task}_map50"] = round(100 * max(scores["map50"], 0.0), 2)
+        metrics[f"{task}_mean_iou"] = round(100 * scores["mean_iou"], 2)
+    if "report_generation" in by_task:
+        items = by_task["report_generation"]
+        predictions = [x["sample"]["prediction"] for x in items]
+        references = [x["row"]["report"] or x["sample"]["reference"] for x in items]
+        metrics.update({f"report_{k}": v for k, v in text_metrics(predictions, references).items()})
+        metrics["report_clinical"] = radeval_metrics(predictions, references)
+    return metrics, samples
+
+
+def radvlm_primary(metrics: dict[str, Any]) -> str:
+    """The headline metric of the tasks evaluated: classification macro-F1, else grounding mAP,
+    else report ROUGE-L."""
+    for key in ("classification_macro_f1", "abnormality_grounding_map50", "phrase_grounding_map50",
+                "anatomical_grounding_map50", "abnormality_detection_map50", "report_rouge_l"):
+        if key in metrics:
+            return key
+    return "instances"
+
+
 @dataclass(frozen=True)
 class Evaluator:
     run: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]]
@@ -228,4 +320,5 @@ EVALUATORS: dict[str, Evaluator] = {
     "radimagenet-vqa": Evaluator(evaluate_radimagenet_vqa, lambda metrics: "accuracy"),
     "rad-ace-cot": Evaluator(evaluate_rad_ace_cot,
                              lambda metrics: "judge_score" if "judge_score" in metrics else "answer_accuracy"),
+    "radvlm": Evaluator(evaluate_radvlm, radvlm_primary),
 }

@@ -75,6 +75,8 @@ PRESETS: dict[str, SFTConfig] = {
     # RadImageNet-VQA: short answers, many questions per image; a lower rate and one epoch.
     "radimagenet-vqa": SFTConfig(learning_rate=1e-4, batch_size=4, grad_accum=4, epochs=1.0, warmup_steps=100,
                                  max_length=1024),
+    # RadVLM (paper: full fine-tuning of LLaVA-OneVision 7B, 1 epoch); as LoRA here, lr 1e-4, 1 epoch.
+    "radvlm": SFTConfig(learning_rate=1e-4, batch_size=4, grad_accum=4, epochs=1.0, warmup_steps=100, max_length=2048),
     # The tiny random-init model of the build check: the head and both towers learn from scratch.
     "tiny-check": SFTConfig(method="full", learning_rate=2e-3, batch_size=16, grad_accum=1, max_steps=720,
                             alignment_steps=150, warmup_steps=20, weight_decay=0.0, max_length=512, save_every=200),
