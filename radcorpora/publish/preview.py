@@ -385,6 +385,10 @@ def hist_plot(title: str, series: dict[str, list[float]], xlabel: str, integer: 
         bins = 20
     for (name, values), colour in zip(series.items(), ("#4363d8", "#f58231")):
         ax.hist(values, bins=bins, alpha=0.7 if len(series) > 1 else 1.0, label=name, color=colour)
+    if integer:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(series) > 1:
         ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
@@ -408,7 +412,7 @@ def plot_one(table: pa.Table, plot: PlotSpec) -> str | None:
         top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         if len(top) > MAX_BARS:
             top = top[:MAX_BARS - 1] + [(f"({len(top) - MAX_BARS + 1} others)", sum(v for _, v in top[MAX_BARS - 1:]))]
-        return bar_plot(plot.title, top, "values")
+        return bar_plot(plot.title, top, "count")
     if plot.kind == "length":
         lengths = [n / plot.divide for n in pc.list_value_length(values).drop_null().to_pylist()]
         return hist_plot(plot.title, {"rows": lengths}, "rounds" if plot.divide == 2 else "items", integer=True) \
