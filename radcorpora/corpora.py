@@ -51,7 +51,9 @@ RADIMAGENET_VQA = CorpusSpec(
     run=rvqa.run,
     validate=validate_radimagenet_vqa,
     row_rules=rvqa_schema.check_rows,
-    card=lambda manifest: radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer),
+    card=lambda manifest: radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer,
+                                               {c for c, splits in (manifest.get("splits") or {}).items()
+                                                if any(splits.values())}),
     evaluation=EvaluationRecipe("instruct", "benchmark", "test", evaluator="radimagenet-vqa", preset="radimagenet-vqa",
                                 per_question=frozenset({"instruct"}), alignment_config="alignment",
                                 prompt_renderer=rvqa.prompt_renderer),
@@ -119,6 +121,8 @@ RADVLM = CorpusSpec(
     validate=validate_radvlm,
     row_rules=rvlm_schema.check_rows,
     card=radvlm_card,
+    evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
+                                preset="radvlm", per_instance=frozenset(rvlm_schema.TASKS)),
 )
 
 CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT, RADVLM)}

@@ -169,3 +169,32 @@ def test_arrow_schemas_derived_without_datasets_equal_the_datasets_features():
         for config in spec.configs:
             derived, reference = arrow_schema_for(config.record), features_for(config.record).arrow_schema
             assert derived.equals(reference, check_metadata=True), (spec.name, config.name)
+
+
+def test_cards_tell_the_truth(demo_source, tmp_path):
+    source = Path(shutil.copytree(demo_source, tmp_path / "src"))
+    (source / "RadiologyAI_test.csv").unlink()  # no test split: no benchmark
+    outcome = build_radimagenet_vqa(source, tmp_path / "out", benchmark_images=20, images_per_shard=40)
+    card = (tmp_path / "out/README.md").read_text()
+    assert "benchmark" not in outcome.manifest["splits"]
+    assert '"benchmark")' not in card and "config_name: benchmark" not in card
+    assert "## Warnings" in card and "benchmark config was not built" in card
+    assert "license: other" in card
+
+
+def test_every_cli_option_has_help_text():
+    import click
+    import typer.main
+
+    command = typer.main.get_command(app)
+    missing = []
+
+    def walk(cmd: click.Command, path: str) -> None:
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.help and param.name != "help":
+                missing.append(f"{path} {param.opts[0]}")
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(command, "radcorpora")
+    assert missing == []

@@ -111,6 +111,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
                                      if not isinstance(v, (dict, list))]),
         "Library versions: " + ", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items())) + ".",
         "Every random choice is seeded from (seed, corpus, row key): the same sources and settings give byte-identical Parquet shards.",
+        *(["## Warnings", "\n".join(f"- {w}" for w in manifest["warnings"])] if manifest.get("warnings") else []),
         "## Rejected source rows",
         ("Rows that did not become samples are listed with their reason in `build/rejects.jsonl`.\n\n"
          + (_table(["reason", "rows"], sorted(rejects.items())) if rejects else "None.")),
@@ -178,7 +179,7 @@ def reference_check_text(report: dict[str, Any]) -> str:
                              [[cell, table_i[cell], table_t.get(cell, "")] for cell in table_i])]
     lines += ["", f"Preset `{settings['preset']}` ({settings['sft']['method']}, seed {settings['sft']['seed']}); "
               f"{report['seconds']} s in all. Metrics, settings and per-sample predictions: `build/reference_check.json` "
-              "and `build/reference_check/`."]
+              "and `build/reference_check/{image,text-only}/{metrics.json,predictions.jsonl}`."]
     return "\n".join(lines)
 
 

@@ -16,8 +16,9 @@ from radcorpora.store.folder import read_card_yaml, read_manifest
 
 PUSH_PATTERNS = ["README.md", "data/**/*.parquet", "build/manifest.json", "build/rejects.jsonl", "build/validation.json",
                  "build/reference_check.json", "build/llm_failures.jsonl", "build/adjudication_queue.jsonl",
-                 "build/adjudication_decisions.jsonl"]
-# Never pushed: build/source_index.parquet (local paths), build/reference_check/ (weights), build/.state.
+                 "build/adjudication_decisions.jsonl", "build/reference_check/*/metrics.json",
+                 "build/reference_check/*/predictions.jsonl"]
+# Never pushed: build/source_index.parquet (local paths), reference-check weights and checkpoints, build/.state.
 
 
 class PublishError(RuntimeError):

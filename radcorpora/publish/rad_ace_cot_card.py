@@ -76,7 +76,8 @@ def rad_ace_cot_card(manifest: dict[str, Any]) -> CardContent:
             "length and source-leak checks (no mention of a caption, description or report); optional "
             "verifier models checked answer consistency, with disagreements settled by a person."
         ),
-        licence={"license": "apache-2.0"},
+        licence={"license": "other", "license_name": "pubmedvision-apache-2.0-and-vqa-rad-cc0-1.0",
+                 "license_link": "https://huggingface.co/datasets/FreedomIntelligence/PubMedVision"},
         licence_text=(
             "Images and findings come from PubMedVision (apache-2.0; images are PubMed Central figures "
             "under their articles' licences). The `eval` config embeds VQA-RAD (cc0-1.0). The generated "

@@ -41,7 +41,11 @@ example = examples[0]  # {"image", "id", "conversations": [human, gpt], "questio
 ```"""
 
 
-def radimagenet_vqa_card(no_pathology: str) -> CardContent:
+def radimagenet_vqa_card(no_pathology: str, built: set[str] | None = None) -> CardContent:
+    """The card text; `built` are the configs that hold rows, so nothing unbuilt is described."""
+    built = {"alignment", "instruct", "benchmark"} if built is None else built
+    usage = "\n".join(line for line in USAGE.splitlines()
+                      if not any(f'"{c}")' in line for c in {"alignment", "instruct", "benchmark"} - built))
     return CardContent(
         pretty_name="RadImageNet-VQA (radcorpora build)",
         summary=(
@@ -49,9 +53,11 @@ def radimagenet_vqa_card(no_pathology: str) -> CardContent:
             "radcorpora following Butsanets et al. (RadImageNet-VQA). Per image: one caption "
             "(`alignment`) and nine questions (`instruct`): anatomy open / closed+ / closed- / "
             "multiple choice, abnormality closed, pathology open / closed+ / closed- / multiple "
-            "choice, over the paper's 8 regions and their pathologies. `benchmark` holds a "
-            "stratified sample of test images (region x pathology x normal/abnormal mix kept), "
-            f"nine questions each. Multiple-choice pathology questions always offer \"{no_pathology}\" "
+            "choice, over the paper's 8 regions and their pathologies. "
+            + ("`benchmark` holds a stratified sample of test images (region x pathology x normal/abnormal "
+               "mix kept), nine questions each. " if "benchmark" in built else
+               "No `benchmark` config was built (the source had no test split). ")
+            + f"Multiple-choice pathology questions always offer \"{no_pathology}\" "
             "(the answer for normal images) and draw distractors from the image's own region; "
             "closed-negative questions ask about something absent from the image's labels."
         ),
@@ -66,5 +72,5 @@ def radimagenet_vqa_card(no_pathology: str) -> CardContent:
         citations=[RADIMAGENET_BIBTEX, RADIMAGENET_VQA_BIBTEX],
         task_categories=["visual-question-answering", "image-to-text"],
         tags=["medical", "radiology", "ct", "mri", "vqa", "radcorpora"],
-        usage=USAGE,
+        usage=usage,
     )
