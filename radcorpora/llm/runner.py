@@ -175,6 +175,8 @@ class LLMRunner:
         result.replies = (response,)
         if parser is None:
             return result
+        if hasattr(parser, "for_request"):  # checks that depend on the row (given boxes, ...)
+            parser = parser.for_request(request)
         try:
             result.parsed = parser(response.content)
             return result

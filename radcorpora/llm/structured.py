@@ -21,6 +21,9 @@ class ParseError(ValueError):
 
 
 class Parser(Protocol[T]):  # type: ignore[misc]
+    """Reads a reply; may also offer `for_request(request) -> Parser` when its checks depend on
+    the request (the runner then parses each reply, and its one repair, with that parser)."""
+
     def __call__(self, text: str) -> T: ...
 
     def format_hint(self) -> str: ...
