@@ -615,36 +615,34 @@ def demo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the demo sources and builds"),
     images_per_class: int = typer.Option(12, "--images-per-class", min=5, help="Demo RadImageNet images per class"),
     workers: int = WORKERS,
-    check: bool = typer.Option(True, "--check/--no-check", help="End with the reference check on radimagenet-vqa"),
+    check: bool = typer.Option(True, "--check/--no-check", help="End with the reference checks"),
 ) -> None:
     """Write small demo sources in the upstream formats, build and validate every corpus from them
-    (LLM stages with the offline stand-in), then check radimagenet-vqa against a tiny model."""
+    (LLM stages with the offline stand-in), check the corpora that declare it against a tiny
+    model, and write an HTML preview of each build."""
     if check:
         _train_stack()
-    from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
-    from radcorpora.demo.radimagenet import write_demo_radimagenet
+    from radcorpora.corpora import CORPORA
     from radcorpora.llm.session import LLMSettings
 
-    source = out / "sources" / "radimagenet"
-    if not (source / "radiology_ai").exists():
-        say(f"demo RadImageNet source written to {source}: {write_demo_radimagenet(source, images_per_class=images_per_class)}")
-    valid = _build("radimagenet-vqa", {"source": source}, make_settings(benchmark_images=100), out / "radimagenet-vqa",
-                   workers=workers, executor="local", ray_address=None, overwrite=False, exit_on_invalid=False)
-    pubmedvision, vqa_rad = out / "sources" / "pubmedvision", out / "sources" / "vqa-rad"
-    if not (pubmedvision / "PubMedVision_Alignment_VQA.json").exists():
-        pubmedvision.mkdir(parents=True, exist_ok=True)
-        say(f"demo PubMedVision source written to {pubmedvision}: {write_demo_pubmedvision(pubmedvision)}")
-        say(f"demo VQA-RAD test sample written to {vqa_rad}: {write_demo_vqa_rad(vqa_rad)} questions")
-    config = _rad_ace_config(0, "offline", ["offline:verifier"], None, "alignment", 0.05, None, None)
-    valid = _build("rad-ace-cot", {"source": pubmedvision, "vqa_rad": vqa_rad}, config, out / "rad-ace-cot",
-                   workers=workers, executor="local", ray_address=None, overwrite=False, exit_on_invalid=False,
-                   llm_settings=LLMSettings(cache_path=str(out / "llm-cache.sqlite"))) and valid
-    say(f"demo corpora in {out} (rad-ace-cot answers are the offline stand-in's, not a model's)", "green")
+    valid = True
+    built = []
+    for spec in CORPORA.values():
+        if spec.demo is None:
+            continue
+        sources = spec.demo.write_sources(out / "sources", {"images_per_class": images_per_class})
+        say(f"demo sources of {spec.name}: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+        llm = LLMSettings(cache_path=str(out / "llm-cache.sqlite")) if spec.demo.uses_llm else None
+        valid = _build(spec.name, sources, spec.demo.settings(), out / spec.name, workers=workers, executor="local",
+                       ray_address=None, overwrite=False, exit_on_invalid=False, llm_settings=llm) and valid
+        built.append(spec)
+    say(f"demo corpora in {out} (LLM answers come from the offline stand-in, not a model)", "green")
     if check:
-        valid = _run_check(out / "radimagenet-vqa", "tiny", margin=5.0) and valid
-    for name in ("radimagenet-vqa", "rad-ace-cot"):
-        _demo_preview(out / name)
+        for spec in built:
+            if spec.demo and spec.demo.check:
+                valid = _run_check(out / spec.name, "tiny", margin=5.0) and valid
+    for spec in built:
+        _demo_preview(out / spec.name)
     if not valid:
         raise typer.Exit(1)
 

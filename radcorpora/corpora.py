@@ -12,7 +12,7 @@ from typing import Any
 from radcorpora.builders import rad_ace_cot as rac
 from radcorpora.builders import radimagenet_vqa as rvqa
 from radcorpora.builders import radvlm as rvlm
-from radcorpora.engine.spec import ConfigSpec, CorpusSpec, SourceOption
+from radcorpora.engine.spec import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
 from radcorpora.publish.rad_ace_cot_card import rad_ace_cot_card
 from radcorpora.publish.preview import PlotSpec, PreviewSpec
 from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
@@ -30,6 +30,26 @@ from radcorpora.validators.radvlm import validate_radvlm
 
 def _fixed(licence: str):
     return lambda _settings, _sources: licence
+
+
+def _demo_radimagenet(root: Path, options: dict[str, Any]) -> dict[str, Path]:
+    from radcorpora.demo.radimagenet import write_demo_radimagenet
+
+    source = root / "radimagenet"
+    if not (source / "radiology_ai").exists():
+        write_demo_radimagenet(source, images_per_class=options.get("images_per_class", 12))
+    return {"source": source}
+
+
+def _demo_rad_ace(root: Path, options: dict[str, Any]) -> dict[str, Path]:
+    from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
+
+    pubmedvision, vqa_rad = root / "pubmedvision", root / "vqa-rad"
+    if not (pubmedvision / "PubMedVision_Alignment_VQA.json").exists():
+        pubmedvision.mkdir(parents=True, exist_ok=True)
+        write_demo_pubmedvision(pubmedvision)
+        write_demo_vqa_rad(vqa_rad)
+    return {"source": pubmedvision, "vqa_rad": vqa_rad}
 
 
 RADIMAGENET_VQA = CorpusSpec(
@@ -57,6 +77,7 @@ RADIMAGENET_VQA = CorpusSpec(
     evaluation=EvaluationRecipe("instruct", "benchmark", "test", evaluator="radimagenet-vqa", preset="radimagenet-vqa",
                                 per_question=frozenset({"instruct"}), alignment_config="alignment",
                                 prompt_renderer=rvqa.prompt_renderer),
+    demo=DemoSpec(_demo_radimagenet, lambda: rvqa.make_settings(benchmark_images=100), check=True),
     preview=PreviewSpec(plots=(
         PlotSpec("pathology", "metadata.pathology"), PlotSpec("region", "metadata.location"),
         PlotSpec("modality", "metadata.modality"), PlotSpec("abnormal", "metadata.is_abnormal"),
@@ -86,6 +107,8 @@ RAD_ACE_COT = CorpusSpec(
     llm_stages=rac.STAGES,
     evaluation=EvaluationRecipe("default", "eval", "test", evaluator="rad-ace-cot", preset="rad-ace"),
     exports={"rad-ace-csv": export_rad_ace_csv},
+    demo=DemoSpec(_demo_rad_ace, lambda: rac.RadAceCotConfig(llm="offline", verifiers=["offline:verifier"]),
+                  uses_llm=True),
     preview=PreviewSpec(plots=(
         PlotSpec("modality", "modality"), PlotSpec("body part", "body_part"), PlotSpec("verification", "verification"),
         PlotSpec("images per sample", "images", "length"), PlotSpec("organ", "organ", configs=("eval",)),

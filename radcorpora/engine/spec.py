@@ -48,6 +48,18 @@ class SourceOption:
 
 
 @dataclass(frozen=True)
+class DemoSpec:
+    """How `radcorpora demo` builds this corpus: write its demo sources (in the upstream layouts)
+    under a folder and return them, the demo settings, whether its LLM stages run (with the offline
+    stand-in), and whether the demo ends with the reference check on it."""
+
+    write_sources: Callable[[Path, dict[str, Any]], dict[str, Path]]
+    settings: Callable[[], BaseModel]
+    uses_llm: bool = False
+    check: bool = False
+
+
+@dataclass(frozen=True)
 class CorpusSpec:
     name: str
     title: str
@@ -65,7 +77,7 @@ class CorpusSpec:
     evaluation: EvaluationRecipe | None = None
     exports: dict[str, Callable[..., int]] = field(default_factory=dict)
     estimate: Callable[..., dict[str, Any]] | None = None
-    demo: Callable[[Path], dict[str, Path]] | None = None
+    demo: DemoSpec | None = None
     preview: PreviewSpec | None = None  # `radcorpora preview`: plots and row renderer (None: from the schema)
 
     @property
@@ -82,4 +94,4 @@ class CorpusSpec:
                 return config
         raise KeyError(name)
 
-__all__ = ["BuildContext", "ConfigSpec", "CorpusSpec", "EvaluationRecipe", "LossIntent", "Prepared", "SourceOption", "StageOutput"]
+__all__ = ["BuildContext", "ConfigSpec", "CorpusSpec", "DemoSpec", "EvaluationRecipe", "LossIntent", "Prepared", "SourceOption", "StageOutput"]
