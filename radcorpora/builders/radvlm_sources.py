@@ -1,0 +1,120 @@
+"""Reading radvlm's seven sources and turning them into planned rows per task: the one place the
+builder meets the readers (sources/), so the task code in builders/radvlm.py sees only typed
+records (CxrImage, StudyReport, GroundedFinding, label states).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radcorpora.schemas.common import Reject
+from radcorpora.schemas.cxr import CxrImage
+
+
+@dataclass
+class SourcesRead:
+    """What every given source yielded, and which tasks they allow."""
+
+    present: list[str] = field(default_factory=list)
+    scans: dict[str, Any] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def rows_for(self, task: str, words: Any, config: Any, tasks: set[str], rejects: list[Reject]) -> list[Any]:
+        from radcorpora.builders import radvlm as rv
+
+        rows: list[Any] = []
+        if task == "report_generation":
+            if "mimic-cxr" in self.scans and self.scans["mimic-cxr"].reports:
+                scan = self.scans["mimic-cxr"]
+                rows += rv.report_rows("mimic-cxr", scan.images, lambda i: scan.reports.get(i.study_id), words, config,
+                                       rejects)
+            if "chexpert-plus" in self.scans:
+                scan = self.scans["chexpert-plus"]
+                rows += rv.report_rows("chexpert-plus", scan.images, lambda i: scan.reports.get(i.image_id), words,
+                                       config, rejects)
+        elif task == "abnormality_classification":
+            if "mimic-cxr" in self.scans:
+                scan = self.scans["mimic-cxr"]
+                rows += rv.classification_rows("mimic-cxr", scan.images, lambda i: scan.labels.get(i.study_id), words,
+                                               config, rejects)
+            if "chexpert" in self.scans:
+                scan = self.scans["chexpert"]
+                rows += rv.classification_rows("chexpert", scan.images, lambda i: scan.labels.get(i.image_id), words,
+                                               config, rejects)
+        elif task == "anatomical_grounding" and "chest-imagenome" in self.scans:
+            rows += rv.anatomical_rows(self.scans["chest-imagenome"].findings, words, config)
+        elif task in ("abnormality_grounding", "abnormality_detection") and "vindr-cxr" in self.scans:
+            if task == "abnormality_grounding" or "abnormality_grounding" not in tasks:
+                scan = self.scans["vindr-cxr"]
+                rows += rv.vindr_rows(scan.annotations, scan.images, set(scan.no_finding), words, config,
+                                      tasks & {"abnormality_grounding", "abnormality_detection"}, rejects)
+        elif task == "phrase_grounding":
+            if "ms-cxr" in self.scans:
+                rows += rv.phrase_rows("ms-cxr", self.scans["ms-cxr"].findings, words, config)
+            if "padchest-gr" in self.scans:
+                rows += rv.phrase_rows("padchest-gr", self.scans["padchest-gr"].findings, words, config,
+                                       read_image="padchest-zip")
+        return rows
+
+
+def _take(read: SourcesRead, name: str, scan: Any) -> None:
+    read.present.append(name)
+    read.scans[name] = scan
+    read.rejects += scan.rejects
+    read.counts.update({f"{name}/{k}": v for k, v in scan.counts.items()})
+    read.warnings += [f"{name}: {w}" for w in getattr(scan, "warnings", [])]
+    read.summary[name] = {"root": str(Path(scan.root).name), "images": len(getattr(scan, "images", []) or []),
+                          "rejected": len(scan.rejects)}
+
+
+def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead:
+    """Scan every given source (a bad one stops the build here, before any work)."""
+    from radcorpora.builders.radvlm import RadVLMConfigError
+
+    read = SourcesRead()
+    mimic_images: dict[str, CxrImage] = {}
+    if sources.get("mimic_cxr"):
+        from radcorpora.sources.mimic_cxr import scan_mimic_cxr
+
+        scan = scan_mimic_cxr(sources["mimic_cxr"], sources.get("mimic_cxr_reports"))
+        _take(read, "mimic-cxr", scan)
+        mimic_images = {i.image_id: i for i in scan.images}
+        log(f"MIMIC-CXR: {len(scan.images)} images, {len(scan.reports)} reports")
+    elif sources.get("mimic_cxr_reports"):
+        raise RadVLMConfigError("--mimic-cxr-reports needs --mimic-cxr (the images and their metadata)")
+    for key, needs in (("chest_imagenome", "Chest ImaGenome"), ("ms_cxr", "MS-CXR")):
+        if sources.get(key) and not sources.get("mimic_cxr"):
+            raise RadVLMConfigError(f"--{key.replace('_', '-')} needs --mimic-cxr: {needs} annotates MIMIC-CXR images")
+    if sources.get("chexpert"):
+        from radcorpora.sources.chexpert import scan_chexpert
+
+        _take(read, "chexpert", scan_chexpert(sources["chexpert"]))
+    if sources.get("chexpert_plus"):
+        from radcorpora.sources.chexpert_plus import scan_chexpert_plus
+
+        _take(read, "chexpert-plus", scan_chexpert_plus(sources["chexpert_plus"]))
+    if sources.get("chest_imagenome"):
+        from radcorpora.sources.chest_imagenome import scan_chest_imagenome
+
+        sizes = {i: (img.width, img.height) for i, img in mimic_images.items() if img.width and img.height}
+        _take(read, "chest-imagenome", scan_chest_imagenome(sources["chest_imagenome"], sources["mimic_cxr"], sizes))
+    if sources.get("vindr_cxr"):
+        from radcorpora.sources.vindr_cxr import scan_vindr_cxr
+
+        _take(read, "vindr-cxr", scan_vindr_cxr(sources["vindr_cxr"], max_side=config.max_side))
+    if sources.get("ms_cxr"):
+        from radcorpora.sources.ms_cxr import scan_ms_cxr
+
+        splits = {i: img.split for i, img in mimic_images.items()}
+        _take(read, "ms-cxr", scan_ms_cxr(sources["ms_cxr"], sources["mimic_cxr"], splits))
+    if sources.get("padchest_gr"):
+        from radcorpora.sources.padchest_gr import scan_padchest_gr
+
+        _take(read, "padchest-gr", scan_padchest_gr(sources["padchest_gr"]))
+    return read

@@ -1,0 +1,148 @@
+"""radvlm task assembly and a whole build on hand-made source records (the readers have their own
+tests): fusion independent of row order, the uncertain policy and No Finding, replication as a
+count, patient split integrity across tasks, ids unique, images stored once, validation."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from radcorpora.builders import radvlm as rv
+from radcorpora.builders import radvlm_sources
+from radcorpora.demo.cxr_drawing import draw_cxr, encode
+from radcorpora.schemas.boxes import Box
+from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding, StudyReport
+
+
+def _image(tmp: Path, source: str, image_id: str, subject: str, split: str, boxes=(), view="PA") -> CxrImage:
+    path = tmp / source / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(draw_cxr(image_id, 128, 128, findings=boxes)))
+    return CxrImage(source=source, image_id=image_id, subject_id=subject, study_id=f"s{image_id}", path=str(path),
+                    view=view, split=split, width=128, height=128, licence_class="credentialed")
+
+
+def _labels(**states: str) -> dict[str, str]:
+    return {label: states.get(label.replace(" ", "_"), "not_mentioned") for label in CHEXPERT_LABELS}
+
+
+def words() -> rv.Words:
+    return rv.Words(rv.load_templates(rv.RadVLMConfig()), 0)
+
+
+def test_uncertain_policy_and_no_finding():
+    states = _labels(Pneumonia="uncertain", Edema="positive")
+    assert rv.positive_labels(states, "absent") == (["Edema"], None)
+    assert rv.positive_labels(states, "present") == (["Edema", "Pneumonia"], None)
+    assert rv.positive_labels(_labels(No_Finding="positive"), "absent") == ([], None)
+    assert rv.positive_labels(_labels(No_Finding="positive", Edema="positive"), "absent")[1] == \
+        "no_finding_contradicts_labels"
+
+
+def test_vindr_fusion_does_not_depend_on_row_order_and_counts_readers(tmp_path):
+    image = _image(tmp_path, "vindr-cxr", "v1", "v1", "train")
+    boxes = [Box.from_normalised(0.20, 0.30, 0.40, 0.50), Box.from_normalised(0.21, 0.31, 0.41, 0.52),
+             Box.from_normalised(0.19, 0.29, 0.39, 0.49), Box.from_normalised(0.70, 0.10, 0.80, 0.20)]
+    readers = ["R1", "R2", "R3", "R1"]
+    outputs = set()
+    for seed in range(8):
+        order = list(range(4))
+        random.Random(seed).shuffle(order)
+        finding = GroundedFinding(image=image, label="Nodule/Mass", boxes=tuple(boxes[i] for i in order),
+                                  readers=tuple(readers[i] for i in order))
+        rows = rv.vindr_rows([finding], [image], set(), words(), rv.RadVLMConfig(),
+                             {"abnormality_grounding"}, [])
+        outputs.add(repr(rows[0].instances))
+    assert len(outputs) == 1
+    instance = rows[0].instances[0]
+    assert sorted(b["readers"] for b in instance["boxes"]) == [1, 3]
+    assert instance["replication"] == 3  # published VinDr grounding factor
+    majority = rv.vindr_rows([finding], [image], set(), words(), rv.RadVLMConfig(min_readers=2),
+                             {"abnormality_grounding"}, [])
+    assert [b["readers"] for b in majority[0].instances[0]["boxes"]] == [3]
+
+
+def test_patient_in_both_splits_keeps_only_test_rows(tmp_path):
+    test_image = _image(tmp_path, "ms-cxr", "d1", "10000001", "test")
+    train_image = _image(tmp_path, "mimic-cxr", "d2", "10000001", "train")
+    other = _image(tmp_path, "mimic-cxr", "d3", "10000002", "train")
+    reports = {"sd2": StudyReport(source="mimic-cxr", subject_id="10000001", study_id="sd2", findings="Clear lungs.",
+                                  file="x"), "sd3": StudyReport(source="mimic-cxr", subject_id="10000002",
+                                                                study_id="sd3", impression="No acute process.",
+                                                                file="y")}
+    rejects: list = []
+    rows = rv.report_rows("mimic-cxr", [train_image, other], lambda i: reports.get(i.study_id), words(),
+                          rv.RadVLMConfig(), rejects)
+    phrase = GroundedFinding(image=test_image, label="Edema", phrase="mild edema",
+                             boxes=(Box.from_normalised(0.1, 0.1, 0.3, 0.3),))
+    rows += rv.phrase_rows("ms-cxr", [phrase], words(), rv.RadVLMConfig())
+    kept = rv.enforce_patient_splits(rows, rejects)
+    assert sorted(r.key for r in kept) == ["phrase_grounding/ms-cxr/d1", "report_generation/mimic-cxr/d3"]
+    assert [r.reason for r in rejects] == ["patient_in_test_split"]
+    assert rows[1].report_section == "impression"
+
+
+@pytest.fixture
+def fake_sources(tmp_path, monkeypatch):
+    """Hand-made scans standing in for the readers (their layouts are tested with the readers)."""
+    finding_box = (0.55, 0.6, 0.75, 0.8)
+    images = [_image(tmp_path, "mimic-cxr", f"m{i}", f"1000000{i}", "test" if i % 4 == 0 else "train",
+                     boxes=(finding_box,) if i % 2 else ()) for i in range(8)]
+    reports = {img.study_id: StudyReport(source="mimic-cxr", subject_id=img.subject_id, study_id=img.study_id,
+                                         findings=("Right lower opacity." if i % 2 else "Lungs are clear."), file="r")
+               for i, img in enumerate(images)}
+    labels = {img.study_id: _labels(Lung_Opacity="positive" if i % 2 else "not_mentioned")
+              for i, img in enumerate(images)}
+    mimic = SimpleNamespace(images=images, reports=reports, labels=labels, rejects=[], counts=Counter(images=8),
+                            root=tmp_path / "mimic-cxr")
+    vindr_images = [_image(tmp_path, "vindr-cxr", f"v{i}", f"v{i}", "test" if i == 0 else "train",
+                           boxes=(finding_box,) if i % 2 else ()) for i in range(4)]
+    annotations = [GroundedFinding(image=img, label="Nodule/Mass", boxes=(Box.from_normalised(*finding_box),) * 3,
+                                   readers=("R1", "R2", "R3")) for i, img in enumerate(vindr_images) if i % 2]
+    vindr = SimpleNamespace(images=vindr_images, annotations=annotations, no_finding={"v0", "v2"}, rejects=[],
+                            counts=Counter(), root=tmp_path / "vindr-cxr")
+
+    def read_sources(sources, config, log):
+        read = radvlm_sources.SourcesRead()
+        for name, scan in (("mimic-cxr", mimic), ("vindr-cxr", vindr)):
+            radvlm_sources._take(read, name, scan)
+        return read
+
+    monkeypatch.setattr(radvlm_sources, "read_sources", read_sources)
+    return {"mimic_cxr": tmp_path / "mimic-cxr", "vindr_cxr": tmp_path / "vindr-cxr"}
+
+
+def test_whole_build_on_hand_made_sources(fake_sources, tmp_path):
+    from radcorpora.corpora import build, validate
+
+    out = tmp_path / "out"
+    outcome = build("radvlm", fake_sources, rv.RadVLMConfig(), out)
+    assert outcome.report.valid, outcome.report.summary()
+    splits = outcome.manifest["splits"]
+    assert set(splits) == {"report_generation", "abnormality_classification", "abnormality_grounding",
+                           "abnormality_detection"}
+    assert splits["report_generation"] == {"test": 2, "train": 6}
+    detection = pq.read_table(sorted((out / "data/abnormality_detection").glob("train-*.parquet"))[0]).to_pylist()
+    answers = {r["id"]: r["instances"][0]["conversations"][1]["value"] for r in detection}
+    assert "Nodule/Mass: [0.55, 0.6, 0.75, 0.8]" in answers["abnormality_detection/vindr-cxr/v1"]
+    assert answers["abnormality_detection/vindr-cxr/v2"] in rv.load_templates(rv.RadVLMConfig()).variants("detection_none")
+    grounding = pq.read_table(out / "data/abnormality_grounding/train-00000-of-00001.parquet").to_pylist()
+    assert [b["readers"] for b in grounding[0]["instances"][0]["boxes"]] == [3]
+    assert outcome.manifest["licence_class"] == "credentialed"
+    assert "prior studies are still in it" in (out / "README.md").read_text()
+    again = build("radvlm", fake_sources, rv.RadVLMConfig(), tmp_path / "again")
+    for shard in sorted((out / "data").rglob("*.parquet")):
+        assert shard.read_bytes() == (tmp_path / "again" / shard.relative_to(out)).read_bytes()
+    assert validate(out, workers=2).valid
+
+
+def test_a_task_without_its_source_is_a_clear_error(fake_sources, tmp_path):
+    from radcorpora.corpora import build
+
+    with pytest.raises(rv.RadVLMConfigError, match="phrase_grounding needs --ms-cxr or --padchest-gr"):
+        build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["phrase_grounding"]), tmp_path / "out")
