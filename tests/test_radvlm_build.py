@@ -146,3 +146,18 @@ def test_a_task_without_its_source_is_a_clear_error(fake_sources, tmp_path):
 
     with pytest.raises(rv.RadVLMConfigError, match="phrase_grounding needs --ms-cxr or --padchest-gr"):
         build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["phrase_grounding"]), tmp_path / "out")
+
+
+def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):
+    from typer.testing import CliRunner
+
+    from radcorpora.cli import app
+    from radcorpora.corpora import build
+
+    out = tmp_path / "out"
+    build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["abnormality_classification"]), out)
+    public = CliRunner().invoke(app, ["publish", str(out), "--repo", "org/name", "--public", "--dry-run"])
+    assert public.exit_code == 2 and "credentialed" in public.output
+    private = CliRunner().invoke(app, ["publish", str(out), "--repo", "org/name", "--private", "--dry-run"])
+    assert private.exit_code == 0, private.output
+    assert "credentialed (PhysioNet) data" in (out / "README.md").read_text()
