@@ -21,6 +21,7 @@ import io
 import itertools
 from collections.abc import Hashable, Sequence
 
+from radcorpora.ops.boxes import iou
 from radcorpora.schemas.boxes import Box
 
 IOU_THRESHOLD = 0.5
@@ -60,7 +61,7 @@ def grounding_scores(predictions: Sequence[Sequence[Box]], targets: Sequence[Seq
     pair_ious: list[float] = []
     true_positives = 0
     for pred, target in zip(predictions, targets):
-        matrix = [[_iou(p, t) for t in target] for p in pred]
+        matrix = [[iou(p, t) for t in target] for p in pred]
         pair_ious.extend(matrix[i][j] for i, j in max_weight_matching(matrix))
         big = len(pred) + len(target) + 1  # more matches always beat a higher IoU sum
         hits = [[(big + v) if v >= IOU_THRESHOLD else 0.0 for v in row] for row in matrix]
@@ -82,15 +83,6 @@ def grounding_scores(predictions: Sequence[Sequence[Box]], targets: Sequence[Seq
         "true_positives": true_positives,
         "map_backend": used,
     }
-
-
-def _iou(a: Box, b: Box) -> float:
-    iw = min(a.x2, b.x2) - max(a.x1, b.x1)
-    ih = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if iw <= 0.0 or ih <= 0.0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a.area + b.area - inter)
 
 
 def _class_ids(labels: list | None, n: int) -> list[int]:

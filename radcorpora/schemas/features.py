@@ -21,45 +21,13 @@ from radcorpora.schemas.common import ImageData
 _SCALARS: dict[type, str] = {str: "string", int: "int64", float: "float64", bool: "bool", bytes: "binary"}
 
 
-def _feature_for(annotation: Any) -> Any:
-    from datasets import Image, List, Value
-
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(members) != 1:
-            raise TypeError(f"only Optional[X] unions are supported, got {annotation!r}")
-        return _feature_for(members[0])
-    if origin is Literal:
-        kinds = {type(v) for v in typing.get_args(annotation)}
-        if len(kinds) != 1:
-            raise TypeError(f"mixed-type Literal {annotation!r}")
-        return Value(_SCALARS[kinds.pop()])
-    if origin in (list, tuple) or annotation in (list, tuple):
-        (item,) = typing.get_args(annotation)[:1] or (str,)
-        return List(_feature_for(item))
-    if isinstance(annotation, type) and issubclass(annotation, ImageData):
-        return Image()
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _struct_for(annotation)
-    if annotation in _SCALARS:
-        return Value(_SCALARS[annotation])
-    raise TypeError(f"no feature mapping for {annotation!r}")
-
-
-def _struct_for(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        (field.serialization_alias or field.alias or name): _feature_for(field.annotation)
-        for name, field in model.model_fields.items()
-    }
-
-
 @cache
 def features_for(model: type[BaseModel]) -> Any:
-    """HF `datasets.Features` of a record model (field order preserved)."""
+    """HF `datasets.Features` of a record model (field order preserved), read back from the
+    feature dict `_arrow_for` writes: one derivation serves both."""
     from datasets import Features
 
-    return Features(_struct_for(model))
+    return Features.from_dict(_arrow_for(model)[1])
 
 
 _ARROW_SCALARS = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
