@@ -14,7 +14,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from radcorpora.demo.mimic_cxr import CSV_VALUE, csv_bytes, draw_study_image, findings_sentences, impression_sentences, plan_labels
+from radcorpora.demo.mimic_cxr import (
+    CSV_VALUE,
+    csv_bytes,
+    draw_study_image,
+    findings_sentences,
+    impression_sentences,
+    plan_labels,
+)
 from radcorpora.ops.sampling import row_rng
 from radcorpora.schemas.cxr import CHEXPERT_LABELS
 

@@ -28,19 +28,21 @@ from radcorpora.schemas.cxr import CHEXPERT_LABELS
 
 # Where each drawn label appears (normalised xyxy; image left = patient right).
 FINDING_BOXES: dict[str, tuple[float, float, float, float]] = {
-    "Pleural Effusion": (0.56, 0.66, 0.86, 0.84),  # left lung base
-    "Cardiomegaly": (0.33, 0.40, 0.79, 0.86),  # a heart far wider than the normal one
-    "Lung Opacity": (0.20, 0.28, 0.38, 0.46),
+    # the drawn pool (POOL below): regions that never overlap, so each label has its own place
+    "Pleural Effusion": (0.73, 0.66, 0.87, 0.82),  # left costophrenic angle
+    "Cardiomegaly": (0.34, 0.42, 0.72, 0.84),  # a heart far wider than the normal one
+    "Lung Opacity": (0.18, 0.20, 0.34, 0.34),  # right upper zone
     "Pneumothorax": (0.60, 0.15, 0.82, 0.28),  # left apex
-    "Support Devices": (0.36, 0.04, 0.40, 0.52),  # a long thin line: a tube
-    "Edema": (0.25, 0.38, 0.45, 0.58),
-    "Consolidation": (0.18, 0.58, 0.40, 0.76),  # right lower zone
-    "Atelectasis": (0.58, 0.50, 0.80, 0.56),  # a flat band
+    "Support Devices": (0.36, 0.04, 0.39, 0.40),  # a long thin line: a tube
+    "Edema": (0.18, 0.38, 0.32, 0.52),  # right mid zone
+    "Consolidation": (0.14, 0.58, 0.32, 0.76),  # right lower zone
+    "Atelectasis": (0.74, 0.42, 0.86, 0.50),  # a flat band, left mid zone
     "Lung Lesion": (0.66, 0.34, 0.73, 0.41),  # a small nodule
-    "Enlarged Cardiomediastinum": (0.39, 0.14, 0.61, 0.40),
-    "Pneumonia": (0.24, 0.50, 0.36, 0.62),
+    # never drawn by the demo plans, placed for completeness
+    "Enlarged Cardiomediastinum": (0.41, 0.12, 0.59, 0.38),
+    "Pneumonia": (0.20, 0.60, 0.30, 0.70),
     "Fracture": (0.86, 0.36, 0.91, 0.42),
-    "Pleural Other": (0.13, 0.36, 0.17, 0.62),
+    "Pleural Other": (0.12, 0.40, 0.16, 0.60),
 }
 DRAWN_LABELS: tuple[str, ...] = tuple(label for label in CHEXPERT_LABELS if label in FINDING_BOXES)
 

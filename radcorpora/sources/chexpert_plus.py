@@ -21,8 +21,13 @@ from pathlib import Path
 
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, LabelValue, Split, StudyReport
 from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
-from radcorpora.sources.chexpert import (LabelValueError, chexpert_sex, chexpert_view, label_states,
-                                         patient_and_study)
+from radcorpora.sources.chexpert import (
+    LabelValueError,
+    chexpert_sex,
+    chexpert_view,
+    label_states,
+    patient_and_study,
+)
 from radcorpora.sources.errors import SourceError
 
 INFO = SourceInfo(
@@ -101,8 +106,7 @@ def scan_chexpert_plus(root: Path, label_file: str = "report_fixed") -> Chexpert
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: CheXpert-Plus folder does not exist")
-    if label_file.endswith(".json"):
-        label_file = label_file[:-5]
+    label_file = label_file.removesuffix(".json")
     scan = ChexpertPlusScan(info=INFO, root=root)
     table = _table(root, scan)
     scan.files["table"] = str(table)

@@ -12,6 +12,7 @@ impression, typos...); the last non-empty impression and the last non-empty find
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import zipfile
@@ -19,9 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, LabelValue, Sex, Split, StudyReport, View
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, find_file, read_csv_rows
-from radcorpora.sources.chexpert import LabelValueError, label_states
+from radcorpora.schemas.cxr import (
+    CHEXPERT_LABELS,
+    CxrImage,
+    LabelValue,
+    Sex,
+    Split,
+    StudyReport,
+    View,
+)
+from radcorpora.sources.base import SourceInfo, SourceScan, find_file, open_text
+from radcorpora.sources.chexpert import LabelValueError, label_state
 from radcorpora.sources.errors import SourceError
 
 INFO = SourceInfo(
@@ -170,6 +179,32 @@ def find_root(root: Path) -> Path:
     return root
 
 
+def table_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str | None]]]:
+    """(line, stripped cells of `columns` in that order, None when empty) of a CSV (plain or .gz).
+    A lean twin of `read_csv_rows` (same errors, same line numbers) without a dict per row: the
+    MIMIC tables hold about a million rows together. Missing columns raise SourceError."""
+    try:
+        handle = open_text(path)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open ({exc})") from exc
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader, [])
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise SourceError(f"{path}: missing column(s) {', '.join(missing)} "
+                                  f"(found: {', '.join(header) or 'none'})")
+            index = [header.index(c) for c in columns]
+            width = max(index) + 1
+            for line, row in enumerate(reader, start=2):
+                if len(row) < width:
+                    row = row + [""] * (width - len(row))
+                yield line, [row[i].strip() or None for i in index]
+        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+            raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
+
+
 def _table(root: Path, kind: str, required: bool = True) -> Path | None:
     names = (f"{PREFIX}-{kind}.csv.gz", f"{PREFIX}-{kind}.csv", f"mimic-cxr-*-{kind}.csv.gz", f"mimic-cxr-*-{kind}.csv")
     try:
@@ -223,8 +258,7 @@ def scan_mimic_cxr(root: Path, reports_root: Path | None = None) -> MimicCxrScan
 def _read_splits(scan: MimicCxrScan, path: Path) -> dict[str, tuple[Split, str]]:
     scan.files["split"] = str(path)
     split_of: dict[str, tuple[Split, str]] = {}
-    for line, row in read_csv_rows(path, SPLIT_COLUMNS):
-        dicom_id, value = cell(row, "dicom_id"), cell(row, "split")
+    for line, (dicom_id, value) in table_rows(path, ("dicom_id", "split")):
         split = SPLITS.get((value or "").lower())
         if dicom_id is None or split is None:
             scan.reject(path, line, "bad_split_row", f"dicom_id={dicom_id!r} split={value!r}")
@@ -244,8 +278,8 @@ def _read_sexes(scan: MimicCxrScan, root: Path) -> dict[str, Sex]:
         return {}
     scan.files["patients"] = str(path)
     sexes: dict[str, Sex] = {}
-    for line, row in read_csv_rows(path, ("subject_id", "gender")):
-        subject, gender = cell(row, "subject_id"), (cell(row, "gender") or "").upper()
+    for line, (subject, gender) in table_rows(path, ("subject_id", "gender")):
+        gender = (gender or "").upper()
         if subject is None:
             scan.reject(path, line, "no_subject_id")
             continue
@@ -256,17 +290,16 @@ def _read_sexes(scan: MimicCxrScan, root: Path) -> dict[str, Sex]:
 def _read_images(scan: MimicCxrScan, root: Path, path: Path, split_of: dict[str, tuple[Split, str]],
                  sex_of: dict[str, Sex]) -> None:
     scan.files["metadata"] = str(path)
-    files = root / "files"
+    files = str(root / "files")  # plain strings: pathlib joins would dominate a 377k-row pass
     seen: set[str] = set()
-    for line, row in read_csv_rows(path, METADATA_COLUMNS):
-        dicom_id, subject_id, study_id = cell(row, "dicom_id"), cell(row, "subject_id"), cell(row, "study_id")
+    for line, (dicom_id, subject_id, study_id, view, rows, columns) in table_rows(path, METADATA_COLUMNS):
         if not (dicom_id and subject_id and study_id):
             scan.reject(path, line, "missing_id", f"dicom_id={dicom_id!r} subject_id={subject_id!r} study_id={study_id!r}")
             continue
         if dicom_id in seen:
             scan.reject(path, line, "duplicate_image", dicom_id)
             continue
-        image_path = files / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}" / f"{dicom_id}.jpg"
+        image_path = f"{files}{os.sep}p{subject_id[:2]}{os.sep}p{subject_id}{os.sep}s{study_id}{os.sep}{dicom_id}.jpg"
         if not os.path.exists(image_path):
             scan.reject(path, line, "image_file_missing", f"{image_path} does not exist")
             continue
@@ -275,13 +308,13 @@ def _read_images(scan: MimicCxrScan, root: Path, path: Path, split_of: dict[str,
             scan.reject(path, line, "no_split", f"{dicom_id} has no row in {Path(scan.files['split']).name}")
             continue
         seen.add(dicom_id)
-        width, height = _pixels(cell(row, "Columns")), _pixels(cell(row, "Rows"))
+        width, height = _pixels(columns), _pixels(rows)
         if width is None or height is None:
             scan.counts["images_without_size"] += 1
         scan.records.append(CxrImage(
-            source=INFO.name, image_id=dicom_id, subject_id=subject_id, study_id=study_id, path=str(image_path),
-            view=view_position(cell(row, "ViewPosition")), split=split[0], width=width, height=height,
-            sex=sex_of.get(subject_id, "unknown"), licence_class=INFO.licence_class))
+            source=INFO.name, image_id=dicom_id, subject_id=subject_id, study_id=study_id, path=image_path,
+            view=view_position(view), split=split[0], width=width, height=height,
+            sex=sex_of.get(subject_id, "unknown"), licence_class=INFO.licence_class))  # str path: no Path()
     scan.counts["split_rows_without_image"] = len(split_of.keys() - seen)
     scan.records.sort(key=lambda i: (i.subject_id, i.study_id or "", i.image_id))
 
@@ -289,8 +322,7 @@ def _read_images(scan: MimicCxrScan, root: Path, path: Path, split_of: dict[str,
 def _read_labels(scan: MimicCxrScan, path: Path) -> None:
     scan.files["chexpert"] = str(path)
     subject_of = {i.study_id: i.subject_id for i in scan.records}
-    for line, row in read_csv_rows(path, LABEL_COLUMNS):
-        study_id, subject_id = cell(row, "study_id"), cell(row, "subject_id")
+    for line, (subject_id, study_id, *values) in table_rows(path, LABEL_COLUMNS):
         if study_id is None:
             scan.reject(path, line, "missing_id", "no study_id")
             continue
@@ -302,12 +334,21 @@ def _read_labels(scan: MimicCxrScan, path: Path) -> None:
                         f"study {study_id}: subject {subject_id} here, {subject_of[study_id]} in the metadata")
             continue
         try:
-            scan.labels[study_id] = label_states(row, f"{path.name} line {line}")
-        except LabelValueError as exc:
-            scan.reject(path, line, "bad_label_value", str(exc))
+            scan.labels[study_id] = {label: label_state(value) for label, value in zip(CHEXPERT_LABELS, values)}
+        except LabelValueError:
+            bad = [f"{label} = {value!r}" for label, value in zip(CHEXPERT_LABELS, values) if not _valid_label(value)]
+            scan.reject(path, line, "bad_label_value", f"{path.name} line {line}: {', '.join(bad)}")
             continue
         if study_id not in subject_of:
             scan.counts["label_rows_without_images"] += 1
+
+
+def _valid_label(value: str | None) -> bool:
+    try:
+        label_state(value)
+    except LabelValueError:
+        return False
+    return True
 
 
 def _report_source(root: Path, reports_root: Path | None) -> Path | None:
