@@ -314,7 +314,7 @@ def _read_images(scan: MimicCxrScan, root: Path, path: Path, split_of: dict[str,
         scan.records.append(CxrImage(
             source=INFO.name, image_id=dicom_id, subject_id=subject_id, study_id=study_id, path=image_path,
             view=view_position(view), split=split[0], width=width, height=height,
-            sex=sex_of.get(subject_id, "unknown"), licence_class=INFO.licence_class))  # str path: no Path()
+            sex=sex_of.get(subject_id, "unknown"), licence_class=INFO.licence_class))
     scan.counts["split_rows_without_image"] = len(split_of.keys() - seen)
     scan.records.sort(key=lambda i: (i.subject_id, i.study_id or "", i.image_id))
 
