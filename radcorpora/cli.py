@@ -33,8 +33,6 @@ estimate_app = typer.Typer(help="Estimate a build's LLM requests, tokens, cost a
 app.add_typer(estimate_app, name="estimate")
 adjudicate_app = typer.Typer(help="Human adjudication of verifier disagreements.", no_args_is_help=True)
 app.add_typer(adjudicate_app, name="adjudicate")
-export_app = typer.Typer(help="Export a build to other published layouts.", no_args_is_help=True)
-app.add_typer(export_app, name="export")
 console = Console(stderr=True)
 
 
@@ -388,15 +386,48 @@ def adjudicate_apply_cmd(
            llm_settings=settings)
 
 
-@export_app.command("rad-ace-csv")
-def export_rad_ace_csv_cmd(
-    build_dir: Path = typer.Argument(..., help="A rad-ace-cot build folder"),
-    out: Path = typer.Option(..., "--out", help="CSV file to write (its folder is created)"),
+LEGACY_EXPORTS = ("rad-ace-csv",)  # `radcorpora export rad-ace-csv BUILD --out FILE`, as before
+
+
+@app.command("export")
+def export_cmd(
+    target: str = typer.Argument(..., metavar="BUILD",
+                                 help="A build folder (or, as before: `rad-ace-csv BUILD --out FILE`)"),
+    legacy_build: Path | None = typer.Argument(None, hidden=True),
+    fmt: str | None = typer.Option(None, "--format",
+                                   help="llava | sharegpt | trl | swift, or a corpus' own format (rad-ace-csv)"),
+    out: Path = typer.Option(..., "--out", help="Folder to write (created; a previous export there is replaced)"),
+    config: str | None = typer.Option(None, "--config", help="Config to export (default: the corpus' default)"),
+    split: str | None = typer.Option(None, "--split", help="Split to export (default: every split of the config)"),
 ) -> None:
+    """Export a build for a trainer: `radcorpora export BUILD --format FORMAT --out DIR`. Each image
+    is written once under DIR/images/, the settings in DIR/export_settings.json; which assistant
+    turns train comes from the corpus (carried the format's own way)."""
+    from radcorpora.corpora import export
+
+    if target in LEGACY_EXPORTS:
+        return _export_rad_ace_csv(legacy_build, out)
+    try:
+        if legacy_build is not None:
+            raise BuildFolderError(f"unexpected argument {str(legacy_build)!r} after the build folder {target}")
+        if not fmt:
+            raise BuildFolderError("--format is required (llava, sharegpt, trl, swift, or a corpus' own format)")
+        settings = export(Path(target), fmt, out, config=config, split=split)
+    except (*USER_ERRORS, ValueError, OSError) as exc:
+        _fail(exc)
+    files = {name: entry for name, entry in settings["files"].items() if "rows" in entry and name != "dataset_info.json"}
+    for name, entry in files.items():
+        say(f"{entry['rows']} rows -> {out / name}")
+    say(f"{settings['images']['count']} images under {out / 'images'}; settings: {out / 'export_settings.json'}")
+
+
+def _export_rad_ace_csv(build_dir: Path | None, out: Path) -> None:
     """The public RAD-ACE CSV columns: filename (list), modality, cot_output, question."""
     from radcorpora.publish.rad_ace_csv import export_rad_ace_csv
 
     try:
+        if build_dir is None:
+            raise BuildFolderError("usage: radcorpora export rad-ace-csv BUILD --out FILE")
         if out.exists() and out.is_dir():
             raise BuildFolderError(f"{out}: is a folder; --out names the CSV file to write")
         rows = export_rad_ace_csv(build_dir, out)

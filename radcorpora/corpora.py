@@ -202,3 +202,32 @@ def build(name: str, sources: dict[str, Path], settings: Any, out: Path, *, work
     return run_build(corpus(name), {k: Path(v) for k, v in sources.items() if v is not None}, settings, Path(out),
                      executor=ExecutorSettings(name=executor, workers=workers, ray_address=ray_address),  # type: ignore[arg-type]
                      llm_settings=llm_settings, overwrite=overwrite, command=command, log=log)
+
+
+def loss_intent(name: str, config: str) -> str:
+    """Which assistant turns of a config train ("all_assistant" | "final_assistant" | "none"), as
+    the corpus declares it: what the exports carry and the reference models train on."""
+    return corpus(name).config(config).loss
+
+
+def export(build: Path, fmt: str, out: Path, config: str | None = None, split: str | None = None) -> dict[str, Any]:
+    """`radcorpora export BUILD --format FMT --out DIR`: a trainer format (publish.exports) for the
+    config (default: the corpus' default config) with its declared loss intent, or one of the
+    corpus' own public formats (`CorpusSpec.exports`). Returns the recorded export settings."""
+    from radcorpora.publish.exports import EXPORTERS, ExportError, export_file
+
+    build = Path(build)
+    spec = spec_of_build(build)
+    if fmt in spec.exports:
+        options = {"splits": (split,)} if split else {}
+        return export_file(fmt, spec.exports[fmt], build, Path(out), f"{fmt.removesuffix('-csv')}.csv", **options)
+    if fmt not in EXPORTERS:
+        known = sorted(EXPORTERS) + sorted(spec.exports)
+        raise ExportError(f"unknown export format {fmt!r} for a {spec.name} build (known: {', '.join(known)})")
+    config = config or spec.default_config
+    try:
+        intent = spec.config(config or "").loss
+    except KeyError:
+        raise ExportError(f"{build}: corpus {spec.name} has no config {config!r} "
+                          f"(configs: {', '.join(c.name for c in spec.configs)})") from None
+    return EXPORTERS[fmt](build, Path(out), config=config, splits=[split] if split else None, loss=intent)
