@@ -526,6 +526,17 @@ def _recipe(build_dir: Path):
     return spec.evaluation
 
 
+def _loss_intent(build_dir: Path, config: str) -> str:
+    """The trained config's loss intent, as the corpus declares it (and the exports carry it)."""
+    from radcorpora.corpora import spec_of_build
+
+    spec = spec_of_build(build_dir)
+    loss = spec.config(config).loss if config in spec.records else "all_assistant"
+    if loss == "none":
+        raise BuildFolderError(f"{build_dir}: config {config!r} is evaluation-only (loss intent 'none'); train on another")
+    return loss
+
+
 @app.command("train")
 def train_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
@@ -552,7 +563,8 @@ def train_cmd(
         say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir}"
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,
-                       alignment_rows=alignment_examples(build_dir, recipe))
+                       alignment_rows=alignment_examples(build_dir, recipe),
+                       loss=_loss_intent(build_dir, config or recipe.train_config))
     except _model_errors() as exc:
         _fail(exc)
     say(f"trained: {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}, "

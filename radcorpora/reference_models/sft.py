@@ -154,8 +154,23 @@ def assistant_mask_by_prefix(processor: Any, batch_messages: Sequence[list[dict[
     return mask
 
 
-def collate(processor: Any, rows: Sequence[dict[str, Any]], text_only: bool, max_length: int) -> dict[str, torch.Tensor]:
-    """Tokenised batch with labels = input ids on assistant tokens, -100 elsewhere."""
+def final_turn_only(mask: torch.Tensor) -> torch.Tensor:
+    """Keep, per row, only the last run of assistant tokens (loss intent "final_assistant")."""
+    out = torch.zeros_like(mask)
+    for b in range(mask.shape[0]):
+        ones = torch.nonzero(mask[b]).flatten().tolist()
+        if ones:
+            start = ones[-1]
+            while start > 0 and mask[b, start - 1]:
+                start -= 1
+            out[b, start:ones[-1] + 1] = 1
+    return out
+
+
+def collate(processor: Any, rows: Sequence[dict[str, Any]], text_only: bool, max_length: int,
+            loss: str = "all_assistant") -> dict[str, torch.Tensor]:
+    """Tokenised batch with labels = input ids on assistant tokens, -100 elsewhere: every assistant
+    turn, or only the last where the corpus' loss intent is "final_assistant" (as the exports say)."""
     batch_messages = [to_messages(r["conversations"], None if text_only else decode_images(r)) for r in rows]
     tagged = marks_assistant_turns(processor)
     batch = processor.apply_chat_template(batch_messages, tokenize=True, return_dict=True, return_tensors="pt",
@@ -164,6 +179,8 @@ def collate(processor: Any, rows: Sequence[dict[str, Any]], text_only: bool, max
         mask = batch.pop("assistant_masks")
     else:
         mask = assistant_mask_by_prefix(processor, batch_messages, batch["input_ids"], batch["attention_mask"])
+    if loss == "final_assistant":
+        mask = final_turn_only(mask)
     labels = batch["input_ids"].clone()
     labels[mask == 0] = -100
     batch["labels"] = labels
@@ -225,9 +242,10 @@ def _save_weights(model: Any, processor: Any, folder: Path, config: SFTConfig, e
 
 
 def _run_settings(model_path: Path, config: SFTConfig, text_only: bool, examples: int,
-                  alignment_examples: int) -> dict[str, Any]:
-    return {"base_model": str(Path(model_path).resolve()), "text_only": text_only, "examples": examples,
-            "alignment_examples": alignment_examples, "config": config.model_dump(mode="json")}
+                  alignment_examples: int, loss: str = "all_assistant") -> dict[str, Any]:
+    settings = {"base_model": str(Path(model_path).resolve()), "text_only": text_only, "examples": examples,
+                "alignment_examples": alignment_examples, "config": config.model_dump(mode="json")}
+    return settings if loss == "all_assistant" else {**settings, "loss": loss}  # earlier runs stay resumable
 
 
 def _plan(config: SFTConfig, sizes: tuple[int, int], total_steps: int) -> list[list[tuple[int, int]]]:
@@ -247,7 +265,8 @@ def _plan(config: SFTConfig, sizes: tuple[int, int], total_steps: int) -> list[l
 
 
 def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: SFTConfig,
-          text_only: bool = False, log: Any = None, alignment_rows: Sequence[dict[str, Any]] | None = None) -> TrainResult:
+          text_only: bool = False, log: Any = None, alignment_rows: Sequence[dict[str, Any]] | None = None,
+          loss: str = "all_assistant") -> TrainResult:
     """Fine-tune the checkpoint at `model_path` on `rows` (after `config.alignment_steps` steps on
     `alignment_rows`, when given); weights saved to `out/adapter` (LoRA) or `out/model` (full). A
     run killed after a checkpoint resumes from it when started again with the same `out` and
@@ -255,7 +274,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     alignment_rows = alignment_rows if alignment_rows is not None and config.alignment_steps else []
-    settings = _run_settings(model_path, config, text_only, len(rows), len(alignment_rows))
+    settings = _run_settings(model_path, config, text_only, len(rows), len(alignment_rows), loss)
     settings_path = out / "run_settings.json"
     if settings_path.exists():
         if json.loads(settings_path.read_text()) != settings:
@@ -296,8 +315,9 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
         optimizer.zero_grad()
         accumulated = 0.0
         for micro in plan[step * config.grad_accum:(step + 1) * config.grad_accum]:
+            # alignment captions (source 1) train every assistant turn; the corpus rows, its loss intent
             batch = {k: v.to(device) for k, v in collate(processor, [sources[s][i] for s, i in micro], text_only,
-                                                         config.max_length).items()}
+                                                         config.max_length, loss if micro[0][0] == 0 else "all_assistant").items()}
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = model(**batch).loss / config.grad_accum
             loss.backward()
