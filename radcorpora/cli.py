@@ -683,7 +683,7 @@ def demo_cmd(
     if check:
         for spec in built:
             if spec.demo and spec.demo.check:
-                valid = _run_check(out / spec.name, "tiny", margin=5.0) and valid
+                valid = _run_check(out / spec.name, "tiny", margin=5.0, max_steps=spec.demo.check_max_steps) and valid
     for spec in built:
         _demo_preview(out / spec.name)
     if not valid:

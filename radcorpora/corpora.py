@@ -41,6 +41,22 @@ def _demo_radimagenet(root: Path, options: dict[str, Any]) -> dict[str, Path]:
     return {"source": source}
 
 
+def _demo_radvlm(root: Path, options: dict[str, Any]) -> dict[str, Path]:
+    """Every chest X-ray demo source whose writer exists, in its upstream layout."""
+    from radcorpora.demo.chexpert import write_demo_chexpert, write_demo_chexpert_plus
+    from radcorpora.demo.mimic_cxr import write_demo_mimic_cxr
+
+    sources = {"mimic_cxr": root / "mimic-cxr", "mimic_cxr_reports": root / "mimic-cxr-reports",
+               "chexpert": root / "chexpert", "chexpert_plus": root / "chexpert-plus"}
+    if not sources["mimic_cxr"].exists():
+        write_demo_mimic_cxr(sources["mimic_cxr"], sources["mimic_cxr_reports"], n_subjects=60)
+    if not sources["chexpert"].exists():
+        write_demo_chexpert(sources["chexpert"])
+    if not sources["chexpert_plus"].exists():
+        write_demo_chexpert_plus(sources["chexpert_plus"])
+    return sources
+
+
 def _demo_rad_ace(root: Path, options: dict[str, Any]) -> dict[str, Path]:
     from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
 
@@ -146,6 +162,8 @@ RADVLM = CorpusSpec(
     card=radvlm_card,
     evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
                                 preset="radvlm", per_instance=frozenset(rvlm_schema.TASKS)),
+    demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(anatomical_grounding_samples=200), check=True,
+                  check_max_steps=300),
 )
 
 CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT, RADVLM)}

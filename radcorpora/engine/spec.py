@@ -57,6 +57,7 @@ class DemoSpec:
     settings: Callable[[], BaseModel]
     uses_llm: bool = False
     check: bool = False
+    check_max_steps: int | None = None  # a shorter reference check, to keep the demo within minutes
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ def load_split(build: Path, config: str, split: str) -> Any:
 def training_examples(build: Path, recipe: EvaluationRecipe, config: str | None = None,
                       split: str = "train") -> Sequence[dict[str, Any]]:
     config = config or recipe.train_config
-    if config == recipe.eval_config:
-        raise BuildFolderError(f"{build}: `{config}` is the held-out evaluation config; train on another one")
+    held_out_only = config == recipe.eval_config and set(config_shards(build, config)) <= {recipe.eval_split}
+    if (config, split) == (recipe.eval_config, recipe.eval_split) or held_out_only:
+        raise BuildFolderError(f"{build}: `{config}` is the held-out evaluation config "
+                               f"({recipe.eval_config}/{recipe.eval_split}); train on another one")
     dataset = load_split(build, config, split)
     if config in recipe.per_question:
         return QuestionView(dataset)
