@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from radcorpora.store.atomic import write_json, write_jsonl
 from radcorpora.publish.card import reference_check_text, upsert_card_section
 from radcorpora.reference_models.data import (
     EvaluationRecipe,
@@ -29,7 +28,7 @@ from radcorpora.reference_models.data import (
     training_examples,
     training_texts,
 )
-from radcorpora.reference_models.evaluate import EVALUATORS
+from radcorpora.reference_models.evaluate import EVALUATORS, Evaluator
 from radcorpora.reference_models.judge import Judge
 from radcorpora.reference_models.models import resolve_model
 from radcorpora.reference_models.sft import (
@@ -40,7 +39,8 @@ from radcorpora.reference_models.sft import (
     load_trained,
     train,
 )
-from radcorpora.store.folder import read_manifest
+from radcorpora.store.atomic import write_json, write_jsonl
+from radcorpora.store.folder import config_shards, read_manifest
 
 VARIANTS = {"image": False, "text-only": True}  # variant -> images withheld
 
@@ -81,6 +81,7 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
     examples = training_examples(build, recipe)
     captions = alignment_examples(build, recipe)
     rows = evaluation_rows(build, recipe, limit=config.eval_limit)
+    judged = judged_rows(build, recipe, evaluator, judge, config.eval_limit)
     render = recipe.prompt_renderer(read_manifest(build)) if recipe.prompt_renderer else None
     base = resolve_model(config.model, work, lambda: training_texts(build, recipe), seed=config.seed)
     say(f"reference check of {build} ({corpus}): {len(examples)} training examples, {len(rows)} held-out rows, "
@@ -107,6 +108,17 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
                             "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
                             "predictions": str((out / "predictions.jsonl").relative_to(build))}
         say(f"[{variant}] {primary} {metrics[primary]}")
+        for name, extra_rows in judged.items():  # reported next to the main metrics, not part of pass/fail
+            t2 = time.time()
+            extra, extra_samples = evaluator.run(model, processor, extra_rows, text_only=text_only, judge=judge,
+                                                 render=render)
+            write_jsonl(out / f"{name}_predictions.jsonl", extra_samples)
+            write_json(out / f"{name}_metrics.json", extra)
+            results[variant].setdefault("judged_configs", {})[name] = {
+                "metrics": extra, "score": extra.get(f"{name}_judge_score_100"), "eval_seconds": round(time.time() - t2, 1),
+                "predictions": str((out / f"{name}_predictions.jsonl").relative_to(build))}
+            say(f"[{variant}] {name}: judge score {extra.get(f'{name}_judge_score')} / 10 "
+                f"({extra.get(f'{name}_judge_failures')} judge failures)")
     gap = round(results["image"]["score"] - results["text-only"]["score"], 2)
     report = {
         "corpus": corpus,
@@ -116,10 +128,12 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
         "metric": results["image"]["primary"],
         "image": results["image"],
         "text_only": results["text-only"],
+        "judged_configs": {name: _judged_summary(name, results) for name in judged},
         "settings": {"model": config.model, "base_checkpoint": str(base), "preset": config.preset or default_preset(
             config.model, recipe), "sft": sft.model_dump(mode="json"),
             "train_config": recipe.train_config, "eval_config": recipe.eval_config,
-            "eval_rows": len(rows), "training_examples": len(examples),
+            "eval_rows": len(rows), "judged_eval_rows": {name: len(r) for name, r in judged.items()},
+            "training_examples": len(examples),
             "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0,
             "judge": judge.spec if judge else None},
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -129,6 +143,25 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
     write_json(build / "build" / "reference_check.json", report)
     upsert_card_section(build, "Reference check", reference_check_text(report))
     return report
+
+
+def judged_rows(build: Path, recipe: EvaluationRecipe, evaluator: Evaluator, judge: Judge | None,
+                limit: int | None = None) -> dict[str, Sequence[dict[str, Any]]]:
+    """config -> held-out rows of the evaluator's judged configs (radvlm's conversations) that this
+    build has: only with a judge, since without one they have no score to report."""
+    if judge is None:
+        return {}
+    return {name: evaluation_rows(build, recipe, name, limit) for name in evaluator.judged_configs
+            if name != recipe.eval_config and recipe.eval_split in config_shards(build, name)}
+
+
+def _judged_summary(name: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Both models' judge scores (0-100) on one judged config, their gap and the judge failures."""
+    image, text = (results[v]["judged_configs"][name] for v in VARIANTS)
+    gap = round(image["score"] - text["score"], 2) if image["score"] is not None and text["score"] is not None else None
+    return {"metric": f"{name}_judge_score_100", "image": image["score"], "text_only": text["score"], "gap": gap,
+            "judge_failures": {"image": image["metrics"].get(f"{name}_judge_failures"),
+                               "text_only": text["metrics"].get(f"{name}_judge_failures")}}
 
 
 def _work_folder(build: Path) -> Path:

@@ -6,7 +6,9 @@ choice letters are read robustly (a bare letter, "(B)", "answer: B", or the opti
 answers by normalised match offline or by an LLM judge; accuracy by task x question type as in
 the paper. rad-ace-cot: the rate of well-formed think/answer outputs, answer accuracy against
 VQA-RAD, ROUGE-L and BLEU, and the five-criteria LLM judge; each question is asked with its own
-prompt. Every evaluation returns per-sample predictions next to its metrics, so every number can
+prompt. radvlm: per task (classification F1, grounding mAP, report text metrics), and multi-turn
+conversations answered turn by turn with the model's own answers in the history, scored 0-10 by an
+LLM judge. Every evaluation returns per-sample predictions next to its metrics, so every number can
 be traced.
 """
 
@@ -20,10 +22,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 
+from radcorpora.llm.errors import ComplianceError
 from radcorpora.ops.cot import split_cot
-from radcorpora.reference_models.judge import CRITERIA, Judge, JudgeItem
+from radcorpora.reference_models.judge import (
+    CRITERIA,
+    ConversationItem,
+    Judge,
+    JudgeItem,
+    Judgement,
+)
 from radcorpora.reference_models.sft import decode_images, to_messages
+from radcorpora.schemas.radvlm import CONVERSATION_TASKS
 
 LETTERS = "ABCD"
 MC_INSTRUCTION = "Answer with the letter of the correct option."
@@ -78,23 +89,64 @@ def score_radimagenet_vqa(row: dict[str, Any], prediction: str) -> tuple[bool, s
 
 
 @torch.no_grad()
-def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts: Sequence[str], text_only: bool,
-             max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
-    """Greedy answers, one per (row, prompt)."""
+def answer_turns(model: Any, processor: Any, histories: Sequence[Sequence[dict[str, str]]],
+                 images: Sequence[Sequence[Image.Image] | None], max_new_tokens: int) -> list[str]:
+    """Greedy next assistant turn for each LLaVA history (human/gpt turns ending with a human one),
+    as one left-padded batch; `images[i]` fill history i's `<image>` placeholders (None: withheld)."""
     model.eval()
     device = next(model.parameters()).device
     processor.tokenizer.padding_side = "left"
+    messages = [to_messages(history, pictures) for history, pictures in zip(histories, images)]
+    batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
+                                          add_generation_prompt=True, processor_kwargs={"padding": True})
+    batch = {k: v.to(device) for k, v in batch.items()}
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    new = output[:, batch["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts: Sequence[str], text_only: bool,
+             max_new_tokens: int = 24, batch_size: int = 16) -> list[str]:
+    """Greedy answers, one per (row, prompt)."""
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        messages = [to_messages([{"from": "human", "value": prompt}], None if text_only else decode_images(row))
-                    for row, prompt in zip(chunk, prompts[start:start + batch_size])]
-        batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
-                                              add_generation_prompt=True, processor_kwargs={"padding": True})
-        batch = {k: v.to(device) for k, v in batch.items()}
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        new = output[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        answers += answer_turns(model, processor, [[{"from": "human", "value": p}] for p in prompts[start:start + batch_size]],
+                                [None if text_only else decode_images(row) for row in chunk], max_new_tokens)
+    return answers
+
+
+def conversation_history(questions: Sequence[str], answers: Sequence[str]) -> list[dict[str, str]]:
+    """The LLaVA turns shown to the model before it answers `questions[-1]`: every earlier question
+    with the model's OWN answer to it (never the reference), so each turn is judged as it would
+    play out in use."""
+    assert len(answers) == len(questions) - 1
+    turns: list[dict[str, str]] = []
+    for question, answer in zip(questions, [*answers, None]):
+        turns.append({"from": "human", "value": question})
+        if answer is not None:
+            turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def generate_conversations(model: Any, processor: Any, rows: Sequence[dict[str, Any]],
+                           questions: Sequence[Sequence[str]], text_only: bool, max_new_tokens: int = 128,
+                           batch_size: int = 8) -> list[list[str]]:
+    """The model's answers to every human turn of each conversation, in order, its own answers in
+    the history. Conversations go in groups of `batch_size` (similar lengths together), batched
+    turn by turn; each group's images are decoded once for all its turns."""
+    answers: list[list[str]] = [[] for _ in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(questions[i]))
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        images = {i: None if text_only else decode_images(rows[i]) for i in group}
+        for turn in range(max(len(questions[i]) for i in group)):
+            active = [i for i in group if turn < len(questions[i])]
+            replies = answer_turns(model, processor,
+                                   [conversation_history(questions[i][:turn + 1], answers[i]) for i in active],
+                                   [images[i] for i in active], max_new_tokens)
+            for i, reply in zip(active, replies):
+                answers[i].append(reply)
     return answers
 
 
@@ -243,22 +295,105 @@ def _first_turns(row: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return found
 
 
+class _Picked(Sequence):
+    """`rows[index[k]]` on access: a `datasets.Dataset` decodes a row's image only when a batch
+    needs it, never all of them up front."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], index: Sequence[int]):
+        self._rows, self._index = rows, list(index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:  # type: ignore[override]
+        return self._rows[self._index[k]]
+
+
+def _strip_image(text: str) -> str:
+    return text.replace("<image>\n", "").replace("<image>", "").strip()
+
+
+def conversation_rounds(instance: dict[str, Any]) -> list[tuple[str, str]]:
+    """(human turn as written, expected gpt answer) of each round of a conversation instance."""
+    turns = instance["conversations"]
+    return [(turns[k]["value"], turns[k + 1]["value"]) for k in range(0, len(turns) - 1, 2)]
+
+
+def evaluate_conversations(model: Any, processor: Any, rows: Sequence[dict[str, Any]], texts: Sequence[dict[str, Any]],
+                           text_only: bool = False, batch_size: int = 8, judge: Judge | None = None,
+                           max_new_tokens: int = 128) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """radvlm `conversation` / `conversation_grounded` rows (`texts`: the same rows without images):
+    the model answers every human turn in order with its own earlier answers in the history; the
+    judge, when given, scores each whole conversation 0-10 against the expected answers. Metrics
+    per config (= the row's task): `<task>_conversations`, `<task>_rounds`, `<task>_judge` (did it
+    run, with what), and with a judge `<task>_judge_score` (mean over judged conversations, 0-10),
+    `<task>_judge_score_100` (x10), `<task>_judged`, `<task>_judge_failures` (no reply, refused, no
+    valid score line after the repair: counted, never dropped)."""
+    items = [(i, instance) for i, row in enumerate(texts) for instance in row["instances"]]
+    rounds = [conversation_rounds(instance) for _, instance in items]
+    answers = generate_conversations(model, processor, _Picked(rows, [i for i, _ in items]),
+                                     [[q for q, _ in r] for r in rounds], text_only,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
+    samples: list[dict[str, Any]] = []
+    for (i, instance), pairs, said in zip(items, rounds, answers):
+        row = texts[i]
+        samples.append({"id": instance["id"], "task": row["task"], "source": row["source"], "rounds": len(pairs),
+                        "turns": [{"question": _strip_image(q), "reference": ref, "prediction": pred}
+                                  for (q, ref), pred in zip(pairs, said)],
+                        "judge_status": "not_run", "judge_score": None, "judge_reason": None, "judge_error": None})
+    refused = None
+    if judge is not None and samples:
+        asked = [ConversationItem(s["id"], [(t["question"], t["reference"], t["prediction"]) for t in s["turns"]],
+                                  texts[i]["lineage"]["licence_class"]) for s, (i, _) in zip(samples, items)]
+        try:
+            judgements = judge.conversation(asked)
+        except ComplianceError as exc:  # credentialed rows, unapproved provider: nothing was sent
+            refused = f"refused: {exc}"
+            judgements = [Judgement(None, refused) for _ in asked]
+        for sample, judgement in zip(samples, judgements):
+            if judgement.parsed is not None:
+                sample.update(judge_status="scored", judge_score=judgement.parsed.score,  # type: ignore[attr-defined]
+                              judge_reason=judgement.parsed.reason)  # type: ignore[attr-defined]
+            else:
+                sample.update(judge_status="failed", judge_error=judgement.error)
+    metrics: dict[str, Any] = {}
+    for task in sorted({s["task"] for s in samples}):
+        mine = [s for s in samples if s["task"] == task]
+        metrics[f"{task}_conversations"] = len(mine)
+        metrics[f"{task}_rounds"] = sum(s["rounds"] for s in mine)
+        if judge is None:
+            metrics[f"{task}_judge"] = {"run": False, "reason": "no judge given (--judge PROVIDER:MODEL)"}
+            continue
+        scores = [s["judge_score"] for s in mine if s["judge_status"] == "scored"]
+        mean = round(sum(scores) / len(scores), 3) if scores else None
+        metrics[f"{task}_judge"] = {"run": True, "model": judge.spec, **({"error": refused} if refused else {})}
+        metrics[f"{task}_judge_score"] = mean
+        metrics[f"{task}_judge_score_100"] = round(10 * mean, 2) if mean is not None else None
+        metrics[f"{task}_judged"] = len(scores)
+        metrics[f"{task}_judge_failures"] = len(mine) - len(scores)
+    return metrics, samples
+
+
 def evaluate_radvlm(model: Any, processor: Any, rows: Sequence[dict[str, Any]], text_only: bool = False,
                     batch_size: int = 8, judge: Judge | None = None, render: Callable[[dict[str, Any]], str] | None = None,
-                    uncertain: str = "absent", max_new_tokens: int = 96) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                    uncertain: str = "absent", max_new_tokens: int = 96,
+                    conversation_max_new_tokens: int = 128) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per task of the rows given: classification macro-F1 over the 14 CheXpert labels read from
     free text with negation handled; grounding mAP at IoU 0.5 and mean IoU (boxes parsed from the
     answer in any common form); report ROUGE-L and BLEU (+ RadEval's clinical metrics when
-    installed). Each instance is asked on its own; per-sample predictions are kept."""
+    installed); conversations answered turn by turn and scored by the judge (see
+    `evaluate_conversations`). Each instance is asked on its own; per-sample predictions are kept."""
     from radcorpora.ops.boxes import parse_boxes
     from radcorpora.ops.chexpert_mentions import macro_f1, predicted_labels
     from radcorpora.reference_models.grounding_metrics import grounding_scores
     from radcorpora.schemas.boxes import Box
 
     texts = without_images(rows)
-    expanded = [(i, prompt, reference, instance) for i, row in enumerate(texts)
-                for prompt, reference, instance in _first_turns(row)]
-    image_rows = [rows[i] for i, *_ in expanded]
+    talks = [i for i, row in enumerate(texts) if row["task"] in CONVERSATION_TASKS]
+    single = [i for i, row in enumerate(texts) if row["task"] not in CONVERSATION_TASKS]
+    expanded = [(i, prompt, reference, instance) for i in single
+                for prompt, reference, instance in _first_turns(texts[i])]
+    image_rows = _Picked(rows, [i for i, *_ in expanded])
     prompts = [f"<image>\n{prompt}" for _, prompt, _, _ in expanded]
     outputs = generate(model, processor, image_rows, prompts, text_only, max_new_tokens=max_new_tokens,
                        batch_size=batch_size)
@@ -297,15 +432,22 @@ def evaluate_radvlm(model: Any, processor: Any, rows: Sequence[dict[str, Any]], 
         references = [x["row"]["report"] or x["sample"]["reference"] for x in items]
         metrics.update({f"report_{k}": v for k, v in text_metrics(predictions, references).items()})
         metrics["report_clinical"] = radeval_metrics(predictions, references)
+    if talks:
+        found, talked = evaluate_conversations(model, processor, _Picked(rows, talks), [texts[i] for i in talks],
+                                               text_only, batch_size, judge, conversation_max_new_tokens)
+        metrics.update(found)
+        samples += talked
+        metrics["instances"] = len(samples)
     return metrics, samples
 
 
 def radvlm_primary(metrics: dict[str, Any]) -> str:
     """The headline metric of the tasks evaluated: classification macro-F1, else grounding mAP,
-    else report ROUGE-L."""
+    else report ROUGE-L, else the conversation judge's score on 0-100 (when it scored any)."""
     for key in ("classification_macro_f1", "abnormality_grounding_map50", "phrase_grounding_map50",
-                "anatomical_grounding_map50", "abnormality_detection_map50", "report_rouge_l"):
-        if key in metrics:
+                "anatomical_grounding_map50", "abnormality_detection_map50", "report_rouge_l",
+                *(f"{task}_judge_score_100" for task in CONVERSATION_TASKS)):
+        if metrics.get(key) is not None:
             return key
     return "instances"
 
@@ -314,11 +456,14 @@ def radvlm_primary(metrics: dict[str, Any]) -> str:
 class Evaluator:
     run: Callable[..., tuple[dict[str, Any], list[dict[str, Any]]]]
     primary: Callable[[dict[str, Any]], str]  # which metric (0-100, higher is better) the check compares
+    # Configs the check also evaluates (with `run`, held-out split) when a judge is given, reported
+    # next to the main metrics but not part of pass/fail: radvlm's conversations need the judge.
+    judged_configs: tuple[str, ...] = ()
 
 
 EVALUATORS: dict[str, Evaluator] = {
     "radimagenet-vqa": Evaluator(evaluate_radimagenet_vqa, lambda metrics: "accuracy"),
     "rad-ace-cot": Evaluator(evaluate_rad_ace_cot,
                              lambda metrics: "judge_score" if "judge_score" in metrics else "answer_accuracy"),
-    "radvlm": Evaluator(evaluate_radvlm, radvlm_primary),
+    "radvlm": Evaluator(evaluate_radvlm, radvlm_primary, judged_configs=CONVERSATION_TASKS),
 }
