@@ -52,7 +52,12 @@ def say(text: str, style: str | None = None) -> None:
 
 
 def _fail(exc: Exception, code: int = 2) -> None:
-    console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+    from pydantic import ValidationError
+
+    message = str(exc)
+    if isinstance(exc, ValidationError):  # settings that do not fit: say what, not pydantic's layout
+        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+    console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -276,17 +281,49 @@ def build_rad_ace_cot_cmd(
            ray_address=ray_address, overwrite=overwrite, llm_settings=settings)
 
 
+RADVLM_SOURCE_OPTIONS = dict(
+    mimic_cxr=typer.Option(None, "--mimic-cxr", help="MIMIC-CXR-JPG folder"),
+    mimic_cxr_reports=typer.Option(None, "--mimic-cxr-reports", help="MIMIC-CXR reports folder or zip"),
+    chexpert=typer.Option(None, "--chexpert", help="CheXpert folder"),
+    chexpert_plus=typer.Option(None, "--chexpert-plus", help="CheXpert-Plus folder"),
+    chest_imagenome=typer.Option(None, "--chest-imagenome", help="Chest ImaGenome folder (needs --mimic-cxr)"),
+    vindr_cxr=typer.Option(None, "--vindr-cxr", help="VinDr-CXR folder (PhysioNet or Kaggle layout)"),
+    ms_cxr=typer.Option(None, "--ms-cxr", help="MS-CXR folder (needs --mimic-cxr)"),
+    padchest_gr=typer.Option(None, "--padchest-gr", help="PadChest-GR folder"),
+)
+PRIOR_REMOVAL = typer.Option(None, "--prior-removal",
+                             help="llm | rules | off: how references to earlier studies leave the reports "
+                                  "(default: llm with --llm, else rules)")
+CONVERSATIONS = typer.Option(0, "--conversations", min=0,
+                             help="Standard train conversations to write with --llm (paper: 86,155; grounded ones "
+                                  "come from every MS-CXR / PadChest-GR image)")
+CONVERSATION_TEST = typer.Option(500, "--conversation-test", min=0, help="Held-out standard conversations (paper: 500)")
+GROUNDED_TEST = typer.Option(155, "--grounded-test", min=0, help="Held-out grounded conversations from MS-CXR test (paper: 155)")
+
+
+def _radvlm_config(tasks: str | None, llm: str | None, prior_removal: str | None, **fields):
+    from radcorpora.builders.radvlm import RadVLMConfig
+
+    mode = prior_removal or ("llm" if llm else "rules")
+    if mode not in ("llm", "rules", "off"):
+        raise ValueError(f"--prior-removal must be llm, rules or off, got {mode!r}")
+    if fields.get("uncertain") not in (None, "absent", "present"):
+        raise ValueError(f"--uncertain must be absent or present, got {fields['uncertain']!r}")
+    return RadVLMConfig(tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, llm=llm,
+                        prior_removal=mode, **{k: v for k, v in fields.items() if v is not None})
+
+
 @build_app.command("radvlm")
 def build_radvlm_cmd(
     out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
-    mimic_cxr: Path | None = typer.Option(None, "--mimic-cxr", help="MIMIC-CXR-JPG folder"),
-    mimic_cxr_reports: Path | None = typer.Option(None, "--mimic-cxr-reports", help="MIMIC-CXR reports folder or zip"),
-    chexpert: Path | None = typer.Option(None, "--chexpert", help="CheXpert folder"),
-    chexpert_plus: Path | None = typer.Option(None, "--chexpert-plus", help="CheXpert-Plus folder"),
-    chest_imagenome: Path | None = typer.Option(None, "--chest-imagenome", help="Chest ImaGenome folder (needs --mimic-cxr)"),
-    vindr_cxr: Path | None = typer.Option(None, "--vindr-cxr", help="VinDr-CXR folder (PhysioNet or Kaggle layout)"),
-    ms_cxr: Path | None = typer.Option(None, "--ms-cxr", help="MS-CXR folder (needs --mimic-cxr)"),
-    padchest_gr: Path | None = typer.Option(None, "--padchest-gr", help="PadChest-GR folder"),
+    mimic_cxr: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr"],
+    mimic_cxr_reports: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr_reports"],
+    chexpert: Path | None = RADVLM_SOURCE_OPTIONS["chexpert"],
+    chexpert_plus: Path | None = RADVLM_SOURCE_OPTIONS["chexpert_plus"],
+    chest_imagenome: Path | None = RADVLM_SOURCE_OPTIONS["chest_imagenome"],
+    vindr_cxr: Path | None = RADVLM_SOURCE_OPTIONS["vindr_cxr"],
+    ms_cxr: Path | None = RADVLM_SOURCE_OPTIONS["ms_cxr"],
+    padchest_gr: Path | None = RADVLM_SOURCE_OPTIONS["padchest_gr"],
     tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all the sources allow)"),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
     uncertain: str = typer.Option("absent", "--uncertain", help="absent (paper) or present: how uncertain labels count"),
@@ -295,28 +332,97 @@ def build_radvlm_cmd(
     replication: Path | None = typer.Option(None, "--replication", help="YAML task[/source] -> factor overrides"),
     max_side: int | None = typer.Option(None, "--max-side", min=16, help="Long side of DICOMs converted to PNG"),
     templates: Path | None = typer.Option(None, "--templates", help="Your own wording file"),
+    llm: str | None = typer.Option(None, "--llm", help=LLM_HELP + " (prior-study removal and conversations)"),
+    prior_removal: str | None = PRIOR_REMOVAL,
+    conversations: int = CONVERSATIONS,
+    conversation_test: int = CONVERSATION_TEST,
+    grounded_test: int = GROUNDED_TEST,
+    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL for conversations (repeatable)"),
+    concurrency: int = CONCURRENCY,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    batch: bool = BATCH,
+    cache: Path | None = CACHE,
+    prices: Path | None = PRICES,
+    approve_credentialed: list[str] = APPROVE,
+    timeout: float = TIMEOUT,
+    max_attempts: int = MAX_ATTEMPTS,
     workers: int = WORKERS,
     executor: str = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Chest X-ray sources -> RadVLM instruction tasks (no LLM stages)."""
-    from radcorpora.builders.radvlm import RadVLMConfig, load_replication
+    """Chest X-ray sources -> RadVLM instruction tasks, prior-study removal and (with --llm) conversations."""
+    from radcorpora.builders.radvlm import DECISIONS_FILE, load_replication
+    from radcorpora.llm.verify import read_decisions
 
     try:
-        if uncertain not in ("absent", "present"):
-            raise ValueError(f"--uncertain must be absent or present, got {uncertain!r}")
-        config = RadVLMConfig(seed=seed, tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
-                              uncertain=uncertain, wbf_iou=wbf_iou, min_readers=min_readers,
-                              replication=load_replication(replication), max_side=max_side,
-                              templates_path=str(templates) if templates else None)
+        decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
+        config = _radvlm_config(tasks, llm, prior_removal, seed=seed, uncertain=uncertain, wbf_iou=wbf_iou,
+                                min_readers=min_readers, replication=load_replication(replication), max_side=max_side,
+                                templates_path=str(templates) if templates else None, conversations=conversations,
+                                conversation_test=conversation_test, grounded_test=grounded_test, verifiers=verify,
+                                decisions=decisions)
+        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
     sources = {"mimic_cxr": mimic_cxr, "mimic_cxr_reports": mimic_cxr_reports, "chexpert": chexpert,
                "chexpert_plus": chexpert_plus, "chest_imagenome": chest_imagenome, "vindr_cxr": vindr_cxr,
                "ms_cxr": ms_cxr, "padchest_gr": padchest_gr}
     _build("radvlm", sources, config, out, workers=workers, executor=executor, ray_address=ray_address,
-           overwrite=overwrite)
+           overwrite=overwrite, llm_settings=settings)
+
+
+@estimate_app.command("radvlm")
+def estimate_radvlm_cmd(
+    mimic_cxr: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr"],
+    mimic_cxr_reports: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr_reports"],
+    chexpert: Path | None = RADVLM_SOURCE_OPTIONS["chexpert"],
+    chexpert_plus: Path | None = RADVLM_SOURCE_OPTIONS["chexpert_plus"],
+    chest_imagenome: Path | None = RADVLM_SOURCE_OPTIONS["chest_imagenome"],
+    vindr_cxr: Path | None = RADVLM_SOURCE_OPTIONS["vindr_cxr"],
+    ms_cxr: Path | None = RADVLM_SOURCE_OPTIONS["ms_cxr"],
+    padchest_gr: Path | None = RADVLM_SOURCE_OPTIONS["padchest_gr"],
+    tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all the sources allow)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    llm: str = typer.Option(..., "--llm", help=LLM_HELP),
+    prior_removal: str | None = PRIOR_REMOVAL,
+    conversations: int = CONVERSATIONS,
+    conversation_test: int = CONVERSATION_TEST,
+    grounded_test: int = GROUNDED_TEST,
+    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeatable)"),
+    concurrency: int = CONCURRENCY,
+    rpm: int | None = RPM,
+    tpm: int | None = TPM,
+    cache: Path | None = CACHE,
+    prices: Path | None = PRICES,
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
+) -> None:
+    """Dry run of radvlm's LLM stages (prior-study removal, conversations, verification): requests,
+    tokens, cost online vs batch and time under the limits. Reads the sources; sends nothing."""
+    import json
+
+    from radcorpora.builders import radvlm as rvlm
+    from radcorpora.engine.estimate import estimate_plan, print_estimate
+
+    sources = {k: v for k, v in {"mimic_cxr": mimic_cxr, "mimic_cxr_reports": mimic_cxr_reports, "chexpert": chexpert,
+                                 "chexpert_plus": chexpert_plus, "chest_imagenome": chest_imagenome,
+                                 "vindr_cxr": vindr_cxr, "ms_cxr": ms_cxr, "padchest_gr": padchest_gr}.items() if v}
+    try:
+        config = _radvlm_config(tasks, llm, prior_removal, seed=seed, conversations=conversations,
+                                conversation_test=conversation_test, grounded_test=grounded_test, verifiers=verify)
+        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, [], 600.0, 5)
+        plan, images = rvlm.estimate(sources, config, lambda _line: None)
+        result = estimate_plan("radvlm", plan, settings)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    result["samples"] = images
+    if not plan:
+        result["note"] = "no LLM stage would run: give --conversations N, or --prior-removal llm"
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print_estimate(result, Console(width=80))
 
 
 @estimate_app.command("rad-ace-cot")
@@ -506,7 +612,7 @@ def _model_errors() -> tuple[type[Exception], ...]:
     return (*USER_ERRORS, ModelSpecError, TrainingError)
 
 
-def _judge(spec: str | None, cache: Path | None, concurrency: int):
+def _judge(spec: str | None, cache: Path | None, concurrency: int, approve_credentialed: list[str] | None = None):
     if spec is None:
         return None
     from radcorpora.llm.limits import RunnerLimits
@@ -514,7 +620,8 @@ def _judge(spec: str | None, cache: Path | None, concurrency: int):
     from radcorpora.reference_models.judge import Judge
 
     return Judge(spec, LLMSession(LLMSettings(limits=RunnerLimits(concurrency=concurrency),
-                                              cache_path=str(cache) if cache else None)))
+                                              cache_path=str(cache) if cache else None,
+                                              approve_credentialed=list(approve_credentialed or []))))
 
 
 def _recipe(build_dir: Path):
@@ -576,11 +683,13 @@ def evaluate_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
     adapter: Path = typer.Option(..., "--adapter", help="A `radcorpora train` output folder, or a peft adapter folder"),
     config: str | None = typer.Option(None, "--config", help="Held-out config (default: the corpus' evaluation config)"),
-    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers / criteria)"),
+    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers, criteria, "
+                                                            "conversation scores)"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N rows only"),
     out: Path | None = typer.Option(None, "--out", help="Where metrics.json and predictions.jsonl go (default: --adapter)"),
     cache: Path | None = CACHE,
     concurrency: int = CONCURRENCY,
+    approve_credentialed: list[str] = APPROVE,
 ) -> None:
     """Evaluate a trained model with the corpus' own metrics; per-sample predictions next to them."""
     _train_stack()
@@ -598,7 +707,7 @@ def evaluate_cmd(
         render = recipe.prompt_renderer(read_manifest(build_dir)) if recipe.prompt_renderer else None
         evaluator = EVALUATORS[recipe.evaluator]
         metrics, samples = evaluator.run(model, processor, rows, text_only=text_only,
-                                         judge=_judge(judge, cache, concurrency), render=render)
+                                         judge=_judge(judge, cache, concurrency, approve_credentialed), render=render)
     except _model_errors() as exc:
         _fail(exc)
     target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
@@ -618,26 +727,29 @@ def check_cmd(
     preset: str | None = typer.Option(None, "--preset", help="Training preset (default: tiny-check for tiny)"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps"),
     eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="Evaluate the first N held-out rows only"),
-    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge"),
+    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (also scores conversation "
+                                                            "configs, reported next to the check)"),
     cache: Path | None = CACHE,
     seed: int = typer.Option(0, "--seed", help="Seed of both training runs"),
+    approve_credentialed: list[str] = APPROVE,
 ) -> None:
     """Train on the build, and on the build with images withheld; exit 0 only when the image model
     beats its text-only twin by the margin on the held-out config."""
     _train_stack()
-    if not _run_check(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed):
+    if not _run_check(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed):
         raise typer.Exit(1)
 
 
 def _run_check(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
-               eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0) -> bool:
+               eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
+               approve_credentialed: list[str] | None = None) -> bool:
     from radcorpora.engine.lifecycle import library_versions
     from radcorpora.reference_models.check import CheckConfig, run_check
 
     try:
         report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
                                                   eval_limit=eval_limit, seed=seed), _recipe(build_dir),
-                           judge=_judge(judge, cache, 8), log=say, versions=library_versions())
+                           judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions())
     except _model_errors() as exc:
         _fail(exc)
     table = Table(title=f"reference check: {report['corpus']} ({report['metric']})")
@@ -646,6 +758,9 @@ def _run_check(build_dir: Path, model: str, margin: float, preset: str | None = 
     table.add_row(report["metric"], str(report["image"]["score"]), str(report["text_only"]["score"]))
     for cell, value in report["image"]["metrics"].get("by_task_and_type", {}).items():
         table.add_row(cell, str(value), str(report["text_only"]["metrics"]["by_task_and_type"].get(cell, "")))
+    for name in report.get("judged_configs", {}):  # LLM-judged configs, beside the check (not part of it)
+        scores = [report[v].get("judged_configs", {}).get(name, {}).get("score") for v in ("image", "text_only")]
+        table.add_row(f"{name} (judge, 0-100)", *(str(x) for x in scores))
     console.print(table)
     say(f"reference check {'passed' if report['passed'] else 'FAILED'}: gap {report['gap']:+} points "
         f"(margin {report['margin']}), {report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}",

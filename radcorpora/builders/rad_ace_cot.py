@@ -25,7 +25,7 @@ from radcorpora.llm.runner import CallResult
 from radcorpora.llm.session import LLMSession
 from radcorpora.llm.stage import LLMStage, offline_responders
 from radcorpora.llm.structured import JsonParser, TagParser
-from radcorpora.llm.verify import QueueEntry, Verdict, agreement, route
+from radcorpora.llm.verify import QueueEntry, Verdict, agreement, settle
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -250,16 +250,13 @@ def run_stages(selected: list[Selected], config: RadAceCotConfig, session: LLMSe
     for candidate in candidates:
         sample_id = candidate.item.sample.id
         given = verdicts[sample_id]
-        decision = decisions.get(sample_id)
-        verdict_route = route(given) if set(given) == expected else "disagree"
-        if verdict_route == "pass":
-            outcome.kept.append((candidate, "passed"))
-        elif verdict_route == "fail" and decision is None:
+        settled, verdict_route = settle(given, expected, decisions.get(sample_id))
+        if settled in ("passed", "adjudicated"):
+            outcome.kept.append((candidate, settled))
+        elif settled == "verifier_inconsistent":
             reasons = "; ".join(f"{m}: {v.reason}" for m, v in sorted(given.items()))
             outcome.rejects.append(_reject(candidate.item, "verifier_inconsistent", reasons))
-        elif decision == "accept":
-            outcome.kept.append((candidate, "adjudicated"))
-        elif decision == "reject":
+        elif settled == "adjudicator_rejected":
             outcome.rejects.append(_reject(candidate.item, "adjudicator_rejected", "rejected by a person"))
         else:
             outcome.queued.append(QueueEntry(

@@ -7,6 +7,7 @@ generate, write shards) -> finalize (rejects, manifest, card, validation).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import random
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
+import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, Field
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
@@ -124,20 +125,37 @@ def make_questions(image: RadImageNetImage, ctx: Context) -> list[QuestionAnswer
     return [QuestionAnswer.model_validate(q) for q in question_rows(image, ctx)]
 
 
+# One question as plain values, in this order (the columnar path builds Arrow columns from them).
+QUESTION_VALUES = ("question", "choices", "answer", "question_type", "content_type", "correct_text", "question_id",
+                   "subject")
+
+
 def question_rows(image: RadImageNetImage, ctx: Context) -> list[dict[str, Any]]:
-    """The nine questions of one image as plain rows (the columnar path), each drawn with its
-    own seeded generator."""
+    """The nine questions of one image as plain rows (the record layout)."""
+    labels = {"is_abnormal": image.is_abnormal, "location": image.region, "modality": image.modality,
+              "pathology": image.pathology}
+    return [{"question": q, "choices": c, "answer": a, "question_type": t,
+             "metadata": {"content_type": ct, "correct_text": cx, **labels, "question_id": qid}, "subject": sub}
+            for q, c, a, t, ct, cx, qid, sub in question_values(image, ctx)]
+
+
+def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ...]]:
+    """The nine questions of one image as tuples of QUESTION_VALUES, drawn in slot order from one
+    generator seeded by (seed, corpus, image key): a row's questions depend on that row only, never
+    on the order or the worker that builds it. (Until 2026-11-25 each slot seeded its own
+    generator; seeding a Mersenne Twister costs more than all of a question's draws, so one per
+    image made generation ~40% cheaper and changed which wording and distractors a seed gives.)"""
     cfg, tpl, tax = ctx.config, ctx.templates, ctx.taxonomy
     region = tax.region(image.region)
     none = tax.no_pathology_answer
-    truth = image.pathology if image.is_abnormal else none
-    words = {"region": region.phrase, "modality": MODALITY_WORDS[image.modality]}
+    is_abnormal = image.is_abnormal
+    truth = image.pathology if is_abnormal else none
+    phrase, modality = region.phrase, MODALITY_WORDS[image.modality]
     region_pathologies = tuple(region.pathologies)
-    questions: list[dict[str, Any]] = []
-    labels = (image.is_abnormal, region.name, image.modality, image.pathology)
+    questions: list[tuple[Any, ...]] = []
+    rng = row_rng(cfg.seed, CORPUS, image.key, "questions")
     for question_id, task, qtype, polarity in QUESTION_SLOTS:
-        rng = row_rng(cfg.seed, CORPUS, image.key, question_id)
-        slot, subject, choices = question_id, None, None
+        slot, subject, choices, asked_region = question_id, None, None, phrase
         if task == "anatomy":
             if qtype == "open":
                 answer = correct = region.name
@@ -145,43 +163,37 @@ def question_rows(image: RadImageNetImage, ctx: Context) -> list[dict[str, Any]]
                 subject = region.name if polarity == "positive" else _weighted_other(
                     rng, ctx.region_weights, region.name, tax.region_names)
                 answer = correct = "yes" if polarity == "positive" else "no"
-                words_q = {**words, "region": tax.region(subject).phrase}
+                asked_region = tax.region(subject).phrase
             else:
                 others = sample_distinct(rng, [r for r in tax.region_names if r != region.name], 3)
                 choices, answer = _multiple_choice(rng, region.name, others)
                 correct = region.name
         elif task == "abnormality":
-            answer = correct = "yes" if image.is_abnormal else "no"
+            answer = correct = "yes" if is_abnormal else "no"
         else:  # pathology
             if qtype == "open":
                 answer = correct = truth
             elif qtype == "closed" and polarity == "positive":
                 answer = correct = "yes"
                 subject = truth
-                if not image.is_abnormal:
+                if not is_abnormal:
                     slot = "pathology_closed_positive_normal"
             elif qtype == "closed":
                 answer = correct = "no"
-                if image.is_abnormal and rng.random() < cfg.normal_probe_rate:
+                if is_abnormal and rng.random() < cfg.normal_probe_rate:
                     subject, slot = none, "pathology_closed_positive_normal"
                 else:
                     subject = _weighted_other(rng, ctx.pathology_weights.get(region.name, {}), truth, region_pathologies)
             else:
                 pool = [p for p in region_pathologies if p != truth]
-                distractors = sample_distinct(rng, pool, 2 if image.is_abnormal else 3)
-                if image.is_abnormal:
+                distractors = sample_distinct(rng, pool, 2 if is_abnormal else 3)
+                if is_abnormal:
                     distractors.append(none)
                 choices, answer = _multiple_choice(rng, truth, distractors)
                 correct = truth
-        fill = words_q if (task == "anatomy" and qtype == "closed") else words
-        text = _fill(_pick(rng, tpl.variants(slot)), pathology=subject or truth, **fill)
-        questions.append({
-            "question": text, "choices": choices, "answer": answer, "question_type": qtype,
-            "metadata": {"content_type": CONTENT_TYPE_OF_TASK[task], "correct_text": correct,
-                         "is_abnormal": labels[0], "location": labels[1], "modality": labels[2],
-                         "pathology": labels[3], "question_id": question_id},
-            "subject": subject,
-        })
+        text = _fill(_pick(rng, tpl.variants(slot)), pathology=subject or truth, region=asked_region,
+                     modality=modality)
+        questions.append((text, choices, answer, qtype, CONTENT_TYPE_OF_TASK[task], correct, question_id, subject))
     return questions
 
 
@@ -279,11 +291,11 @@ def _context(payload: ChunkPayload) -> Context:
                    payload.region_weights, payload.pathology_weights)
 
 
-def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> list[tuple[RadImageNetImage, bytes]]:
-    """Each image read and checked once. Benchmark chunks walk each stratum's candidates in seeded
-    rank order and take the first `quota` readable ones, so an unreadable image is replaced by the
-    next in its stratum and the mix holds."""
-    taken: list[tuple[RadImageNetImage, bytes]] = []
+def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> list[tuple[RadImageNetImage, bytes, str]]:
+    """Each image read, checked and hashed once: (image, bytes, sha256). Benchmark chunks walk each
+    stratum's candidates in seeded rank order and take the first `quota` readable ones, so an
+    unreadable image is replaced by the next in its stratum and the mix holds."""
+    taken: list[tuple[RadImageNetImage, bytes, str]] = []
     check = payload.config.image_check
     quotas = dict(payload.quotas)
     per_stratum: Counter = Counter()
@@ -298,43 +310,122 @@ def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> l
             result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
             result.sources[str(image.path)] = source_index.entry_for(image.path, None)
             continue
-        result.sources[str(image.path)] = source_index.entry_for(image.path, data)
+        entry = source_index.entry_for(image.path, data)
+        result.sources[str(image.path)] = entry
         per_stratum[stratum] += 1
-        taken.append((image, data))
-    taken.sort(key=lambda pair: pair[0].key)
+        taken.append((image, data, entry[2]))
+    taken.sort(key=lambda item: item[0].key)
     return taken
 
 
-def _lineage(image: RadImageNetImage, digest: str, templates: TemplateSet) -> dict[str, Any]:
-    return {"source_dataset": "RadImageNet", "source_id": image.rel_path, "source_split": image.split,
-            "licence_class": LICENCE_CLASS, "image_sha256": digest, "prompt_ids": [templates.id],
-            "prompt_hashes": [templates.content_hash], "models": []}
+def _struct(dtype: pa.DataType, arrays: list[pa.Array]) -> pa.StructArray:
+    return pa.StructArray.from_arrays(arrays, fields=list(dtype))
 
 
-def chunk_tables(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes]], ctx: Context) -> dict[str, pa.Table]:
-    """The chunk's rows of each config as Arrow tables, built from plain columns."""
-    rows: dict[str, list[dict[str, Any]]] = {cfg: [] for cfg in payload.shards}
-    for image, data in images:
-        stored = {"bytes": data, "path": image.path.name}
-        lineage = _lineage(image, source_index.entry_for(image.path, data)[2], ctx.templates)
-        labels = {"is_abnormal": image.is_abnormal, "location": image.region, "modality": image.modality,
-                  "pathology": image.pathology}
-        questions = question_rows(image, ctx)
-        if "alignment" in rows:
-            rows["alignment"].append({"image": stored, "id": image.key, "conversations": caption_turns(image, ctx),
-                                      "metadata": labels, "lineage": lineage})
-        if "instruct" in rows:
-            rows["instruct"].append({"image": stored, "id": image.key,
-                                     "conversations": instruct_turns(image, questions, ctx),
-                                     "questions": questions, "metadata": labels, "lineage": lineage})
-        if "benchmark" in rows:
-            for qa in questions:
-                rows["benchmark"].append({"image": stored, "id": f"{image.key}#{qa['metadata']['question_id']}",
-                                          **qa, "lineage": lineage})
-    return {cfg: pa.Table.from_pylist(r, schema=arrow_schema_for(CONFIG_RECORDS[cfg])) for cfg, r in rows.items()}
+def _lists(dtype: pa.DataType, values: pa.Array, per_row: int, rows: int) -> pa.ListArray:
+    """`rows` lists of `per_row` consecutive values each."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * per_row), values, type=dtype)
 
 
-def check_chunk_table(config: str, table: pa.Table, where: str, result: ChunkResult) -> None:
+def _turns(dtype: pa.DataType, values: list[str], per_row: int, rows: int) -> pa.ListArray:
+    """Conversations: `per_row` turns per row, alternating human / gpt."""
+    turn = dtype.value_type
+    roles = pa.array(["human", "gpt"] * (len(values) // 2), pa.string())
+    return _lists(dtype, _struct(turn, [roles, pa.array(values, pa.string())]), per_row, rows)
+
+
+def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes, str]], ctx: Context
+                  ) -> dict[str, pa.RecordBatch]:
+    """The chunk's rows of each config as Arrow record batches, built column by column from plain
+    values (no per-row objects); the image column is built once and shared by the configs that
+    embed it. Same values as the record models (`make_questions`, `make_caption`, ...)."""
+    n = len(images)
+    nq = len(QUESTION_SLOTS)
+    schemas = {cfg: arrow_schema_for(CONFIG_RECORDS[cfg]) for cfg in payload.shards}
+    any_schema = next(iter(schemas.values()))
+    keys = [image.key for image, _, _ in images]
+    # per image
+    image_col = _struct(any_schema.field("image").type, [pa.array([d for _, d, _ in images], pa.binary()),
+                                                         pa.array([i.path.name for i, _, _ in images], pa.string())])
+    abnormal = pa.array([i.is_abnormal for i, _, _ in images], pa.bool_())
+    location = pa.array([i.region for i, _, _ in images], pa.string())
+    modality = pa.array([i.modality for i, _, _ in images], pa.string())
+    pathology = pa.array([i.pathology for i, _, _ in images], pa.string())
+    lineage_type = any_schema.field("lineage").type
+    one_each = pa.array(np.arange(n + 1, dtype=np.int32))
+    lineage = _struct(lineage_type, [
+        pa.array(["RadImageNet"] * n, pa.string()),
+        pa.array([i.rel_path for i, _, _ in images], pa.string()),
+        pa.array([i.split for i, _, _ in images], pa.string()),
+        pa.array([LICENCE_CLASS] * n, pa.string()),
+        pa.array([digest for _, _, digest in images], pa.string()),
+        pa.ListArray.from_arrays(one_each, pa.array([ctx.templates.id] * n, pa.string())),
+        pa.ListArray.from_arrays(one_each, pa.array([ctx.templates.content_hash] * n, pa.string())),
+        pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string())),
+    ])
+    # per question (nine per image, slot order), and the turns
+    questions = [question_values(image, ctx) for image, _, _ in images]
+    flat = [q for qs in questions for q in qs]
+    columns = list(zip(*flat)) if flat else [()] * len(QUESTION_VALUES)
+    text, choices, answer, qtype, content, correct, qid, subject = columns
+    batches: dict[str, pa.RecordBatch] = {}
+    per_question = pa.array(np.repeat(np.arange(n, dtype=np.int64), nq))
+
+    def question_arrays(struct_type: pa.DataType) -> list[pa.Array]:
+        meta_type = struct_type.field("metadata").type
+        choice_offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+        choice_offsets[1:] = np.cumsum([len(c) if c is not None else 0 for c in choices])
+        choice_list = pa.ListArray.from_arrays(
+            pa.array(choice_offsets), pa.array([x for c in choices if c is not None for x in c], pa.string()),
+            type=struct_type.field("choices").type, mask=pa.array([c is None for c in choices], pa.bool_()))
+        meta = _struct(meta_type, [pa.array(content, pa.string()), pa.array(correct, pa.string()),
+                                   abnormal.take(per_question), location.take(per_question),
+                                   modality.take(per_question), pathology.take(per_question),
+                                   pa.array(qid, pa.string())])
+        return [pa.array(text, pa.string()), choice_list, pa.array(answer, pa.string()), pa.array(qtype, pa.string()),
+                meta, pa.array(subject, pa.string())]
+
+    if "alignment" in schemas:
+        schema = schemas["alignment"]
+        caption = []
+        for image, _, _ in images:
+            caption += [t["value"] for t in caption_turns(image, ctx)]
+        labels = _struct(schema.field("metadata").type, [abnormal, location, modality, pathology])
+        batches["alignment"] = pa.RecordBatch.from_arrays(
+            [image_col, pa.array(keys, pa.string()), _turns(schema.field("conversations").type, caption, 2, n),
+             labels, lineage], schema=schema)
+    if "instruct" in schemas:
+        schema = schemas["instruct"]
+        seed, templates = ctx.config.seed, ctx.templates
+        turns: list[str] = []
+        for key, qs in zip(keys, questions):
+            for i, q in enumerate(qs):
+                prompt = render_question(q[0], q[1], q[6], key, seed, templates)
+                turns.append(f"<image>\n{prompt}" if i == 0 else prompt)
+                turns.append(q[2])
+        question_type = schema.field("questions").type
+        qa = _struct(question_type.value_type, question_arrays(question_type.value_type))
+        labels = _struct(schema.field("metadata").type, [abnormal, location, modality, pathology])
+        batches["instruct"] = pa.RecordBatch.from_arrays(
+            [image_col, pa.array(keys, pa.string()), _turns(schema.field("conversations").type, turns, 2 * nq, n),
+             _lists(question_type, qa, nq, n), labels, lineage], schema=schema)
+    if "benchmark" in schemas:
+        schema = schemas["benchmark"]
+        fields = question_arrays(pa.struct([schema.field(c) for c in ("question", "choices", "answer",
+                                                                     "question_type", "metadata", "subject")]))
+        ids = pa.array([f"{key}#{q}" for key, q in zip(np.repeat(np.array(keys, dtype=object), nq), qid)], pa.string())
+        batches["benchmark"] = pa.RecordBatch.from_arrays(
+            [image_col.take(per_question), ids, *fields, lineage.take(per_question)], schema=schema)
+    return batches
+
+
+def chunk_tables(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes, str]], ctx: Context
+                 ) -> dict[str, pa.Table]:
+    """The chunk's rows of each config as Arrow tables."""
+    return {cfg: pa.Table.from_batches([batch]) for cfg, batch in chunk_batches(payload, images, ctx).items()}
+
+
+def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str, result: ChunkResult) -> None:
     """Every row against its record model (derived rules) and the corpus' row rules, vectorised;
     findings name the shard, row and field."""
     violations, total = check_table(table, CONFIG_RECORDS[config])
@@ -358,18 +449,27 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     result = ChunkResult(chunk_id=spec.chunk_id)
     counts: Counter = Counter()
     images = _images_of(payload, result, counts)
-    tables = chunk_tables(payload, images, ctx)
+    # Generation makes many short-lived objects and no reference cycles; with the collector on,
+    # each of its passes walks the whole heap (the worker holds the build's plan): ~15% of a chunk.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        batches = chunk_batches(payload, images, ctx)
+    finally:
+        if collecting:
+            gc.enable()
     for cfg, rel in payload.shards.items():
-        check_chunk_table(cfg, tables[cfg], rel, result)
+        batch = batches[cfg]
+        check_chunk_table(cfg, batch, rel, result)  # a record batch: no column is concatenated for the checks
         writer = ShardWriter(out / rel, CONFIG_RECORDS[cfg])
         try:
-            writer.write_table(tables[cfg])
-            result.shards[rel] = ShardInfo(rows=tables[cfg].num_rows, sha256=writer.close())
+            writer.write_table(pa.Table.from_batches([batch]))
+            result.shards[rel] = ShardInfo(rows=batch.num_rows, sha256=writer.close())
         except BaseException:
             writer.abort()
             raise
     counts[f"images_{payload.split}"] += len(images)
-    counts["source_image_bytes"] += sum(len(data) for _, data in images)
+    counts["source_image_bytes"] += sum(len(data) for _, data, _ in images)
     result.counts = dict(counts)
     return result
 

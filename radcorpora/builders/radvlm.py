@@ -18,15 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.builders.radvlm_llm import LLM_TASKS, STAGES, estimate_requests, load_prompts, offline_responders, \
+    run_llm_stages
 from radcorpora.ops.boxes import boxes_text, fuse_readers
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -38,6 +40,8 @@ from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.schemas.radvlm import (
     CONFIG_RECORDS,
+    CONVERSATION_SOURCES,
+    CONVERSATION_TASKS,
     DEFAULT_REPLICATION,
     PATIENT_NAMESPACE,
     TASK_SOURCES,
@@ -79,6 +83,34 @@ class RadVLMConfig(BaseModel):
     anatomical_grounding_samples: int = Field(80_000, ge=0)
     images_per_shard: int = Field(1000, ge=1)
     templates_path: str | None = None
+    # Part 2, the LLM stages. `prior_removal`: "llm" rewrites each report with `llm`; "rules"
+    # drops the sentences the prior-study detector flags (no text leaves the machine); "off"
+    # keeps the extracted text (the card warns).
+    llm: str | None = None  # PROVIDER:MODEL of both LLM stages
+    prior_removal: Literal["llm", "rules", "off"] = "rules"
+    conversations: int = Field(0, ge=0)  # standard train conversations (paper: 86,155); 0: no conversations
+    conversation_test: int = Field(500, ge=0)  # held-out standard conversations (paper: 500)
+    grounded_test: int = Field(155, ge=0)  # held-out grounded ones, from MS-CXR's test split (paper: 155)
+    min_rounds: int = Field(5, ge=1)
+    max_rounds: int = Field(10, ge=1)
+    verifiers: list[str] = Field(default_factory=list)  # PROVIDER:MODEL judging each conversation
+    decisions: dict[str, Literal["accept", "reject"]] = Field(default_factory=dict)  # a person's adjudication
+
+    @model_validator(mode="after")
+    def _llm_for_llm_stages(self) -> RadVLMConfig:
+        if self.prior_removal == "llm" and not self.llm:
+            raise ValueError("--prior-removal llm needs --llm PROVIDER:MODEL (or use --prior-removal rules)")
+        if self.conversations and not self.llm:
+            raise ValueError("--conversations needs --llm PROVIDER:MODEL: conversations are written by an LLM")
+        if self.verifiers and not self.conversations:
+            raise ValueError("--verify checks conversations: give --conversations N too")
+        if self.min_rounds > self.max_rounds:
+            raise ValueError(f"min_rounds {self.min_rounds} > max_rounds {self.max_rounds}")
+        return self
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.prior_removal == "llm" or self.conversations > 0
 
     def replication_for(self, task: str, source: str) -> int:
         for key in (f"{task}/{source}", task):
@@ -130,6 +162,9 @@ class PlannedRow:
     report_section: str | None = None
     positive_labels: tuple[str, ...] = ()
     read_image: str = "file"  # file | dicom | padchest-zip
+    phrases: tuple[tuple[str, tuple[Box, ...]], ...] = ()  # grounded conversations: (phrase, its boxes)
+    prompts: tuple[tuple[str, str], ...] = ()  # (id, content hash) of the LLM prompts that wrote its text
+    models: tuple[str, ...] = ()  # the models that wrote it
 
     @property
     def key(self) -> str:
@@ -311,6 +346,73 @@ def phrase_rows(source: str, findings: Iterable[GroundedFinding], words: Words, 
     return rows
 
 
+def _seeded_take(rows: list[PlannedRow], n: int | None, seed: int, purpose: str) -> list[PlannedRow]:
+    """A seeded choice of n rows (all when n is None), independent of input order."""
+    ranked = sorted(rows, key=lambda r: rank_key(seed, CORPUS, r.image.image_id, purpose))
+    return ranked if n is None else ranked[:n]
+
+
+def conversation_rows(scans: dict[str, Any], config: RadVLMConfig) -> list[PlannedRow]:
+    """Images a conversation will be written for (their turns come from the LLM stage).
+
+    Standard: a seeded `conversations` of MIMIC-CXR's frontal train images with a report and
+    labels, and `conversation_test` of its test images. Grounded: every MS-CXR (non-test) and
+    PadChest-GR (train) image with grounded phrases, and `grounded_test` of MS-CXR's test images
+    (the published test set draws on MS-CXR only). MS-CXR images take their report and labels
+    from MIMIC-CXR; PadChest-GR's report is its grounded sentences."""
+    if not config.conversations:
+        return []
+    mimic = scans.get("mimic-cxr")
+    rows: list[PlannedRow] = []
+    if mimic is not None:
+        pool: dict[str, list[PlannedRow]] = {"train": [], "test": []}
+        for image in mimic.images:
+            report = mimic.reports.get(image.study_id) if mimic.reports else None
+            states = mimic.labels.get(image.study_id)
+            if not image.frontal or report is None or not report.text or states is None:
+                continue
+            found, problem = positive_labels(states, config.uncertain)
+            if problem:
+                continue
+            pool["test" if image.split == "test" else "train"].append(PlannedRow(
+                "conversation", "mimic-cxr", image, (), report=report.text,
+                report_section="findings" if report.findings else "impression", positive_labels=tuple(found)))
+        rows += _seeded_take(pool["train"], config.conversations, config.seed, "conversation")
+        rows += _seeded_take(pool["test"], config.conversation_test, config.seed, "conversation_test")
+    for source in CONVERSATION_SOURCES["conversation_grounded"]:
+        scan = scans.get(source)
+        if scan is None:
+            continue
+        by_image: dict[str, list[GroundedFinding]] = defaultdict(list)
+        for finding in scan.findings:
+            if finding.boxes and finding.phrase:
+                by_image[finding.image.image_id].append(finding)
+        pool = {"train": [], "test": []}
+        for image_id, findings in sorted(by_image.items()):
+            image = findings[0].image
+            findings.sort(key=lambda f: (f.phrase or "", f.label))
+            phrases = tuple((f.phrase or f.label, tuple(f.boxes)) for f in findings)
+            report, labels = " ".join(p for p, _ in phrases), ()
+            if source == "ms-cxr" and mimic is not None:
+                study = mimic.reports.get(image.study_id) if mimic.reports else None
+                states = mimic.labels.get(image.study_id)
+                report = (study.text if study is not None and study.text else report)
+                labels = tuple(positive_labels(states, config.uncertain)[0]) if states else ()
+            split = "test" if image.split == "test" else "train"
+            if split == "test" and source != "ms-cxr":
+                continue  # PadChest-GR test images are not part of the published grounded test set
+            pool[split].append(PlannedRow("conversation_grounded", source, image, (), report=report,
+                                          positive_labels=labels, phrases=phrases,
+                                          read_image="padchest-zip" if source == "padchest-gr" else "file"))
+        rows += pool["train"]
+        if source == "ms-cxr":
+            rows += _seeded_take(pool["test"], config.grounded_test, config.seed, "grounded_test")
+    if not rows:
+        raise RadVLMConfigError("--conversations needs images with a report and labels: --mimic-cxr with "
+                                "--mimic-cxr-reports (or grounded phrases: --ms-cxr, --padchest-gr)")
+    return rows
+
+
 def enforce_patient_splits(rows: list[PlannedRow], rejects: list[Reject]) -> list[PlannedRow]:
     """No patient in both train and test of any config, across every task and source: a patient
     with any test row keeps only test rows (the test sets stay as published); their train rows
@@ -374,7 +476,8 @@ def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: t
         "lineage": {"source_dataset": row.source, "source_id": image.image_id, "patient_id": row.patient,
                     "study_id": image.study_id, "source_split": image.split, "licence_class": image.licence_class,
                     "image_sha256": hashlib.sha256(data).hexdigest(), "image_converted": converted,
-                    "prompt_ids": [templates[0]], "prompt_hashes": [templates[1]], "models": []},
+                    "prompt_ids": [templates[0], *(p[0] for p in row.prompts)],
+                    "prompt_hashes": [templates[1], *(p[1] for p in row.prompts)], "models": list(row.models)},
     }
 
 
@@ -419,6 +522,15 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     return result
 
 
+def _content_digest(rows: Sequence[PlannedRow]) -> str:
+    """What LLM stages wrote into a chunk's rows: part of its id, so a rerun whose answers changed
+    (a failed request answered now, a person's decision) never reuses the chunk written before."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row.key, row.instances, row.report], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
+
+
 def plan_chunks(rows: list[PlannedRow], config: RadVLMConfig, templates: TemplateSet) -> list[ChunkSpec]:
     chunks = []
     by_config: dict[tuple[str, str], list[PlannedRow]] = defaultdict(list)
@@ -430,7 +542,10 @@ def plan_chunks(rows: list[PlannedRow], config: RadVLMConfig, templates: Templat
         for index, piece in enumerate(pieces):
             shard = shard_relpath(task, split, index, len(pieces))
             payload = ChunkPayload(task, tuple(piece), shard, config.max_side, (templates.id, templates.content_hash))
-            chunks.append(ChunkSpec(f"{task}-{split}-{index:05d}", len(piece), payload))
+            chunk_id = f"{task}-{split}-{index:05d}"
+            if task in LLM_TASKS and config.prior_removal != "off" or task in CONVERSATION_TASKS:
+                chunk_id += f"-{_content_digest(piece)}"
+            chunks.append(ChunkSpec(chunk_id, len(piece), payload))
     return chunks
 
 
@@ -480,6 +595,11 @@ def fingerprint_rows(rows: list[PlannedRow]) -> str:
     return digest.hexdigest()[:16]
 
 
+DECISIONS_FILE = "build/adjudication_decisions.jsonl"
+QUEUE_FILE = "build/adjudication_queue.jsonl"
+FAILURES_FILE = "build/llm_failures.jsonl"
+
+
 def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
     from radcorpora.builders.radvlm_sources import read_sources
 
@@ -493,24 +613,74 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
         before = len(rows)
         rows += read.rows_for(task, words, config, set(tasks), rejects)
         log(f"{task}: {len(rows) - before} images")
-    rows = enforce_patient_splits(rows, rejects)
-    chunks = plan_chunks(rows, config, templates)
-    fingerprint = {"templates": f"{templates.id}@{templates.content_hash}",
-                   "sources": {"present": sorted(read.present), "rows": fingerprint_rows(rows)}}
-    plan = RadVLMPlan(rows, chunks, rejects, Counter(read.counts), list(read.warnings), read.summary)
+    conversations = conversation_rows(read.scans, config)
+    if conversations:
+        log(f"conversations: {len(conversations)} images to write conversations for")
+    rows = enforce_patient_splits(rows + conversations, rejects)
+    fingerprint: dict[str, Any] = {"templates": f"{templates.id}@{templates.content_hash}",
+                                   "sources": {"present": sorted(read.present), "rows": fingerprint_rows(rows)}}
+    if config.uses_llm or config.verifiers:
+        fingerprint["prompts"] = {p.id: p.content_hash for p in load_prompts().values()}
+    plan = RadVLMPlan(rows, [], rejects, Counter(read.counts), list(read.warnings), read.summary)
     return Prepared(fingerprint=fingerprint, plan=plan)
 
 
 def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOutput:
+    from radcorpora.store import atomic
+
     plan: RadVLMPlan = prepared.plan
-    results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
+    decisions = dict(sorted(config.decisions.items()))
+    if decisions:
+        atomic.write_jsonl(ctx.out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
+    session = ctx.llm_session(offline_responders()) if config.uses_llm else None
+    try:
+        outcome = run_llm_stages(plan.rows, config, session, decisions)
+    finally:
+        if session is not None:
+            session.close()
     templates = load_templates(config)
+    results = ctx.run_chunks(plan_chunks(outcome.rows, config, templates), build_chunk, CORPUS)
     warnings = list(plan.warnings)
-    if "report_generation" in {r.task for r in plan.rows}:
+    built = {r.task for r in outcome.rows}
+    if "report_generation" in built and config.prior_removal == "off":
         warnings.append("report_generation holds the extracted report text: references to prior studies are "
-                        "still in it (prior-study removal is not applied in this build)")
+                        "still in it (--prior-removal off)")
+    files: list[str] = []
+    llm: dict[str, Any] = {"prior_removal": config.prior_removal}
+    if session is not None:
+        atomic.write_jsonl(ctx.out / FAILURES_FILE, session.ledger.entries)
+        files.append(FAILURES_FILE)
+        if session.ledger.entries:
+            warnings.append(f"{len(session.ledger.entries)} LLM request(s) failed; rerun the same command to retry them")
+        llm.update({"generator": session.model_id(config.llm), "verifiers": [session.model_id(v) for v in config.verifiers],
+                    "stages": {s.name: s.description for s in STAGES
+                               if (s.name != "prior_removal" or config.prior_removal == "llm")
+                               and (s.name == "prior_removal" or config.conversations)
+                               and (s.name != "conversation_verify" or config.verifiers)},
+                    **session.summary(), "verification": outcome.agreement,
+                    "adjudication_pending": len(outcome.queued), "adjudication_decisions": len(decisions),
+                    "cache_path": str(session.cache.path)})
+    if config.verifiers:
+        atomic.write_jsonl(ctx.out / QUEUE_FILE, [q.model_dump(mode="json") for q in outcome.queued])
+        files.append(QUEUE_FILE)
+        if outcome.queued:
+            warnings.append(f"{len(outcome.queued)} conversation(s) await adjudication in {QUEUE_FILE}")
+    if decisions:
+        files.append(DECISIONS_FILE)
+    prompts = {templates.id: templates.content_hash}
+    if config.uses_llm or config.prior_removal == "llm":
+        prompts.update({p.id: p.content_hash for p in load_prompts().values()})
     return StageOutput(
-        chunks=results, rejects=plan.rejects, counts=plan.counts, warnings=warnings,
-        manifest={"source": plan.sources, "prompts": {templates.id: templates.content_hash},
-                  "replication": {f"{t}/{s}": config.replication_for(t, s) for t in TASKS for s in TASK_SOURCES[t]},
-                  "tasks": sorted({r.task for r in plan.rows})})
+        chunks=results, rejects=plan.rejects + outcome.rejects, counts=plan.counts + outcome.counts, warnings=warnings,
+        files=files,
+        manifest={"source": plan.sources, "prompts": prompts, "llm": llm,
+                  "replication": {f"{t}/{s}": config.replication_for(t, s)
+                                  for t, sources in (*TASK_SOURCES.items(), *CONVERSATION_SOURCES.items()) for s in sources},
+                  "tasks": sorted(built)})
+
+
+def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[list[Any], int]:
+    """(stage, model, requests) per stage a build would send, and the images it covers; nothing is sent."""
+    prepared = prepare(sources, config, log)
+    rows = prepared.plan.rows
+    return estimate_requests(rows, config), len(rows)

@@ -162,6 +162,11 @@ def _wrap(text: str) -> list[str]:
     return [f" {line}" for line in textwrap.wrap(text, 76)]
 
 
+PRIOR_SENTENCES = ("", "", "Compared with the prior radiograph, the cardiomediastinal silhouette is unchanged.",
+                   "The support devices are again seen in unchanged position.",
+                   "", "No significant interval change since the study of ___.")
+
+
 def _report(kind: str, study_key: str, views: list[str], states: dict[str, str]) -> str:
     """One report in the MIMIC-CXR layout; `kind` picks the header layout."""
     exam = "CHEST (PORTABLE AP)" if views == ["AP"] else "CHEST (PA AND LAT)" if len(views) > 1 else "CHEST (PA)"
@@ -170,6 +175,9 @@ def _report(kind: str, study_key: str, views: list[str], states: dict[str, str])
          "follow-up of known effusion", "chest pain"))
     findings = " ".join(findings_sentences(states))
     impression = " ".join(impression_sentences(states))
+    prior = row_rng(0, "demo-mimic-cxr", study_key, "prior").choice(PRIOR_SENTENCES)
+    if prior:  # real reports often compare with an earlier study; RadVLM removes those statements
+        findings = f"{findings} {prior}"
     lines = ["                                 FINAL REPORT"]
     if kind == "addendum":
         lines += [" ADDENDUM:", *_wrap("The findings were discussed with Dr. ___ by telephone at ___ on the "

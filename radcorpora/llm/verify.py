@@ -64,6 +64,25 @@ def agreement(verdicts: dict[str, dict[str, Verdict]]) -> dict[str, Any]:
     return report
 
 
+Settled = Literal["passed", "adjudicated", "verifier_inconsistent", "adjudicator_rejected", "queued"]
+
+
+def settle(given: dict[str, Verdict], expected: set[str], decision: str | None) -> tuple[Settled, Outcome]:
+    """What happens to one verified item: kept (every verifier passed it, or a person accepted
+    it), rejected (every verifier failed it, or a person rejected it), or queued for a person
+    (verifiers disagree, or one gave no verdict). Also the verifiers' own route, for agreement."""
+    verdict_route: Outcome = route(given) if given and set(given) == expected else "disagree"
+    if verdict_route == "pass":
+        return "passed", verdict_route
+    if verdict_route == "fail" and decision is None:
+        return "verifier_inconsistent", verdict_route
+    if decision == "accept":
+        return "adjudicated", verdict_route
+    if decision == "reject":
+        return "adjudicator_rejected", verdict_route
+    return "queued", verdict_route
+
+
 class QueueEntry(BaseModel):
     """One disagreement for a person: the item, every verdict, and an empty decision to fill in."""
 

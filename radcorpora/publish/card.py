@@ -232,3 +232,26 @@ def llm_usage_text(usage: dict[str, Any]) -> str:
         lines.append("No price known for: " + ", ".join(f"`{m}`" for m in usage["unpriced_models"])
                      + " (their cost is left out of the totals).")
     return "\n\n".join(lines)
+
+
+def llm_section(manifest: dict[str, Any]) -> str:
+    """The LLM stages of a build: models, paid usage, failures, verification and adjudication."""
+    llm = manifest.get("llm") or {}
+    usage = llm.get("usage") or {}
+    lines = [f"Generator: `{llm.get('generator')}`" + (f"; verifiers: {', '.join(f'`{v}`' for v in llm.get('verifiers', []))}"
+                                                         if llm.get("verifiers") else "; no verifier model.")]
+    lines.append(llm_usage_text(usage))
+    failures = llm.get("failures") or {}
+    lines.append("Failed requests: " + (", ".join(f"{k} {v}" for k, v in failures.items()) if failures else "none")
+                 + " (each listed in `build/llm_failures.jsonl`).")
+    verification = llm.get("verification") or {}
+    if verification.get("items"):
+        text = f"Verification of {verification['items']} items: outcomes {verification.get('outcomes')}"
+        if "percent_agreement" in verification:
+            text += f", agreement {verification['percent_agreement']}%"
+        if verification.get("cohen_kappa") is not None:
+            text += f", Cohen's kappa {verification['cohen_kappa']}"
+        lines.append(text + f". Awaiting adjudication: {llm.get('adjudication_pending', 0)}.")
+    if llm.get("generator", "").startswith("offline"):
+        lines.append("**Built with the offline stand-in, not a language model: demonstration data only.**")
+    return "\n\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.card import CardContent, llm_usage_text
+from radcorpora.publish.card import CardContent, llm_section
 
 RAD_ACE_BIBTEX = """@misc{ates2025radace,
   title  = {RAD-ACE: Multimodal Large Language Models as Radiology Assistants},
@@ -43,28 +43,6 @@ The public RAD-ACE CSV layout (filename, modality, cot_output, question) comes f
 `radcorpora export rad-ace-csv BUILD_DIR --out FILE.csv`."""
 
 
-def _llm_section(manifest: dict[str, Any]) -> str:
-    llm = manifest.get("llm") or {}
-    usage = llm.get("usage") or {}
-    lines = [f"Generator: `{llm.get('generator')}`" + (f"; verifiers: {', '.join(f'`{v}`' for v in llm.get('verifiers', []))}"
-                                                         if llm.get("verifiers") else "; no verifier model.")]
-    lines.append(llm_usage_text(usage))
-    failures = llm.get("failures") or {}
-    lines.append("Failed requests: " + (", ".join(f"{k} {v}" for k, v in failures.items()) if failures else "none")
-                 + " (each listed in `build/llm_failures.jsonl`).")
-    verification = llm.get("verification") or {}
-    if verification.get("items"):
-        text = f"Verification of {verification['items']} samples: outcomes {verification.get('outcomes')}"
-        if "percent_agreement" in verification:
-            text += f", agreement {verification['percent_agreement']}%"
-        if verification.get("cohen_kappa") is not None:
-            text += f", Cohen's kappa {verification['cohen_kappa']}"
-        lines.append(text + f". Awaiting adjudication: {llm.get('adjudication_pending', 0)}.")
-    if llm.get("generator", "").startswith("offline"):
-        lines.append("**Built with the offline stand-in, not a language model: demonstration data only.**")
-    return "\n\n".join(lines)
-
-
 def rad_ace_cot_card(manifest: dict[str, Any]) -> CardContent:
     return CardContent(
         pretty_name="RAD-ACE-CoT (radcorpora build)",
@@ -88,5 +66,5 @@ def rad_ace_cot_card(manifest: dict[str, Any]) -> CardContent:
         task_categories=["visual-question-answering", "image-text-to-text"],
         tags=["medical", "radiology", "ct", "mri", "chain-of-thought", "reasoning", "radcorpora"],
         usage=USAGE,
-        sections={"LLM stages": _llm_section(manifest)},
+        sections={"LLM stages": llm_section(manifest)},
     )

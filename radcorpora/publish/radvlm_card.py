@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.card import CardContent
+from radcorpora.publish.card import CardContent, llm_section
 
 RADVLM_BIBTEX = """@article{deperrois2025radvlm,
   title   = {RadVLM: A Multitask Conversational Vision-Language Model for Radiology},
@@ -40,6 +40,37 @@ frame they came from and, for fused VinDr boxes, how many radiologists agreed) a
 answers in RadVLM's text form."""
 
 
+PRIOR_REMOVAL_TEXT = {
+    "llm": "Every report the build uses (report generation, and the facts conversations are written from) was "
+           "rewritten by an LLM to keep only what the current image shows; the rule-based prior-study detector "
+           "checked every rewrite (a leak was sent back once, then rejected). Reports with nothing current left "
+           "are rejected as `prior_removal_nothing_current`.",
+    "rules": "References to earlier studies were removed by radcorpora's rule-based detector, sentence by "
+             "sentence (a sentence that mentions an earlier study is dropped whole, even when it also names a "
+             "current finding); no report text was sent to a language model.",
+    "off": "**Prior-study removal was turned off: report texts still refer to earlier studies** "
+           "(\"unchanged\", \"compared with the prior\"), which a model that sees one image cannot know.",
+}
+
+
+def _llm_text(manifest: dict[str, Any]) -> dict[str, str]:
+    llm = manifest.get("llm") or {}
+    mode = llm.get("prior_removal", "off")
+    sections = {"Prior-study removal": PRIOR_REMOVAL_TEXT.get(mode, PRIOR_REMOVAL_TEXT["off"])}
+    splits = manifest.get("splits") or {}
+    if any(c in splits for c in ("conversation", "conversation_grounded")):
+        sections["Conversations"] = (
+            "`conversation` and `conversation_grounded` hold one LLM-written conversation per image (5-10 rounds, "
+            "JSON turns parsed and checked: alternating roles, no empty turn, no prior-study language, no copied "
+            "`___` placeholder; grounded ones ask where a finding is and quote only the given boxes). They were "
+            "written from the report after prior-study removal, the CheXpert labels, view and sex (and, for "
+            "grounded ones, MS-CXR / PadChest-GR phrases with their boxes), not from the pixels. Test sets: "
+            "seeded draws from the sources' test splits (published sizes 500 and 155).")
+    if llm.get("generator"):
+        sections["LLM stages"] = llm_section(manifest)
+    return sections
+
+
 def radvlm_card(manifest: dict[str, Any]) -> CardContent:
     present = (manifest.get("source") or {}).keys()
     credentialed = manifest.get("licence_class") == "credentialed"
@@ -67,4 +98,5 @@ def radvlm_card(manifest: dict[str, Any]) -> CardContent:
         task_categories=["image-to-text", "visual-question-answering", "object-detection"],
         tags=["medical", "radiology", "chest-x-ray", "grounding", "radcorpora"],
         usage=USAGE,
+        sections=_llm_text(manifest),
     )

@@ -17,9 +17,19 @@ from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.common import ImageData, LicenceClass, Turn
 
 Task = Literal["report_generation", "abnormality_classification", "anatomical_grounding", "abnormality_grounding",
-               "abnormality_detection", "phrase_grounding"]
+               "abnormality_detection", "phrase_grounding", "conversation", "conversation_grounded"]
 TASKS: tuple[str, ...] = ("report_generation", "abnormality_classification", "anatomical_grounding",
                           "abnormality_grounding", "abnormality_detection", "phrase_grounding")
+# Written by an LLM (part 2): one multi-turn conversation per image, from its report (after
+# prior-study removal), CheXpert labels, view and sex; grounded ones also from phrases and boxes.
+CONVERSATION_TASKS: tuple[str, ...] = ("conversation", "conversation_grounded")
+CONVERSATION_SOURCES: dict[str, tuple[str, ...]] = {
+    "conversation": ("mimic-cxr",),
+    "conversation_grounded": ("ms-cxr", "padchest-gr"),
+}
+# Published held-out sizes: 500 standard conversations, 155 grounded ones from MS-CXR's test split.
+CONVERSATION_TEST_SIZES: dict[str, int] = {"conversation": 500, "conversation_grounded": 155}
+ALL_CONFIGS: tuple[str, ...] = TASKS + CONVERSATION_TASKS
 # Which sources feed each task (RadVLM, Table 1).
 TASK_SOURCES: dict[str, tuple[str, ...]] = {
     "report_generation": ("mimic-cxr", "chexpert-plus"),
@@ -35,6 +45,8 @@ DEFAULT_REPLICATION: dict[str, int] = {
     "abnormality_detection/vindr-cxr": 2,
     "phrase_grounding/ms-cxr": 3,
     "phrase_grounding/padchest-gr": 2,
+    "conversation_grounded/ms-cxr": 4,
+    "conversation_grounded/padchest-gr": 4,
 }
 # Patients are shared across sources that draw on the same hospital archive: split integrity is
 # checked per (namespace, patient).
@@ -92,7 +104,7 @@ class RadVLMRecord(BaseModel):
     lineage: CxrLineage
 
 
-CONFIG_RECORDS: dict[str, type[BaseModel]] = {task: RadVLMRecord for task in TASKS}
+CONFIG_RECORDS: dict[str, type[BaseModel]] = {config: RadVLMRecord for config in ALL_CONFIGS}
 
 
 def check_rows(config: str, table) -> dict[str, list[int]]:

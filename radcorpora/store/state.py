@@ -93,10 +93,25 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
             shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
             raise BuildStateError(f"{out} holds a build made from sources whose content changed since ({shown}); "
                                   "use a new --out folder, or --overwrite to rebuild it")
-        return "complete"
+        if not _failed_llm_requests(manifest):
+            return "complete"
+        for name in ("data", "README.md"):  # a rerun asks the failed requests again (answers are cached)
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     atomic.remove_stale_tmp(out)
     atomic.write_json(state_fp, fingerprint)
     return "resume" if previous is not None else "fresh"
+
+
+def _failed_llm_requests(manifest: Path) -> int:
+    """LLM requests a finished build could not get answered (its rerun retries them)."""
+    try:
+        return int((json.loads(manifest.read_text()).get("llm") or {}).get("failed_requests") or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
