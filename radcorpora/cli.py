@@ -267,8 +267,7 @@ def build_rad_ace_cot_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """PubMedVision CT/MR -> <think>/<answer> chains of thought (+ VQA-RAD eval config)."""
-    from radcorpora.builders.rad_ace_cot import DECISIONS_FILE
-    from radcorpora.llm.verify import read_decisions
+    from radcorpora.llm.verify import DECISIONS_FILE, read_decisions
 
     try:
         decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
@@ -353,8 +352,8 @@ def build_radvlm_cmd(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Chest X-ray sources -> RadVLM instruction tasks, prior-study removal and (with --llm) conversations."""
-    from radcorpora.builders.radvlm import DECISIONS_FILE, load_replication
-    from radcorpora.llm.verify import read_decisions
+    from radcorpora.builders.radvlm import load_replication
+    from radcorpora.llm.verify import DECISIONS_FILE, read_decisions
 
     try:
         decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
@@ -466,29 +465,29 @@ def estimate_rad_ace_cot_cmd(
 
 @adjudicate_app.command("apply")
 def adjudicate_apply_cmd(
-    build_dir: Path = typer.Argument(..., help="A rad-ace-cot build folder"),
+    build_dir: Path = typer.Argument(..., help="A build folder with an adjudication queue (rad-ace-cot, radvlm)"),
     decisions_file: Path = typer.Argument(..., help="The queue file with `decision` filled in, or id,decision lines"),
 ) -> None:
-    """Fold a person's accept/reject decisions on queued samples back into the build (sends nothing)."""
-    from radcorpora.builders.rad_ace_cot import DECISIONS_FILE, QUEUE_FILE, RadAceCotConfig
+    """Fold a person's accept/reject decisions on queued items back into the build (sends nothing)."""
+    from radcorpora.corpora import spec_of_build
     from radcorpora.llm.session import LLMSettings
-    from radcorpora.llm.verify import read_decisions, read_queue
+    from radcorpora.llm.verify import DECISIONS_FILE, QUEUE_FILE, read_decisions, read_queue
     from radcorpora.store.folder import read_manifest
 
     try:
         manifest = read_manifest(build_dir)
-        if manifest.get("corpus") != "rad-ace-cot":
-            raise AdjudicationError(f"{build_dir}: adjudication applies to rad-ace-cot builds, this is "
-                                    f"{manifest.get('corpus')!r}")
+        spec = spec_of_build(build_dir)
+        if "decisions" not in spec.settings.model_fields:
+            raise AdjudicationError(f"{build_dir}: a {spec.name} build has no verification to adjudicate")
         previous = read_decisions(build_dir / DECISIONS_FILE) if (build_dir / DECISIONS_FILE).exists() else {}
         queue_ids = {entry.id for entry in read_queue(build_dir / QUEUE_FILE)} | set(previous)
         decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
-        config = RadAceCotConfig.model_validate({**manifest["fingerprint"]["config"], "decisions": decisions})
+        config = spec.settings.model_validate({**manifest["fingerprint"]["config"], "decisions": decisions})
         sources = {k: Path(v) for k, v in manifest["rebuild"]["sources"].items()}
         settings = LLMSettings(cache_path=manifest["llm"]["cache_path"], cache_only=True)
     except (*USER_ERRORS, KeyError, ValueError) as exc:
         _fail(exc if not isinstance(exc, KeyError) else BuildFolderError(f"{build_dir}: manifest lacks {exc}"))
-    _build("rad-ace-cot", sources, config, build_dir, workers=1, executor="local", ray_address=None, overwrite=True,
+    _build(spec.name, sources, config, build_dir, workers=1, executor="local", ray_address=None, overwrite=True,
            llm_settings=settings)
 
 

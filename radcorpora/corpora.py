@@ -42,18 +42,34 @@ def _demo_radimagenet(root: Path, options: dict[str, Any]) -> dict[str, Path]:
 
 
 def _demo_radvlm(root: Path, options: dict[str, Any]) -> dict[str, Path]:
-    """Every chest X-ray demo source whose writer exists, in its upstream layout."""
+    """Every chest X-ray demo source, each in its upstream layout (the grounding sources that
+    annotate MIMIC-CXR images are written for the demo MIMIC-CXR images)."""
+    from radcorpora.demo.chest_imagenome import write_demo_chest_imagenome
     from radcorpora.demo.chexpert import write_demo_chexpert, write_demo_chexpert_plus
     from radcorpora.demo.mimic_cxr import write_demo_mimic_cxr
+    from radcorpora.demo.ms_cxr import write_demo_ms_cxr
+    from radcorpora.demo.padchest_gr import write_demo_padchest_gr
+    from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
+    from radcorpora.sources.mimic_cxr import scan_mimic_cxr
 
     sources = {"mimic_cxr": root / "mimic-cxr", "mimic_cxr_reports": root / "mimic-cxr-reports",
-               "chexpert": root / "chexpert", "chexpert_plus": root / "chexpert-plus"}
+               "chexpert": root / "chexpert", "chexpert_plus": root / "chexpert-plus",
+               "chest_imagenome": root / "chest-imagenome", "vindr_cxr": root / "vindr-cxr",
+               "ms_cxr": root / "ms-cxr", "padchest_gr": root / "padchest-gr"}
     if not sources["mimic_cxr"].exists():
         write_demo_mimic_cxr(sources["mimic_cxr"], sources["mimic_cxr_reports"], n_subjects=60)
     if not sources["chexpert"].exists():
         write_demo_chexpert(sources["chexpert"])
     if not sources["chexpert_plus"].exists():
         write_demo_chexpert_plus(sources["chexpert_plus"])
+    if not sources["chest_imagenome"].exists() or not sources["ms_cxr"].exists():
+        mimic = scan_mimic_cxr(sources["mimic_cxr"], sources["mimic_cxr_reports"]).images
+        write_demo_chest_imagenome(sources["chest_imagenome"], mimic)
+        write_demo_ms_cxr(sources["ms_cxr"], mimic)
+    if not sources["vindr_cxr"].exists():
+        write_demo_vindr_cxr(sources["vindr_cxr"])
+    if not sources["padchest_gr"].exists():
+        write_demo_padchest_gr(sources["padchest_gr"])
     return sources
 
 
@@ -144,7 +160,9 @@ RADVLM = CorpusSpec(
                       ("anatomical_grounding", "Chest ImaGenome region -> its box"),
                       ("abnormality_grounding", "VinDr finding class -> its fused boxes"),
                       ("abnormality_detection", "image -> every VinDr finding with its boxes"),
-                      ("phrase_grounding", "MS-CXR / PadChest-GR phrase -> its boxes"))),
+                      ("phrase_grounding", "MS-CXR / PadChest-GR phrase -> its boxes"),
+                      ("conversation", "5-10 round conversation an LLM wrote from the report, labels, view and sex"),
+                      ("conversation_grounded", "conversation that also asks where findings are, quoting their boxes"))),
     sources=tuple(SourceOption(key, flag, help_text) for key, flag, help_text in (
         ("mimic_cxr", "--mimic-cxr", "MIMIC-CXR-JPG folder (files/ and the metadata, split, chexpert CSVs)"),
         ("mimic_cxr_reports", "--mimic-cxr-reports", "MIMIC-CXR reports (files/pNN/pX/sY.txt or the zip)"),
@@ -161,9 +179,11 @@ RADVLM = CorpusSpec(
     row_rules=rvlm_schema.check_rows,
     card=radvlm_card,
     evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
-                                preset="radvlm", per_instance=frozenset(rvlm_schema.TASKS)),
-    demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(anatomical_grounding_samples=200), check=True,
-                  check_max_steps=300),
+                                preset="radvlm", per_instance=frozenset(rvlm_schema.ALL_CONFIGS)),
+    demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(
+        anatomical_grounding_samples=200, max_side=512, llm="offline", prior_removal="llm", conversations=40,
+        conversation_test=10, grounded_test=5, verifiers=["offline:verifier"]),
+        uses_llm=True, check=True, check_max_steps=300),
 )
 
 CORPORA: dict[str, CorpusSpec] = {spec.name: spec for spec in (RADIMAGENET_VQA, RAD_ACE_COT, RADVLM)}

@@ -25,7 +25,7 @@ from radcorpora.llm.runner import CallResult
 from radcorpora.llm.session import LLMSession
 from radcorpora.llm.stage import LLMStage, offline_responders
 from radcorpora.llm.structured import JsonParser, TagParser
-from radcorpora.llm.verify import QueueEntry, Verdict, agreement, settle
+from radcorpora.llm.verify import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE, QueueEntry, Verdict, agreement, settle
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -354,9 +354,6 @@ OFFLINE_RESPONDERS = offline_responders(STAGES)
 
 # --------------------------------------------------------------------------- the corpus' stages
 
-DECISIONS_FILE = "build/adjudication_decisions.jsonl"
-QUEUE_FILE = "build/adjudication_queue.jsonl"
-FAILURES_FILE = "build/llm_failures.jsonl"
 
 
 @dataclass

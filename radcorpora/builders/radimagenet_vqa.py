@@ -12,7 +12,9 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
-from radcorpora.ops.sampling import row_rng, sample_distinct, stratified_ranked_sample
+from radcorpora.ops.sampling import row_rng, stratified_ranked_sample
 from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.features import arrow_schema_for
@@ -85,6 +87,8 @@ class Context:
     taxonomy: Taxonomy
     region_weights: dict[str, int]  # region -> images, for frequency-matched negatives
     pathology_weights: dict[str, dict[str, int]]  # region -> pathology -> images
+    # candidate lists and cumulative weights, computed once per context instead of once per row
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def load_templates(config: RadImageNetVQAConfig) -> TemplateSet:
@@ -93,6 +97,9 @@ def load_templates(config: RadImageNetVQAConfig) -> TemplateSet:
 
 
 # --------------------------------------------------------------------------- generation
+
+
+_NO_WEIGHTS: dict[str, int] = {}
 
 
 def _pick(rng: random.Random, variants: tuple[str, ...]) -> str:
@@ -104,14 +111,35 @@ def _fill(text: str, **values: str) -> str:
     return filled[:1].upper() + filled[1:]
 
 
-def _weighted_other(rng: random.Random, weights: dict[str, int], exclude: str, fallback: tuple[str, ...]) -> str:
+def _weighted_other(rng: random.Random, weights: dict[str, int], exclude: str, fallback: tuple[str, ...],
+                    memo: dict[Any, Any] | None = None, memo_key: Any = None) -> str:
     """A label other than `exclude`, drawn in proportion to how often it occurs in the source,
-    so how often a label is asked with answer "no" mirrors how often it is asked with "yes"."""
-    candidates = sorted(set(fallback) - {exclude})
-    if not candidates:
-        raise ValueError(f"no alternative to {exclude!r}")
-    counts = [max(weights.get(c, 0), 1) for c in candidates]
-    return rng.choices(candidates, weights=counts, k=1)[0]
+    so how often a label is asked with answer "no" mirrors how often it is asked with "yes".
+    `memo` keeps each (weights, exclude)'s candidates and cumulative weights (the same draw as
+    `rng.choices(candidates, weights=counts)`, without rebuilding them for every row); `memo_key`
+    names the (weights, fallback) pair in it."""
+    key = (memo_key, exclude)
+    found = memo.get(key) if memo is not None else None
+    if found is None:
+        candidates = sorted(set(fallback) - {exclude})
+        if not candidates:
+            raise ValueError(f"no alternative to {exclude!r}")
+        found = (candidates, list(accumulate(max(weights.get(c, 0), 1) for c in candidates)))
+        if memo is not None:
+            memo[key] = found
+    return rng.choices(found[0], cum_weights=found[1], k=1)[0]
+
+
+def _distinct_pool(memo: dict[Any, Any], memo_key: Any, population: tuple[str, ...], exclude: str, k: int) -> list[str]:
+    """What `sample_distinct` samples from (the sorted distinct items but `exclude`), once per
+    context; `memo_key` names the population."""
+    key = (memo_key, exclude)
+    pool = memo.get(key)
+    if pool is None:
+        pool = memo[key] = sorted(set(population) - {exclude})
+    if k > len(pool):
+        raise ValueError(f"need {k} distinct items, only {len(pool)} available")
+    return pool
 
 
 def _multiple_choice(rng: random.Random, correct: str, distractors: list[str]) -> tuple[list[str], str]:
@@ -145,8 +173,9 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
     on the order or the worker that builds it. (Until 2026-11-25 each slot seeded its own
     generator; seeding a Mersenne Twister costs more than all of a question's draws, so one per
     image made generation ~40% cheaper and changed which wording and distractors a seed gives.)"""
-    cfg, tpl, tax = ctx.config, ctx.templates, ctx.taxonomy
+    cfg, tpl, tax, memo = ctx.config, ctx.templates, ctx.taxonomy, ctx.memo
     region = tax.region(image.region)
+    region_names = memo.get("region_names") or memo.setdefault("region_names", tax.region_names)
     none = tax.no_pathology_answer
     is_abnormal = image.is_abnormal
     truth = image.pathology if is_abnormal else none
@@ -161,11 +190,11 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
                 answer = correct = region.name
             elif qtype == "closed":
                 subject = region.name if polarity == "positive" else _weighted_other(
-                    rng, ctx.region_weights, region.name, tax.region_names)
+                    rng, ctx.region_weights, region.name, region_names, memo, "region_weights")
                 answer = correct = "yes" if polarity == "positive" else "no"
                 asked_region = tax.region(subject).phrase
             else:
-                others = sample_distinct(rng, [r for r in tax.region_names if r != region.name], 3)
+                others = rng.sample(_distinct_pool(memo, "regions", region_names, region.name, 3), 3)  # = sample_distinct
                 choices, answer = _multiple_choice(rng, region.name, others)
                 correct = region.name
         elif task == "abnormality":
@@ -183,10 +212,11 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
                 if is_abnormal and rng.random() < cfg.normal_probe_rate:
                     subject, slot = none, "pathology_closed_positive_normal"
                 else:
-                    subject = _weighted_other(rng, ctx.pathology_weights.get(region.name, {}), truth, region_pathologies)
+                    subject = _weighted_other(rng, ctx.pathology_weights.get(region.name, _NO_WEIGHTS), truth,
+                                              region_pathologies, memo, ("pathology_weights", region.name))
             else:
-                pool = [p for p in region_pathologies if p != truth]
-                distractors = sample_distinct(rng, pool, 2 if is_abnormal else 3)
+                k = 2 if is_abnormal else 3
+                distractors = rng.sample(_distinct_pool(memo, ("pathologies", region.name), region_pathologies, truth, k), k)  # = sample_distinct
                 if is_abnormal:
                     distractors.append(none)
                 choices, answer = _multiple_choice(rng, truth, distractors)
@@ -425,21 +455,70 @@ def chunk_tables(payload: ChunkPayload, images: list[tuple[RadImageNetImage, byt
     return {cfg: pa.Table.from_batches([batch]) for cfg, batch in chunk_batches(payload, images, ctx).items()}
 
 
-def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str, result: ChunkResult) -> None:
+ROW_RULES = ("record_schema", "question_consistent", "answers_match_labels", "closed_polarity", "conversation_structure")
+
+
+def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str, result: ChunkResult,
+                      first_row: int = 0) -> None:
     """Every row against its record model (derived rules) and the corpus' row rules, vectorised;
-    findings name the shard, row and field."""
+    findings name the shard, row (`first_row` is the batch's first row in the shard) and field.
+    Up to five examples per rule and shard are kept."""
     violations, total = check_table(table, CONFIG_RECORDS[config])
-    found = {"record_schema": [f"{where} row {v.row}: {v.field}: {v.message}" for v in violations]}
+    found = {"record_schema": [f"{where} row {first_row + v.row}: {v.field}: {v.message}" for v in violations]}
     counts = {"record_schema": total}
     for rule, bad_rows in check_rows(config, table).items():
-        found[rule] = [f"{where} row {r}: breaks {rule}" for r in bad_rows[:5]]
+        found[rule] = [f"{where} row {first_row + r}: breaks {rule}" for r in bad_rows[:5]]
         counts[rule] = len(bad_rows)
-    for rule in ("record_schema", "question_consistent", "answers_match_labels", "closed_polarity",
-                 "conversation_structure"):
+    for rule in ROW_RULES:
         result.checked[rule] = result.checked.get(rule, 0) + table.num_rows
         if counts.get(rule):
-            result.violations.setdefault(rule, []).extend(found[rule][:5])
+            examples = result.violations.setdefault(rule, [])
+            room = 5 - sum(1 for e in examples if e.startswith(f"{where} "))
+            examples.extend(found[rule][:max(room, 0)])
             result.violation_counts[rule] = result.violation_counts.get(rule, 0) + counts[rule]
+
+
+# Images read, generated, checked and written at a time. A multiple of the shards' 64-row row
+# groups (and 9 x 256 benchmark rows is too), so a shard holds the same row groups, byte for byte,
+# as one write of the whole chunk would give; a worker holds ~8 MB of images instead of a
+# chunk's 64 MB (fewer page faults, bytes still in cache when they are hashed and written).
+SLICE_IMAGES = 256
+
+
+def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResult) -> tuple[RadImageNetImage, bytes, str] | None:
+    """(image, bytes, sha256), or None with the reject recorded."""
+    try:
+        data = read_image_bytes(image, check)
+    except ImageReadError as exc:
+        result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
+        result.sources[str(image.path)] = source_index.entry_for(image.path, None)
+        return None
+    entry = source_index.entry_for(image.path, data)
+    result.sources[str(image.path)] = entry
+    return image, data, entry[2]
+
+
+def _image_slices(payload: ChunkPayload, result: ChunkResult, counts: Counter
+                  ) -> Iterator[list[tuple[RadImageNetImage, bytes, str]]]:
+    """The chunk's readable images in key order, SLICE_IMAGES at a time, each read once. Benchmark
+    chunks first choose their images (`_images_of`: which candidates are taken depends on which
+    are readable); train and validation chunks are read as they are written."""
+    if payload.quotas:
+        taken = _images_of(payload, result, counts)
+        for start in range(0, len(taken), SLICE_IMAGES):
+            yield taken[start:start + SLICE_IMAGES]
+        return
+    check = payload.config.image_check
+    part: list[tuple[RadImageNetImage, bytes, str]] = []
+    for image in sorted(payload.images, key=lambda i: i.key):
+        item = _read_checked(image, check, result)
+        if item is not None:
+            part.append(item)
+            if len(part) == SLICE_IMAGES:
+                yield part
+                part = []
+    if part:
+        yield part
 
 
 def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
@@ -448,28 +527,33 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     ctx = _context(payload)
     result = ChunkResult(chunk_id=spec.chunk_id)
     counts: Counter = Counter()
-    images = _images_of(payload, result, counts)
+    writers = {cfg: ShardWriter(out / rel, CONFIG_RECORDS[cfg]) for cfg, rel in payload.shards.items()}
+    rows = dict.fromkeys(payload.shards, 0)
     # Generation makes many short-lived objects and no reference cycles; with the collector on,
     # each of its passes walks the whole heap (the worker holds the build's plan): ~15% of a chunk.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        batches = chunk_batches(payload, images, ctx)
+        for part in _image_slices(payload, result, counts):
+            batches = chunk_batches(payload, part, ctx)
+            for cfg, rel in payload.shards.items():
+                batch = batches[cfg]
+                check_chunk_table(cfg, batch, rel, result, rows[cfg])  # a batch: no column is concatenated
+                writers[cfg].write_table(pa.Table.from_batches([batch]))
+                rows[cfg] += batch.num_rows
+            counts[f"images_{payload.split}"] += len(part)
+            counts["source_image_bytes"] += sum(len(data) for _, data, _ in part)
+        for cfg, rel in payload.shards.items():
+            result.shards[rel] = ShardInfo(rows=rows[cfg], sha256=writers[cfg].close())
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     finally:
         if collecting:
             gc.enable()
-    for cfg, rel in payload.shards.items():
-        batch = batches[cfg]
-        check_chunk_table(cfg, batch, rel, result)  # a record batch: no column is concatenated for the checks
-        writer = ShardWriter(out / rel, CONFIG_RECORDS[cfg])
-        try:
-            writer.write_table(pa.Table.from_batches([batch]))
-            result.shards[rel] = ShardInfo(rows=batch.num_rows, sha256=writer.close())
-        except BaseException:
-            writer.abort()
-            raise
-    counts[f"images_{payload.split}"] += len(images)
-    counts["source_image_bytes"] += sum(len(data) for _, data, _ in images)
+    counts.setdefault(f"images_{payload.split}", 0)
+    counts.setdefault("source_image_bytes", 0)
     result.counts = dict(counts)
     return result
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, model_validator
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.builders.radvlm_llm import LLM_TASKS, STAGES, estimate_requests, load_prompts, offline_responders, \
     run_llm_stages
+from radcorpora.llm.verify import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
 from radcorpora.ops.boxes import boxes_text, fuse_readers
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -560,6 +561,7 @@ class RadVLMPlan:
     counts: Counter
     warnings: list[str]
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    given: dict[str, str] = field(default_factory=dict)  # source option -> folder, for a rebuild (adjudication)
 
 
 def tasks_for(config: RadVLMConfig, present: set[str]) -> list[str]:
@@ -595,9 +597,6 @@ def fingerprint_rows(rows: list[PlannedRow]) -> str:
     return digest.hexdigest()[:16]
 
 
-DECISIONS_FILE = "build/adjudication_decisions.jsonl"
-QUEUE_FILE = "build/adjudication_queue.jsonl"
-FAILURES_FILE = "build/llm_failures.jsonl"
 
 
 def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
@@ -621,7 +620,8 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
                                    "sources": {"present": sorted(read.present), "rows": fingerprint_rows(rows)}}
     if config.uses_llm or config.verifiers:
         fingerprint["prompts"] = {p.id: p.content_hash for p in load_prompts().values()}
-    plan = RadVLMPlan(rows, [], rejects, Counter(read.counts), list(read.warnings), read.summary)
+    plan = RadVLMPlan(rows, [], rejects, Counter(read.counts), list(read.warnings), read.summary,
+                      given={k: str(Path(v).resolve()) for k, v in sources.items() if v})
     return Prepared(fingerprint=fingerprint, plan=plan)
 
 
@@ -673,7 +673,7 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
     return StageOutput(
         chunks=results, rejects=plan.rejects + outcome.rejects, counts=plan.counts + outcome.counts, warnings=warnings,
         files=files,
-        manifest={"source": plan.sources, "prompts": prompts, "llm": llm,
+        manifest={"source": plan.sources, "prompts": prompts, "llm": llm, "rebuild": {"sources": plan.given},
                   "replication": {f"{t}/{s}": config.replication_for(t, s)
                                   for t, sources in (*TASK_SOURCES.items(), *CONVERSATION_SOURCES.items()) for s in sources},
                   "tasks": sorted(built)})

@@ -276,14 +276,14 @@ def _report_key(row: Any) -> str:
 
 
 def prior_removal_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """One prior-removal item per distinct report (a study's report is shared by its images)."""
+    """One prior-removal item per distinct report text (a study's report is shared by its images,
+    and MS-CXR rows carry their MIMIC-CXR study's report)."""
     items: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r.key):
         if row.task in LLM_TASKS and row.report:
-            items.setdefault(_report_key(row), {"id": _report_key(row), "report": row.report, "source": row.source,
-                                                "image_id": row.image.image_id,
-                                                "licence_class": row.image.licence_class})
-    return [items[k] for k in sorted(items)]
+            items.setdefault(row.report, {"id": _report_key(row), "report": row.report, "source": row.source,
+                                          "image_id": row.image.image_id, "licence_class": row.image.licence_class})
+    return sorted(items.values(), key=lambda item: item["id"])
 
 
 def conversation_item(row: Any, report: str | None) -> dict[str, Any]:
@@ -301,22 +301,22 @@ def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions:
     no stage needs a model (prior removal by the rules, no conversations)."""
     prompts = load_prompts()
     outcome = LLMOutcome(rows=[])
-    cleaned: dict[str, str | None] = {}  # report key -> text without prior-study language ("" nothing current)
+    cleaned: dict[str, str | None] = {}  # report -> text without prior-study language ("" nothing current)
     failed: dict[str, Reject] = {}
     items = prior_removal_rows(rows)
     if config.prior_removal == "off":
-        cleaned = {item["id"]: item["report"] for item in items}
+        cleaned = {item["report"]: item["report"] for item in items}
     elif config.prior_removal == "rules":
         for item in items:
             kept, removed = remove_prior_sentences(item["report"])
-            cleaned[item["id"]] = kept
+            cleaned[item["report"]] = kept
             outcome.counts["prior_sentences_removed"] += len(removed)
     else:
         for item, made in PriorRemovalStage(prompts["prior_removal"]).run(session, config.llm, items):
             if isinstance(made, Reject):
-                failed[item["id"]] = made
+                failed[item["report"]] = made
             else:
-                cleaned[item["id"]] = "" if made[0].nothing_current else made[0].report.strip()
+                cleaned[item["report"]] = "" if made[0].nothing_current else made[0].report.strip()
     outcome.counts["prior_removal_reports"] = len(items)
     outcome.counts["prior_removal_nothing_current"] = sum(1 for v in cleaned.values() if not v)
     llm_model = (session.model_id(config.llm),) if session is not None and config.llm else ()
@@ -328,17 +328,16 @@ def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions:
         if row.task not in LLM_TASKS:
             outcome.rows.append(row)
             continue
-        key = _report_key(row)
         if not row.report:
             if row.task != "report_generation":
                 conversation_rows.append(row)
             continue  # report rows always have text (planning rejects those without)
-        if key in failed:
-            reject = failed[key]
+        if row.report in failed:
+            reject = failed[row.report]
             outcome.rejects.append(Reject(source=row.source, row=row.image.image_id, reason=f"prior_removal_{reject.reason}",
                                           detail=f"{row.task}: {reject.detail}"))
             continue
-        text = cleaned[key]
+        text = cleaned[row.report]
         if row.task == "report_generation":
             if not text:
                 outcome.rejects.append(Reject(source=row.source, row=row.image.image_id,

@@ -15,6 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 Outcome = Literal["pass", "fail", "disagree"]
+# Where a build keeps its queue and a person's decisions (every corpus with verifiers).
+QUEUE_FILE = "build/adjudication_queue.jsonl"
+DECISIONS_FILE = "build/adjudication_decisions.jsonl"
+FAILURES_FILE = "build/llm_failures.jsonl"
 DECISIONS = ("accept", "reject")
 
 

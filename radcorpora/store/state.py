@@ -70,6 +70,13 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         previous = json.loads(manifest.read_text()).get("fingerprint")
     elif state_fp.exists():
         previous = json.loads(state_fp.read_text())
+        if not (out / "data").exists() and [p.name for p in (out / STATE_DIR).iterdir()] == [FINGERPRINT_FILE]:
+            previous = None  # stopped before anything was written (a refusal, a bad option): start over
+            shutil.rmtree(out / STATE_DIR)
+            for folder in (out / "build", out):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in ("data", "build", "README.md"):
             target = out / name
@@ -106,11 +113,16 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
     return "resume" if previous is not None else "fresh"
 
 
+RETRY_FREE_FAILURES = frozenset({"parse"})  # a reply that failed its checks after a repair fails again from the cache
+
+
 def _failed_llm_requests(manifest: Path) -> int:
-    """LLM requests a finished build could not get answered (its rerun retries them)."""
+    """LLM requests a finished build could not get answered for a reason a rerun may not meet
+    again (timeouts, server errors, rate limits, refusals): its rerun retries them."""
     try:
-        return int((json.loads(manifest.read_text()).get("llm") or {}).get("failed_requests") or 0)
-    except (OSError, ValueError):
+        failures = (json.loads(manifest.read_text()).get("llm") or {}).get("failures") or {}
+        return sum(int(n) for kind, n in failures.items() if kind not in RETRY_FREE_FAILURES)
+    except (OSError, ValueError, TypeError, AttributeError):
         return 0
 
 
