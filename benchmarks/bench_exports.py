@@ -66,9 +66,19 @@ def write_build(out: Path, rows: int, image_share: int) -> int:
 
 CHILD = """
 import json, resource, sys, time
+
+
+def peak_kb():
+    # VmHWM is this process' own peak (reset at exec); ru_maxrss can carry the parent's over a fork
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 from pathlib import Path
 from radcorpora.publish.exports import export
-idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+idle = peak_kb()
 fmt, build, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 started = time.perf_counter()
 settings = export(fmt, build, out, config="default", loss="all_assistant")
@@ -76,7 +86,7 @@ seconds = time.perf_counter() - started
 rows = sum(f["rows"] for n, f in settings["files"].items() if n != "dataset_info.json")
 json_bytes = sum(f["bytes"] for f in settings["files"].values())
 print(json.dumps({"format": fmt, "rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "peak_rss_mb": round(peak_kb() / 1024, 1),
                   "rss_after_imports_mb": round(idle / 1024, 1), "json_bytes": json_bytes,
                   "images": settings["images"]["count"], "image_bytes": settings["images"]["bytes"]}))
 """

@@ -166,12 +166,13 @@ def corpora_cmd() -> None:
     from radcorpora.corpora import CORPORA
 
     table = Table(title="corpora")
-    for column in ("corpus", "configs (splits)", "sources"):
+    for column in ("corpus", "configs (splits)", "sources", "LLM stages"):
         table.add_column(column)
     for spec in CORPORA.values():
         configs = "\n".join(f"{c.name} ({', '.join(c.splits)})" for c in spec.configs)
         sources = "\n".join(f"{o.flag}{'' if o.required else ' (optional)'}" for o in spec.sources)
-        table.add_row(Text(f"{spec.name}\n{spec.summary}"), configs, sources)
+        stages = "\n".join(s.name for s in spec.llm_stages) or "none"
+        table.add_row(Text(f"{spec.name}\n{spec.summary}"), configs, sources, Text(stages))
     Console().print(table)
 
 
@@ -523,7 +524,10 @@ def export_cmd(
     files = {name: entry for name, entry in settings["files"].items() if "rows" in entry and name != "dataset_info.json"}
     for name, entry in files.items():
         say(f"{entry['rows']} rows -> {out / name}")
-    say(f"{settings['images']['count']} images under {out / 'images'}; settings: {out / 'export_settings.json'}")
+    images = settings.get("images") or {}
+    if images.get("count"):
+        say(f"{images['count']} images under {out / 'images'}")
+    say(f"settings: {out / 'export_settings.json'}")
 
 
 def _export_rad_ace_csv(build_dir: Path | None, out: Path) -> None:

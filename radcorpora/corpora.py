@@ -151,7 +151,7 @@ RADVLM = CorpusSpec(
     name="radvlm",
     title="RadVLM instruction data",
     summary="MIMIC-CXR, CheXpert(-Plus), Chest ImaGenome, VinDr-CXR, MS-CXR, PadChest-GR -> report generation, "
-            "classification, grounding and detection instructions",
+            "classification, grounding and detection instructions; prior-study removal and LLM-written conversations",
     settings=rvlm.RadVLMConfig,
     configs=tuple(ConfigSpec(task, rvlm_schema.RadVLMRecord, description, ("train", "test"), default=task == "report_generation")
                   for task, description in (
@@ -178,6 +178,7 @@ RADVLM = CorpusSpec(
     validate=validate_radvlm,
     row_rules=rvlm_schema.check_rows,
     card=radvlm_card,
+    llm_stages=rvlm.STAGES,
     evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
                                 preset="radvlm", per_instance=frozenset(rvlm_schema.ALL_CONFIGS)),
     demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(

@@ -74,10 +74,9 @@ class CorpusSpec:
     validate: Callable[..., Any]  # validators.<corpus>.validate_<corpus>(build, report, options)
     card: Callable[[dict[str, Any]], Any]  # manifest -> publish.card.CardContent
     row_rules: Callable[..., dict[str, list[int]]] | None = None  # vectorised per-row rules (schemas)
-    llm_stages: tuple[type, ...] = ()
+    llm_stages: tuple[type, ...] = ()  # its LLMStage classes (listed by `radcorpora corpora`; the builder runs them)
     evaluation: EvaluationRecipe | None = None
     exports: dict[str, Callable[..., int]] = field(default_factory=dict)
-    estimate: Callable[..., dict[str, Any]] | None = None
     demo: DemoSpec | None = None
     preview: PreviewSpec | None = None  # `radcorpora preview`: plots and row renderer (None: from the schema)
 
