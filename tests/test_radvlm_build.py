@@ -161,3 +161,26 @@ def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):
     private = CliRunner().invoke(app, ["publish", str(out), "--repo", "org/name", "--private", "--dry-run"])
     assert private.exit_code == 0, private.output
     assert "credentialed (PhysioNet) data" in (out / "README.md").read_text()
+
+
+def test_training_mix_repeats_each_instance_by_its_replication(fake_sources, tmp_path):
+    import datasets
+
+    from radcorpora.corpora import build
+    from radcorpora.publish.views import MixView, training_mix
+
+    out = tmp_path / "out"
+    build("radvlm", fake_sources, rv.RadVLMConfig(), out)
+    mix = training_mix(out)
+    expected = Counter()
+    for shard in (out / "data").rglob("train-*.parquet"):
+        for row in pq.read_table(shard).to_pylist():
+            for instance in row["instances"]:
+                expected[row["task"]] += instance["replication"]
+    seen = [mix[i] for i in range(len(mix))]
+    assert Counter(e["task"] for e in seen) == expected and expected["abnormality_grounding"] > 0
+    assert len({e["id"] for e in seen}) == len(seen)  # replicas carry #r<k>
+    loaded = {c: datasets.load_dataset(str(out), name=c, split="train") for c in reversed(sorted(expected))}
+    assert [e["id"] for e in MixView(loaded)] == [e["id"] for e in seen]  # order of the configs does not matter
+    assert [e["id"] for e in MixView(loaded, seed=1)] != [e["id"] for e in seen]
+    assert len(MixView(loaded, replicate=False)) == sum(1 for e in seen if "#r" not in e["id"])

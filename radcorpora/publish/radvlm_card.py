@@ -30,6 +30,10 @@ from radcorpora.publish.views import instance_view
 grounding = load_dataset("path/or/repo", "abnormality_grounding")["train"]
 examples = instance_view(grounding)              # one example per instance, replicas applied
 examples = instance_view(grounding, replicate=False)   # one per instance, no replicas
+
+from radcorpora.publish.views import training_mix
+mix = training_mix("path/or/repo")                # the `all` view: every config's train split, replicas
+                                                 # applied, in one seeded order (RadVLM's training mix)
 ```
 
 Each row stores its image once; `instances` hold the examples asked of it (an image with three

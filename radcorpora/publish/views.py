@@ -89,3 +89,55 @@ def instance_view(dataset: Any, replicate: bool = True) -> list[dict[str, Any]] 
                            "conversations": instance["conversations"], "label": instance["label"],
                            "boxes": instance["boxes"], "task": row["task"]}
     return examples()
+
+
+class MixView(Sequence):
+    """RadVLM's training mix: every instance of every given config, each `replication` times,
+    in one seeded order (the same for the same seed, whatever order the configs come in).
+    Random access; images are read from their row on access, never copied.
+
+    Example keys: image, id (`<instance id>` or `<instance id>#r<k>` for replicas), conversations,
+    label, boxes, task."""
+
+    def __init__(self, datasets: dict[str, Any], seed: int = 0, replicate: bool = True):
+        import random
+
+        self._datasets = dict(datasets)
+        index: list[tuple[str, int, int, int]] = []
+        for config in sorted(self._datasets):
+            column = self._datasets[config].select_columns(["instances"])["instances"]
+            for row, instances in enumerate(column):
+                for k, instance in enumerate(instances):
+                    copies = instance["replication"] if replicate else 1
+                    index.extend((config, row, k, r) for r in range(copies))
+        random.Random(f"radcorpora-mix-{seed}").shuffle(index)
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]  # type: ignore[return-value]
+        config, row_index, k, replica = self._index[i]
+        row = self._datasets[config][row_index]
+        instance = row["instances"][k]
+        return {"image": row["image"], "id": instance["id"] + (f"#r{replica}" if replica else ""),
+                "conversations": instance["conversations"], "label": instance["label"], "boxes": instance["boxes"],
+                "task": row["task"]}
+
+
+def training_mix(build: Any, split: str = "train", configs: Sequence[str] | None = None, seed: int = 0,
+                 replicate: bool = True) -> MixView:
+    """The `all` view of a radvlm build (a folder or a Hub repo id): `split` of every config (or
+    of `configs`), mixed as RadVLM trained on it (`MixView`)."""
+    import datasets
+
+    names = list(configs) if configs else datasets.get_dataset_config_names(str(build))
+    loaded = {}
+    for name in names:
+        try:
+            loaded[name] = datasets.load_dataset(str(build), name=name, split=split)
+        except ValueError:  # a config without this split
+            continue
+    return MixView(loaded, seed=seed, replicate=replicate)
