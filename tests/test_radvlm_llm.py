@@ -179,6 +179,8 @@ def test_both_stages_end_to_end_through_the_openai_sdk(sources, tmp_path, monkey
             assert given in turns_text(row) and row["instances"][0]["replication"] == 4
         assert manifest["splits"]["conversation"] == {"train": 4, "test": 1}
         assert manifest["llm"]["verification"]["outcomes"] == {"pass": 7}
+        asked = [b for b in server.request_bodies if "write training conversations" in json.dumps(b)]
+        assert asked and all(b["response_format"]["type"] == "json_schema" for b in asked)  # structured output
         card = (out / "README.md").read_text()
         assert "## Conversations" in card and "openai:gpt-test" in card and KEY not in card
 

@@ -94,6 +94,16 @@ class PriorRemovalStage(LLMStage[dict]):
         return json.dumps({"report": kept, "nothing_current": not kept.strip()})
 
 
+# Structured output wants an object at the top: the turns list goes under "conversation" (the
+# parser takes the bare published list as well).
+CONVERSATION_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "required": ["conversation"],
+    "properties": {"conversation": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["from", "value"],
+        "properties": {"from": {"type": "string", "enum": ["human", "gpt"]}, "value": {"type": "string"}}}}},
+}
+
+
 class ConversationParser:
     """A conversation reply: JSON turns, then every conversation check for this row."""
 
@@ -142,7 +152,7 @@ class ConversationStage(LLMStage[dict]):
                 view=row.get("view", "frontal"), sex=row.get("sex", "unknown"), grounded_phrases=phrases,
                 rounds=f"{self.min_rounds} to {self.max_rounds}")),),
             sampling=Sampling(temperature=0.7, max_tokens=2048),
-            output=OutputFormat(kind="json", schema_name="conversation"),
+            output=OutputFormat(kind="json", schema_name="conversation", json_schema=CONVERSATION_SCHEMA),
             licence_class=row["licence_class"], prompt_id=self.prompt_file.id,
             hints={"boxes": json.dumps([b.model_dump() for b in given]), "grounded": "yes" if grounded else "no",
                    "report": row.get("report") or "", "labels": json.dumps(row.get("labels", [])),
