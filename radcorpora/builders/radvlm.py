@@ -482,6 +482,13 @@ def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: t
     }
 
 
+def _file_size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
 def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     """Read each image of the chunk once, make its row, check the batch column-wise, write the shard."""
     payload: ChunkPayload = spec.payload
@@ -498,6 +505,7 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
         if not row.image.path.count("::"):
             result.sources[row.image.path] = source_index.entry_for(row.image.path, None if converted else data)
         rows.append(record_row(row, data, converted, payload.templates))
+        counts["source_image_bytes"] += len(data) if not converted else _file_size(row.image.path)
         counts[f"rows_{row.task}"] += 1
         counts[f"instances_{row.task}"] += len(row.instances)
     table = pa.Table.from_pylist(rows, schema=arrow_schema_for(RadVLMRecord))

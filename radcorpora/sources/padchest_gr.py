@@ -28,10 +28,12 @@ import os
 import re
 import struct
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Sex, Split, View
@@ -139,15 +141,35 @@ def open_split_zip(first: Path) -> Iterator[zipfile.ZipFile]:
         stream.close()
 
 
+_OPEN_ARCHIVES: OrderedDict[tuple, tuple[Any, zipfile.ZipFile]] = OrderedDict()
+_MAX_OPEN_ARCHIVES = 4
+
+
+def _archive(first: Path) -> zipfile.ZipFile:
+    """The split zip, opened once per process (reading its central directory costs more than a
+    member): kept open, keyed by its pieces' size and mtime so a changed zip is opened again."""
+    parts = zip_parts(first)
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in parts)
+    if key in _OPEN_ARCHIVES:
+        _OPEN_ARCHIVES.move_to_end(key)
+        return _OPEN_ARCHIVES[key][1]
+    manager = open_split_zip(first)
+    archive = manager.__enter__()
+    _OPEN_ARCHIVES[key] = (manager, archive)
+    while len(_OPEN_ARCHIVES) > _MAX_OPEN_ARCHIVES:
+        old_manager, _ = _OPEN_ARCHIVES.popitem(last=False)[1]
+        old_manager.__exit__(None, None, None)
+    return archive
+
+
 def read_image_bytes(image: CxrImage) -> bytes:
     """The PNG bytes of an image, from its file or from inside the split zip (`pieces::member`)."""
     if "::" in image.path:
         first, member = image.path.rsplit("::", 1)
-        with open_split_zip(Path(first)) as archive:
-            try:
-                return archive.read(member)
-            except (KeyError, zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
-                raise SourceError(f"{first}: member {member} unreadable ({exc})") from exc
+        try:
+            return _archive(Path(first)).read(member)
+        except (KeyError, zipfile.BadZipFile, OSError, RuntimeError, EOFError) as exc:
+            raise SourceError(f"{first}: member {member} unreadable ({exc})") from exc
     try:
         return Path(image.path).read_bytes()
     except OSError as exc:
