@@ -6,3 +6,9 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0 -e ".[$1]"
+# LLaMA-Factory reads the sharegpt export in tests/test_exports.py. It pins torchvision (which breaks
+# next to this torch), so it comes without its dependencies; the test uses only its data loader.
+if [[ ",$1," == *",dev,"* ]]; then
+    .venv/bin/python -m pip install -q --no-deps "llamafactory>=0.9.4,<0.10" \
+        || echo "warning: llamafactory not installed; its export test will be skipped" >&2
+fi

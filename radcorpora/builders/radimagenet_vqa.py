@@ -449,12 +449,6 @@ def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, by
     return batches
 
 
-def chunk_tables(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes, str]], ctx: Context
-                 ) -> dict[str, pa.Table]:
-    """The chunk's rows of each config as Arrow tables."""
-    return {cfg: pa.Table.from_batches([batch]) for cfg, batch in chunk_batches(payload, images, ctx).items()}
-
-
 ROW_RULES = ("record_schema", "question_consistent", "answers_match_labels", "closed_polarity", "conversation_structure")
 
 
@@ -479,10 +473,11 @@ def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str,
 
 
 # Images read, generated, checked and written at a time. A multiple of the shards' 64-row row
-# groups (and 9 x 256 benchmark rows is too), so a shard holds the same row groups, byte for byte,
-# as one write of the whole chunk would give; a worker holds ~8 MB of images instead of a
-# chunk's 64 MB (fewer page faults, bytes still in cache when they are hashed and written).
-SLICE_IMAGES = 256
+# groups (and 9 x 1024 benchmark rows is too), so a shard holds the same row groups, byte for byte,
+# as one write of the whole chunk would give; a worker holds ~32 MB of images, not a whole
+# chunk's (64 MB at the default --images-per-shard, more with a larger one). Smaller slices cost
+# more than they save: each batch's checks and write have a fixed cost of ~15 ms.
+SLICE_IMAGES = 1024
 
 
 def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResult) -> tuple[RadImageNetImage, bytes, str] | None:
