@@ -603,9 +603,12 @@ def _train_stack() -> None:
     try:
         import peft  # noqa: F401
         import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import transformers
     except ImportError as exc:
         _fail(RuntimeError(f"{TRAIN_MISSING} ({exc})"))
+    # our own progress lines say where training is; transformers' bars for every save and load of
+    # the checkpoints in between would bury them
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _model_errors() -> tuple[type[Exception], ...]:

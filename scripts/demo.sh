@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a virtual environment and run the demo: generate RadImageNet-, PubMedVision- and VQA-RAD-format
-# sources, build and validate radimagenet-vqa and rad-ace-cot (offline stand-in), then check
-# radimagenet-vqa against a tiny model trained on it. No data, network (beyond the package index) or GPU needed.
+# Set up a virtual environment and run the demo: draw sources in every upstream format the demo corpora read,
+# build and validate radimagenet-vqa, rad-ace-cot and radvlm (LLM stages by the offline stand-in), check
+# radimagenet-vqa and radvlm against a tiny model trained on each, write an HTML preview of each build.
+# No data, network (beyond the package index) or GPU needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh train
