@@ -184,3 +184,36 @@ def test_training_mix_repeats_each_instance_by_its_replication(fake_sources, tmp
     assert [e["id"] for e in MixView(loaded)] == [e["id"] for e in seen]  # order of the configs does not matter
     assert [e["id"] for e in MixView(loaded, seed=1)] != [e["id"] for e in seen]
     assert len(MixView(loaded, replicate=False)) == sum(1 for e in seen if "#r" not in e["id"])
+
+
+def test_each_dicom_is_converted_once_for_both_vindr_configs(tmp_path, monkeypatch):
+    """VinDr images appear in abnormality_grounding and abnormality_detection: the DICOM is
+    converted once per build (kept with the build state, gone when the build finishes) and both
+    configs store the same PNG bytes."""
+    import hashlib
+
+    from radcorpora.corpora import build
+    from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
+    from radcorpora.sources import dicom
+
+    write_demo_vindr_cxr(tmp_path / "vindr")
+    calls: Counter = Counter()
+    convert = dicom.read_dicom_image
+
+    def counting(path, **kwargs):
+        calls[str(path)] += 1
+        return convert(path, **kwargs)
+
+    monkeypatch.setattr(dicom, "read_dicom_image", counting)
+    config = rv.RadVLMConfig(tasks=("abnormality_grounding", "abnormality_detection"), max_side=96)
+    outcome = build("radvlm", {"vindr_cxr": tmp_path / "vindr"}, config, tmp_path / "out")
+    assert outcome.report.valid, outcome.report.summary()
+    assert calls and max(calls.values()) == 1, calls.most_common(3)
+    stored: dict[str, dict[str, str]] = {}
+    for task in ("abnormality_grounding", "abnormality_detection"):
+        for shard in (tmp_path / "out/data" / task).glob("*.parquet"):
+            for row in pq.read_table(shard, columns=["lineage", "image"]).to_pylist():
+                stored.setdefault(row["lineage"]["source_id"], {})[task] = hashlib.sha256(row["image"]["bytes"]).hexdigest()
+    both = [digests for digests in stored.values() if len(digests) == 2]
+    assert both and all(len(set(d.values())) == 1 for d in both)
+    assert not (tmp_path / "out/build/.state").exists()

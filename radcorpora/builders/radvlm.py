@@ -53,7 +53,7 @@ from radcorpora.schemas.radvlm import (
 from radcorpora.sources.errors import SourceError
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
-from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
+from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo, derived_once
 
 CORPUS = "radvlm"
 TEMPLATE_SLOTS = ("report_request", "classification_request", "classification_answer", "classification_normal",
@@ -445,16 +445,27 @@ class ImageUnreadable(ValueError):
     pass
 
 
-def read_row_image(row: PlannedRow, max_side: int | None) -> tuple[bytes, str | None]:
-    """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted once to PNG),
-    and how it was converted, if it was."""
+def _crc_ok(data: bytes) -> bool:
+    try:
+        check_image(data, "crc")
+        return True
+    except ImageCheckError:
+        return False
+
+
+def read_row_image(row: PlannedRow, max_side: int | None, out: Path | None = None) -> tuple[bytes, str | None]:
+    """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted to PNG once
+    per build, even when two configs hold the image: kept under `out`'s build state), and how it
+    was converted, if it was."""
     path = Path(row.image.path)
     try:
         if row.read_image == "dicom" and path.suffix.lower() in (".dicom", ".dcm"):
             from radcorpora.sources.dicom import read_dicom_image
 
-            converted = read_dicom_image(path, max_side=max_side)
-            return converted.png, f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
+            how = f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
+            if out is None:
+                return read_dicom_image(path, max_side=max_side).png, how
+            return derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, _crc_ok), how
         if row.read_image == "padchest-zip":
             from radcorpora.sources.padchest_gr import read_image_bytes
 
@@ -497,7 +508,7 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     counts: Counter = Counter()
     for row in payload.rows:
         try:
-            data, converted = read_row_image(row, payload.max_side)
+            data, converted = read_row_image(row, payload.max_side, out)
         except ImageUnreadable as exc:
             result.rejects.append(Reject(source=row.source, row=row.image.path, reason="image_does_not_decode",
                                          detail=str(exc)))

@@ -8,8 +8,10 @@ finishes with the same files, with no lost and no duplicated rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from radcorpora.store.shards import file_sha256
 
 STATE_DIR = "build/.state"
 FINGERPRINT_FILE = "fingerprint.json"
+DERIVED_DIR = "derived"  # under STATE_DIR: see derived_once
 
 
 class BuildStateError(RuntimeError):
@@ -70,7 +73,8 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         previous = json.loads(manifest.read_text()).get("fingerprint")
     elif state_fp.exists():
         previous = json.loads(state_fp.read_text())
-        if not (out / "data").exists() and [p.name for p in (out / STATE_DIR).iterdir()] == [FINGERPRINT_FILE]:
+        held = {p.name for p in (out / STATE_DIR).iterdir()} - {DERIVED_DIR}
+        if not (out / "data").exists() and held == {FINGERPRINT_FILE}:
             previous = None  # stopped before anything was written (a refusal, a bad option): start over
             shutil.rmtree(out / STATE_DIR)
             for folder in (out / "build", out):
@@ -154,6 +158,28 @@ def chunk_done(out: Path, chunk_id: str) -> ChunkResult | None:
 
 def mark_done(out: Path, result: ChunkResult) -> None:
     atomic.write_text(out / STATE_DIR / f"{result.chunk_id}.json", result.model_dump_json())
+
+
+def derived_once(out: Path, source: Path, variant: str, make: Callable[[], bytes],
+                 usable: Callable[[bytes], bool] = lambda data: True) -> bytes:
+    """Bytes derived from one source file that several chunks need (a DICOM converted to PNG for
+    both VinDr configs): made once per build and kept with its state until the build finishes, so
+    a resumed build does not make them again. Keyed by the file's path, size and mtime and the
+    variant (the conversion and its settings); a kept copy that fails `usable` is made again."""
+    stat = source_index.stat_key(source)
+    if stat is None:
+        return make()  # let the maker raise its own, clearer error
+    key = hashlib.sha256(json.dumps([str(source), *stat, variant]).encode()).hexdigest()
+    kept = out / STATE_DIR / DERIVED_DIR / key[:2] / key
+    try:
+        data = kept.read_bytes()
+        if usable(data):
+            return data
+    except OSError:
+        pass
+    data = make()
+    atomic.write_bytes(kept, data)
+    return data
 
 
 def clear_state(out: Path) -> None:
