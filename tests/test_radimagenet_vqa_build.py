@@ -54,6 +54,18 @@ def test_image_bytes_stored_as_read_and_once_per_image(demo_build, demo_source):
         source_bytes = sum((demo_source / s).stat().st_size for s in sources)
         output = manifest["storage"]["output_bytes"][config]
         assert output / source_bytes <= 1.2, (config, output / source_bytes)
+    # the benchmark holds one row per question (nine per image), each with its image: the shards
+    # store each image once, and every row still reads back its own image's bytes
+    source_bytes, rows = 0, 0
+    for shard in (demo_build / "data" / "benchmark").glob("*.parquet"):
+        table = pq.read_table(shard, columns=["image", "lineage"])
+        for image, lineage in zip(table.column("image").to_pylist(), table.column("lineage").to_pylist()):
+            assert image["bytes"] == (demo_source / lineage["source_id"]).read_bytes()
+            rows += 1
+        source_bytes += sum((demo_source / s).stat().st_size
+                            for s in {r["source_id"] for r in table.column("lineage").to_pylist()})
+    assert rows == 9 * 20
+    assert manifest["storage"]["output_bytes"]["benchmark"] / source_bytes <= 1.2
 
 
 def test_question_view_gives_one_example_per_question(demo_build):

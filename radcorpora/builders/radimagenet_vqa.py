@@ -522,7 +522,8 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     ctx = _context(payload)
     result = ChunkResult(chunk_id=spec.chunk_id)
     counts: Counter = Counter()
-    writers = {cfg: ShardWriter(out / rel, CONFIG_RECORDS[cfg]) for cfg, rel in payload.shards.items()}
+    writers = {cfg: ShardWriter(out / rel, CONFIG_RECORDS[cfg], shared_images=cfg == "benchmark")
+               for cfg, rel in payload.shards.items()}
     rows = dict.fromkeys(payload.shards, 0)
     # Generation makes many short-lived objects and no reference cycles; with the collector on,
     # each of its passes walks the whole heap (the worker holds the build's plan): ~15% of a chunk.

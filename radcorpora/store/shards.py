@@ -72,8 +72,13 @@ class ShardWriter:
     done-marker holds its shards' sha256, and a resumed build re-hashes them, so a shard torn by
     a crash before that sync is rebuilt, never trusted."""
 
-    def __init__(self, path: Path, model: type[BaseModel]):
+    def __init__(self, path: Path, model: type[BaseModel], shared_images: bool = False):
+        """`shared_images`: consecutive rows repeat the same image (one row per question of an
+        image): the image bytes are dictionary-encoded, so each row group stores each image once
+        (Parquet falls back to plain pages by itself where the dictionary page would grow past
+        its limit). Readers see the same values either way."""
         self.path = path
+        self.shared_images = shared_images
         self.schema: pa.Schema = arrow_schema_for(model)
         self._tmp = atomic.tmp_path_for(path)
         self._buffer: list[dict[str, Any]] = []
@@ -92,7 +97,7 @@ class ShardWriter:
             self.schema,
             compression={c: ("none" if c in binary_columns else "zstd") for c in leaves},
             write_statistics=stats_columns,
-            use_dictionary=stats_columns,
+            use_dictionary=stats_columns + (binary_columns if self.shared_images else []),
         )
 
     def write_table(self, table: pa.Table) -> None:
