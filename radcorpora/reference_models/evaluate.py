@@ -41,7 +41,8 @@ MC_INSTRUCTION = "Answer with the letter of the correct option."
 
 
 def question_prompt(question: str, choices: Sequence[str] | None) -> str:
-    """The human turn used both to train the check model and to evaluate it."""
+    """The human turn for a row whose corpus gives no renderer of its own (a foreign build); a
+    corpus that has one is evaluated with the wording it trained on (`render` below)."""
     if not choices:
         return f"<image>\n{question}"
     options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, choices))
