@@ -25,7 +25,7 @@ import torch
 def demo_build(folder: Path) -> Path:
     from radcorpora.demo.radimagenet import write_demo_radimagenet
     from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.corpora import RADIMAGENET_VQA, build
+    from radcorpora.corpora import build
 
     write_demo_radimagenet(folder / "source", images_per_class=12)
     build("radimagenet-vqa", {"source": folder / "source"}, make_settings(benchmark_images=100), folder / "build")
@@ -33,6 +33,7 @@ def demo_build(folder: Path) -> Path:
 
 
 def bench_tiny(steps: int, preset: str) -> dict:
+    from radcorpora.corpora import RADIMAGENET_VQA
     from radcorpora.reference_models.data import training_examples, training_texts
     from radcorpora.reference_models.models import build_tiny
     from radcorpora.reference_models.sft import PRESETS, train

@@ -135,7 +135,7 @@ def test_whole_build_on_hand_made_sources(fake_sources, tmp_path):
     assert [b["readers"] for b in grounding[0]["instances"][0]["boxes"]] == [3]
     assert outcome.manifest["licence_class"] == "credentialed"
     assert "rule-based detector" in (out / "README.md").read_text()  # default: prior removal by the rules
-    again = build("radvlm", fake_sources, rv.RadVLMConfig(), tmp_path / "again")
+    build("radvlm", fake_sources, rv.RadVLMConfig(), tmp_path / "again")
     for shard in sorted((out / "data").rglob("*.parquet")):
         assert shard.read_bytes() == (tmp_path / "again" / shard.relative_to(out)).read_bytes()
     assert validate(out, workers=2).valid

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import random
-import time
 import zipfile
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import random
 from collections import Counter
 from collections.abc import Iterator

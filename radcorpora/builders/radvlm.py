@@ -40,7 +40,6 @@ from radcorpora.schemas.common import Reject
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.schemas.radvlm import (
-    CONFIG_RECORDS,
     CONVERSATION_SOURCES,
     CONVERSATION_TASKS,
     DEFAULT_REPLICATION,
