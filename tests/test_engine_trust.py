@@ -171,6 +171,69 @@ def test_arrow_schemas_derived_without_datasets_equal_the_datasets_features():
             assert derived.equals(reference, check_metadata=True), (spec.name, config.name)
 
 
+def _card_metadata_by_datasets(build: Path, configs: dict, default: str | None) -> dict:
+    """The card's `configs` and `dataset_info` as `datasets`' own helpers write them."""
+    import pyarrow.parquet as pq
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    from radcorpora.schemas.features import features_for
+
+    data, metadata_configs, infos = DatasetCardData(), {}, {}
+    for name, model in configs.items():
+        folder = build / "data" / name
+        splits = sorted({p.name.split("-")[0] for p in folder.glob("*.parquet")})
+        if not splits:
+            continue
+        metadata_configs[name] = {"data_files": [{"split": s, "path": f"data/{name}/{s}-*"} for s in splits],
+                                  **({"default": True} if name == default else {})}
+        split_dict, total = SplitDict(), 0
+        for split in splits:
+            files = sorted(folder.glob(f"{split}-*.parquet"))
+            size = sum(f.stat().st_size for f in files)
+            total += size
+            split_dict.add(SplitInfo(name=split, num_bytes=size,
+                                     num_examples=sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
+        infos[name] = DatasetInfo(features=features_for(model), splits=split_dict, config_name=name,
+                                  dataset_size=total, download_size=total)
+    MetadataConfigs(metadata_configs).to_dataset_card_data(data)
+    DatasetInfosDict(infos).to_dataset_card_data(data)
+    return data.to_dict()
+
+
+def test_card_yaml_written_without_datasets_equals_what_datasets_writes(demo_build, tmp_path):
+    """The card's features, splits and configs are laid out without importing `datasets` (a
+    second of every build): for every registered config's features, and for whole cards of a
+    build with several configs, one config and a config named `default`, the YAML must be what
+    `datasets`' own helpers write, key order included."""
+    import pyarrow.parquet as pq
+    import yaml
+    from datasets import Features
+
+    from radcorpora.corpora import CORPORA
+    from radcorpora.publish.card import card_metadata
+    from radcorpora.schemas.features import features_for, features_yaml_for
+
+    for spec in CORPORA.values():
+        for config in spec.configs:
+            assert features_yaml_for(config.record) == features_for(config.record)._to_yaml_list(), (spec.name, config.name)
+            assert Features._from_yaml_list(features_yaml_for(config.record)) == features_for(config.record)
+    spec = CORPORA["radimagenet-vqa"]
+    records = {c.name: c.record for c in spec.configs}
+    one = tmp_path / "one"
+    (one / "data" / "default").mkdir(parents=True)
+    shard = sorted((demo_build / "data" / "instruct").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(shard), one / "data" / "default" / "train-00000-of-00001.parquet")
+    for build, configs, default in ((demo_build, records, spec.default_config),
+                                    (demo_build, {"benchmark": records["benchmark"]}, None),
+                                    (one, {"default": records["instruct"]}, "default")):
+        ours, _ = card_metadata(build, configs, default)
+        reference = _card_metadata_by_datasets(build, configs, default)
+        assert yaml.safe_dump(ours.to_dict(), sort_keys=False) == yaml.safe_dump(reference, sort_keys=False)
+
+
 def test_cards_tell_the_truth(demo_source, tmp_path):
     source = Path(shutil.copytree(demo_source, tmp_path / "src"))
     (source / "RadiologyAI_test.csv").unlink()  # no test split: no benchmark
@@ -198,3 +261,19 @@ def test_every_cli_option_has_help_text():
 
     walk(command, "radcorpora")
     assert missing == []
+
+
+def test_a_build_never_imports_datasets(demo_source, tmp_path):
+    """`import datasets` costs about a second; the build path (scan, workers, validation, card)
+    does without it, so a build pays only for what it does."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom radcorpora.corpora import build\nfrom radcorpora.builders.radimagenet_vqa import make_settings\n"
+              f"build('radimagenet-vqa', {{'source': {str(demo_source)!r}}}, make_settings(benchmark_images=20), "
+              f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))\n"
+              "print(sorted(m for m in sys.modules if m == 'datasets' or m.startswith('datasets.')))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "README.md").is_file()

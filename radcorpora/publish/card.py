@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from radcorpora.store import atomic
-from radcorpora.schemas.features import features_for
+from radcorpora.schemas.features import features_yaml_for
 
 
 @dataclass
@@ -41,38 +41,44 @@ def _size_category(rows: int) -> str:
 
 
 def card_metadata(build: Path, configs: dict[str, type[BaseModel]], default: str | None = None) -> tuple[Any, dict[str, dict[str, int]]]:
-    """Card data with `configs` and `dataset_info` computed from the shards on disk."""
-    from datasets.info import DatasetInfo, DatasetInfosDict
-    from datasets.splits import SplitDict, SplitInfo
-    from datasets.utils.metadata import MetadataConfigs
+    """Card data with `configs` and `dataset_info` computed from the shards on disk, laid out as
+    `datasets`' `MetadataConfigs` and `DatasetInfosDict` write them (configs sorted by name; one
+    config's info as a mapping, several as a list), without importing `datasets` (tested equal)."""
     from huggingface_hub import DatasetCardData
 
     data = DatasetCardData()
-    metadata_configs: dict[str, Any] = {}
-    infos: dict[str, DatasetInfo] = {}
+    metadata_configs: list[dict[str, Any]] = []
+    infos: list[dict[str, Any]] = []
     split_rows: dict[str, dict[str, int]] = {}
-    for name, model in configs.items():
+    for name, model in sorted(configs.items()):
         folder = build / "data" / name
         splits = sorted({p.name.split("-")[0] for p in folder.glob("*.parquet")})
         if not splits:
             continue
-        entry: dict[str, Any] = {"data_files": [{"split": s, "path": f"data/{name}/{s}-*"} for s in splits]}
+        entry: dict[str, Any] = {"config_name": name,
+                                 "data_files": [{"split": s, "path": f"data/{name}/{s}-*"} for s in splits]}
         if name == default:
             entry["default"] = True
-        metadata_configs[name] = entry
-        split_dict = SplitDict()
+        metadata_configs.append(entry)
+        split_infos = []
         total_bytes = 0
         for split in splits:
             files = sorted(folder.glob(f"{split}-*.parquet"))
             rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
             size = sum(f.stat().st_size for f in files)
             total_bytes += size
-            split_dict.add(SplitInfo(name=split, num_bytes=size, num_examples=rows))
+            split_infos.append({"name": split, "num_bytes": size, "num_examples": rows})
             split_rows.setdefault(name, {})[split] = rows
-        infos[name] = DatasetInfo(features=features_for(model), splits=split_dict, config_name=name,
-                                  dataset_size=total_bytes, download_size=total_bytes)
-    MetadataConfigs(metadata_configs).to_dataset_card_data(data)
-    DatasetInfosDict(infos).to_dataset_card_data(data)
+        infos.append({"config_name": name, "features": features_yaml_for(model), "splits": split_infos,
+                      "download_size": total_bytes, "dataset_size": total_bytes})
+    if metadata_configs:
+        data["configs"] = metadata_configs
+    if len(infos) == 1:
+        data["dataset_info"] = infos[0] if infos[0]["config_name"] != "default" else \
+            {k: v for k, v in infos[0].items() if k != "config_name"}
+    elif infos:
+        data["dataset_info"] = infos
+    split_rows = {name: split_rows[name] for name in configs if name in split_rows}
     return data, split_rows
 
 
