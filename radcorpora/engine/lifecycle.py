@@ -9,8 +9,10 @@ changed (or rebuilt with --overwrite).
 
 from __future__ import annotations
 
+import importlib
 import json
 import platform
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -86,6 +88,29 @@ def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
     return {"source_image_bytes": source_bytes, "output_bytes": per_config}
 
 
+# Modules every build ends up importing, 0.3-0.4 s each: pandas (pyarrow imports it on its first
+# `pa.array` of Python objects, in the driver and in each worker), pyarrow.dataset (behind
+# `pq.read_table`, in validation) and huggingface_hub's card module (the dataset card).
+# Imported on the second core while the scan runs; see warm_imports.
+WARM_IMPORTS = ("pandas", "pyarrow.dataset", "huggingface_hub.repocard")
+
+
+def warm_imports() -> threading.Thread:
+    """Import WARM_IMPORTS in a background thread. Joined before any worker process starts: a
+    fork while another thread is halfway through an import could leave that module's import
+    lock held forever in the child; after the join, forked workers inherit the modules free."""
+    def run() -> None:
+        for name in WARM_IMPORTS:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # optional here: whoever needs it raises its own error later
+                pass
+
+    thread = threading.Thread(target=run, name="radcorpora-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, *,
               executor: ExecutorSettings = ExecutorSettings(), llm_settings: Any = None,
               overwrite: bool = False, command: str = "", log: Callable[[str], None] | None = None,
@@ -93,6 +118,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     started = time.time()
     say = log or (lambda _message: None)
     progress = progress or BuildProgress(disable=True)
+    warming = warm_imports()
     prepared = spec.prepare(sources, settings, say)
     phases = {"prepare": round(time.time() - started, 2)}
     fingerprint = build_fingerprint(spec, settings, prepared.fingerprint)
@@ -110,6 +136,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
             progress.advance(task, spec.size)
             syncer.submit(out / rel for rel in result.shards)  # flush to disk while other chunks compute
 
+        warming.join()  # before any worker forks
         try:
             return run_chunks(specs, worker, out, executor, on_done=done)
         finally:

@@ -292,13 +292,15 @@ def scan_radimagenet(source: Path, label_map: LabelMap | None = None, taxonomy: 
 
     # 1. walk the tree: (modality, anatomy folder, pathology folder) -> files
     files: dict[str, tuple[str, str, str]] = {}
+    # plain strings, not pathlib, per file: a release lists ~1.3M of them
     for dirpath, dirnames, filenames in os.walk(tree):
         dirnames.sort()
         rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         parts = rel_dir.parts[1:]  # below radiology_ai/
+        prefix = f"{rel_dir.as_posix()}/"
         for name in sorted(filenames):
-            rel = str(rel_dir / name)
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            rel = prefix + name
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
                 scan.counts["ignored_non_image_files"] += 1
                 continue
             modality_key = parts[0].lower() if parts else ""
@@ -347,7 +349,7 @@ def scan_radimagenet(source: Path, label_map: LabelMap | None = None, taxonomy: 
         for rel, entries in sorted(csv_rows.items()):
             splits = sorted({e[0] for e in entries})
             first = entries[0]
-            parts = PurePosixPath(rel).parts
+            parts = rel.split("/")
             if len(parts) > 1 and parts[1].lower() in SKIPPED_MODALITIES:
                 continue
             if len(splits) > 1:

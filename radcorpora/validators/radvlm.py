@@ -29,15 +29,20 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
                     table = pq.read_table(path, columns=["task", "lineage.patient_id", "instances"])
                 except Exception:  # unreadable shards are reported by the structure checks
                     continue
+                where = path.relative_to(build)  # once per shard: messages are only formatted on failure
                 split_patients[split].update(pc.unique(table.column("patient_id").combine_chunks()).to_pylist())
                 for task in pc.unique(table.column("task").combine_chunks()).to_pylist():
-                    tasks.expect(task == config, f"{path.relative_to(build)}: a {task} row in config {config}")
+                    tasks.expect(task == config, f"{where}: a {task} row in config {config}")
                 instances = pc.list_flatten(table.column("instances").combine_chunks())
                 for instance_id, factor in zip(pc.struct_field(instances, "id").to_pylist(),
                                                pc.struct_field(instances, "replication").to_pylist()):
-                    ids.expect(instance_id not in seen, f"{path.relative_to(build)}: duplicate instance id {instance_id}")
-                    replicas.expect(factor is not None and factor >= 1, f"{instance_id}: replication {factor}")
+                    if instance_id in seen:
+                        ids.fail(f"{where}: duplicate instance id {instance_id}")
+                    if factor is None or factor < 1:
+                        replicas.fail(f"{instance_id}: replication {factor}")
                     seen.add(instance_id)
+                ids.checked += len(instances)
+                replicas.checked += len(instances)
     integrity = report.check("patient_split_integrity",
                              "no patient is in both train and test, across all tasks and sources")
     train, test = split_patients.get("train", set()), split_patients.get("test", set())

@@ -220,9 +220,12 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
             for path in paths:
                 table = pq.read_table(path, columns=["id"])
                 rows += table.num_rows
+                where = path.relative_to(build)  # once per shard: the message is only formatted on failure
                 for record_id in table.column("id").to_pylist():
-                    ids.expect(record_id not in seen, f"{path.relative_to(build)}: duplicate id {record_id!r}")
+                    if record_id in seen:
+                        ids.fail(f"{where}: duplicate id {record_id!r}")
                     seen.add(record_id)
+                ids.checked += table.num_rows
             want = (manifest.get("splits") or {}).get(config, {}).get(split)
             counts.expect(want == rows, f"{config}/{split}: {rows} rows, manifest says {want}")
     corpus_rules(build, report, manifest, image_check=image_check, deep=False)
