@@ -91,7 +91,8 @@ def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
 # Modules every build ends up importing, 0.3-0.4 s each: pandas (pyarrow imports it on its first
 # `pa.array` of Python objects, in the driver and in each worker), pyarrow.dataset (behind
 # `pq.read_table`, in validation) and huggingface_hub's card module (the dataset card).
-# Imported on the second core while the scan runs; see warm_imports.
+# Imported in a thread while the scan runs (which waits on the file system much of the time);
+# see warm_imports.
 WARM_IMPORTS = ("pandas", "pyarrow.dataset", "huggingface_hub.repocard")
 
 
