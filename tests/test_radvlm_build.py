@@ -217,3 +217,45 @@ def test_each_dicom_is_converted_once_for_both_vindr_configs(tmp_path, monkeypat
     both = [digests for digests in stored.values() if len(digests) == 2]
     assert both and all(len(set(d.values())) == 1 for d in both)
     assert not (tmp_path / "out/build/.state").exists()
+
+
+def test_chest_imagenome_reads_only_the_scene_graphs_anatomical_grounding_takes(tmp_path, monkeypatch):
+    """anatomical_grounding keeps the first N images with regions in a seeded order: the reader
+    opens scene graphs in that order and stops there, giving the same rows as reading all of
+    them; a build without the task opens none."""
+    import json as json_module
+
+    from radcorpora.demo.chest_imagenome import write_demo_chest_imagenome
+    from radcorpora.demo.mimic_cxr import write_demo_mimic_cxr
+    from radcorpora.sources import chest_imagenome
+    from radcorpora.sources.mimic_cxr import scan_mimic_cxr
+
+    write_demo_mimic_cxr(tmp_path / "mimic", tmp_path / "reports", n_subjects=30)
+    mimic = scan_mimic_cxr(tmp_path / "mimic", tmp_path / "reports")
+    write_demo_chest_imagenome(tmp_path / "cig", mimic.images)
+    sizes = {i.image_id: (i.width, i.height) for i in mimic.images if i.width and i.height}
+    words = rv.Words(rv.load_templates(rv.RadVLMConfig()), 0)
+    opened: list[str] = []
+    loads = json_module.loads
+
+    def counting_loads(data, *args, **kwargs):
+        opened.append("graph")
+        return loads(data, *args, **kwargs)
+
+    monkeypatch.setattr(chest_imagenome.json, "loads", counting_loads)
+    full = chest_imagenome.scan_chest_imagenome(tmp_path / "cig", tmp_path / "mimic", sizes)
+    graphs = len(opened)
+    assert graphs > 10
+    for samples in (1, 5, graphs // 2, graphs + 5):
+        config = rv.RadVLMConfig(anatomical_grounding_samples=samples, seed=3)
+        opened.clear()
+        limited = chest_imagenome.scan_chest_imagenome(tmp_path / "cig", tmp_path / "mimic", sizes,
+                                                       order=rv.anatomical_order(config), limit=samples)
+        assert len(opened) <= graphs and (samples >= graphs or len(opened) < graphs)
+        expected = rv.anatomical_rows(full.findings, words, config)
+        got = rv.anatomical_rows(limited.findings, words, config)
+        assert [(r.key, r.instances) for r in got] == [(r.key, r.instances) for r in expected]
+        assert len(got) == min(samples, len({f.image.image_id for f in full.findings}))
+    opened.clear()
+    chest_imagenome.scan_chest_imagenome(tmp_path / "cig", tmp_path / "mimic", sizes, limit=0)
+    assert opened == []

@@ -258,13 +258,19 @@ def classification_rows(source: str, images: Iterable[CxrImage], labels_of: Call
     return rows
 
 
+def anatomical_order(config: RadVLMConfig) -> Callable[[str], str]:
+    """Image id -> sort key of the seeded order in which anatomical_grounding takes its images
+    (the Chest ImaGenome reader reads scene graphs in this order and stops when it has enough)."""
+    return lambda image_id: rank_key(config.seed, CORPUS, image_id, "anatomical_grounding")
+
+
 def anatomical_rows(findings: Iterable[GroundedFinding], words: Words, config: RadVLMConfig) -> list[PlannedRow]:
     """One seeded region per image, then a seeded choice of `anatomical_grounding_samples` images."""
     by_image: dict[str, list[GroundedFinding]] = defaultdict(list)
     for finding in findings:
         if finding.boxes:
             by_image[finding.image.image_id].append(finding)
-    chosen = sorted(by_image, key=lambda i: rank_key(config.seed, CORPUS, i, "anatomical_grounding"))
+    chosen = sorted(by_image, key=anatomical_order(config))
     chosen = sorted(chosen[:config.anatomical_grounding_samples])
     factor = config.replication_for("anatomical_grounding", "chest-imagenome")
     rows = []

@@ -75,7 +75,7 @@ def _take(read: SourcesRead, name: str, scan: Any) -> None:
 
 def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead:
     """Scan every given source (a bad one stops the build here, before any work)."""
-    from radcorpora.builders.radvlm import RadVLMConfigError
+    from radcorpora.builders.radvlm import RadVLMConfigError, anatomical_order
 
     read = SourcesRead()
     mimic_images: dict[str, CxrImage] = {}
@@ -103,7 +103,12 @@ def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead
         from radcorpora.sources.chest_imagenome import scan_chest_imagenome
 
         sizes = {i: (img.width, img.height) for i, img in mimic_images.items() if img.width and img.height}
-        _take(read, "chest-imagenome", scan_chest_imagenome(sources["chest_imagenome"], sources["mimic_cxr"], sizes))
+        # anatomical_grounding keeps the first N images with regions in a seeded order (see
+        # anatomical_rows): only their scene graphs are read; none when the task is not built
+        wanted = not config.tasks or "anatomical_grounding" in config.tasks
+        _take(read, "chest-imagenome", scan_chest_imagenome(
+            sources["chest_imagenome"], sources["mimic_cxr"], sizes, order=anatomical_order(config),
+            limit=config.anatomical_grounding_samples if wanted else 0))
     if sources.get("vindr_cxr"):
         from radcorpora.sources.vindr_cxr import scan_vindr_cxr
 
