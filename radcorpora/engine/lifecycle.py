@@ -155,6 +155,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     finally:
         synced = syncer.wait()
     phases["stages"] = round(time.time() - stages_started, 2)
+    warming.join()  # finish may fork validation workers; a corpus without chunks never joined it
     manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress,
                               phases, synced)
     return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
