@@ -146,6 +146,15 @@ def test_a_task_without_its_source_is_a_clear_error(fake_sources, tmp_path):
 
     with pytest.raises(rv.RadVLMConfigError, match="phrase_grounding needs --ms-cxr or --padchest-gr"):
         build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["phrase_grounding"]), tmp_path / "out")
+    # an unknown task is said before any source is read (the folder here does not even exist)
+    from typer.testing import CliRunner
+
+    from radcorpora.cli import app
+
+    result = CliRunner().invoke(app, ["build", "radvlm", "--out", str(tmp_path / "o2"), "--mimic-cxr",
+                                      str(tmp_path / "nowhere"), "--tasks", "report_generation,bogus"])
+    assert result.exit_code == 2 and "unknown task(s) bogus" in result.output
+    assert "does not exist" not in result.output
 
 
 def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):

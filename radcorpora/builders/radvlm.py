@@ -106,6 +106,9 @@ class RadVLMConfig(BaseModel):
             raise ValueError("--verify checks conversations: give --conversations N too")
         if self.min_rounds > self.max_rounds:
             raise ValueError(f"min_rounds {self.min_rounds} > max_rounds {self.max_rounds}")
+        unknown = [t for t in self.tasks or () if t not in TASKS]
+        if unknown:  # said before any source is scanned
+            raise ValueError(f"unknown task(s) {', '.join(unknown)} (tasks: {', '.join(TASKS)})")
         return self
 
     @property
