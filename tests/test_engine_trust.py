@@ -277,3 +277,28 @@ def test_a_build_never_imports_datasets(demo_source, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "README.md").is_file()
+
+
+def test_estimate_table_reads_at_80_columns_at_any_scale():
+    """Issue 10.7: a readable table at 80 columns, nothing cut to "…", totals as text, a hint for
+    a model without a price; checked with a million-request stage and a long model name."""
+    from rich.console import Console
+
+    from radcorpora.engine.estimate import print_estimate
+
+    stage = {"stage": "conversation_verify", "llm": "anthropic:claude-sonnet-4-5", "requests": 1_089_000,
+             "already_cached": 12_345, "estimated_input_tokens": 987_654_321, "estimated_output_tokens": 87_120_000,
+             "cost_usd_online": 12_345.67, "cost_usd_batch": 6_172.84, "minutes_online": 10_890.5, "limited_by": "rpm"}
+    unpriced = dict(stage, stage="prior_removal", llm="openai:my-local-vllm-model", cost_usd_online=None,
+                    cost_usd_batch=None, limited_by="concurrency")
+    result = {"corpus": "radvlm", "samples": 1_089_000, "stages": [stage, unpriced], "prices_as_of": "2025-11",
+              "total": {"requests": 2_178_000, "to_send": 2_153_310, "cost_usd_online": None, "cost_usd_batch": None},
+              "missing_prices": ["openai:my-local-vllm-model"]}
+    console = Console(width=80, record=True)
+    print_estimate(result, console)
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines()) and "…" not in text
+    flat = "".join(text.split())
+    for value in ("anthropic:claude-sonnet-4-5", "1,089,000", "987,654,321", "$12,345.67", "10,890.5",
+                  "conversation_verifyrpm", "Nopriceknownforopenai:my-local-vllm-model"):
+        assert value in flat, value

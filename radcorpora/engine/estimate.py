@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -45,16 +46,21 @@ def _money(value: float | None) -> str:
 
 def print_estimate(result: dict[str, Any], out: Console) -> None:
     """A table that reads at 80 columns, totals as sentences, and what to do about missing prices."""
-    table = Table(title=f"{result['corpus']} estimate: {result.get('samples', '?')} samples", width=80)
-    for column, justify in (("stage / model", "left"), ("requests", "right"), ("cached", "right"),
-                            ("tokens in/out", "right"), ("online", "right"), ("batch", "right"), ("minutes", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table = Table(title=f"{result['corpus']} estimate: {result.get('samples', '?')} samples", width=80,
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # six narrow columns fit 80 even at a million requests; a long PROVIDER:MODEL wraps, never "…"
+    for column, justify, min_width in (("stage / model", "left", None), ("requests", "right", None),
+                                       ("tokens\nin/out", "right", None), ("online", "right", None),
+                                       ("batch", "right", None), ("minutes", "right", None)):
+        table.add_column(column, justify=justify, overflow="fold", min_width=min_width)  # type: ignore[arg-type]
     for s in result["stages"]:
-        table.add_row(Text(f"{s['stage']}\n{s['llm']}"), f"{s['requests']:,}", f"{s['already_cached']:,}",
+        table.add_row(Text(f"{s['stage']}\n{s['llm']}"), f"{s['requests']:,}\n{s['already_cached']:,} cached",
                       f"{s['estimated_input_tokens']:,}\n{s['estimated_output_tokens']:,}",
-                      _money(s["cost_usd_online"]), _money(s["cost_usd_batch"]),
-                      f"{s['minutes_online']:,}\n({s['limited_by']})")
+                      _money(s["cost_usd_online"]), _money(s["cost_usd_batch"]), f"{s['minutes_online']:,}")
     out.print(table)
+    limits = ", ".join(f"{s['stage']} {s['limited_by']}" for s in result["stages"])
+    out.print(Text(f"Minutes are online time at the configured --concurrency, --rpm and --tpm; the limit that "
+                   f"binds: {limits}."))
     t = result["total"]
     out.print(Text(f"In all: {t['requests']:,} requests, {t['to_send']:,} to send; cost "
                    f"{_money(t.get('cost_usd_online'))} online or {_money(t.get('cost_usd_batch'))} with --batch "
