@@ -120,7 +120,17 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     say = log or (lambda _message: None)
     progress = progress or BuildProgress(disable=True)
     warming = warm_imports()
-    prepared = spec.prepare(sources, settings, say)
+    scanning = progress.start("scanning sources", None)
+
+    def say_while_scanning(message: str) -> None:
+        say(message)
+        progress.describe(scanning, f"scanning: {message[:60]}")
+
+    try:
+        prepared = spec.prepare(sources, settings, say_while_scanning)
+    finally:
+        progress.describe(scanning, "scanning sources")
+        progress.stop(scanning)
     phases = {"prepare": round(time.time() - started, 2)}
     fingerprint = build_fingerprint(spec, settings, prepared.fingerprint)
     state = prepare_out_dir(out, fingerprint, overwrite)

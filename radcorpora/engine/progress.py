@@ -26,7 +26,9 @@ class BuildProgress:
         )
         self._started = False
 
-    def start(self, description: str, total: int) -> TaskID:
+    def start(self, description: str, total: int | None) -> TaskID:
+        """`total` None: a phase whose size is not known before it ends (a scan): the bar pulses
+        and the elapsed time runs; `describe` says what it has reached."""
         if not self._started:
             self._progress.start()
             self._started = True
@@ -35,8 +37,13 @@ class BuildProgress:
     def advance(self, task: TaskID, amount: int = 1) -> None:
         self._progress.advance(task, amount)
 
+    def describe(self, task: TaskID, description: str) -> None:
+        self._progress.update(task, description=description)
+
     def stop(self, task: TaskID) -> None:
-        self._progress.update(task, completed=self._progress.tasks[self._index(task)].total)
+        state = self._progress.tasks[self._index(task)]
+        total = state.total if state.total is not None else max(int(state.completed), 1)
+        self._progress.update(task, total=total, completed=total)
 
     def _index(self, task: TaskID) -> int:
         return [t.id for t in self._progress.tasks].index(task)
