@@ -461,7 +461,7 @@ def _crc_ok(data: bytes) -> bool:
         return False
 
 
-def read_row_image(row: PlannedRow, max_side: int | None, out: Path | None = None) -> tuple[bytes, str | None]:
+def read_row_image(row: PlannedRow, max_side: int | None, out: Path) -> tuple[bytes, str | None]:
     """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted to PNG once
     per build, even when two configs hold the image: kept under `out`'s build state), and how it
     was converted, if it was."""
@@ -471,8 +471,6 @@ def read_row_image(row: PlannedRow, max_side: int | None, out: Path | None = Non
             from radcorpora.sources.dicom import read_dicom_image
 
             how = f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
-            if out is None:
-                return read_dicom_image(path, max_side=max_side).png, how
             return derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, _crc_ok), how
         if row.read_image == "padchest-zip":
             from radcorpora.sources.padchest_gr import read_image_bytes

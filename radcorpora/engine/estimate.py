@@ -49,10 +49,9 @@ def print_estimate(result: dict[str, Any], out: Console) -> None:
     table = Table(title=f"{result['corpus']} estimate: {result.get('samples', '?')} samples", width=80,
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     # six narrow columns fit 80 even at a million requests; a long PROVIDER:MODEL wraps, never "…"
-    for column, justify, min_width in (("stage / model", "left", None), ("requests", "right", None),
-                                       ("tokens\nin/out", "right", None), ("online", "right", None),
-                                       ("batch", "right", None), ("minutes", "right", None)):
-        table.add_column(column, justify=justify, overflow="fold", min_width=min_width)  # type: ignore[arg-type]
+    for column, justify in (("stage / model", "left"), ("requests", "right"), ("tokens\nin/out", "right"),
+                            ("online", "right"), ("batch", "right"), ("minutes", "right")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for s in result["stages"]:
         table.add_row(Text(f"{s['stage']}\n{s['llm']}"), f"{s['requests']:,}\n{s['already_cached']:,} cached",
                       f"{s['estimated_input_tokens']:,}\n{s['estimated_output_tokens']:,}",
