@@ -234,6 +234,17 @@ def test_card_yaml_written_without_datasets_equals_what_datasets_writes(demo_bui
         assert yaml.safe_dump(ours.to_dict(), sort_keys=False) == yaml.safe_dump(reference, sort_keys=False)
 
 
+def test_card_text_is_what_huggingface_hub_makes_of_it(demo_build):
+    """The card is written without huggingface_hub's `DatasetCard`; parsed and printed by it (as
+    the Hub and `push` do), it must come back unchanged."""
+    from huggingface_hub import DatasetCard
+
+    text = (demo_build / "README.md").read_text(encoding="utf-8")
+    card = DatasetCard(text)
+    assert str(card) == text
+    assert card.data.to_dict()["configs"][0]["config_name"] == "alignment"
+
+
 def test_cards_tell_the_truth(demo_source, tmp_path):
     source = Path(shutil.copytree(demo_source, tmp_path / "src"))
     (source / "RadiologyAI_test.csv").unlink()  # no test split: no benchmark
@@ -264,15 +275,17 @@ def test_every_cli_option_has_help_text():
 
 
 def test_a_build_never_imports_datasets(demo_source, tmp_path):
-    """`import datasets` costs about a second; the build path (scan, workers, validation, card)
-    does without it, so a build pays only for what it does."""
+    """`import datasets` costs about a second, huggingface_hub's card and API modules (with their
+    HTTP client) a third of one; the build path (scan, workers, validation, card) does without
+    them, so a build pays only for what it does."""
     import subprocess
     import sys
 
     script = ("import sys\nfrom radcorpora.corpora import build\nfrom radcorpora.builders.radimagenet_vqa import make_settings\n"
               f"build('radimagenet-vqa', {{'source': {str(demo_source)!r}}}, make_settings(benchmark_images=20), "
               f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))\n"
-              "print(sorted(m for m in sys.modules if m == 'datasets' or m.startswith('datasets.')))")
+              "print(sorted(m for m in sys.modules if m == 'datasets' or m.startswith('datasets.')\n"
+              "             or m in ('huggingface_hub.repocard', 'huggingface_hub.hf_api')))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"

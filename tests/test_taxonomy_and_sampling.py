@@ -2,7 +2,9 @@ from collections import Counter
 
 import pytest
 
-from radcorpora.ops.sampling import largest_remainder_quotas, row_rng, stratified_ranked_sample
+import hashlib
+
+from radcorpora.ops.sampling import largest_remainder_quotas, row_index, row_indices, row_rng, stratified_ranked_sample
 from radcorpora.schemas.taxonomy import normalise_label, radimagenet_vqa_taxonomy
 
 # Table 3 of the paper, counted by hand: pathologies per region.
@@ -41,6 +43,20 @@ def test_row_rng_depends_only_on_identity():
     assert row_rng(1, "c", "k", "p").random() != row_rng(1, "c", "k", "q").random()
     draws = Counter(row_rng(0, "c", f"k{i}").randrange(4) for i in range(4000))
     assert all(900 < n < 1100 for n in draws.values())
+
+
+def test_row_indices_are_uniform_independent_and_read_from_the_digest():
+    # the first pick is the digest's first 64 bits modulo the size, computed here independently
+    material = "3\x1fc\x1fk9\x1fp".encode()
+    assert row_index(3, "c", "k9", "p", 7) == int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % 7
+    assert row_indices(3, "c", "k9", "p", (7, 5)) == row_indices(3, "c", "k9", "p", (7, 5))
+    pairs = Counter(row_indices(0, "c", f"k{i}", "p", (4, 3)) for i in range(12000))
+    assert len(pairs) == 12 and all(800 < n < 1200 for n in pairs.values())  # uniform, and the two picks independent
+    assert Counter(row_index(0, "c", "k", f"p{i}", 2) for i in range(2000))[0] in range(900, 1100)  # purpose matters
+    with pytest.raises(ValueError, match="empty"):
+        row_index(0, "c", "k", "p", 0)
+    with pytest.raises(ValueError, match="at most four"):
+        row_indices(0, "c", "k", "p", (2,) * 5)
 
 
 def test_quota_of_empty_population():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
-from radcorpora.ops.sampling import row_rng, stratified_ranked_sample
+from radcorpora.ops.sampling import row_index, row_indices, row_rng, stratified_ranked_sample
 from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.features import arrow_schema_for
@@ -108,6 +109,16 @@ def _pick(rng: random.Random, variants: tuple[str, ...]) -> str:
 def _fill(text: str, **values: str) -> str:
     filled = text.format(**values)
     return filled[:1].upper() + filled[1:]
+
+
+def _filled(memo: dict[Any, Any], text: str, pathology: str, region: str, modality: str) -> str:
+    """`_fill` of a question wording, kept per context: a build asks few distinct questions
+    (wordings x labels), each thousands of times."""
+    key = ("filled", text, pathology, region, modality)
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _fill(text, pathology=pathology, region=region, modality=modality)
+    return found
 
 
 def _weighted_other(rng: random.Random, weights: dict[str, int], exclude: str, fallback: tuple[str, ...],
@@ -220,8 +231,7 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
                     distractors.append(none)
                 choices, answer = _multiple_choice(rng, truth, distractors)
                 correct = truth
-        text = _fill(_pick(rng, tpl.variants(slot)), pathology=subject or truth, region=asked_region,
-                     modality=modality)
+        text = _filled(memo, _pick(rng, tpl.variants(slot)), subject or truth, asked_region, modality)
         questions.append((text, choices, answer, qtype, CONTENT_TYPE_OF_TASK[task], correct, question_id, subject))
     return questions
 
@@ -232,9 +242,10 @@ def render_question(question: str, choices: list[str] | None, question_id: str, 
     and evaluation prompts are both rendered here, so a model is asked as it was taught."""
     if choices is None:
         return question
-    rng = row_rng(seed, CORPUS, key, f"{question_id}/instruction")
+    variants = templates.variants("multiple_choice_instruction")
+    instruction = variants[row_index(seed, CORPUS, key, f"{question_id}/instruction", len(variants))]
     options = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, choices))
-    return f"{question}\n{options}\n{_pick(rng, templates.variants('multiple_choice_instruction'))}"
+    return f"{question}\n{options}\n{instruction}"
 
 
 def prompt_renderer(manifest: dict[str, Any]):
@@ -255,12 +266,12 @@ def make_caption(image: RadImageNetImage, ctx: Context) -> list[Turn]:
 
 
 def caption_turns(image: RadImageNetImage, ctx: Context) -> list[dict[str, str]]:
-    rng = row_rng(ctx.config.seed, CORPUS, image.key, "caption")
     region = ctx.taxonomy.region(image.region)
     slot = "caption_abnormal" if image.is_abnormal else "caption_normal"
-    caption = _fill(_pick(rng, ctx.templates.variants(slot)), region=region.phrase,
-                    pathology=image.pathology, modality=MODALITY_WORDS[image.modality])
-    request = _pick(rng, ctx.templates.variants("caption_request"))
+    captions, requests = ctx.templates.variants(slot), ctx.templates.variants("caption_request")
+    which, asked = row_indices(ctx.config.seed, CORPUS, image.key, "caption", (len(captions), len(requests)))
+    caption = _filled(ctx.memo, captions[which], image.pathology, region.phrase, MODALITY_WORDS[image.modality])
+    request = requests[asked]
     return [{"from": "human", "value": f"<image>\n{request}"}, {"from": "gpt", "value": caption}]
 
 
@@ -288,17 +299,18 @@ class ImageReadError(ValueError):
         self.reason = reason
 
 
-def read_image_bytes(image: RadImageNetImage, check: ImageCheck) -> bytes:
-    """The file's bytes exactly as stored, after checking that they are a readable image."""
+def read_image_bytes(image: RadImageNetImage, check: ImageCheck) -> tuple[bytes, source_index.Entry]:
+    """The file's bytes exactly as stored, after checking that they are a readable image, and
+    its source-index entry (from the same open)."""
     try:
-        data = image.path.read_bytes()
+        data, entry = source_index.read_file(image.path)
     except OSError as exc:
         raise ImageReadError("unreadable_file", str(exc)) from exc
     try:
         check_image(data, check)
     except ImageCheckError as exc:
         raise ImageReadError("image_does_not_decode", str(exc)) from exc
-    return data
+    return data, entry
 
 
 # --------------------------------------------------------------------------- chunks (the columnar path)
@@ -333,16 +345,11 @@ def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> l
         if payload.quotas and per_stratum[stratum] >= quotas.get(stratum, 0):
             counts["test_images_not_sampled"] += 1
             continue
-        try:
-            data = read_image_bytes(image, check)
-        except ImageReadError as exc:
-            result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
-            result.sources[str(image.path)] = source_index.entry_for(image.path, None)
+        item = _read_checked(image, check, result)
+        if item is None:
             continue
-        entry = source_index.entry_for(image.path, data)
-        result.sources[str(image.path)] = entry
         per_stratum[stratum] += 1
-        taken.append((image, data, entry[2]))
+        taken.append(item)
     taken.sort(key=lambda item: item[0].key)
     return taken
 
@@ -375,7 +382,7 @@ def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, by
     keys = [image.key for image, _, _ in images]
     # per image
     image_col = _struct(any_schema.field("image").type, [pa.array([d for _, d, _ in images], pa.binary()),
-                                                         pa.array([i.path.name for i, _, _ in images], pa.string())])
+                                                         pa.array([os.path.basename(i.path) for i, _, _ in images], pa.string())])
     abnormal = pa.array([i.is_abnormal for i, _, _ in images], pa.bool_())
     location = pa.array([i.region for i, _, _ in images], pa.string())
     modality = pa.array([i.modality for i, _, _ in images], pa.string())
@@ -482,13 +489,12 @@ SLICE_IMAGES = 1024
 def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResult) -> tuple[RadImageNetImage, bytes, str] | None:
     """(image, bytes, sha256), or None with the reject recorded."""
     try:
-        data = read_image_bytes(image, check)
+        data, entry = read_image_bytes(image, check)
     except ImageReadError as exc:
         result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
-        result.sources[str(image.path)] = source_index.entry_for(image.path, None)
+        result.sources[image.path] = source_index.entry_for(image.path, None)
         return None
-    entry = source_index.entry_for(image.path, data)
-    result.sources[str(image.path)] = entry
+    result.sources[image.path] = entry
     return image, data, entry[2]
 
 

@@ -26,6 +26,24 @@ def row_rng(seed: int, corpus: str, key: str, purpose: str = "") -> random.Rando
     return random.Random(int.from_bytes(row_digest(seed, corpus, key, purpose), "big"))
 
 
+def row_indices(seed: int, corpus: str, key: str, purpose: str, sizes: Sequence[int]) -> tuple[int, ...]:
+    """One uniform index below each of `sizes` (up to four) for one row and purpose, read straight
+    from its digest. For a row that needs a few fixed picks (which wording variant), this costs a
+    tenth of seeding a `random.Random`; each pick takes 64 bits of the digest modulo its size, a
+    bias below 2**-50 for any size a wording list has."""
+    if len(sizes) > 4:
+        raise ValueError(f"one digest gives at most four indices, not {len(sizes)}")
+    if any(n < 1 for n in sizes):
+        raise ValueError(f"cannot pick from an empty list (sizes {list(sizes)})")
+    digest = row_digest(seed, corpus, key, purpose)
+    return tuple(int.from_bytes(digest[8 * i:8 * i + 8], "big") % n for i, n in enumerate(sizes))
+
+
+def row_index(seed: int, corpus: str, key: str, purpose: str, size: int) -> int:
+    """One uniform index below `size` for one row and purpose (see `row_indices`)."""
+    return row_indices(seed, corpus, key, purpose, (size,))[0]
+
+
 def rank_key(seed: int, corpus: str, key: str, purpose: str = "") -> str:
     """A sort key giving a seeded, order-independent random permutation of keys."""
     return row_digest(seed, corpus, key, purpose).hex()

@@ -44,6 +44,24 @@ def entry_for(path: str | Path, data: bytes | None = None) -> Entry:
     return key[0], key[1], digest
 
 
+def read_file(path: str | Path) -> tuple[bytes, Entry]:
+    """A file's bytes and its index entry from one open, one fstat and (for a file that matches
+    its stat) one read. A tree of small images is read this way: `Path.read_bytes()` and a
+    separate `os.stat` cost about four times as much per 32 KB file. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, st.st_size + 1)  # one byte more than the stat says: a grown file shows
+        if len(data) != st.st_size:  # grown, shrunk or a short read: read on to the end
+            rest = []
+            while block := os.read(fd, 1 << 20):
+                rest.append(block)
+            data += b"".join(rest)
+    finally:
+        os.close(fd)
+    return data, (st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+
 def file_digest(path: str | Path) -> str:
     digest = hashlib.sha256()
     try:
