@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import resource
 import shutil
@@ -70,9 +71,21 @@ def make_tree(root: Path, images: int) -> int:
     return total
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of a child command."""
+def warm(root: Path) -> None:
+    """Read every file of the tree, so each timed run starts with the source in the page cache.
+    This machine (a VM) runs DAMON proactive reclaim, which pages out file cache left idle for a
+    few seconds: without this, whichever run came after a pause read its source from disk."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as handle:
+                while handle.read(1 << 20):
+                    pass
+
+
+def timed(cmd: list[str], source: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of a child command that reads `source` (warmed first)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    warm(source)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -178,19 +191,20 @@ def main() -> None:
 
     def copy() -> float:
         target = work / "copy"
-        wall, _ = timed(["sh", "-c", f"cp -r '{source}' '{target}' && sync"])
+        wall, _ = timed(["sh", "-c", f"cp -r '{source}' '{target}' && sync"], source)
         shutil.rmtree(target)
         return wall
 
     def build(out: Path) -> tuple[float, int]:
         return timed([sys.executable, "-c", "from radcorpora.cli import app; app()", "build", "radimagenet-vqa",
                       "--source", str(source), "--out", str(out), "--workers", str(args.workers),
-                      "--image-check", args.image_check])
+                      "--image-check", args.image_check], source)
 
     def datasets_way(build_out: Path) -> tuple[float, float]:
         """(the write alone, the write plus interpreter start and `import datasets`): the
         timed section leaves those out, while the build's time includes its own start-up."""
         target = work / "naive"
+        warm(source)
         started = time.perf_counter()
         naive = subprocess.run([sys.executable, "-c", DATASETS_WAY, str(build_out), str(source), str(target)],
                                check=True, capture_output=True, text=True)
@@ -203,7 +217,7 @@ def main() -> None:
     # so whichever goes second is penalised; two builds and two `datasets` runs in mirrored
     # order, and the copy before and after, cancel that drift to first order.
     copies = [copy()]
-    floor_wall, _ = timed([sys.executable, "-c", FLOOR, str(source), str(work / "floor")])
+    floor_wall, _ = timed([sys.executable, "-c", FLOOR, str(source), str(work / "floor")], source)
     shutil.rmtree(work / "floor")
     subprocess.run(["sync"], check=False)
     out = work / "out"

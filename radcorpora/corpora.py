@@ -238,6 +238,10 @@ def build(name: str, sources: dict[str, Path], settings: Any, out: Path, *, work
     from radcorpora.engine.executors import ExecutorSettings
     from radcorpora.engine.lifecycle import run_build
 
+    if executor not in ("local", "ray"):  # caught here, not by the manifest after the whole build
+        raise ValueError(f"executor must be 'local' or 'ray', not {executor!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, not {workers!r}")
     return run_build(corpus(name), {k: Path(v) for k, v in sources.items() if v is not None}, settings, Path(out),
                      executor=ExecutorSettings(name=executor, workers=workers, ray_address=ray_address),  # type: ignore[arg-type]
                      llm_settings=llm_settings, overwrite=overwrite, command=command, log=log)

@@ -315,3 +315,15 @@ def test_estimate_table_reads_at_80_columns_at_any_scale():
     for value in ("anthropic:claude-sonnet-4-5", "1,089,000", "987,654,321", "$12,345.67", "10,890.5",
                   "conversation_verifyrpm", "Nopriceknownforopenai:my-local-vllm-model"):
         assert value in flat, value
+
+
+@pytest.mark.parametrize("options", [{"executor": "dask"}, {"workers": 0}, {"workers": "2"}])
+def test_python_build_refuses_bad_executor_options_before_any_work(tmp_path, options):
+    """`corpora.build` from Python: a wrong executor or worker count is refused at once, not by the
+    manifest writer after the whole build (as it was for an executor that was not a string)."""
+    from radcorpora.builders.radimagenet_vqa import make_settings
+    from radcorpora.corpora import build
+
+    with pytest.raises(ValueError, match="executor|workers"):
+        build("radimagenet-vqa", {"source": tmp_path / "nothing-here"}, make_settings(), tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()

@@ -134,7 +134,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
     # The text `str(DatasetCard(...))` gives for it (tested), without importing huggingface_hub's
     # card module, which brings its HTTP client along (a third of a second of every build).
     header = data.to_yaml()
-    if not isinstance(yaml.safe_load(header), dict):
+    if not isinstance(yaml.load(header, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), dict):
         raise ValueError("the card's YAML header is not a mapping")
     return f"---\n{header}\n---\n\n{body}\n"
 
