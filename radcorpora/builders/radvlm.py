@@ -32,7 +32,7 @@ from radcorpora.builders.radvlm_llm import LLM_TASKS, STAGES, estimate_requests,
 from radcorpora.llm.verify import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
 from radcorpora.ops.boxes import boxes_text, fuse_readers
 from radcorpora.ops.image_check import ImageCheckError, check_image
-from radcorpora.ops.sampling import rank_key, row_rng
+from radcorpora.ops.sampling import rank_key, row_index
 from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.columnar import check_table
@@ -190,7 +190,7 @@ class Words:
 
     def pick(self, slot: str, key: str, **values: str) -> str:
         variants = self.templates.variants(slot)
-        text = variants[row_rng(self.seed, CORPUS, key, slot).randrange(len(variants))]
+        text = variants[row_index(self.seed, CORPUS, key, slot, len(variants))]
         return text.format(**values)
 
 
@@ -279,7 +279,7 @@ def anatomical_rows(findings: Iterable[GroundedFinding], words: Words, config: R
     rows = []
     for image_id in chosen:
         regions = sorted(by_image[image_id], key=lambda f: f.label)
-        region = regions[row_rng(config.seed, CORPUS, image_id, "region").randrange(len(regions))]
+        region = regions[row_index(config.seed, CORPUS, image_id, "region", len(regions))]
         key = f"anatomical_grounding/chest-imagenome/{image_id}"
         boxes = list(region.boxes)
         answer = words.pick("anatomy_answer", key, region=region.label, boxes=boxes_text(boxes))
