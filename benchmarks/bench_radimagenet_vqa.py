@@ -196,7 +196,7 @@ def main() -> None:
         return wall
 
     def build(out: Path) -> tuple[float, int]:
-        return timed([sys.executable, "-c", "from radcorpora.cli import app; app()", "build", "radimagenet-vqa",
+        return timed([sys.executable, "-c", "from radcorpora.cli import run; run()", "build", "radimagenet-vqa",
                       "--source", str(source), "--out", str(out), "--workers", str(args.workers),
                       "--image-check", args.image_check], source)
 

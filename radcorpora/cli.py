@@ -849,5 +849,17 @@ def publish_cmd(
     push_build(build_dir, plan, revision=revision, token=token)
 
 
+def run() -> None:
+    """The console script: the app, then a quick exit. Freezing the collector's objects first
+    spares the interpreter's last full collection over every loaded module's objects (pyarrow,
+    pandas, ...), a seventh of a second of every command; the OS reclaims the memory anyway."""
+    import gc
+
+    try:
+        app()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    app()
+    run()

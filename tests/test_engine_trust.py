@@ -276,8 +276,8 @@ def test_every_cli_option_has_help_text():
 
 def test_a_build_never_imports_datasets(demo_source, tmp_path):
     """`import datasets` costs about a second, huggingface_hub's card and API modules (with their
-    HTTP client) a third of one; the build path (scan, workers, validation, card) does without
-    them, so a build pays only for what it does."""
+    HTTP client) a third of one, `pyarrow.dataset` a tenth; the build path (scan, workers,
+    validation, card) does without them, so a build pays only for what it does."""
     import subprocess
     import sys
 
@@ -285,7 +285,7 @@ def test_a_build_never_imports_datasets(demo_source, tmp_path):
               f"build('radimagenet-vqa', {{'source': {str(demo_source)!r}}}, make_settings(benchmark_images=20), "
               f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))\n"
               "print(sorted(m for m in sys.modules if m == 'datasets' or m.startswith('datasets.')\n"
-              "             or m in ('huggingface_hub.repocard', 'huggingface_hub.hf_api')))")
+              "             or m in ('huggingface_hub.repocard', 'huggingface_hub.hf_api', 'pyarrow.dataset')))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -327,3 +327,36 @@ def test_python_build_refuses_bad_executor_options_before_any_work(tmp_path, opt
     with pytest.raises(ValueError, match="executor|workers"):
         build("radimagenet-vqa", {"source": tmp_path / "nothing-here"}, make_settings(), tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
+
+
+def test_python_dash_m_runs_the_command_line_with_its_exit_codes(tmp_path):
+    """`python -m radcorpora` is the `radcorpora` script: same output, same exit codes (the
+    script's quick exit must not swallow them)."""
+    import subprocess
+    import sys
+
+    version = subprocess.run([sys.executable, "-m", "radcorpora", "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"radcorpora {radcorpora.__version__}"
+    missing = subprocess.run([sys.executable, "-m", "radcorpora", "validate", str(tmp_path / "missing")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not a folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_read_columns_gives_what_read_table_gives(tmp_path):
+    """Validators read projected columns through `store.folder.read_columns` (no dataset layer);
+    nested leaves, whole structs and lists must come back as `pq.read_table` gives them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from radcorpora.store.folder import read_columns
+
+    table = pa.table({
+        "id": ["a", "b", "c"],
+        "lineage": pa.array([{"source_id": "s1", "patient_id": "p1"}, {"source_id": "s2", "patient_id": None},
+                             {"source_id": "s3", "patient_id": "p3"}]),
+        "instances": pa.array([[{"id": "i1", "replication": 2}], [], None]),
+    })
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    for columns in (["id"], ["lineage.patient_id", "instances"], ["lineage", "lineage.source_id"]):
+        assert read_columns(path, columns).equals(pq.read_table(path, columns=columns)), columns

@@ -89,12 +89,11 @@ def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
     return {"source_image_bytes": source_bytes, "output_bytes": per_config}
 
 
-# Modules every build ends up importing, 0.3-0.4 s each: pandas (pyarrow imports it on its first
-# `pa.array` of Python objects, in the driver and in each worker), pyarrow.dataset (behind
-# `pq.read_table`, in validation) and huggingface_hub's card data (the dataset card's YAML).
-# Imported in a thread while the scan runs (which waits on the file system much of the time);
-# see warm_imports.
-WARM_IMPORTS = ("pandas", "pyarrow.dataset", "huggingface_hub.repocard_data")
+# Modules every build ends up importing: pandas (0.3 s; pyarrow imports it on its first `pa.array`
+# of Python objects, in the driver and in each worker) and huggingface_hub's card data (the
+# dataset card's YAML). Imported in a thread while the scan runs (which waits on the file system
+# much of the time); see warm_imports. Validation reads shards without `pyarrow.dataset`.
+WARM_IMPORTS = ("pandas", "huggingface_hub.repocard_data")
 
 
 def warm_imports() -> threading.Thread:

@@ -76,6 +76,23 @@ def open_shard(path: Path) -> pq.ParquetFile:
         raise BuildFolderError(f"{path}: not a readable Parquet shard ({exc})") from exc
 
 
+def read_columns(path: Path, columns: list[str]) -> pa.Table:
+    """Some columns of one shard, as `pq.read_table(path, columns=...)` gives them (a nested leaf
+    such as `lineage.source_id` comes back as a top-level column named `source_id`), read
+    through `ParquetFile`: a quarter of `read_table`'s time on shards of many small row groups,
+    since it skips the dataset layer (and its import). Raises what pyarrow raises."""
+    table = pq.ParquetFile(path).read(columns=columns)
+    out_names, arrays = [], []
+    for name in columns:
+        top, *rest = name.split(".")
+        array = table.column(top)
+        for child in rest:
+            array = pa.chunked_array([chunk.field(child) for chunk in array.chunks], type=array.type.field(child).type)
+        out_names.append(rest[-1] if rest else top)
+        arrays.append(array)
+    return pa.table(arrays, names=out_names)
+
+
 def iter_batches(path: Path, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     try:
         yield from open_shard(path).iter_batches(batch_size=batch_size, columns=columns)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.radimagenet_vqa import (
@@ -18,7 +17,7 @@ from radcorpora.schemas.radimagenet_vqa import (
     QuestionAnswer,
 )
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
-from radcorpora.store.folder import config_shards
+from radcorpora.store.folder import config_shards, read_columns
 from radcorpora.validators.structure import (
     ImageDecodeCheck,
     iter_records,
@@ -166,7 +165,7 @@ def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> Vali
             for path in paths:
                 columns = ["lineage.source_id"] + (["metadata"] if config == "benchmark" else [])
                 try:
-                    table = pq.read_table(path, columns=columns)
+                    table = read_columns(path, columns)
                 except Exception:  # unreadable shards are reported by the structure checks
                     continue
                 sources = table.column(0).combine_chunks()  # the selected leaf `lineage.source_id`

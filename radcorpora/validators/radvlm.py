@@ -7,11 +7,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.radvlm import CONFIG_RECORDS
-from radcorpora.store.folder import config_shards
+from radcorpora.store.folder import config_shards, read_columns
 from radcorpora.validators.report import ValidationReport
 
 
@@ -26,7 +25,7 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
         for split, paths in config_shards(build, config).items():
             for path in paths:
                 try:
-                    table = pq.read_table(path, columns=["task", "lineage.patient_id", "instances"])
+                    table = read_columns(path, ["task", "lineage.patient_id", "instances"])
                 except Exception:  # unreadable shards are reported by the structure checks
                     continue
                 where = path.relative_to(build)  # once per shard: messages are only formatted on failure

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.columnar import check_table
-from radcorpora.store.folder import BuildFolderError, all_shards, config_shards, iter_batches, open_shard, read_manifest
+from radcorpora.store.folder import BuildFolderError, all_shards, config_shards, iter_batches, open_shard, read_columns, read_manifest
 from radcorpora.store.shards import file_sha256
 from radcorpora.validators.report import ValidationReport
 from radcorpora.validators.structure import check_layout, iter_records
@@ -218,7 +217,7 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
         for split, paths in config_shards(build, config).items():
             rows = 0
             for path in paths:
-                table = pq.read_table(path, columns=["id"])
+                table = read_columns(path, ["id"])
                 rows += table.num_rows
                 where = path.relative_to(build)  # once per shard: the message is only formatted on failure
                 for record_id in table.column("id").to_pylist():
