@@ -4,7 +4,16 @@ import pytest
 
 import hashlib
 
-from radcorpora.ops.sampling import largest_remainder_quotas, row_index, row_indices, row_rng, stratified_ranked_sample
+from radcorpora.ops.sampling import (
+    draw_index,
+    draw_sample,
+    draw_shuffle,
+    largest_remainder_quotas,
+    row_index,
+    row_indices,
+    row_rng,
+    stratified_ranked_sample,
+)
 from radcorpora.schemas.taxonomy import normalise_label, radimagenet_vqa_taxonomy
 
 # Table 3 of the paper, counted by hand: pathologies per region.
@@ -57,6 +66,24 @@ def test_row_indices_are_uniform_independent_and_read_from_the_digest():
         row_index(0, "c", "k", "p", 0)
     with pytest.raises(ValueError, match="at most four"):
         row_indices(0, "c", "k", "p", (2,) * 5)
+
+
+def test_fast_draws_are_uniform_distinct_and_seeded():
+    rng = row_rng(0, "c", "k")
+    assert Counter(draw_index(rng, 3) for _ in range(6000)).keys() == {0, 1, 2}
+    assert all(1800 < n < 2200 for n in Counter(draw_index(rng, 3) for _ in range(6000)).values())
+    samples = [tuple(draw_sample(rng, "abcde", 3)) for _ in range(12000)]
+    assert all(len(set(s)) == 3 for s in samples)
+    assert len(Counter(samples)) == 60 and all(140 < n < 270 for n in Counter(samples).values())  # 5*4*3 orders, ~200 each
+    orders = Counter()
+    for _ in range(12000):
+        items = [1, 2, 3, 4]
+        draw_shuffle(rng, items)
+        orders[tuple(items)] += 1
+    assert len(orders) == 24 and all(380 < n < 620 for n in orders.values())  # every permutation, ~500 each
+    assert draw_sample(row_rng(5, "c", "k"), range(10), 4) == draw_sample(row_rng(5, "c", "k"), range(10), 4)
+    with pytest.raises(ValueError, match="distinct"):
+        draw_sample(rng, "ab", 3)
 
 
 def test_quota_of_empty_population():

@@ -11,6 +11,7 @@ import gc
 import hashlib
 import os
 import random
+from bisect import bisect
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,14 +25,19 @@ from pydantic import BaseModel, Field
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
-from radcorpora.ops.sampling import row_index, row_indices, row_rng, stratified_ranked_sample
+from radcorpora.ops.sampling import (
+    draw_index,
+    draw_sample,
+    draw_shuffle,
+    row_index,
+    row_indices,
+    row_rng,
+    stratified_ranked_sample,
+)
 from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.columnar import check_table
-from radcorpora.schemas.features import arrow_schema_for
-from radcorpora.store import source_index
-from radcorpora.store.shards import ShardWriter, shard_relpath
-from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
 from radcorpora.schemas.common import Reject, Turn
+from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.schemas.radimagenet_vqa import (
     CONFIG_RECORDS,
     CONTENT_TYPE_OF_TASK,
@@ -48,6 +54,9 @@ from radcorpora.sources.radimagenet import (
     load_label_map,
     scan_radimagenet,
 )
+from radcorpora.store import source_index
+from radcorpora.store.shards import ShardWriter, shard_relpath
+from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
 
 CORPUS = "radimagenet-vqa"
 LICENCE_CLASS = "restricted"
@@ -103,7 +112,7 @@ _NO_WEIGHTS: dict[str, int] = {}
 
 
 def _pick(rng: random.Random, variants: tuple[str, ...]) -> str:
-    return variants[rng.randrange(len(variants))]
+    return variants[draw_index(rng, len(variants))]
 
 
 def _fill(text: str, **values: str) -> str:
@@ -137,11 +146,12 @@ def _weighted_other(rng: random.Random, weights: dict[str, int], exclude: str, f
         found = (candidates, list(accumulate(max(weights.get(c, 0), 1) for c in candidates)))
         if memo is not None:
             memo[key] = found
-    return rng.choices(found[0], cum_weights=found[1], k=1)[0]
+    candidates, cumulative = found
+    return candidates[bisect(cumulative, rng.random() * cumulative[-1], 0, len(candidates) - 1)]  # = rng.choices
 
 
 def _distinct_pool(memo: dict[Any, Any], memo_key: Any, population: tuple[str, ...], exclude: str, k: int) -> list[str]:
-    """What `sample_distinct` samples from (the sorted distinct items but `exclude`), once per
+    """What `draw_sample` samples from (the sorted distinct items but `exclude`), once per
     context; `memo_key` names the population."""
     key = (memo_key, exclude)
     pool = memo.get(key)
@@ -154,7 +164,7 @@ def _distinct_pool(memo: dict[Any, Any], memo_key: Any, population: tuple[str, .
 
 def _multiple_choice(rng: random.Random, correct: str, distractors: list[str]) -> tuple[list[str], str]:
     options = [correct, *distractors]
-    rng.shuffle(options)
+    draw_shuffle(rng, options)
     return options, LETTERS[options.index(correct)]
 
 
@@ -204,7 +214,7 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
                 answer = correct = "yes" if polarity == "positive" else "no"
                 asked_region = tax.region(subject).phrase
             else:
-                others = rng.sample(_distinct_pool(memo, "regions", region_names, region.name, 3), 3)  # = sample_distinct
+                others = draw_sample(rng, _distinct_pool(memo, "regions", region_names, region.name, 3), 3)
                 choices, answer = _multiple_choice(rng, region.name, others)
                 correct = region.name
         elif task == "abnormality":
@@ -226,7 +236,7 @@ def question_values(image: RadImageNetImage, ctx: Context) -> list[tuple[Any, ..
                                               region_pathologies, memo, ("pathology_weights", region.name))
             else:
                 k = 2 if is_abnormal else 3
-                distractors = rng.sample(_distinct_pool(memo, ("pathologies", region.name), region_pathologies, truth, k), k)  # = sample_distinct
+                distractors = draw_sample(rng, _distinct_pool(memo, ("pathologies", region.name), region_pathologies, truth, k), k)
                 if is_abnormal:
                     distractors.append(none)
                 choices, answer = _multiple_choice(rng, truth, distractors)

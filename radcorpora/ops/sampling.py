@@ -49,6 +49,37 @@ def rank_key(seed: int, corpus: str, key: str, purpose: str = "") -> str:
     return row_digest(seed, corpus, key, purpose).hex()
 
 
+# Draws for hot loops (question generation makes ~25 per image). Each takes one `rng.random()`
+# (a C call) where `randrange`, `sample` and `shuffle` run a Python-level rejection loop per
+# draw; a choice among n made as int(random() * n) is off uniform by at most n / 2**53.
+
+
+def draw_index(rng: random.Random, n: int) -> int:
+    """A uniform index below n."""
+    return int(rng.random() * n)
+
+
+def draw_sample(rng: random.Random, items: Sequence[T], k: int) -> list[T]:
+    """k distinct items of `items`, in the order drawn (a partial Fisher-Yates shuffle)."""
+    pool = list(items)
+    n = len(pool)
+    if k > n:
+        raise ValueError(f"need {k} distinct items, only {n} available")
+    random_ = rng.random
+    for i in range(k):
+        j = i + int(random_() * (n - i))
+        pool[i], pool[j] = pool[j], pool[i]
+    return pool[:k]
+
+
+def draw_shuffle(rng: random.Random, items: list[T]) -> None:
+    """Shuffle `items` in place (Fisher-Yates)."""
+    random_ = rng.random
+    for i in range(len(items) - 1, 0, -1):
+        j = int(random_() * (i + 1))
+        items[i], items[j] = items[j], items[i]
+
+
 def sample_distinct(rng: random.Random, population: Sequence[T], k: int) -> list[T]:
     """k distinct items drawn from `population` (sorted first, so input order never matters)."""
     pool = sorted(set(population))
