@@ -156,9 +156,8 @@ def profile_breakdown(source: Path, out: Path) -> dict[str, float]:
     return {
         "total": round(total, 2),
         "scan_and_plan": cumulative("prepare", where="radimagenet_vqa.py"),
-        "read_files": cumulative("read_bytes"),
+        "read_and_sha256_files": cumulative("read_file", where="source_index.py"),
         "image_check": cumulative("check_image"),
-        "sha256_sources": cumulative("entry_for"),
         "generate_rows": generate,
         "arrow_columns": round(cumulative("chunk_batches") - generate, 2),
         "row_checks": cumulative("check_chunk_table"),
