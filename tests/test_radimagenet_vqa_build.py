@@ -182,3 +182,33 @@ def test_card_yaml_declares_configs_features_and_licence(demo_build):
     assert infos["benchmark"]["splits"][0]["num_examples"] == 180
     text = (demo_build / "README.md").read_text()
     assert "radcorpora build radimagenet-vqa" in text and "passed" in text and "mei2022radimagenet" in text
+
+
+def test_validate_finds_repeated_ids_within_and_across_shards(demo_build, tmp_path):
+    """An id used twice, in one shard and across two shards of a config, is reported once per
+    repeat with both places named, by the default and the --deep validation alike."""
+    from radcorpora.corpora import validate
+    from radcorpora.validators.report import Check
+
+    check = Check(name="unique_ids", description="")
+    seen: dict[str, str] = {}
+    check.expect_unique(["a", "b", "a"], seen, "shard-0")
+    check.expect_unique(["c", "b"], seen, "shard-1")
+    assert (check.checked, check.violations) == (5, 2)
+    assert check.examples == ["shard-0: duplicate id 'a' (also in shard-0)", "shard-1: duplicate id 'b' (also in shard-0)"]
+
+    tampered = Path(shutil.copytree(demo_build, tmp_path / "tampered"))
+    shards = sorted((tampered / "data/alignment").glob("train-*.parquet"))
+    assert len(shards) >= 2
+    first = pq.read_table(shards[0])
+    ids = first.column("id").to_pylist()
+    pq.write_table(first.set_column(first.schema.get_field_index("id"), "id", pa.array(ids[:-1] + [ids[0]])), shards[0])
+    second = pq.read_table(shards[1])
+    other = second.column("id").to_pylist()
+    pq.write_table(second.set_column(second.schema.get_field_index("id"), "id", pa.array([ids[1]] + other[1:])), shards[1])
+    for deep in (False, True):
+        report = validate(tampered, deep=deep, image_check="crc")
+        unique = next(c for c in report.checks if c.name == "unique_ids")
+        assert unique.violations == 2 and unique.checked == report.stats["rows"], (deep, unique)
+        assert any(shards[1].name in e and shards[0].name in e and repr(ids[1]) in e for e in unique.examples), unique.examples
+        assert not report.valid

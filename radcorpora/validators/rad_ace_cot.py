@@ -29,7 +29,7 @@ def validate_rad_ace_cot(build: Path, report: ValidationReport, manifest: dict, 
     train_images: set[str] = set()
     eval_images: dict[str, str] = {}
 
-    for _config, split, where, record in iter_records(build, CONFIG_RECORDS, manifest, report):
+    for _config, split, where, record in iter_records(build, CONFIG_RECORDS, report):
         if isinstance(record, CotRecord):
             hashes = record.lineage.image_sha256.split(",")
             if len(hashes) != len(record.images):

@@ -94,7 +94,7 @@ def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: di
     bench_strata: Counter = Counter()
     structure = report.check("conversation_structure", "conversations alternate human/gpt, open with <image>, and match the questions")
 
-    for _config, split, where, record in iter_records(build, CONFIG_RECORDS, manifest, report):
+    for _config, split, where, record in iter_records(build, CONFIG_RECORDS, report):
         source = record.lineage.source_id
         previous = split_of_source.setdefault(source, split)
         leak.expect(previous == split, f"{where}: {source} is in both {previous} and {split}")
@@ -114,7 +114,7 @@ def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: di
                 check_question(qa, f"{where} {qa.metadata.question_id}", report)
         elif isinstance(record, BenchmarkRecord):
             qa = validate_record(QuestionAnswer, record.model_dump(include=set(QuestionAnswer.model_fields)),
-                                 where, report)
+                                 where, report, "record_objects")
             if qa is not None:
                 check_question(qa, where, report)
             bench_questions[source][record.metadata.question_id] += 1

@@ -20,7 +20,7 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
     ids = report.check("unique_instance_ids", "instance ids are unique across the whole build")
     tasks = report.check("task_matches_config", "every row's task is its config's")
     replicas = report.check("replication_positive", "every instance has a replication count >= 1")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for config in CONFIG_RECORDS:
         for split, paths in config_shards(build, config).items():
             for path in paths:
@@ -33,14 +33,12 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
                 for task in pc.unique(table.column("task").combine_chunks()).to_pylist():
                     tasks.expect(task == config, f"{where}: a {task} row in config {config}")
                 instances = pc.list_flatten(table.column("instances").combine_chunks())
-                for instance_id, factor in zip(pc.struct_field(instances, "id").to_pylist(),
-                                               pc.struct_field(instances, "replication").to_pylist()):
-                    if instance_id in seen:
-                        ids.fail(f"{where}: duplicate instance id {instance_id}")
-                    if factor is None or factor < 1:
-                        replicas.fail(f"{instance_id}: replication {factor}")
-                    seen.add(instance_id)
-                ids.checked += len(instances)
+                instance_ids = pc.struct_field(instances, "id").to_pylist()
+                ids.expect_unique(instance_ids, seen, str(where), what="instance id")
+                factors = pc.struct_field(instances, "replication")
+                bad = pc.fill_null(pc.less(factors, 1), True).to_numpy(zero_copy_only=False).nonzero()[0]
+                for row in bad:
+                    replicas.fail(f"{instance_ids[row]}: replication {factors[int(row)].as_py()}")
                 replicas.checked += len(instances)
     integrity = report.check("patient_split_integrity",
                              "no patient is in both train and test, across all tasks and sources")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from collections.abc import Iterable
+
+from pydantic import BaseModel, Field, PrivateAttr
 
 MAX_EXAMPLES = 5
 
@@ -29,12 +31,29 @@ class Check(BaseModel):
             self.fail(example)
         return condition
 
+    def expect_unique(self, values: Iterable[str], seen: dict[str, str], where: str, what: str = "id") -> None:
+        """Each value is checked once; one already in `seen` (value -> where it first appeared,
+        shared across calls) fails, naming both places. The one loop behind every uniqueness
+        check across shards; messages are only formatted for a repeat."""
+        count = 0
+        for value in values:
+            count += 1
+            first = seen.get(value)
+            if first is None:
+                seen[value] = where
+            else:
+                self.fail(f"{where}: duplicate {what} {value!r} (also in {first})")
+        self.checked += count
+
 
 class ValidationReport(BaseModel):
     corpus: str
     checks: list[Check] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     stats: dict[str, float | int | str] = Field(default_factory=dict)
+    # Set once the rows have been parsed as record objects (`structure.iter_records`): later
+    # passes over the same build (several rules iterate records) do not count them again.
+    _records_parsed: bool = PrivateAttr(default=False)
 
     def check(self, name: str, description: str) -> Check:
         for existing in self.checks:

@@ -150,10 +150,7 @@ def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest
             check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
             check.violations += n
             check.examples = (check.examples + f.examples.get(rule, []))[:5]
-        own = seen.setdefault(f.config, {})
-        for record_id in f.ids:
-            ids.expect(record_id not in own, f"{f.shard}: duplicate id {record_id!r} (also in {own.get(record_id)})")
-            own.setdefault(record_id, f.shard)
+        ids.expect_unique(f.ids, seen.setdefault(f.config, {}), f.shard)
         rows[(f.config, f.split)] += f.rows
     listed = {str(k) for k in recorded}
     present = {f.shard for f in findings}
@@ -186,7 +183,7 @@ def validate_build_folder(build: Path, corpus: str, records: dict[str, type[Base
         findings = [check_shard(*job) for job in jobs]
     _merge(report, findings, manifest)
     if deep:
-        for _ in iter_records(build, records, manifest, report):
+        for _ in iter_records(build, records, report):
             pass
     corpus_rules(build, report, manifest, image_check=image_check, deep=deep)
     report.stats.update({"distinct_images": len(set().union(*(f.image_hashes for f in findings))) if findings else 0,
@@ -213,18 +210,13 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
     ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
     counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
     for config in records:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for split, paths in config_shards(build, config).items():
             rows = 0
             for path in paths:
                 table = read_columns(path, ["id"])
                 rows += table.num_rows
-                where = path.relative_to(build)  # once per shard: the message is only formatted on failure
-                for record_id in table.column("id").to_pylist():
-                    if record_id in seen:
-                        ids.fail(f"{where}: duplicate id {record_id!r}")
-                    seen.add(record_id)
-                ids.checked += table.num_rows
+                ids.expect_unique(table.column("id").to_pylist(), seen, str(path.relative_to(build)))
             want = (manifest.get("splits") or {}).get(config, {}).get(split)
             counts.expect(want == rows, f"{config}/{split}: {rows} rows, manifest says {want}")
     corpus_rules(build, report, manifest, image_check=image_check, deep=False)
