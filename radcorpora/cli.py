@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from radcorpora import __version__
-from radcorpora.engine.executors import ExecutorError
+from radcorpora.engine.executors import ExecutorError, keep_freed_memory
 from radcorpora.llm.errors import ComplianceError, LLMError, ProviderConfigError
 from radcorpora.llm.verify import AdjudicationError
 from radcorpora.prompts.loader import TemplateError
@@ -852,9 +852,12 @@ def publish_cmd(
 def run() -> None:
     """The console script: the app, then a quick exit. Freezing the collector's objects first
     spares the interpreter's last full collection over every loaded module's objects (pyarrow,
-    pandas, ...), a seventh of a second of every command; the OS reclaims the memory anyway."""
+    pandas, ...), a seventh of a second of every command; the OS reclaims the memory anyway.
+    Like the build's worker processes, this process keeps freed heap for reuse (a one-worker
+    build reads its images here)."""
     import gc
 
+    keep_freed_memory()
     try:
         app()
     finally:

@@ -360,3 +360,16 @@ def test_read_columns_gives_what_read_table_gives(tmp_path):
     pq.write_table(table, path, row_group_size=2)
     for columns in (["id"], ["lineage.patient_id", "instances"], ["lineage", "lineage.source_id"]):
         assert read_columns(path, columns).equals(pq.read_table(path, columns=columns)), columns
+
+
+def test_worker_processes_can_keep_freed_heap():
+    """Workers (and the command line's own process) raise glibc's trim threshold so a chunk's
+    freed image slices are reused, not faulted in again; where glibc is the C library the call
+    must take."""
+    import platform
+
+    from radcorpora.engine.executors import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's trim threshold is glibc's")
+    assert keep_freed_memory() is True

@@ -42,8 +42,9 @@ def keep_freed_memory() -> bool:
     """Let this process keep up to KEEP_FREED_BYTES of freed heap instead of handing it back to
     the OS. By default glibc trims its heap as soon as 128 KB at the top is free, so each slice
     of images a chunk reads (~32 MB, freed before the next slice) is faulted in again page by
-    page: that cost a third of the time spent reading a 32 KB image. Workers forked after this
-    inherit it. Returns False where the C library has no `mallopt` (macOS, Windows)."""
+    page: that cost a third of the time spent reading a 32 KB image. Called in each worker
+    process as it starts, and by the command line for its own process; a Python caller's
+    process is left as it is. Returns False where the C library has no `mallopt` (macOS, Windows)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
@@ -63,7 +64,7 @@ def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers
         for spec in pending:
             yield spec, worker(spec, out)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending))) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=keep_freed_memory) as pool:
         futures = {pool.submit(worker, spec, out): spec for spec in pending}
         for future in as_completed(futures):
             yield futures[future], future.result()
@@ -120,7 +121,6 @@ def run_chunks(specs: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, setti
                 on_done(spec, done)
         else:
             pending.append(spec)
-    keep_freed_memory()
     stream = _ray(pending, worker, out, settings) if settings.name == "ray" and pending else \
         _local(pending, worker, out, settings.workers)
     for spec, result in stream:
