@@ -88,6 +88,3 @@ def test_fast_draws_are_uniform_distinct_and_seeded():
 
 def test_quota_of_empty_population():
     assert largest_remainder_quotas({}, 10) == {}
-    with pytest.raises(ValueError):
-        from radcorpora.ops.sampling import sample_distinct
-        sample_distinct(row_rng(0, "c", "k"), ["a", "b"], 3)

@@ -80,14 +80,6 @@ def draw_shuffle(rng: random.Random, items: list[T]) -> None:
         items[i], items[j] = items[j], items[i]
 
 
-def sample_distinct(rng: random.Random, population: Sequence[T], k: int) -> list[T]:
-    """k distinct items drawn from `population` (sorted first, so input order never matters)."""
-    pool = sorted(set(population))
-    if k > len(pool):
-        raise ValueError(f"need {k} distinct items, only {len(pool)} available")
-    return rng.sample(pool, k)
-
-
 def largest_remainder_quotas(counts: Mapping[K, int], total: int) -> dict[K, int]:
     """Split `total` across strata in proportion to `counts` (Hamilton's method).
 

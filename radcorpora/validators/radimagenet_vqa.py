@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.radimagenet_vqa import (
     CONFIG_RECORDS,
