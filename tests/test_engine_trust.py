@@ -113,6 +113,19 @@ def test_a_changed_source_is_not_answered_with_the_old_build(demo_source, tmp_pa
     assert again.manifest["rejected_rows"] == first.manifest["rejected_rows"] - 1
 
 
+def test_a_build_by_another_radcorpora_version_is_not_taken_as_current(demo_source, demo_build, tmp_path, monkeypatch):
+    """The same sources and settings can give other bytes under other code (this round changed
+    which wording a seed picks): a folder built by another version is refused, naming both."""
+    import radcorpora.engine.lifecycle as lifecycle
+
+    out = Path(shutil.copytree(demo_build, tmp_path / "out"))
+    monkeypatch.setattr(lifecycle, "__version__", "9.9.9")
+    with pytest.raises(BuildStateError, match=rf"made by radcorpora {radcorpora.__version__} \(this is 9\.9\.9\)"):
+        build_radimagenet_vqa(demo_source, out, benchmark_images=20, images_per_shard=40)
+    again = build_radimagenet_vqa(demo_source, out, benchmark_images=20, images_per_shard=40, overwrite=True)
+    assert again.manifest["fingerprint"]["radcorpora"] == "9.9.9" and again.report.valid
+
+
 def test_user_errors_exit_2_without_traceback_and_name_the_path(demo_source, demo_build, tmp_path, monkeypatch):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")

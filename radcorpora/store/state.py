@@ -95,8 +95,13 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
                               "choose an empty folder or pass --overwrite")
     if previous is not None and previous != fingerprint:
         changed = changed_keys(previous, fingerprint)
-        what = "sources whose content changed" if all(k.startswith("sources") for k in changed) else "different settings"
-        raise BuildStateError(f"{out} holds a build made from {what} (changed: {', '.join(changed)}); "
+        if "radcorpora" in changed:  # other code: its rows may differ for the same sources and settings
+            what = f"by radcorpora {previous.get('radcorpora')} (this is {fingerprint.get('radcorpora')})"
+        elif all(k.startswith("sources") for k in changed):
+            what = "from sources whose content changed"
+        else:
+            what = "from different settings"
+        raise BuildStateError(f"{out} holds a build made {what} (changed: {', '.join(changed)}); "
                               "use a new --out folder, or --overwrite to rebuild it")
     if previous is not None and manifest.exists() and not (out / STATE_DIR).exists():
         changed = source_index.changed_files(source_index.read_index(out), limit=6)
