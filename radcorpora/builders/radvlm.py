@@ -461,30 +461,36 @@ def _crc_ok(data: bytes) -> bool:
         return False
 
 
-def read_row_image(row: PlannedRow, max_side: int | None, out: Path) -> tuple[bytes, str | None]:
+def read_row_image(row: PlannedRow, max_side: int | None, out: Path
+                   ) -> tuple[bytes, str | None, source_index.Entry | None]:
     """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted to PNG once
-    per build, even when two configs hold the image: kept under `out`'s build state), and how it
-    was converted, if it was."""
+    per build, even when two configs hold the image: kept under `out`'s build state), how it was
+    converted, if it was, and the source file's index entry (None inside a zip). A plain file's
+    entry comes from the same open as its bytes, its sha256 being that of the bytes stored."""
     path = Path(row.image.path)
     try:
         if row.read_image == "dicom" and path.suffix.lower() in (".dicom", ".dcm"):
             from radcorpora.sources.dicom import read_dicom_image
 
             how = f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
-            return derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, _crc_ok), how
-        if row.read_image == "padchest-zip":
+            png = derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, _crc_ok)
+            return png, how, source_index.entry_for(path, None)
+        entry = None
+        if "::" in row.image.path:  # a member of PadChest-GR's split zip
             from radcorpora.sources.padchest_gr import read_image_bytes
 
             data = read_image_bytes(row.image)
         else:
-            data = path.read_bytes()
+            data, entry = source_index.read_file(path)
         check_image(data, "crc")
-        return data, None
+        return data, None, entry
     except (OSError, ImageCheckError, ValueError) as exc:
         raise ImageUnreadable(f"{row.image.path}: {exc}") from exc
 
 
-def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: tuple[str, str]) -> dict[str, Any]:
+def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: tuple[str, str],
+               sha256: str | None = None) -> dict[str, Any]:
+    """`sha256`: of `data`, when the reader already has it."""
     image = row.image
     return {
         "image": {"bytes": data, "path": Path(image.path.split("::")[-1]).name},
@@ -493,7 +499,7 @@ def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: t
         "positive_labels": list(row.positive_labels),
         "lineage": {"source_dataset": row.source, "source_id": image.image_id, "patient_id": row.patient,
                     "study_id": image.study_id, "source_split": image.split, "licence_class": image.licence_class,
-                    "image_sha256": hashlib.sha256(data).hexdigest(), "image_converted": converted,
+                    "image_sha256": sha256 or hashlib.sha256(data).hexdigest(), "image_converted": converted,
                     "prompt_ids": [templates[0], *(p[0] for p in row.prompts)],
                     "prompt_hashes": [templates[1], *(p[1] for p in row.prompts)], "models": list(row.models)},
     }
@@ -514,14 +520,14 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     counts: Counter = Counter()
     for row in payload.rows:
         try:
-            data, converted = read_row_image(row, payload.max_side, out)
+            data, converted, entry = read_row_image(row, payload.max_side, out)
         except ImageUnreadable as exc:
             result.rejects.append(Reject(source=row.source, row=row.image.path, reason="image_does_not_decode",
                                          detail=str(exc)))
             continue
-        if not row.image.path.count("::"):
-            result.sources[row.image.path] = source_index.entry_for(row.image.path, None if converted else data)
-        rows.append(record_row(row, data, converted, payload.templates))
+        if entry is not None:
+            result.sources[row.image.path] = entry
+        rows.append(record_row(row, data, converted, payload.templates, None if converted else entry and entry[2]))
         counts["source_image_bytes"] += len(data) if not converted else _file_size(row.image.path)
         counts[f"rows_{row.task}"] += 1
         counts[f"instances_{row.task}"] += len(row.instances)

@@ -79,7 +79,7 @@ def open_shard(path: Path) -> pq.ParquetFile:
 def read_columns(path: Path, columns: list[str]) -> pa.Table:
     """Some columns of one shard, as `pq.read_table(path, columns=...)` gives them (a nested leaf
     such as `lineage.source_id` comes back as a top-level column named `source_id`), read
-    through `ParquetFile`: a quarter of `read_table`'s time on shards of many small row groups,
+    through `ParquetFile`: about half of `read_table`'s time on shards of many small row groups,
     since it skips the dataset layer (and its import). Raises what pyarrow raises."""
     table = pq.ParquetFile(path).read(columns=columns)
     out_names, arrays = [], []
