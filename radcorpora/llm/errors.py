@@ -35,11 +35,12 @@ class LLMError(Exception):
     reply cut off before any text; the runner counts it as paid before retrying."""
 
     def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None,
-                 retry_after: float | None = None, billed: Usage | None = None):
+                 retry_after: float | None = None, billed: Usage | None = None, retry_after_exact: bool = False):
         super().__init__(redact(message))
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.retry_after_exact = retry_after_exact  # given to the millisecond (retry-after-ms)
         self.billed = billed
 
     @property
@@ -96,3 +97,14 @@ def _duration_seconds(text: str) -> float | None:
         return None
     h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
     return h * 3600 + m * 60 + s + ms / 1000
+
+
+def retry_after_is_exact(headers: object) -> bool:
+    """Did the server give its wait to the millisecond (`retry-after-ms`, which takes precedence)?"""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return False
+    try:
+        return float(get("retry-after-ms") or "x") >= 0
+    except ValueError:
+        return False

@@ -7,7 +7,9 @@
 - `offline[:NAME]`  NOT an LLM: a deterministic stand-in for demos and tests. Each builder
                     registers what it answers for its stages; it never touches the network.
 
-The SDKs' own retries are switched off: the runner owns retries, so they are counted and bounded.
+The SDKs' own retries are switched off (`max_retries=0`): the runner owns retries, so they are
+counted, bounded and paced, and a 429 is never retried twice over (the SDK would also read
+retry-after-ms, sleeping outside our pacer).
 Keys are read from the environment by the SDKs and never stored on our objects or in errors.
 
 One SDK client per provider object, with a connection pool sized to the runner's concurrency and,
@@ -27,7 +29,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from radcorpora.llm.errors import LLMError, ProviderConfigError, parse_retry_after
+from radcorpora.llm.errors import LLMError, ProviderConfigError, parse_retry_after, retry_after_is_exact
 from radcorpora.llm.request import ImagePart, LLMRequest, LLMResponse, TextPart, Usage
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -60,7 +62,8 @@ def _sdk_error(exc: Exception, sdk: Any) -> LLMError:
         headers = getattr(exc.response, "headers", None)
         message = f"HTTP {status}: {exc.message}"
         if status == 429:
-            return LLMError("rate_limit", message, status=status, retry_after=parse_retry_after(headers))
+            return LLMError("rate_limit", message, status=status, retry_after=parse_retry_after(headers),
+                            retry_after_exact=retry_after_is_exact(headers))
         if status in (401, 403):
             return LLMError("auth", message, status=status)
         if status >= 500 or status in (408, 409, 529):

@@ -1,5 +1,5 @@
-"""Running many requests: cache first, then bounded concurrency under RPM/TPM limits, retries
-with backoff that honour Retry-After, a bounded number of attempts, timeouts, one repair attempt
+"""Running many requests: cache first, then bounded concurrency under RPM/TPM limits (a pace
+that adapts to 429s), retries with backoff that honour retry-after-ms / Retry-After, a bounded number of attempts, timeouts, one repair attempt
 for unparseable replies, and a failure ledger. Nothing is dropped: every request ends as an
 answer or a ledger entry.
 """
@@ -95,6 +95,7 @@ class LLMRunner:
         self.ledger = ledger or FailureLedger()
         self.cache_only = cache_only  # answer from the cache or fail; never send
         self.sent = 0  # HTTP calls actually made (retries included)
+        self.limiter: RateLimiter | None = None  # the last run's (its pacer counts cuts and 429s)
         self._jitter = random.Random()  # only timing depends on it, never content
 
     def key_of(self, request: LLMRequest) -> str:
@@ -130,7 +131,7 @@ class LLMRunner:
         while True:
             attempts += 1
             async with gate:
-                await limiter.acquire(estimate)
+                sent_at = await limiter.acquire(estimate)
                 self.sent += 1
                 try:
                     response = await self._complete(request)
@@ -143,6 +144,7 @@ class LLMRunner:
                 else:
                     error = None
             if error is None:
+                limiter.succeeded(sent_at)
                 usage = response.usage
                 if estimate:
                     limiter.reconcile(estimate, usage.input_tokens + usage.output_tokens)
@@ -152,11 +154,12 @@ class LLMRunner:
                 return response, None, attempts, False
             if error.billed is not None:  # a reply came back and was charged, but is unusable
                 meter.paid(stage, provider.name, provider.model, error.billed, kind="billed_error")
+            if error.kind == "rate_limit":  # lowers the pace for every sender (see Pacer)
+                limiter.refused(sent_at, error.retry_after, error.retry_after_exact)
             if not error.retryable or attempts >= self.limits.max_attempts:
                 return None, error, attempts, False
+            # this request waits as the server said (retry-after-ms, else Retry-After), else backs off
             delay = error.retry_after if error.retry_after is not None else self._backoff(attempts)
-            if error.kind == "rate_limit":
-                limiter.pause(delay)
             await asyncio.sleep(delay)
 
     async def _one(self, request: LLMRequest, key: str, parser: Parser | None, limiter: RateLimiter,
@@ -219,7 +222,7 @@ class LLMRunner:
         known = self.cache.get_many(list(first_of))
         if not self.cache_only:
             check_compliance([r for k, r in first_of.items() if k not in known], self.provider)
-        limiter = RateLimiter(self.limits.rpm, self.limits.tpm)
+        limiter = self.limiter = RateLimiter(self.limits.rpm, self.limits.tpm)
         gate = asyncio.Semaphore(self.limits.concurrency)
         tasks = [asyncio.ensure_future(self._one(request, key, parser, limiter, gate, known.get(key)))
                  for key, request in first_of.items()]

@@ -99,6 +99,8 @@ class LLMSession:
         self.offline = dict(offline or {})
         self.log = log
         self.sent = 0
+        # 429s and how the pace answered them, over every run of this session (see limits.Pacer)
+        self.pacing = {"refusals": 0, "cuts": 0, "holds": 0}
 
     def provider(self, spec: str) -> Provider:
         kind, model = parse_llm_spec(spec)
@@ -133,6 +135,10 @@ class LLMSession:
             return asyncio.run(main())
         finally:
             self.sent += runner.sent
+            if runner.limiter is not None:
+                pacer = runner.limiter.pacer
+                for name in self.pacing:
+                    self.pacing[name] += getattr(pacer, name)
 
     def summary(self) -> dict[str, Any]:
         return {"usage": self.meter.summary(), "failures": self.ledger.counts(),

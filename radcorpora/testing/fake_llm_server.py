@@ -2,14 +2,16 @@
 
 It answers OpenAI Chat Completions, Files and Batches, and Anthropic Messages and Message Batches,
 so the real SDK clients are exercised end to end on 127.0.0.1. Faults are injected per request
-(429 with Retry-After, 5xx, slow replies, malformed bodies); an RPM limit can be enforced the way
-providers do (paced, with 429 beyond it); in-flight and total counts are kept for assertions.
+(429 with Retry-After, 5xx, slow replies, malformed bodies); an RPM limit (paced bucket) or a
+per-second limit (sliding window, 429 with Retry-After and optionally retry-after-ms) can be
+enforced; in-flight and total counts are kept for assertions.
 This is test equipment, not a model: replies come from a `responder` function.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -63,10 +65,17 @@ class Billed:
 
 class FakeProviderServer:
     def __init__(self, responder: Responder = echo_responder, latency_s: float = 0.0, rpm_limit: int | None = None,
-                 batch_polls_before_done: int = 1):
+                 batch_polls_before_done: int = 1, rps_limit: int | None = None, retry_after_ms: bool = False):
+        """`rpm_limit`: a token bucket of one second's worth refilled at RPM/60 (429 `retry-after: 1`).
+        `rps_limit`: at most that many admitted requests in any one-second span (a sliding window);
+        its 429s say `retry-after` in whole seconds, rounded up as HTTP has it, and with
+        `retry_after_ms` also `retry-after-ms`, the exact wait until a slot frees."""
         self.responder = responder
         self.latency_s = latency_s
         self.rpm_limit = rpm_limit
+        self.rps_limit = rps_limit
+        self.retry_after_ms = retry_after_ms
+        self._admitted: deque[float] = deque()  # admission times within the last second (rps_limit)
         self.batch_polls_before_done = batch_polls_before_done
         self.faults: deque[Fault] = deque()
         self.lock = threading.Lock()
@@ -78,6 +87,7 @@ class FakeProviderServer:
         self.request_bodies: list[dict[str, Any]] = []
         self.billed: list[Billed] = []  # every reply charged for, online and batch, in order
         self.call_times: list[float] = []
+        self.admit_times: list[float] = []  # calls not refused by a limit
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._bucket_level = max(1.0, (rpm_limit or 0) / 60.0)
@@ -105,7 +115,22 @@ class FakeProviderServer:
 
     # ------------------------------------------------------------------ behaviour
 
-    def _admit(self) -> bool:
+    def _admit(self) -> tuple[bool, dict[str, str]]:
+        """(admitted, headers of the 429 if not): the per-second window, then the RPM bucket."""
+        if self.rps_limit:
+            now = time.monotonic()
+            while self._admitted and self._admitted[0] <= now - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.rps_limit:
+                wait = self._admitted[0] + 1.0 - now
+                headers = {"retry-after": str(max(1, math.ceil(wait)))}
+                if self.retry_after_ms:
+                    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+                return False, headers
+            self._admitted.append(now)
+        return (True, {}) if self._admit_rpm() else (False, {"retry-after": "1"})
+
+    def _admit_rpm(self) -> bool:
         """Provider-style pacing: a bucket of one second's worth of requests, refilled at RPM/60."""
         if not self.rpm_limit:
             return True
@@ -143,11 +168,12 @@ class FakeProviderServer:
             self.calls += 1
             self.request_bodies.append(body)
             fault = self.faults.popleft() if self.faults else None
-            admitted = self._admit()
+            admitted, refusal = self._admit()
             self.call_times.append(time.monotonic())
             if not admitted:
                 self.refused_429 += 1
-                return 429, {"retry-after": "1"}, {"error": {"type": "rate_limit_error", "message": "rate limit"}}
+                return 429, refusal, {"error": {"type": "rate_limit_error", "message": "rate limit"}}
+            self.admit_times.append(self.call_times[-1])
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
