@@ -5,11 +5,14 @@ both resume the same way (chunks with an intact done-marker are skipped).
 Ray needs the source and output folders on a filesystem every node sees at the same path (NFS,
 Lustre, a mounted bucket); each node needs radcorpora installed in the same version. LLM stages
 never run here: they stay on the driver's asyncio runner, with one cache and one rate limiter.
+Which Ray node ran each chunk is written to `build/ray_nodes.json` (RAY_NODES_FILE), beside the
+data and never in it, so a cluster build can be checked and its slow nodes found.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from radcorpora.store import atomic
 from radcorpora.store.state import ChunkResult, ChunkSpec, chunk_done, mark_done
 
 ExecutorName = Literal["local", "ray"]
 ChunkWorker = Callable[[ChunkSpec, Path], ChunkResult]
+RAY_NODES_FILE = "build/ray_nodes.json"  # chunk id -> Ray node id that ran it
 
 
 class ExecutorError(RuntimeError):
@@ -59,6 +64,21 @@ def _tuned(worker: ChunkWorker, spec: ChunkSpec, out: Path) -> ChunkResult:
     return worker(spec, out)
 
 
+def _tuned_on_node(worker: ChunkWorker, spec: ChunkSpec, out: Path) -> tuple[str, ChunkResult]:
+    """A Ray task: the chunk's result and the id of the node that made it."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), _tuned(worker, spec, out)
+
+
+def read_ray_nodes(out: Path) -> dict[str, str]:
+    """Chunk id -> Ray node id, for the chunks Ray ran in this output folder ({} if none)."""
+    try:
+        return dict(json.loads((out / RAY_NODES_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
 def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers: int) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
     if workers <= 1 or len(pending) <= 1:
         for spec in pending:
@@ -89,13 +109,17 @@ def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings:
             raise ExecutorError(f"cannot start Ray on {where}: {exc}") from exc
         started_here = True
     try:
-        remote = ray.remote(num_cpus=1, max_retries=2)(_tuned)
+        remote = ray.remote(num_cpus=1, max_retries=2)(_tuned_on_node)
         refs = {remote.remote(worker, spec, out): spec for spec in pending}
+        nodes = read_ray_nodes(out)  # a resumed build keeps the nodes of the chunks it skips
         waiting = list(refs)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
-                yield refs[ref], ray.get(ref)
+                node, result = ray.get(ref)
+                nodes[refs[ref].chunk_id] = node
+                atomic.write_json(out / RAY_NODES_FILE, nodes)
+                yield refs[ref], result
     finally:
         if started_here:
             ray.shutdown()
