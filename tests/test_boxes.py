@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 import sys
 import types
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -19,10 +20,12 @@ from radcorpora.ops.boxes import (
     box_text,
     boxes_text,
     crop_pixels,
+    find_box_text,
     fuse_readers,
     fuse_table,
     iou,
     parse_boxes,
+    text_box,
     union_box,
 )
 from radcorpora.schemas.boxes import EDGE_TOLERANCE, Box, BoxError
@@ -588,3 +591,53 @@ def test_per_reader_lists_cluster_like_radvlms_single_list():
                                           skip_box_thr=0.0)
         radvlm = sorted(tuple(round(v, 3) for v in c) for c in out.tolist())
         assert sorted(b.xyxy for b in fuse_readers(boxes)) == radvlm
+
+
+# ------------------------------------------------------------------------------ one box-in-text reader
+
+# The three patterns that read box text before `find_box_text` replaced them, copied here as they
+# were: the preview's, the conversation checks' bracketed four numbers, and `parse_boxes`' forms.
+_OLD_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_OLD_SEP = r"(?:\s*[,;]\s*|\s+)"
+_OLD_PREVIEW = re.compile(r"\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]")
+_OLD_BRACKET4 = re.compile(rf"[\[\(\{{]\s*({_OLD_NUM}){_OLD_SEP}({_OLD_NUM}){_OLD_SEP}({_OLD_NUM}){_OLD_SEP}({_OLD_NUM})"
+                           rf"\s*[\]\)\}}]")
+TEXTS = [
+    "Nodule at [0.18, 0.22, 0.36, 0.4]; effusion at [0.58, 0.55, 0.9, 0.86]; marker [0.05, 0.06, 0.15, 0.14].",
+    "pixels [12, 40, 300, 420] and (0.1 0.2 0.3 0.4) and {0.1;0.2;0.3;0.4}, inverted [0.5, 0.5, 0.1, 0.1]",
+    "[-.5, 1e-1, 0.3, 4.] [1e999, 0, 1, 1] <box>[0.1, 0.2, 0.3, 0.4]</box> <bbox>0.1 0.2 0.3 0.4</bbox>",
+    "x1=0.1 y1=0.2 x2=0.3 y2=0.4; (0.1, 0.2), (0.3, 0.4); <|box_start|>(100,200),(300,400)<|box_end|>",
+    "[0.1, 0.2, 0.3] is three numbers, [0.1, 0.2, 0.3, 0.4, 0.5] five; [ 0.10 , 0.20 , 0.50 , 0.75 ]",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_conversation_checks_brackets_are_found_as_before(text):
+    old = [(m.start(), m.end(), tuple(float(v) for v in m.groups())) for m in _OLD_BRACKET4.finditer(text)]
+    new = [(b.start, b.end, b.values) for b in find_box_text(text, forms=("bracket",))]
+    assert new == old
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_every_box_the_old_preview_pattern_saw_is_found_with_the_same_numbers(text):
+    """Found where it was written, or as part of the wider form around it (`<box>[..]</box>`)."""
+    found = find_box_text(text)
+    for m in _OLD_PREVIEW.finditer(text):
+        (covering,) = [b for b in found if b.start <= m.start() and m.end() <= b.end]
+        assert covering.values == tuple(float(v) for v in m.groups())
+
+
+def test_find_box_text_names_each_form_and_text_box_reads_it():
+    text = TEXTS[3] + " [0.1, 0.2, 0.3, 0.4] <box>5 6 7 8</box>"
+    found = find_box_text(text)
+    assert [b.form for b in found] == ["kv", "pairs", "qwen", "bracket", "tag"]
+    assert [text[b.start:b.end] for b in found] == [b.text for b in found]
+    assert [text_box(b).xyxy if text_box(b) else None for b in found] == [
+        (0.1, 0.2, 0.3, 0.4), (0.1, 0.2, 0.3, 0.4), (0.1, 0.2, 0.3, 0.4), (0.1, 0.2, 0.3, 0.4), None]
+    assert text_box(found[-1], width=10, height=10).xyxy == pytest.approx((0.5, 0.6, 0.7, 0.8))
+    assert [b.values for b in find_box_text("[1e999, 0, 1, 1]")] == [(float("inf"), 0.0, 1.0, 1.0)]
+    assert text_box(find_box_text("[1e999, 0, 1, 1]")[0]) is None
+    assert find_box_text("") == [] and find_box_text("no box here") == []
+    with pytest.raises(ValueError, match="unknown box text form"):
+        find_box_text("[0.1, 0.2, 0.3, 0.4]", forms=("square",))
+

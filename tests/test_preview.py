@@ -17,13 +17,16 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from radcorpora.cli import app
+from radcorpora.ops.boxes import parse_boxes
 from radcorpora.publish.preview import (
     PlotSpec,
     PreviewSpec,
     find_boxes,
     iter_sample_boxes,
     render_preview,
+    render_row_default,
     sample_rows,
+    words_before,
     write_preview,
 )
 from radcorpora.schemas.boxes import Box
@@ -243,6 +246,177 @@ def test_reads_only_the_sampled_row_groups(tmp_path, monkeypatch):
     assert "64 of 200 rows (a seeded sample of row groups)" in page
 
 
+# --------------------------------------------------------------------------- a small radvlm build: turns inside instances
+
+
+@pytest.fixture(scope="module")
+def radvlm_build(tmp_path_factory) -> Path:
+    """VinDr-CXR demo -> abnormality_grounding (one instance per finding class, labelled) and
+    abnormality_detection (one unlabelled instance naming every class in its answer): 28 rows."""
+    from radcorpora.builders.radvlm import RadVLMConfig
+    from radcorpora.corpora import build
+    from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
+
+    root = tmp_path_factory.mktemp("radvlm")
+    write_demo_vindr_cxr(root / "vindr")
+    config = RadVLMConfig(tasks=("abnormality_grounding", "abnormality_detection"), max_side=96)
+    outcome = build("radvlm", {"vindr_cxr": root / "vindr"}, config, root / "out")
+    assert outcome.report.valid, outcome.report.summary()
+    return root / "out"
+
+
+def _cards(page: str) -> list[tuple[dict[str, str], str]]:
+    """(data-* attributes, inner HTML) of every sample card of a page."""
+    cards = []
+    for part in page.split('<div class="sample" ')[1:]:
+        attrs = dict(re.findall(r'data-(config|split|shard|row)="([^"]*)"', part.split(">", 1)[0]))
+        cards.append((attrs, part.split("</section>")[0]))
+    return cards
+
+
+def _row_of(build: Path, attrs: dict[str, str]) -> dict:
+    """The row a card shows, read straight from its shard (not through the preview's reader)."""
+    table = pq.read_table(build / "data" / attrs["config"] / attrs["shard"])
+    return table.slice(int(attrs["row"]), 1).to_pylist()[0]
+
+
+def _expected_turns(row: dict) -> list[tuple[str, str]]:
+    turns = [(t["from"], t["value"]) for t in row.get("conversations") or []]
+    for instance in row.get("instances") or []:
+        turns += [(t["from"], t["value"]) for t in instance.get("conversations") or []]
+    return turns
+
+
+def _expected_box_labels(row: dict) -> list[tuple[str, int | None]]:
+    """What each box of a radvlm row marks, worked out from the row: the instance's label, else
+    (detection) the class its answer names before the boxes (`Label: [..] and [..]; ...`)."""
+    out: list[tuple[str, int | None]] = []
+    for instance in row["instances"]:
+        if instance["label"]:
+            out += [(instance["label"], b["readers"]) for b in instance["boxes"]]
+            continue
+        answer = instance["conversations"][-1]["value"]
+        named = [(part.split(":")[0].strip(), len(parse_boxes(part))) for part in answer.split("; ")]
+        labels = [label for label, n in named for _ in range(n)]
+        assert len(labels) == len(instance["boxes"])
+        out += [(label, b["readers"]) for label, b in zip(labels, instance["boxes"])]
+    return out
+
+
+def _said(card: str) -> list[tuple[str, str]]:
+    """(who, text) of every rendered turn of a card, tags stripped and entities read back."""
+    return [(who, html.unescape(re.sub(r"<[^>]+>", "", said)))
+            for who, said in re.findall(r'<div class="turn ([a-z]+)"><span class="who">[^<]*</span>'
+                                        r'<div class="said">(.*?)</div></div>', card, flags=re.DOTALL)]
+
+
+def test_radvlm_rows_show_every_turn_of_every_instance_and_boxes_say_what_they_mark(radvlm_build):
+    page, shown = render_preview(radvlm_build, samples=20, seed=0)
+    cards = _cards(page)
+    assert shown == len(cards) == 28  # every row of the small build
+    multi = 0
+    for attrs, card in cards:
+        row = _row_of(radvlm_build, attrs)
+        multi += len(row["instances"]) > 1
+        assert _said(card) == _expected_turns(row)
+        assert "instances [" not in card and "[1 items]" not in card
+        assert card.count('<div class="item" ') == len(row["instances"])
+        for n, instance in enumerate(row["instances"]):
+            assert f'data-path="instances[{n}]"' in card and html.escape(instance["id"]) in card
+        labels = [(html.unescape(label), int(readers) if readers else None)
+                  for readers, label in re.findall(r'data-readers="(\d*)" data-label="([^"]*)"', card)]
+        assert labels == _expected_box_labels(row)
+        assert not any("instances" in label or "boxes[" in label for label, _ in labels)
+    assert multi >= 2  # rows whose image carries several findings, one instance each
+    assert "Aortic enlargement" in page and " 1 reader</li>" in page and "1 readers" not in page
+
+
+def test_rad_ace_cot_and_radimagenet_rows_show_their_question_and_answer_text(demo_build):
+    cot = {"id": "c1", "images": [{"bytes": _image(0), "path": "a.png"}], "question": "Which organ is enlarged?",
+           "cot_output": "<think>The liver spans <b>far</b>.</think> <answer>Liver</answer>", "think": "The liver",
+           "answer": "Liver", "conversations": [{"from": "human", "value": "<image>\nWhich organ is enlarged?"},
+                                                 {"from": "gpt", "value": "<think>The liver spans <b>far</b>.</think> "
+                                                                          "<answer>Liver</answer>"}],
+           "modality": "CT", "body_part": "abdomen", "verification": "passed"}
+    body = render_row_default(cot)
+    assert _said(body) == [(t["from"], t["value"]) for t in cot["conversations"]]
+    assert "Which organ is enlarged?</div>" in body and "answer: <b>Liver</b>" in body
+    page, _ = render_preview(demo_build, samples=2, seed=5)
+    for attrs, card in _cards(page):
+        row = _row_of(demo_build, attrs)
+        assert _said(card) == _expected_turns(row)
+        if "question" in row:
+            assert html.escape(row["question"]) in card and f"answer: <b>{html.escape(row['answer'])}</b>" in card
+        for q in row.get("questions") or []:
+            assert html.escape(q["question"]) in card
+
+
+def test_box_labels_come_from_the_words_before_them_when_no_field_names_them():
+    turns = [{"from": "human", "value": "<image>\nFind the findings."},
+             {"from": "gpt", "value": "Lung Opacity: [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.6] and "
+                                      "[0.7, 0.1, 0.8, 0.2]; Pleural effusion: <box>0.2 0.6 0.4 0.9</box>. "
+                                      "The heart is at <|box_start|>(300,400),(700,800)<|box_end|>"}]
+    assert words_before((0.5, 0.5, 0.6, 0.6), turns) == "Lung Opacity"
+    assert words_before((0.7, 0.1, 0.8, 0.2), turns) == "Lung Opacity"
+    assert words_before((0.2, 0.6, 0.4, 0.9), turns) == "Pleural effusion"
+    assert words_before((0.3, 0.4, 0.7, 0.8), turns) == "The heart"
+    assert words_before((0.11, 0.2, 0.3, 0.4), turns) is None  # not written: no label invented
+    row = {"image": {"bytes": _image(1), "path": "x.png"},
+           "instances": [{"id": "i", "label": None, "conversations": turns, "readers_note": "x",
+                          "boxes": [{"x1": 0.1, "y1": 0.2, "x2": 0.3, "y2": 0.4, "readers": 2},
+                                    {"x1": 0.2, "y1": 0.6, "x2": 0.4, "y2": 0.9, "readers": None},
+                                    {"x1": 0.45, "y1": 0.45, "x2": 0.55, "y2": 0.55, "readers": None}]}]}
+    assert [(b.label, b.readers) for b in find_boxes(row)] == [("Lung Opacity", 2), ("Pleural effusion", None),
+                                                               ("box", None)]
+    body = render_row_default(row)
+    # every box form in the text is coloured; the two written only in the text are drawn dashed
+    assert body.count('class="boxtext"') == 5
+    drawn = [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in iter_sample_boxes(body)]
+    assert drawn[3:] == [(0.5, 0.5, 0.6, 0.6), (0.7, 0.1, 0.8, 0.2), (0.3, 0.4, 0.7, 0.8)]
+    assert 'data-label="Lung Opacity (turn 2)"' in body and 'data-label="The heart (turn 2)"' in body
+
+
+def test_preview_out_that_cannot_take_a_file_exits_2_with_one_line_and_no_temporary_file(demo_build, tmp_path,
+                                                                                          monkeypatch):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("x")
+    for out, said in ((folder, "is a folder"), (a_file / "p.html", "is a file, not a folder"),
+                      (a_file / "deeper" / "p.html", "is a file, not a folder")):
+        result = runner.invoke(app, ["preview", str(demo_build), "--out", str(out), "--samples", "1"])
+        assert result.exit_code == 2, result.output
+        assert said in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a-file.txt", "a-folder"]
+    assert a_file.read_text() == "x"
+
+    def disk_full(tmp, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("radcorpora.store.atomic.commit", disk_full)
+    result = runner.invoke(app, ["preview", str(demo_build), "--out", str(tmp_path / "new" / "p.html"),
+                                 "--samples", "1"])
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and len(result.output.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "new").iterdir()] == []  # the temporary file was removed
+
+
+def test_preview_out_in_an_unwritable_folder_exits_2(demo_build, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = runner.invoke(app, ["preview", str(demo_build), "--out", str(locked / "p.html")])
+        assert result.exit_code == 2 and "not writable" in result.output, result.output
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
 # --------------------------------------------------------------------------- in a real browser
 
 
@@ -252,7 +426,9 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def test_report_renders_in_headless_chromium_with_boxes_on_their_pixels(box_build, tmp_path):
+def _open_in_chromium(report: Path):
+    """A headless Chromium showing `report`, after checking it loaded without errors and every
+    image decoded; skips where the browser or selenium is not installed."""
     found = _chromium()
     if found is None:
         pytest.skip("headless browser test needs Debian's chromium and chromium-driver "
@@ -260,9 +436,7 @@ def test_report_renders_in_headless_chromium_with_boxes_on_their_pixels(box_buil
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e '.[dev]')")
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    report = write_preview(box_build, tmp_path / "preview.html", samples=3, seed=0).path
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400",
@@ -282,6 +456,58 @@ def test_report_renders_in_headless_chromium_with_boxes_on_their_pixels(box_buil
         broken = driver.execute_script(
             "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)")
         assert broken == []
+    except BaseException:
+        driver.quit()
+        raise
+    return driver
+
+
+def _rendered_turns(driver) -> list[dict]:
+    """Per sample card as the browser lays it out: where its row is, and the turns it shows
+    (who, visible text), with each turn's height (0 for a turn that takes no room)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.sample')].map(s => ({config: s.dataset.config, "
+        "shard: s.dataset.shard, row: s.dataset.row, turns: [...s.querySelectorAll('.turn')].map(t => "
+        "[t.querySelector('.who').textContent, t.querySelector('.said').textContent, "
+        "t.getBoundingClientRect().height])}))")
+
+
+def test_radvlm_preview_in_headless_chromium_shows_every_turn_of_every_sample(radvlm_build, tmp_path):
+    report = write_preview(radvlm_build, tmp_path / "radvlm.html", samples=12, seed=2).path  # every row
+    driver = _open_in_chromium(report)
+    from selenium.webdriver.common.by import By
+
+    try:
+        cards = _rendered_turns(driver)
+        labels = [b.get_attribute("data-label") for b in driver.find_elements(By.CSS_SELECTOR, ".frame .box")]
+        shot = tmp_path / "radvlm.png"
+        driver.find_element(By.CSS_SELECTOR, ".sample").screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert len(cards) == 28
+    instances = []
+    for card in cards:
+        row = _row_of(radvlm_build, card)
+        instances.append(len(row["instances"]))
+        turns = card["turns"]
+        assert len(turns) == len(_expected_turns(row)) >= 2, card
+        assert [(who, said) for who, said, _ in turns] == _expected_turns(row)
+        assert all(height > 10 for _, _, height in turns)  # each one laid out, not collapsed away
+    assert max(instances) >= 2  # the turns of every instance of a row, not only the first
+    assert labels and not any("[" in label for label in labels)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copyfile(shot, artifacts / "preview-radvlm.png")
+
+
+def test_report_renders_in_headless_chromium_with_boxes_on_their_pixels(box_build, tmp_path):
+    report = write_preview(box_build, tmp_path / "preview.html", samples=3, seed=0).path
+    driver = _open_in_chromium(report)
+    from selenium.webdriver.common.by import By
+
+    try:
+        cards = _rendered_turns(driver)
+        assert [len(card["turns"]) for card in cards] == [len(_expected_turns(_row_of(box_build, c))) for c in cards]
         boxes = driver.find_elements(By.CSS_SELECTOR, ".frame .box")
         assert len(boxes) == 3 * 4
         for box in boxes:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from radcorpora.builders.context import BuildContext, Prepared, StageOutput
-from radcorpora.publish.preview import PreviewSpec
+from radcorpora.publish.preview_spec import PreviewSpec
 from radcorpora.reference_models.data import EvaluationRecipe
 from radcorpora.schemas.common import LicenceClass
 

@@ -27,7 +27,8 @@ Text
     as 0.005000000000000000104). RadVLM's fused VinDr corners were numpy floats, whose `round`
     scales and rounds half to even instead (`np.round(0.005, 2) == 0.0`, `np.round(0.015, 2) ==
     0.02`): the two disagree on 46 of the 1,001 three-decimal values; radcorpora uses Python's
-    rounding everywhere. `parse_boxes` reads boxes back out of model answers.
+    rounding everywhere. `find_box_text` is the one reader of boxes written in text (model answers,
+    conversation checks, the preview); `parse_boxes` turns what it finds into `Box`es.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from radcorpora.schemas.boxes import EDGE_TOLERANCE, Box, BoxError
 
@@ -47,8 +49,9 @@ QWEN_GRID = 1000  # Qwen2-VL `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` corners a
 Corners = tuple[float, float, float, float]
 
 __all__ = [
-    "RADVLM_DECIMALS", "RADVLM_IOU_THR", "RADVLM_SKIP_BOX_THR", "box_pixels_text", "box_text",
-    "boxes_text", "crop_pixels", "fuse_readers", "fuse_table", "iou", "parse_boxes", "union_box",
+    "BOX_FORMS", "RADVLM_DECIMALS", "RADVLM_IOU_THR", "RADVLM_SKIP_BOX_THR", "BoxText", "box_pixels_text", "box_text",
+    "boxes_text", "crop_pixels", "find_box_text", "fuse_readers", "fuse_table", "iou", "parse_boxes", "text_box",
+    "union_box",
 ]
 
 
@@ -321,22 +324,84 @@ def _kv(names: str) -> str:
     return rf"\b(?:{names})\s*[=:]\s*({_NUM})"
 
 
-_BOX_RE = re.compile(
-    "|".join([
-        # Qwen2-VL: <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
-        rf"(?P<qwen><\|box_start\|>\s*{_PAIRS}\s*<\|box_end\|>)",
-        # <box>x1 y1 x2 y2</box>, <box>[x1, y1, x2, y2]</box>, <bbox>...</bbox>
-        rf"(?P<tag><(?P<tagname>b?box)>\s*[\[\(]?\s*{_FOUR}\s*[\]\)]?\s*</(?P=tagname)>)",
-        # x1=.. y1=.. x2=.. y2=..  /  x_min: .., y_min: .., x_max: .., y_max: ..
-        (rf"(?P<kv>{_kv('x_?1|x_?min|xmin|left')}[\s,;]*{_kv('y_?1|y_?min|ymin|top')}[\s,;]*"
-         rf"{_kv('x_?2|x_?max|xmax|right')}[\s,;]*{_kv('y_?2|y_?max|ymax|bottom')})"),
-        # (x1, y1), (x2, y2)
-        rf"(?P<pairs>{_PAIRS})",
-        # [x1, y1, x2, y2], (x1,y1,x2,y2), {x1, y1, x2, y2}
-        rf"(?P<bracket>[\[\(\{{]\s*{_FOUR}\s*[\]\)\}}])",
-    ]),
-    re.IGNORECASE,
-)
+# The written forms of a box, in the order they are tried at one position (earlier wins).
+_FORMS: dict[str, str] = {
+    # Qwen2-VL: <|box_start|>(x1,y1),(x2,y2)<|box_end|> on a 0-1000 grid
+    "qwen": rf"<\|box_start\|>\s*{_PAIRS}\s*<\|box_end\|>",
+    # <box>x1 y1 x2 y2</box>, <box>[x1, y1, x2, y2]</box>, <bbox>...</bbox>
+    "tag": rf"<(?P<tagname>b?box)>\s*[\[\(]?\s*{_FOUR}\s*[\]\)]?\s*</(?P=tagname)>",
+    # x1=.. y1=.. x2=.. y2=..  /  x_min: .., y_min: .., x_max: .., y_max: ..
+    "kv": (rf"{_kv('x_?1|x_?min|xmin|left')}[\s,;]*{_kv('y_?1|y_?min|ymin|top')}[\s,;]*"
+           rf"{_kv('x_?2|x_?max|xmax|right')}[\s,;]*{_kv('y_?2|y_?max|ymax|bottom')}"),
+    # (x1, y1), (x2, y2)
+    "pairs": _PAIRS,
+    # [x1, y1, x2, y2], (x1,y1,x2,y2), {x1, y1, x2, y2}
+    "bracket": rf"[\[\(\{{]\s*{_FOUR}\s*[\]\)\}}]",
+}
+BOX_FORMS: tuple[str, ...] = tuple(_FORMS)
+_FORM_RES: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+@dataclass(frozen=True)
+class BoxText:
+    """One box as written in a text: where (`start:end`), the text, its form (`qwen`, `tag`, `kv`,
+    `pairs`, `bracket`) and the four numbers as written (not yet checked: may be pixels, inverted,
+    infinite)."""
+
+    start: int
+    end: int
+    text: str
+    form: str
+    values: tuple[float, float, float, float]
+
+
+def _form_re(forms: tuple[str, ...]) -> re.Pattern[str]:
+    pattern = _FORM_RES.get(forms)
+    if pattern is None:
+        unknown = [f for f in forms if f not in _FORMS]
+        if unknown or not forms:
+            raise ValueError(f"unknown box text form(s) {unknown or forms!r} (known: {', '.join(BOX_FORMS)})")
+        pattern = re.compile("|".join(f"(?P<{f}>{_FORMS[f]})" for f in BOX_FORMS if f in forms), re.IGNORECASE)
+        _FORM_RES[forms] = pattern
+    return pattern
+
+
+def find_box_text(text: str, forms: Sequence[str] = BOX_FORMS) -> list[BoxText]:
+    """Every box written in `text` in one of `forms` (default: all), in order of appearance.
+
+    The one box-in-text reader: `parse_boxes` (model answers), the conversation checks (bracketed
+    lists compared by their written numbers) and the preview (box text coloured like its box) all
+    read boxes through it, so they agree on what counts as a box.
+    """
+    if not text:
+        return []
+    pattern = _form_re(tuple(forms))
+    named = set(pattern.groupindex.values())
+    out = []
+    for match in pattern.finditer(text):
+        numbers = [g for i, g in enumerate(match.groups(), 1) if g is not None and i not in named]
+        out.append(BoxText(match.start(), match.end(), match.group(0), str(match.lastgroup),
+                           tuple(float(v) for v in numbers)))  # type: ignore[arg-type]
+    return out
+
+
+def text_box(found: BoxText, width: int | None = None, height: int | None = None) -> Box | None:
+    """The box a `BoxText` says, or None when it is not one: values all within [0, 1] (plus the edge
+    tolerance) are normalised, Qwen's are on its 0-1000 grid, larger ones are pixels of a `width`
+    x `height` image (None without a size); inverted, zero-area or outside boxes are None."""
+    values = found.values
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        return None
+    try:
+        if found.form == "qwen":
+            return Box.from_grid_xyxy(*values, grid=QWEN_GRID, width=width, height=height)
+        if max(abs(v) for v in values) <= 1.0 + EDGE_TOLERANCE:
+            return Box.from_normalised(*values, width=width, height=height)
+        if width is not None and height is not None:
+            return Box.from_pixels_xyxy(*values, width=width, height=height)
+    except BoxError:
+        return None
+    return None
 
 
 def parse_boxes(text: str, width: int | None = None, height: int | None = None) -> list[Box]:
@@ -349,28 +414,5 @@ def parse_boxes(text: str, width: int | None = None, height: int | None = None) 
     skipped when no size is given. Boxes the `Box` checks reject (inverted, zero area, outside the
     image) are skipped.
     """
-    if not text:
-        return []
-    sized = width is not None and height is not None
-    out: list[Box] = []
-    for match in _BOX_RE.finditer(text):
-        values = [float(v) for v in match.groups() if v is not None and _is_number(v)]
-        if len(values) != 4:
-            continue
-        try:
-            if match.group("qwen"):
-                out.append(Box.from_grid_xyxy(*values, grid=QWEN_GRID, width=width, height=height))
-            elif max(abs(v) for v in values) <= 1.0 + EDGE_TOLERANCE:
-                out.append(Box.from_normalised(*values, width=width, height=height))
-            elif sized:
-                out.append(Box.from_pixels_xyxy(*values, width=width, height=height))
-        except BoxError:
-            continue
-    return out
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
+    boxes = (text_box(found, width, height) for found in find_box_text(text))
+    return [box for box in boxes if box is not None]

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from radcorpora.ops.boxes import box_text, parse_boxes
+from radcorpora.ops.boxes import box_text, find_box_text, parse_boxes
 from radcorpora.ops.prior_study import prior_study_phrases
 from radcorpora.schemas.boxes import Box, BoxError
 
@@ -73,9 +73,6 @@ _LOCATION = re.compile(
     r"\b(?:where|whereabouts|locat(?:e|ed|es|ing|ion|ions)|position(?:ed|s)?|regions?|box(?:es)?|bounding|"
     r"coordinates?|areas?|which\s+(?:side|part|lobe|zone|portion)|point\s+(?:to|out)|show\s+me|highlight|mark)\b",
     re.IGNORECASE)
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-_SEP = r"(?:\s*[,;]\s*|\s+)"
-_BRACKET4 = re.compile(rf"[\[\(\{{]\s*({_NUM}){_SEP}({_NUM}){_SEP}({_NUM}){_SEP}({_NUM})\s*[\]\)\}}]")
 _TOLERANCE = 1e-9
 
 
@@ -188,10 +185,10 @@ def _box_problems(turns: list[ConversationTurn], given: list[Box], grounded: boo
     for n, turn in enumerate(turns, 1):
         text = turn.value
         masked = list(text)
-        for m in _BRACKET4.finditer(text):
-            masked[m.start():m.end()] = " " * (m.end() - m.start())
-            values = tuple(float(v) for v in m.groups())
-            written = re.sub(r"\s+", " ", m.group(0))
+        for m in find_box_text(text, forms=("bracket",)):
+            masked[m.start:m.end] = " " * (m.end - m.start)
+            values = m.values
+            written = re.sub(r"\s+", " ", m.text)
             try:
                 Box.from_normalised(*values)
             except BoxError as exc:

@@ -11,16 +11,20 @@ there is no script):
 * per config and split, N rows chosen by a seeded draw of (shard, row) over the shards' Parquet
   footers, read one row group at a time: the image thumbnails with every box in the row drawn as
   an absolutely positioned overlay (pixel position = normalised box x thumbnail size, with the
-  normalised corners in `data-x1..data-y2`), the conversation turns, choices with the answer
-  marked, ids and lineage.
+  normalised corners in `data-x1..data-y2`) and labelled with what it marks (finding, phrase or
+  region, readers), every conversation turn of the row at any depth (radvlm's
+  `instances[i].conversations` under what each instance is about), questions and choices with
+  the answer marked, ids and lineage.
 
 Bounded on any build size: the rows shown are read from their own row groups only; the plots read
 only their own columns, from all row groups of a small build or a seeded subset of row groups of a
 large one (`stat_rows`); the rejects ledger is streamed. Same build + seed -> same bytes.
 
-What a corpus wants is said by a `PreviewSpec` (plots and an optional row renderer) on its
-`CorpusSpec`; without one, plots and rows come from the shard schema (`default_plots`,
-`render_row_default`).
+What a corpus wants is said by a `PreviewSpec` (`publish.preview_spec`: plots and an optional
+row renderer) on its `CorpusSpec`; without one, plots and rows come from the shard schema
+(`default_plots`, `render_row_default`). The reads (rows, plot columns, ledgers) are
+`store.samples`; box text in turns is read by `ops.boxes.find_box_text`, as everywhere else. This
+module renders.
 """
 
 from __future__ import annotations
@@ -29,17 +33,25 @@ import base64
 import html
 import io
 import json
-import random
+import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from radcorpora.ops.boxes import BoxText, find_box_text, text_box
+from radcorpora.publish.preview_spec import (
+    FoundBox,
+    PlotSpec,
+    PreviewSpec,
+    RenderTools,
+    RowRenderer,
+)
 from radcorpora.store import atomic
 from radcorpora.store.folder import (
     BuildFolderError,
@@ -48,83 +60,31 @@ from radcorpora.store.folder import (
     open_shard,
     read_manifest,
 )
+from radcorpora.store.samples import (
+    count_lines,
+    num_rows,
+    path_steps,
+    read_reject_examples,
+    resolvable,
+    resolve,
+    sample_rows,
+    stat_table,
+)
 
 THUMBNAIL_SIDE = 384  # long side of an image thumbnail, pixels
 MAX_IMAGES_PER_ROW = 4
 MAX_TEXT = 3000  # characters of one text shown before it is cut
 MAX_BARS = 20
-REJECT_EXAMPLES = 3
-REJECT_LINES = 200_000  # rejects.jsonl lines read for examples at most
 STAT_ROWS = 20_000  # rows per config the plots read (all of a smaller config)
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 LABEL_NAMES = {"label", "labels", "pathology", "location", "region", "regions", "modality", "body_part", "organ",
                "finding", "findings", "category", "class", "class_name", "verification", "content_type",
                "source_split", "view", "view_position", "sex"}
-BOX_TEXT = re.compile(r"\[\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*,\s*(-?\d*\.?\d+)\s*\]")
 BOX_FIELDS = {"x1", "y1", "x2", "y2"}
 
 
 class PreviewError(BuildFolderError):
     """The preview cannot be made as asked (unknown config or split, nothing to show)."""
-
-
-# --------------------------------------------------------------------------- what a corpus asks for
-
-
-@dataclass(frozen=True)
-class PlotSpec:
-    """One plot of a config's column, by path: `metadata.pathology`, `questions[].question_type`
-    (`[]` steps into list elements), `conversations` (for `length`), `boxes[]` (for `box_size`).
-
-    kind: `count` (bar chart of values, top 20), `length` (histogram of list lengths, divided by
-    `divide`: 2 turns make one round), `box_size` (histogram of box width and height as shares of
-    the image). `configs`: the configs it applies to (None: every config holding the path)."""
-
-    title: str
-    path: str
-    kind: Literal["count", "length", "box_size"] = "count"
-    configs: tuple[str, ...] | None = None
-    divide: int = 1
-
-
-@dataclass(frozen=True)
-class RenderTools:
-    """What a corpus' own row renderer gets besides the row: the default rendering and its parts."""
-
-    default: Callable[[dict[str, Any]], str]
-    images: Callable[[list[dict[str, Any]], list[FoundBox]], str]
-    turns: Callable[[list[dict[str, Any]], list[FoundBox]], str]
-    find_boxes: Callable[[dict[str, Any]], list[FoundBox]]
-    escape: Callable[[Any], str]
-
-
-RowRenderer = Callable[[dict[str, Any], RenderTools], str]
-
-
-@dataclass(frozen=True)
-class PreviewSpec:
-    """A corpus' preview: its plots (None: derived from the schema) and an optional row renderer
-    `(row, tools) -> HTML` (None: the schema-driven default)."""
-
-    plots: tuple[PlotSpec, ...] | None = None
-    render_row: RowRenderer | None = None
-
-
-@dataclass(frozen=True)
-class FoundBox:
-    """A Box-shaped struct found in a row (or box text in a turn), with what labels it."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    label: str
-    readers: int | None = None
-    source: str = ""  # where in the row: "boxes[0]", "instances[1].boxes[0]", "turn 2"
-    from_text: bool = False
-
-    def matches(self, values: tuple[float, float, float, float], tolerance: float = 0.006) -> bool:
-        return all(abs(a - b) <= tolerance for a, b in zip((self.x1, self.y1, self.x2, self.y2), values))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -142,14 +102,40 @@ class PreviewResult:
 def write_preview(build: Path, out: Path | None = None, *, spec: PreviewSpec | None = None, title: str | None = None,
                   config: str | None = None, split: str | None = None, samples: int = 6, seed: int = 0,
                   stat_rows: int = STAT_ROWS) -> PreviewResult:
-    """Write the preview of `build` to `out` (default `<build>/build/preview.html`)."""
+    """Write the preview of `build` to `out` (default `<build>/build/preview.html`). A place the
+    page cannot go (a folder, under a file, not writable) is refused before anything is read,
+    and a failed write leaves no temporary file."""
     build = Path(build)
     out = Path(out) if out is not None else build / "build" / "preview.html"
+    check_out(out)
     text, shown = render_preview(build, spec=spec, title=title, config=config, split=split, samples=samples, seed=seed,
                                  stat_rows=stat_rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out, text)
-    return PreviewResult(out, len(text.encode("utf-8")), shown)
+    data = text.encode("utf-8")
+    tmp = atomic.tmp_path_for(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        atomic.commit(tmp, out)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise PreviewError(f"{out}: cannot write the preview ({exc.strerror or exc})") from exc
+    return PreviewResult(out, len(data), shown)
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output path that cannot take a file, with one line saying why."""
+    if out.is_dir():
+        raise PreviewError(f"{out}: is a folder; give the path of the HTML file to write")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PreviewError(f"{out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PreviewError(f"{out}: {parent} is not writable")
 
 
 def render_preview(build: Path, *, spec: PreviewSpec | None = None, title: str | None = None,
@@ -186,80 +172,13 @@ def render_preview(build: Path, *, spec: PreviewSpec | None = None, title: str |
             continue
         schema = open_shard(next(iter(per_split.values()))[0]).schema_arrow
         plots = [p for p in (spec.plots if spec.plots is not None else default_plots(schema))
-                 if (p.configs is None or cfg in p.configs) and _resolvable(schema, p.path)]
+                 if (p.configs is None or cfg in p.configs) and resolvable(schema, p.path)]
         page.config_plots(cfg, per_split, plots, stat_rows, seed)
         for split_name, paths in per_split.items():
             rows = sample_rows(paths, samples, f"{seed}:{cfg}:{split_name}")
-            page.samples(cfg, split_name, rows, spec.render_row, sum(_num_rows(p) for p in paths))
+            page.samples(cfg, split_name, rows, spec.render_row, sum(num_rows(p) for p in paths))
             shown += len(rows)
     return page.finish(), shown
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def _num_rows(path: Path) -> int:
-    return open_shard(path).metadata.num_rows
-
-
-def sample_rows(paths: list[Path], n: int, seed: str) -> list[tuple[Path, int, dict[str, Any]]]:
-    """n rows drawn without replacement by a seeded choice over the shards' footer row counts;
-    each read from its own row group only. (shard, row in shard, row), in shard/row order."""
-    counts = [_num_rows(p) for p in paths]
-    total = sum(counts)
-    picks = sorted(random.Random(seed).sample(range(total), min(n, total))) if total and n > 0 else []
-    chosen: list[tuple[Path, int, dict[str, Any]]] = []
-    start = 0
-    for path, count in zip(paths, counts):
-        mine = [i - start for i in picks if start <= i < start + count]
-        start += count
-        if not mine:
-            continue
-        file = open_shard(path)
-        group_start = 0
-        for g in range(file.metadata.num_row_groups):
-            size = file.metadata.row_group(g).num_rows
-            inside = [r for r in mine if group_start <= r < group_start + size]
-            if inside:
-                try:
-                    table = file.read_row_group(g)
-                except (OSError, pa.ArrowException) as exc:
-                    raise BuildFolderError(f"{path}: row group {g} unreadable ({exc})") from exc
-                for r in inside:
-                    chosen.append((path, r, table.slice(r - group_start, 1).to_pylist()[0]))
-            group_start += size
-    return chosen
-
-
-def stat_table(paths: list[Path], columns: list[str], stat_rows: int, seed: str) -> tuple[pa.Table, int, int]:
-    """The plot columns of all row groups when the config has at most `stat_rows` rows, else of
-    row groups drawn at random until `stat_rows` rows are in hand. (table, rows read, rows in all)."""
-    groups = []
-    for path in paths:
-        file = open_shard(path)
-        groups += [(path, g, file.metadata.row_group(g).num_rows) for g in range(file.metadata.num_row_groups)]
-    total = sum(n for *_, n in groups)
-    if total > stat_rows:
-        order = list(range(len(groups)))
-        random.Random(seed).shuffle(order)
-        taken, rows = [], 0
-        for i in order:
-            if rows >= stat_rows:
-                break
-            taken.append(i)
-            rows += groups[i][2]
-        groups = [groups[i] for i in sorted(taken)]
-    tables = []
-    by_path: dict[Path, list[int]] = {}
-    for path, g, _ in groups:
-        by_path.setdefault(path, []).append(g)
-    for path, gs in by_path.items():
-        try:
-            tables.append(open_shard(path).read_row_groups(gs, columns=columns))
-        except (OSError, pa.ArrowException) as exc:
-            raise BuildFolderError(f"{path}: unreadable ({exc})") from exc
-    table = pa.concat_tables(tables) if tables else pa.table({})
-    return table, table.num_rows, total
 
 
 # --------------------------------------------------------------------------- plots
@@ -307,37 +226,6 @@ def default_plots(schema: pa.Schema) -> tuple[PlotSpec, ...]:
     for f in schema:
         walk(f.type, f.name, f.name)
     return tuple(plots[:10])
-
-
-def _steps(path: str) -> list[str]:
-    return [s for s in re.split(r"(\[\])|\.", path) if s]
-
-
-def _resolvable(schema: pa.Schema, path: str) -> bool:
-    steps = _steps(path)
-    if not steps or steps[0] not in schema.names:
-        return False
-    t = schema.field(steps[0]).type
-    for step in steps[1:]:
-        if step == "[]":
-            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
-                return False
-            t = t.value_type
-        elif pa.types.is_struct(t) and t.get_field_index(step) >= 0:
-            t = t.field(t.get_field_index(step)).type
-        else:
-            return False
-    return True
-
-
-def resolve(table: pa.Table, path: str) -> pa.Array:
-    """The values at `path`, lists flattened where the path says `[]`."""
-    steps = _steps(path)
-    column = table.column(steps[0])
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    for step in steps[1:]:
-        array = pc.list_flatten(array) if step == "[]" else pc.struct_field(array, step)
-    return array
 
 
 def _figure(width: float = 4.6, height: float = 2.8):
@@ -451,19 +339,23 @@ def _label_of(d: dict[str, Any]) -> str | None:
 
 
 def find_boxes(row: Any) -> list[FoundBox]:
-    """Every Box-shaped struct in the row, at any depth, labelled by the nearest enclosing struct's
-    label-like field, or a parallel list of strings (`labels` beside `boxes`), or its place."""
+    """Every Box-shaped struct in the row, at any depth, labelled with what it marks: the label,
+    phrase or region of the nearest enclosing struct, or a parallel list of strings (`labels`
+    beside `boxes`), or else the words before its coordinates in the turns that hold it (`Nodule:
+    [..]`); `box` when none says. Readers are the box's own `readers`."""
     found: list[FoundBox] = []
 
-    def walk(value: Any, path: str, context: str | None) -> None:
+    def walk(value: Any, path: str, label: str | None, turns: list[dict[str, Any]]) -> None:
         if _is_box(value):
+            corners = (float(value["x1"]), float(value["y1"]), float(value["x2"]), float(value["y2"]))
             readers = value.get("readers")
-            found.append(FoundBox(float(value["x1"]), float(value["y1"]), float(value["x2"]), float(value["y2"]),
-                                  context or path, int(readers) if isinstance(readers, int) else None, path))
+            found.append(FoundBox(*corners, label=label or words_before(corners, turns) or "box",
+                                  readers=int(readers) if isinstance(readers, int) else None, source=path))
         elif _is_image(value):
             return
         elif isinstance(value, dict):
-            own = _label_of(value) or context
+            own = _label_of(value) or label
+            mine = [t for item in value.values() if _is_turns(item) for t in item] or turns
             for key, item in value.items():
                 parallel = None
                 if isinstance(item, list) and item and all(_is_box(b) for b in item):
@@ -474,32 +366,84 @@ def find_boxes(row: Any) -> list[FoundBox]:
                             break
                 if parallel is not None:
                     for i, b in enumerate(item):
-                        walk(b, f"{path}.{key}[{i}]".lstrip("."), parallel[i])
+                        walk(b, f"{path}.{key}[{i}]".lstrip("."), parallel[i], mine)
                 else:
-                    walk(item, f"{path}.{key}".lstrip("."), own)
+                    walk(item, f"{path}.{key}".lstrip("."), own, mine)
         elif isinstance(value, list):
             for i, item in enumerate(value):
-                walk(item, f"{path}[{i}]", context)
+                walk(item, f"{path}[{i}]", label, turns)
 
-    walk(row, "", None)
+    walk(row, "", None, [])
     return found
 
 
+_CONNECTIVES = re.compile(r"(?:[\s,:;=\-–—(]|\b(?:and|or|at|in|is|are|on|of)\b)+$", re.IGNORECASE)
+_BOUNDARY = re.compile(r"[;\n]|[.!?](?=\s)")
+MAX_LABEL = 60
+
+
+def words_before(corners: tuple[float, float, float, float], turns: list[dict[str, Any]]) -> str | None:
+    """What a text says a box marks: the words of its clause before the first place the turns
+    write it (`Cardiomegaly: [0.3, ..] and [..]` -> `Cardiomegaly` for either box), with other box
+    text and trailing connectives (`:`, `and`, `at`) left out; None when no turn writes it."""
+    for turn in turns:
+        text = str(turn.get("value") or "")
+        spans = find_box_text(text)
+        for n, span in enumerate(spans):
+            box = text_box(span)
+            if box is None or not all(abs(a - b) <= 0.006 for a, b in zip(box.xyxy, corners)):
+                continue
+            prefix, last = [], 0
+            for other in spans[:n]:
+                prefix.append(text[last:other.start])
+                last = other.end
+            prefix.append(text[last:span.start])
+            clause = _BOUNDARY.split("".join(prefix))[-1]
+            words = " ".join(_CONNECTIVES.sub("", clause).replace("<image>", " ").split())
+            if len(words) > MAX_LABEL:
+                words = "…" + words[-MAX_LABEL:].split(" ", 1)[-1]
+            if words:
+                return words
+    return None
+
+
 def text_boxes(turns: list[dict[str, Any]], known: list[FoundBox]) -> list[FoundBox]:
-    """Box text `[x1, y1, x2, y2]` in the turns that no struct box of the row matches."""
+    """Boxes written in the turns (any form `ops.boxes.find_box_text` reads) that no struct box of
+    the row matches, labelled by the words before them."""
     extra: list[FoundBox] = []
     for n, turn in enumerate(turns):
-        for match in BOX_TEXT.finditer(str(turn.get("value") or "")):
-            values = tuple(float(v) for v in match.groups())
-            if not _valid_box(values) or any(b.matches(values) for b in known + extra):
+        for span in find_box_text(str(turn.get("value") or "")):
+            box = text_box(span)
+            if box is None or any(b.matches(box.xyxy) for b in known + extra):
                 continue
-            extra.append(FoundBox(*values, label=f"box in turn {n + 1}", source=f"turn {n + 1}",
-                                  from_text=True))
+            words = words_before(box.xyxy, [turn])
+            extra.append(FoundBox(*box.xyxy, label=f"{words} (turn {n + 1})" if words else f"box in turn {n + 1}",
+                                  source=f"turn {n + 1}", from_text=True))
     return extra
 
 
-def _valid_box(v: tuple[float, float, float, float]) -> bool:
-    return all(0.0 <= x <= 1.0 for x in v) and v[0] < v[2] and v[1] < v[3]
+def find_conversations(row: Any) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """Every list of turns (`[{from, value}, ..]`) in the row at any depth, found by its shape:
+    (path, the struct that holds it, the turns), in row order. radvlm's `instances[i].conversations`
+    and a top-level `conversations` alike."""
+    found: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
+
+    def walk(value: Any, path: str) -> None:
+        if _is_image(value):
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}".lstrip(".")
+                if _is_turns(item):
+                    found.append((where, value, item))
+                else:
+                    walk(item, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(row, "")
+    return found
 
 
 def find_images(row: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -571,7 +515,7 @@ def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: li
         legend = "".join(
             f'<li><span class="swatch" style="background:{_colour(n, b)}"></span>{esc(_cut(b.label, 120))} '
             f'<code>[{_num(b.x1)}, {_num(b.y1)}, {_num(b.x2)}, {_num(b.y2)}]</code>'
-            f'{f" · {b.readers} readers" if b.readers else ""}{" · from the text" if b.from_text else ""}</li>'
+            f'{f" · {b.readers} reader{_s(b.readers)}" if b.readers else ""}{" · from the text" if b.from_text else ""}</li>'
             for n, b in enumerate(drawn))
         parts.append(
             f'<figure class="img"><div class="frame" style="width:{w}px;height:{h}px">'
@@ -581,6 +525,10 @@ def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: li
     if len(images) > MAX_IMAGES_PER_ROW:
         parts.append(f'<p class="note">+{len(images) - MAX_IMAGES_PER_ROW} more images not shown</p>')
     return f'<div class="images">{"".join(parts)}</div>' if parts else ""
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
 
 
 def _colour(n: int, box: FoundBox) -> str:
@@ -603,21 +551,46 @@ def _box_div(box: FoundBox, n: int, w: int, h: int) -> str:
 def render_turns(turns: list[dict[str, Any]], boxes: list[FoundBox]) -> str:
     """The conversation, one bubble per turn; `<image>` marked, box text coloured like its box."""
     out = []
-    for n, turn in enumerate(turns):
+    for turn in turns:
         who = str(turn.get("from") or "")
         text = _cut(str(turn.get("value") or ""))
         pieces, last = [], 0
-        for match in BOX_TEXT.finditer(text):
-            pieces.append(esc(text[last:match.start()]))
-            values = tuple(float(v) for v in match.groups())
-            index = next((i for i, b in enumerate(boxes) if b.matches(values)), None)
+        for span in find_box_text(text):
+            pieces.append(esc(text[last:span.start]))
+            index = _box_index(span, boxes)
             colour = _colour(index, boxes[index]) if index is not None else "#777"
-            pieces.append(f'<span class="boxtext" style="border-color:{colour}">{esc(match.group(0))}</span>')
-            last = match.end()
+            pieces.append(f'<span class="boxtext" style="border-color:{colour}">{esc(span.text)}</span>')
+            last = span.end
         pieces.append(esc(text[last:]))
         body = "".join(pieces).replace("&lt;image&gt;", '<span class="chip">&lt;image&gt;</span>')
         out.append(f'<div class="turn {esc(who)}"><span class="who">{esc(who)}</span><div class="said">{body}</div></div>')
     return f'<div class="turns">{"".join(out)}</div>'
+
+
+def _box_index(span: BoxText, boxes: list[FoundBox]) -> int | None:
+    box = text_box(span)
+    if box is None:
+        return None
+    return next((i for i, b in enumerate(boxes) if b.matches(box.xyxy)), None)
+
+
+def render_item(path: str, item: dict[str, Any], turns_key: str, number: int, total: int,
+                boxes: list[FoundBox]) -> str:
+    """One struct that holds a conversation (a radvlm instance): what it is about (its label,
+    id and other plain fields, how many boxes), then every turn."""
+    label = _label_of(item)
+    facts = []
+    for key, value in item.items():
+        if key == turns_key or (label is not None and value is label):
+            continue
+        if isinstance(value, (str, int, float, bool)):
+            facts.append(f'{esc(key)} <code>{esc(_cut(str(value), 200))}</code>')
+        elif isinstance(value, list) and value and all(_is_box(b) for b in value):
+            facts.append(f"{len(value)} box{'es' if len(value) != 1 else ''}")
+    head = (f'<span class="kind">{esc(path.split("[")[0])} {number}/{total}</span> '
+            + (f"<b>{esc(_cut(label, 300))}</b> · " if label else "") + " · ".join(facts))
+    return (f'<div class="item" data-path="{esc(path)}"><div class="itemhead">{head}</div>'
+            f'{render_turns(item[turns_key], boxes)}</div>')
 
 
 def render_question(q: dict[str, Any]) -> str:
@@ -659,18 +632,27 @@ def _kv(pairs: list[tuple[str, str]], cls: str = "kv") -> str:
 
 
 def render_row_default(row: dict[str, Any]) -> str:
-    """A row as a person reads it, from its shape alone: images with boxes, turns, questions with
-    options, the remaining fields, lineage."""
+    """A row as a person reads it, from its shape alone: images with boxes, every conversation at
+    any depth (a nested one under what its struct is about), questions with options, the
+    remaining fields, lineage."""
     images = find_images(row)
     struct_boxes = find_boxes(row)
-    turns_keys = [k for k, v in row.items() if _is_turns(v)]
-    turns = [t for k in turns_keys for t in row[k]]
+    conversations = find_conversations(row)
+    turns = [t for _, _, ts in conversations for t in ts]
     boxes = struct_boxes + text_boxes(turns, struct_boxes)
-    image_keys = {path.split("[")[0].split(".")[0] for path, _ in images}
+    image_keys = {_top(path) for path, _ in images}
     parts = [render_images([img for _, img in images], boxes, [p for p, _ in images])]
     text = []
-    for key in turns_keys:
-        text.append(render_turns(row[key], boxes))
+    nested = Counter(_top(path) for path, owner, _ in conversations if owner is not row)
+    seen: Counter[str] = Counter()
+    for path, owner, ts in conversations:
+        if owner is row:
+            text.append(render_turns(ts, boxes))
+            continue
+        top = _top(path)
+        seen[top] += 1
+        owner_path, _, key = path.rpartition(".")
+        text.append(render_item(owner_path, owner, key, seen[top], nested[top], boxes))
     question_lists = [k for k, v in row.items() if isinstance(v, list) and v and
                       all(isinstance(q, dict) and "question" in q and "answer" in q for q in v)]
     if "question" in row and "answer" in row:
@@ -678,10 +660,10 @@ def render_row_default(row: dict[str, Any]) -> str:
     for key in question_lists:
         text.append(f'<details><summary>{esc(key)}: {len(row[key])} with their options and answers</summary>'
                     + "".join(render_question(q) for q in row[key]) + "</details>")
-    used = set(turns_keys) | set(question_lists) | image_keys | {"id", "lineage"}
+    used = {_top(path) for path, _, _ in conversations} | set(question_lists) | image_keys | {"id", "lineage"}
     if "question" in row and "answer" in row:
         used |= {"question", "answer", "choices"}
-    box_keys = {b.source.split("[")[0].split(".")[0] for b in struct_boxes}
+    box_keys = {_top(b.source) for b in struct_boxes}
     fields: list[tuple[str, str]] = []
     for key, value in row.items():
         if key not in used and key not in box_keys:
@@ -694,6 +676,11 @@ def render_row_default(row: dict[str, Any]) -> str:
         text.append(f'<details><summary>lineage</summary>{_kv(lineage)}</details>')
     parts.append(f'<div class="text">{"".join(text)}</div>')
     return "".join(parts)
+
+
+def _top(path: str) -> str:
+    """The row field a path starts in: `instances[0].boxes[1]` -> `instances`."""
+    return path.split("[")[0].split(".")[0]
 
 
 def _tools() -> RenderTools:
@@ -730,7 +717,8 @@ font-weight:700;text-transform:uppercase;color:#5f6673;padding-top:6px}.said{whi
 border-radius:8px;background:#eef1f6;overflow-wrap:anywhere}.turn.gpt .said{background:#e6f4ea}
 .chip{background:#1d2330;color:#fff;border-radius:3px;padding:0 3px;font-size:11px}
 .boxtext{border-bottom:3px solid;font-family:ui-monospace,monospace;font-size:12px}
-.qa{border-left:3px solid #4363d8;padding:4px 10px;margin:8px 0;background:#f7f8fb}.kind{font-size:11px;
+.item{border-left:3px solid #c8cfdb;padding:2px 0 2px 10px;margin:8px 0}.itemhead{font-size:12.5px;
+margin-bottom:4px;overflow-wrap:anywhere}.qa{border-left:3px solid #4363d8;padding:4px 10px;margin:8px 0;background:#f7f8fb}.kind{font-size:11px;
 background:#dde3f0;border-radius:3px;padding:0 4px}.choices{margin:4px 0;padding-left:8px;list-style:none}
 .choices li.right{color:#137333;font-weight:600}.answer{font-size:13px}details{margin:8px 0}
 summary{cursor:pointer;font-weight:600;font-size:13px}.kv th{color:#5f6673;font-weight:500;white-space:nowrap}
@@ -882,7 +870,7 @@ class Page:
         if not plots:
             return
         paths = [p for split in per_split.values() for p in split]
-        columns = sorted({_steps(p.path)[0] for p in plots})
+        columns = sorted({path_steps(p.path)[0] for p in plots})
         table, read, total = stat_table(paths, columns, stat_rows, f"{seed}:{cfg}:plots")
         images = []
         for plot in plots:
@@ -901,7 +889,8 @@ class Page:
         for path, r, row in rows:
             body = renderer(row, tools) if renderer is not None else render_row_default(row)
             ident = row.get("id")
-            cards.append(f'<div class="sample" data-config="{esc(cfg)}" data-split="{esc(split)}" data-row="{r}">'
+            cards.append(f'<div class="sample" data-config="{esc(cfg)}" data-split="{esc(split)}" '
+                         f'data-shard="{esc(path.name)}" data-row="{r}">'
                          f'<div class="where">{f"<b>{esc(ident)}</b> · " if ident is not None else ""}'
                          f'{esc(path.name)} row {r}</div>{body}</div>')
         self.add(f"rows-{cfg}-{split}", f"{cfg} / {split}: {len(rows)} of {total:,} rows", "".join(cards)
@@ -917,48 +906,13 @@ class Page:
                 f"<header>{self.head}</header><nav>{nav}</nav><main>{body}</main></body></html>\n")
 
 
-# --------------------------------------------------------------------------- streamed ledgers
-
-
-def read_reject_examples(path: Path, reasons: set[str], per_reason: int = REJECT_EXAMPLES,
-                         max_lines: int = REJECT_LINES) -> tuple[dict[str, list[dict[str, Any]]], int, bool]:
-    """A few examples per reason, read line by line; stops once every known reason has its
-    examples or after `max_lines`. (examples, lines read, whether the file was read to its end or
-    every reason was served)."""
-    examples: dict[str, list[dict[str, Any]]] = {}
-    if not path.exists():
-        return examples, 0, True
-    lines = 0
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            lines += 1
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"reason": "unparsable_reject_line", "detail": line[:200]}
-            reason = str(entry.get("reason", "?"))
-            if len(examples.setdefault(reason, [])) < per_reason:
-                examples[reason].append(entry)
-            if reasons and all(len(examples.get(r, [])) >= per_reason for r in reasons):
-                return examples, lines, True
-            if lines >= max_lines:
-                return examples, lines, handle.readline() == ""
-    return examples, lines, True
-
-
-def count_lines(path: Path) -> int:
-    n = 0
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            n += chunk.count(b"\n")
-    return n
-
-
 def iter_sample_boxes(html_text: str) -> Iterator[dict[str, float]]:
     """The box overlays of a page (normalised corners), as the tests and tools read them."""
     for match in re.finditer(r'data-x1="([^"]+)" data-y1="([^"]+)" data-x2="([^"]+)" data-y2="([^"]+)"', html_text):
         yield dict(zip(("x1", "y1", "x2", "y2"), map(float, match.groups())))
 
 
-__all__ = ["FoundBox", "PlotSpec", "PreviewError", "PreviewResult", "PreviewSpec", "RenderTools", "default_plots",
-           "find_boxes", "render_preview", "render_row_default", "sample_rows", "write_preview"]
+__all__ = ["FoundBox", "PlotSpec", "PreviewError", "PreviewResult", "PreviewSpec", "RenderTools", "RowRenderer",
+           "check_out", "count_lines", "default_plots", "find_boxes", "find_conversations", "iter_sample_boxes",
+           "read_reject_examples", "render_preview", "render_row_default", "sample_rows", "stat_table", "words_before",
+           "write_preview"]
