@@ -1,5 +1,6 @@
-"""`radcorpora estimate`: a corpus' LLM stages sized before anything is sent — requests, tokens,
-cost online and batch, time at the configured limits — read from the stages themselves."""
+"""`radcorpora estimate`: a corpus' LLM stages sized before anything is sent — requests to send
+and already cached, tokens, cost online and batch, time at the configured limits — read from the
+stages themselves, keyed and looked up in the answer cache as a build would."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def estimate_plan(corpus: str, plan: Sequence[tuple[type, str, list[LLMRequest]]
     try:
         for stage, model, requests in plan:
             row = estimate_stage(model, requests, stage.expected_output_tokens, table, settings.limits, cache,
-                                 endpoint_for(parse_llm_spec(model)[0]))
+                                 endpoint_for(parse_llm_spec(model)[0], getattr(settings, "base_url", None)),
+                                 cache_scope=getattr(settings, "cache_scope", "model"))
             stages.append({"stage": stage.name, **row})
     finally:
         if cache is not None:
@@ -48,8 +50,9 @@ def print_estimate(result: dict[str, Any], out: Console) -> None:
     """A table that reads at 80 columns, totals as sentences, and what to do about missing prices."""
     table = Table(title=f"{result['corpus']} estimate: {result.get('samples', '?')} samples", width=80,
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    # six narrow columns fit 80 even at a million requests; a long PROVIDER:MODEL wraps, never "…"
-    for column, justify in (("stage / model", "left"), ("requests", "right"), ("tokens\nin/out", "right"),
+    # six narrow columns fit 80 even at a million requests; a long PROVIDER:MODEL wraps, never "…".
+    # Tokens, cost and minutes are those of the requests to send (answers in the cache are free).
+    for column, justify in (("stage / model", "left"), ("requests", "right"), ("to send:\ntokens in/out", "right"),
                             ("online", "right"), ("batch", "right"), ("minutes", "right")):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for s in result["stages"]:
@@ -61,7 +64,8 @@ def print_estimate(result: dict[str, Any], out: Console) -> None:
     out.print(Text(f"Minutes are online time at the configured --concurrency, --rpm and --tpm; the limit that "
                    f"binds: {limits}."))
     t = result["total"]
-    out.print(Text(f"In all: {t['requests']:,} requests, {t['to_send']:,} to send; cost "
+    out.print(Text(f"In all: {t['requests']:,} requests, {t['to_send']:,} to send (the rest answered from the "
+                   f"cache); cost of what is sent "
                    f"{_money(t.get('cost_usd_online'))} online or {_money(t.get('cost_usd_batch'))} with --batch "
                    f"(list prices as of {result['prices_as_of']})."))
     for model in result.get("missing_prices", []):

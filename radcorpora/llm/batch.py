@@ -19,7 +19,7 @@ from typing import Any
 from radcorpora.llm.errors import LLMError
 from radcorpora.llm.providers import AnthropicProvider, OpenAIProvider, Provider, _sdk_error
 from radcorpora.llm.request import LLMRequest
-from radcorpora.llm.runner import CallResult, LLMRunner, Parser, check_compliance
+from radcorpora.llm.runner import CallResult, LLMRunner, Parser, cached_answers, check_compliance
 
 OPENAI_DONE = {"completed", "failed", "expired", "cancelled"}
 MAX_BATCH_REQUESTS = 50_000  # OpenAI's per-batch limit; Anthropic allows 100,000
@@ -48,6 +48,7 @@ class BatchRunner:
         by_key = self.by_key
         for key, request in zip(keys_of, requests):
             by_key.setdefault(key, request)
+        cached_answers(self.cache, by_key, self.provider, self.runner.cache_scope)  # answers under older keys too
         missing = {k for k in by_key if k not in self.cache}
         check_compliance([by_key[k] for k in sorted(missing)], self.provider)  # cached answers need no approval
         for batch_id, keys in self.cache.open_batches(self.provider.name, self.provider.endpoint, self.provider.model):

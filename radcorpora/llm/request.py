@@ -1,8 +1,9 @@
 """What one LLM call asks and what it answered, provider-neutral.
 
 A request is rendered to a canonical JSON form whose hash is the cache key: messages (images by
-content hash, not bytes), provider, endpoint, model, sampling parameters and the expected output
-format. The row it belongs to (`id`) and its licence class are not part of the key, so the same
+content hash, not bytes), provider, model, sampling parameters and the expected output format;
+the endpoint only with cache scope "endpoint" (by default a local server restarted on another
+port answers from the cache; the endpoint stays in the build's provenance). The row it belongs to (`id`) and its licence class are not part of the key, so the same
 question asked for two rows, or in another build, is paid once.
 """
 
@@ -95,11 +96,13 @@ class LLMRequest(BaseModel):
     prompt_id: str | None = None
     hints: dict[str, str] = Field(default_factory=dict)  # read only by the offline stand-in; not in the key
 
-    def canonical(self, provider: str, endpoint: str, model: str) -> dict[str, Any]:
-        """The request as the cache sees it: image bytes replaced by their hashes."""
+    def canonical(self, provider: str, endpoint: str | None, model: str) -> dict[str, Any]:
+        """The request as the cache sees it: image bytes replaced by their hashes. `endpoint` None:
+        keyed on the model, not where it is served (cache scope "model", the default)."""
+        where = {} if endpoint is None else {"endpoint": endpoint}
         return {
             "provider": provider,
-            "endpoint": endpoint,
+            **where,
             "model": model,
             "system": self.system,
             "messages": [
@@ -113,7 +116,7 @@ class LLMRequest(BaseModel):
             "output": self.output.model_dump(exclude_none=True),
         }
 
-    def cache_key(self, provider: str, endpoint: str, model: str) -> str:
+    def cache_key(self, provider: str, endpoint: str | None, model: str) -> str:
         text = json.dumps(self.canonical(provider, endpoint, model), sort_keys=True, ensure_ascii=False,
                           separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()

@@ -11,7 +11,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from radcorpora.llm.cache import AnswerCache
 from radcorpora.llm.errors import ComplianceError, LLMError
@@ -87,19 +87,24 @@ COMMIT_TICK_S = 0.25  # how often a run commits buffered answers while it waits 
 class LLMRunner:
     def __init__(self, provider: Provider, cache: AnswerCache, meter: UsageMeter,
                  limits: RunnerLimits | None = None, ledger: FailureLedger | None = None,
-                 cache_only: bool = False):
+                 cache_only: bool = False, cache_scope: CacheScope = "model"):
         self.provider = provider
         self.cache = cache
         self.meter = meter
         self.limits = limits or RunnerLimits()
         self.ledger = ledger or FailureLedger()
         self.cache_only = cache_only  # answer from the cache or fail; never send
+        self.cache_scope = cache_scope  # "model": keys leave the endpoint out; "endpoint": keep it
         self.sent = 0  # HTTP calls actually made (retries included)
         self.limiter: RateLimiter | None = None  # the last run's (its pacer counts cuts and 429s)
         self._jitter = random.Random()  # only timing depends on it, never content
 
     def key_of(self, request: LLMRequest) -> str:
-        return request.cache_key(self.provider.name, self.provider.endpoint, self.provider.model)
+        return request.cache_key(self.provider.name, self._keyed_endpoint, self.provider.model)
+
+    @property
+    def _keyed_endpoint(self) -> str | None:
+        return self.provider.endpoint if self.cache_scope == "endpoint" else None
 
     # ------------------------------------------------------------------ one request
 
@@ -219,7 +224,7 @@ class LLMRunner:
         first_of: dict[str, LLMRequest] = {}
         for key, request in zip(keys, requests):
             first_of.setdefault(key, request)
-        known = self.cache.get_many(list(first_of))
+        known = cached_answers(self.cache, first_of, self.provider, self.cache_scope)
         if not self.cache_only:
             check_compliance([r for k, r in first_of.items() if k not in known], self.provider)
         limiter = self.limiter = RateLimiter(self.limits.rpm, self.limits.tpm)
@@ -250,6 +255,25 @@ class LLMRunner:
                            ok=result.error is None, cached=result.cached)
         if result.error is not None:
             self.ledger.add(result)
+
+
+CacheScope = Literal["model", "endpoint"]
+
+
+def cached_answers(cache: AnswerCache, first_of: dict[str, LLMRequest], provider: Any,
+                   scope: CacheScope = "model") -> dict[str, LLMResponse]:
+    """The cached answers of these keys (key -> first request with it). Under scope "model",
+    answers cached by earlier versions, whose keys held the endpoint, are found by that key and
+    copied under the new one, so a cache from before the change is not paid for again."""
+    known = cache.get_many(list(first_of))
+    missing = {k: r for k, r in first_of.items() if k not in known}
+    if scope == "model" and missing and provider.endpoint:
+        legacy = {r.cache_key(provider.name, provider.endpoint, provider.model): k for k, r in missing.items()}
+        for old_key, answer in cache.get_many(list(legacy)).items():
+            key = legacy[old_key]
+            known[key] = answer
+            cache.put(key, answer, first_of[key].stage)
+    return known
 
 
 def repair_request(request: LLMRequest, reply: str, error: ParseError) -> LLMRequest:

@@ -24,7 +24,7 @@ from radcorpora.llm.providers import (
     parse_llm_spec,
 )
 from radcorpora.llm.request import LLMRequest, LLMResponse
-from radcorpora.llm.runner import CallResult, FailureLedger, LLMRunner, Parser
+from radcorpora.llm.runner import CacheScope, CallResult, FailureLedger, LLMRunner, Parser
 from radcorpora.llm.usage import UsageMeter, load_prices
 
 APPROVABLE_PROVIDERS = ("openai", "azure", "anthropic")
@@ -46,6 +46,9 @@ class LLMSettings(BaseModel):
     base_url: str | None = None
     cache_only: bool = False  # answer from the cache only (re-finalising a build after adjudication)
     http_client: HttpClientKind = "auto"  # aiohttp transport where installed, else httpx
+    # "model": answers are keyed on the model and the rendered request, so a local server restarted
+    # on another port answers from the cache; "endpoint": the endpoint is part of the key too
+    cache_scope: CacheScope = "model"
 
     @field_validator("approve_credentialed", mode="before")
     @classmethod
@@ -120,7 +123,7 @@ class LLMSession:
         """Answer every request with the model `spec` (cache first); results in request order."""
         provider = self.provider(spec)  # a fresh client per event loop
         runner = LLMRunner(provider, self.cache, self.meter, self.settings.limits, self.ledger,
-                           cache_only=self.settings.cache_only)
+                           cache_only=self.settings.cache_only, cache_scope=self.settings.cache_scope)
 
         async def main() -> list[CallResult]:
             try:
