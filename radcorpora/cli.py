@@ -56,9 +56,29 @@ def _fail(exc: Exception, code: int = 2) -> None:
 
     message = str(exc)
     if isinstance(exc, ValidationError):  # settings that do not fit: say what, not pydantic's layout
-        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        message = "; ".join(_setting_error(e) for e in exc.errors())
     console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# Settings fields whose option is spelled otherwise than `--field-name`.
+FLAG_OF_FIELD = {"templates_path": "--templates", "prompt_path": "--prompt", "verify_prompt_path": "--verify-prompt",
+                 "verifiers": "--verify"}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _setting_error(error: dict) -> str:
+    """One pydantic error as the option a user typed: `--wbf-iou must be <= 1`."""
+    text = str(error["msg"]).removeprefix("Value error, ")
+    if not error.get("loc"):
+        return text  # a rule across settings: its message names the options
+    field = str(error["loc"][0])
+    flag = FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+    for key, sign in _BOUNDS.items():
+        if key in (error.get("ctx") or {}):
+            limit = error["ctx"][key]
+            return f"{flag} must be {sign} {limit:g}" if isinstance(limit, float) else f"{flag} must be {sign} {limit}"
+    return f"{flag}: {text}"
 
 
 def _version(value: bool) -> None:
@@ -104,7 +124,8 @@ def _executor(executor: str, workers: int, ray_address: str | None):
 
 
 def _build(name: str, sources: dict[str, Path | None], settings, out: Path, *, workers: int, executor: str,
-           ray_address: str | None, overwrite: bool, llm_settings=None, exit_on_invalid: bool = True):
+           ray_address: str | None, overwrite: bool, llm_settings=None, exit_on_invalid: bool = True,
+           allow_empty: bool = False):
     """options -> spec -> engine, then the one-screen summary."""
     from radcorpora.corpora import corpus
     from radcorpora.engine.lifecycle import run_build
@@ -116,7 +137,7 @@ def _build(name: str, sources: dict[str, Path | None], settings, out: Path, *, w
         with BuildProgress(console) as progress:
             outcome = run_build(spec, given, settings, out, executor=_executor(executor, workers, ray_address),
                                 llm_settings=llm_settings, overwrite=overwrite, command=_command(), log=say,
-                                progress=progress)
+                                progress=progress, allow_empty=allow_empty)
     except USER_ERRORS as exc:
         _fail(exc)
     return print_summary(outcome, exit_on_invalid)
@@ -146,6 +167,10 @@ def print_summary(outcome, exit_on_invalid: bool = True) -> bool:
     for warning in manifest.get("warnings", []):
         console.print(Text.assemble(("warning: ", "yellow"), warning))
     valid = bool((manifest.get("validation") or {}).get("valid", False))
+    for check in (outcome.report.checks if outcome.report is not None and not valid else []):
+        if not check.passed:  # the reason on one line each, whatever the terminal's width
+            say(f"failed: {check.name}: " + (check.examples[0] if check.examples else f"{check.violations} violations"),
+                "red")
     say(f"validation: {'passed' if valid else 'FAILED'}; card: {outcome.out / 'README.md'}; "
         f"{(manifest.get('build') or {}).get('seconds', outcome.seconds)} s", "green" if valid else "red")
     if not valid and exit_on_invalid:
@@ -163,24 +188,137 @@ LLM_HELP = "PROVIDER:MODEL: openai:MODEL (OPENAI_BASE_URL for compatible servers
 @app.command("corpora")
 def corpora_cmd() -> None:
     """List the registered corpora, their configs and source options."""
+    from rich import box
+
     from radcorpora.corpora import CORPORA
 
-    table = Table(title="corpora")
-    for column in ("corpus", "configs (splits)", "sources", "LLM stages"):
-        table.add_column(column)
+    out = Console()
+    width = min(out.width, 100)
     for spec in CORPORA.values():
-        configs = "\n".join(f"{c.name} ({', '.join(c.splits)})" for c in spec.configs)
-        sources = "\n".join(f"{o.flag}{'' if o.required else ' (optional)'}" for o in spec.sources)
-        stages = "\n".join(s.name for s in spec.llm_stages) or "none"
-        table.add_row(Text(f"{spec.name}\n{spec.summary}"), configs, sources, Text(stages))
-    Console().print(table)
+        # one block per corpus, two columns: the longest name (a config with its splits, a flag)
+        # fits whole on one line at 80 columns, so nothing is cut to "…"
+        table = Table(title=Text(spec.name, style="bold"), title_justify="left", box=box.SIMPLE, show_header=False,
+                      width=width, pad_edge=False)
+        table.add_column("what", no_wrap=True)
+        table.add_column("value", overflow="fold", ratio=1)
+        table.add_row("about", Text(spec.summary))
+        table.add_row("configs", Text("\n".join(f"{c.name} ({', '.join(c.splits)})" for c in spec.configs)))
+        table.add_row("sources", Text("\n".join(f"{o.flag}{'' if o.required else ' (optional)'}" for o in spec.sources)))
+        table.add_row("LLM stages", Text(", ".join(s.name for s in spec.llm_stages) or "none"))
+        out.print(table)
 
 
-@build_app.command("radimagenet-vqa")
-def build_radimagenet_vqa_cmd(
-    source: Path = typer.Option(..., "--source", help="Folder holding radiology_ai/ and RadiologyAI_*.csv"),
-    out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+def corpus_commands(name: str):
+    """Register `build NAME` and `estimate NAME` from one function: the spec's `--source`-style
+    options (flag and help written once, in the spec) plus the function's own options. `estimate`
+    takes exactly `build`'s options (its --out optional) and --json, so a build command becomes its
+    estimate by changing the verb. The function is called as fn(mode, sources, **options)."""
+    import inspect
+
+    from radcorpora.corpora import corpus
+
+    spec = corpus(name)
+
+    def register(fn):
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name not in ("mode", "sources")]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        source_params = [inspect.Parameter(o.key, keyword, annotation=Path | None,
+                                           default=typer.Option(... if o.required else None, o.flag, help=o.help))
+                         for o in spec.sources]
+        keys = [o.key for o in spec.sources]
+
+        def make(mode: str, params: list[inspect.Parameter]):
+            def command(**options):
+                sources = {k: options.pop(k) for k in keys}
+                if mode == "build":
+                    options.pop("as_json", None)
+                return fn(mode, sources, **options)
+            command.__signature__ = inspect.Signature([p.replace(kind=keyword) for p in params])
+            command.__annotations__ = {}
+            command.__doc__ = fn.__doc__ if mode == "build" else (
+                f"Dry run of {name}'s LLM stages with `build {name}`'s options: requests to send and already "
+                "cached, tokens, cost online vs batch, time under the limits. Reads the sources; sends nothing.")
+            command.__name__ = f"{mode}_{name.replace('-', '_')}_cmd"
+            return command
+
+        build_params = [p for p in own if p.name != "as_json"]
+        estimate_params = [p.replace(default=typer.Option(None, "--out", help="Build folder (optional here)"),
+                                     annotation=Path | None) if p.name == "out" else p for p in own]
+        build_app.command(name)(make("build", source_params + build_params))
+        estimate_app.command(name)(make("estimate", source_params + estimate_params))
+        return fn
+    return register
+
+
+OUT = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)")
+AS_JSON = typer.Option(False, "--json", help="estimate: print the estimate as JSON")
+ALLOW_EMPTY = typer.Option(False, "--allow-empty",
+                           help="Finish even when a config asked for ends with no rows (else the build fails)")
+SEED = typer.Option(0, "--seed", help="Seed of every random choice")
+
+
+def _llm_settings(concurrency: int, rpm: int | None, tpm: int | None, batch: bool, cache: Path | None,
+                  prices: Path | None, approve_credentialed: list[str], timeout: float, max_attempts: int,
+                  cache_scope: str = "model"):
+    from radcorpora.llm.limits import RunnerLimits
+    from radcorpora.llm.session import LLMSettings
+
+    if cache_scope not in ("model", "endpoint"):
+        raise ValueError(f"--cache-scope must be model or endpoint, got {cache_scope!r}")
+    return LLMSettings(limits=RunnerLimits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout,
+                                           max_attempts=max_attempts),
+                       batch=batch, cache_path=str(cache) if cache else None, prices_path=str(prices) if prices else None,
+                       approve_credentialed=list(approve_credentialed), cache_scope=cache_scope)
+
+
+def _run_mode(mode: str, name: str, sources: dict[str, Path | None], settings, out: Path | None, *,
+              workers: int, executor: str, ray_address: str | None, overwrite: bool, allow_empty: bool,
+              llm_settings=None, as_json: bool = False) -> None:
+    """One corpus command: the build, or its estimate from the same settings."""
+    if mode == "build":
+        assert out is not None
+        _build(name, sources, settings, out, workers=workers, executor=executor, ray_address=ray_address,
+               overwrite=overwrite, llm_settings=llm_settings, allow_empty=allow_empty)
+    else:
+        _estimate(name, sources, settings, llm_settings, as_json)
+
+
+def _estimate(name: str, sources: dict[str, Path | None], settings, llm_settings, as_json: bool) -> None:
+    import json
+
+    from radcorpora.corpora import corpus
+    from radcorpora.engine.estimate import estimate_plan, print_estimate
+    from radcorpora.llm.session import LLMSettings
+
+    spec = corpus(name)
+    given = {k: Path(v) for k, v in sources.items() if v is not None}
+    try:
+        if spec.estimate is None:
+            result: dict = {"corpus": name, "stages": [], "samples": None,
+                            "note": f"{name} has no LLM stage: a build sends nothing"}
+        else:
+            plan, info = spec.estimate(given, settings, lambda _line: None)
+            result = estimate_plan(name, plan, llm_settings or LLMSettings())
+            result.update(info)
+            if not plan:
+                result.setdefault("note", "no LLM stage would run with these options")
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif not result["stages"]:
+        say(result["note"])
+    else:
+        print_estimate(result, Console(width=80))
+
+
+@corpus_commands("radimagenet-vqa")
+def radimagenet_vqa_cmd(
+    mode: str,
+    sources: dict,
+    out: Path = OUT,
+    seed: int = SEED,
     benchmark_images: int = typer.Option(1000, "--benchmark-images", min=0, help="Test images in the benchmark (9 questions each)"),
     label_map: Path | None = typer.Option(None, "--label-map", help="YAML/JSON folder-name map (anatomy, pathology, normal)"),
     templates: Path | None = typer.Option(None, "--templates", help="Your own wording file (same slots as the packaged one)"),
@@ -191,6 +329,8 @@ def build_radimagenet_vqa_cmd(
     ray_address: str | None = RAY_ADDRESS,
     images_per_shard: int = typer.Option(2000, "--images-per-shard", min=1, help="Images per Parquet shard"),
     overwrite: bool = OVERWRITE,
+    allow_empty: bool = ALLOW_EMPTY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """RadImageNet CT/MR tree -> alignment, instruct and benchmark configs."""
     from radcorpora.builders.radimagenet_vqa import make_settings
@@ -200,19 +340,8 @@ def build_radimagenet_vqa_cmd(
                                  image_check=image_check.value, images_per_shard=images_per_shard)
     except USER_ERRORS as exc:
         _fail(exc)
-    _build("radimagenet-vqa", {"source": source}, settings, out, workers=workers, executor=executor,
-           ray_address=ray_address, overwrite=overwrite)
-
-
-def _llm_settings(concurrency: int, rpm: int | None, tpm: int | None, batch: bool, cache: Path | None,
-                  prices: Path | None, approve_credentialed: list[str], timeout: float, max_attempts: int):
-    from radcorpora.llm.limits import RunnerLimits
-    from radcorpora.llm.session import LLMSettings
-
-    return LLMSettings(limits=RunnerLimits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout,
-                                           max_attempts=max_attempts),
-                       batch=batch, cache_path=str(cache) if cache else None, prices_path=str(prices) if prices else None,
-                       approve_credentialed=list(approve_credentialed))
+    _run_mode(mode, "radimagenet-vqa", sources, settings, out, workers=workers, executor=executor,
+              ray_address=ray_address, overwrite=overwrite, allow_empty=allow_empty, as_json=as_json)
 
 
 def _rad_ace_config(seed: int, llm: str, verify: list[str], max_samples: int | None, subset: str,
@@ -227,11 +356,23 @@ def _rad_ace_config(seed: int, llm: str, verify: list[str], max_samples: int | N
                            decisions=decisions or {})
 
 
+def _decisions(out: Path | None, overwrite: bool) -> dict[str, str]:
+    """A person's adjudication decisions kept in the build folder (a rebuild keeps them)."""
+    from radcorpora.llm.verify import DECISIONS_FILE, read_decisions
+
+    if out is None or overwrite or not (out / DECISIONS_FILE).is_file():
+        return {}
+    return read_decisions(out / DECISIONS_FILE)
+
+
 CONCURRENCY = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once")
 RPM = typer.Option(None, "--rpm", min=1, help="Requests per minute limit")
 TPM = typer.Option(None, "--tpm", min=1, help="Tokens per minute limit")
 BATCH = typer.Option(False, "--batch", help="Use the provider's batch API (cheaper, up to 24 h)")
 CACHE = typer.Option(None, "--cache", help="Answer cache (default ~/.cache/radcorpora/llm-cache.sqlite)")
+CACHE_SCOPE = typer.Option("model", "--cache-scope",
+                           help="model: answers keyed on the model and request, so a local server on another "
+                                "port answers from the cache; endpoint: the endpoint is part of the key too")
 PRICES = typer.Option(None, "--prices", help="YAML price table overriding the packaged one")
 APPROVE = typer.Option([], "--approve-credentialed", metavar="PROVIDER",
                        help="Provider approved for credentialed (PhysioNet) data, e.g. openai (repeatable)")
@@ -239,12 +380,12 @@ TIMEOUT = typer.Option(600.0, "--timeout", help="Seconds per request")
 MAX_ATTEMPTS = typer.Option(5, "--max-attempts", min=1, help="Tries per request before it goes to the failure ledger")
 
 
-@build_app.command("rad-ace-cot")
-def build_rad_ace_cot_cmd(
-    source: Path = typer.Option(..., "--source", help="PubMedVision folder (the JSON files and images/)"),
-    out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
+@corpus_commands("rad-ace-cot")
+def rad_ace_cot_cmd(
+    mode: str,
+    sources: dict,
+    out: Path = OUT,
     llm: str = typer.Option(..., "--llm", help=LLM_HELP),
-    vqa_rad: Path | None = typer.Option(None, "--vqa-rad", help="VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config"),
     verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeat for several)"),
     concurrency: int = CONCURRENCY,
     rpm: int | None = RPM,
@@ -252,12 +393,13 @@ def build_rad_ace_cot_cmd(
     batch: bool = BATCH,
     max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Seeded subset size (the paper used 12,000)"),
     subset: str = typer.Option("alignment", "--subset", help="alignment | instruction (which PubMedVision file)"),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    seed: int = SEED,
     validation_fraction: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=0.5,
                                               help="Share of samples in the validation split"),
     prompt: Path | None = typer.Option(None, "--prompt", help="Your own generation prompt file"),
     verify_prompt: Path | None = typer.Option(None, "--verify-prompt", help="Your own verification prompt file"),
     cache: Path | None = CACHE,
+    cache_scope: str = CACHE_SCOPE,
     prices: Path | None = PRICES,
     approve_credentialed: list[str] = APPROVE,
     timeout: float = TIMEOUT,
@@ -266,31 +408,21 @@ def build_rad_ace_cot_cmd(
     executor: str = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     overwrite: bool = OVERWRITE,
+    allow_empty: bool = ALLOW_EMPTY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """PubMedVision CT/MR -> <think>/<answer> chains of thought (+ VQA-RAD eval config)."""
-    from radcorpora.llm.verify import DECISIONS_FILE, read_decisions
-
     try:
-        decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
         config = _rad_ace_config(seed, llm, verify, max_samples, subset, validation_fraction, prompt, verify_prompt,
-                                 decisions)
-        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts)
+                                 _decisions(out, overwrite))
+        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts,
+                                 cache_scope)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    _build("rad-ace-cot", {"source": source, "vqa_rad": vqa_rad}, config, out, workers=workers, executor=executor,
-           ray_address=ray_address, overwrite=overwrite, llm_settings=settings)
+    _run_mode(mode, "rad-ace-cot", sources, config, out, workers=workers, executor=executor, ray_address=ray_address,
+              overwrite=overwrite, allow_empty=allow_empty, llm_settings=settings, as_json=as_json)
 
 
-RADVLM_SOURCE_OPTIONS = dict(
-    mimic_cxr=typer.Option(None, "--mimic-cxr", help="MIMIC-CXR-JPG folder"),
-    mimic_cxr_reports=typer.Option(None, "--mimic-cxr-reports", help="MIMIC-CXR reports folder or zip"),
-    chexpert=typer.Option(None, "--chexpert", help="CheXpert folder"),
-    chexpert_plus=typer.Option(None, "--chexpert-plus", help="CheXpert-Plus folder"),
-    chest_imagenome=typer.Option(None, "--chest-imagenome", help="Chest ImaGenome folder (needs --mimic-cxr)"),
-    vindr_cxr=typer.Option(None, "--vindr-cxr", help="VinDr-CXR folder (PhysioNet or Kaggle layout)"),
-    ms_cxr=typer.Option(None, "--ms-cxr", help="MS-CXR folder (needs --mimic-cxr)"),
-    padchest_gr=typer.Option(None, "--padchest-gr", help="PadChest-GR folder"),
-)
 PRIOR_REMOVAL = typer.Option(None, "--prior-removal",
                              help="llm | rules | off: how references to earlier studies leave the reports "
                                   "(default: llm with --llm, else rules)")
@@ -302,30 +434,24 @@ GROUNDED_TEST = typer.Option(155, "--grounded-test", min=0, help="Held-out groun
 
 
 def _radvlm_config(tasks: str | None, llm: str | None, prior_removal: str | None, **fields):
-    from radcorpora.builders.radvlm import RadVLMConfig
+    from radcorpora.builders.radvlm import RadVLMConfig, parse_tasks
 
     mode = prior_removal or ("llm" if llm else "rules")
     if mode not in ("llm", "rules", "off"):
         raise ValueError(f"--prior-removal must be llm, rules or off, got {mode!r}")
     if fields.get("uncertain") not in (None, "absent", "present"):
         raise ValueError(f"--uncertain must be absent or present, got {fields['uncertain']!r}")
-    return RadVLMConfig(tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, llm=llm,
-                        prior_removal=mode, **{k: v for k, v in fields.items() if v is not None})
+    return RadVLMConfig(tasks=parse_tasks(tasks), llm=llm, prior_removal=mode,
+                        **{k: v for k, v in fields.items() if v is not None})
 
 
-@build_app.command("radvlm")
-def build_radvlm_cmd(
-    out: Path = typer.Option(..., "--out", help="Build folder (a Hub dataset repository)"),
-    mimic_cxr: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr"],
-    mimic_cxr_reports: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr_reports"],
-    chexpert: Path | None = RADVLM_SOURCE_OPTIONS["chexpert"],
-    chexpert_plus: Path | None = RADVLM_SOURCE_OPTIONS["chexpert_plus"],
-    chest_imagenome: Path | None = RADVLM_SOURCE_OPTIONS["chest_imagenome"],
-    vindr_cxr: Path | None = RADVLM_SOURCE_OPTIONS["vindr_cxr"],
-    ms_cxr: Path | None = RADVLM_SOURCE_OPTIONS["ms_cxr"],
-    padchest_gr: Path | None = RADVLM_SOURCE_OPTIONS["padchest_gr"],
+@corpus_commands("radvlm")
+def radvlm_cmd(
+    mode: str,
+    sources: dict,
+    out: Path = OUT,
     tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all the sources allow)"),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
+    seed: int = SEED,
     uncertain: str = typer.Option("absent", "--uncertain", help="absent (paper) or present: how uncertain labels count"),
     wbf_iou: float = typer.Option(0.1, "--wbf-iou", help="IoU threshold of the readers' box fusion (published 0.1)"),
     min_readers: int = typer.Option(1, "--min-readers", min=1, help="Readers a fused box needs (1 published, 2 majority)"),
@@ -343,6 +469,7 @@ def build_radvlm_cmd(
     tpm: int | None = TPM,
     batch: bool = BATCH,
     cache: Path | None = CACHE,
+    cache_scope: str = CACHE_SCOPE,
     prices: Path | None = PRICES,
     approve_credentialed: list[str] = APPROVE,
     timeout: float = TIMEOUT,
@@ -351,117 +478,24 @@ def build_radvlm_cmd(
     executor: str = EXECUTOR,
     ray_address: str | None = RAY_ADDRESS,
     overwrite: bool = OVERWRITE,
+    allow_empty: bool = ALLOW_EMPTY,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Chest X-ray sources -> RadVLM instruction tasks, prior-study removal and (with --llm) conversations."""
     from radcorpora.builders.radvlm import load_replication
-    from radcorpora.llm.verify import DECISIONS_FILE, read_decisions
 
     try:
-        decisions = read_decisions(out / DECISIONS_FILE) if (out / DECISIONS_FILE).is_file() and not overwrite else {}
         config = _radvlm_config(tasks, llm, prior_removal, seed=seed, uncertain=uncertain, wbf_iou=wbf_iou,
                                 min_readers=min_readers, replication=load_replication(replication), max_side=max_side,
                                 templates_path=str(templates) if templates else None, conversations=conversations,
                                 conversation_test=conversation_test, grounded_test=grounded_test, verifiers=verify,
-                                decisions=decisions)
-        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts)
+                                decisions=_decisions(out, overwrite))
+        settings = _llm_settings(concurrency, rpm, tpm, batch, cache, prices, approve_credentialed, timeout, max_attempts,
+                                 cache_scope)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    sources = {"mimic_cxr": mimic_cxr, "mimic_cxr_reports": mimic_cxr_reports, "chexpert": chexpert,
-               "chexpert_plus": chexpert_plus, "chest_imagenome": chest_imagenome, "vindr_cxr": vindr_cxr,
-               "ms_cxr": ms_cxr, "padchest_gr": padchest_gr}
-    _build("radvlm", sources, config, out, workers=workers, executor=executor, ray_address=ray_address,
-           overwrite=overwrite, llm_settings=settings)
-
-
-@estimate_app.command("radvlm")
-def estimate_radvlm_cmd(
-    mimic_cxr: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr"],
-    mimic_cxr_reports: Path | None = RADVLM_SOURCE_OPTIONS["mimic_cxr_reports"],
-    chexpert: Path | None = RADVLM_SOURCE_OPTIONS["chexpert"],
-    chexpert_plus: Path | None = RADVLM_SOURCE_OPTIONS["chexpert_plus"],
-    chest_imagenome: Path | None = RADVLM_SOURCE_OPTIONS["chest_imagenome"],
-    vindr_cxr: Path | None = RADVLM_SOURCE_OPTIONS["vindr_cxr"],
-    ms_cxr: Path | None = RADVLM_SOURCE_OPTIONS["ms_cxr"],
-    padchest_gr: Path | None = RADVLM_SOURCE_OPTIONS["padchest_gr"],
-    tasks: str | None = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all the sources allow)"),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random choice"),
-    llm: str = typer.Option(..., "--llm", help=LLM_HELP),
-    prior_removal: str | None = PRIOR_REMOVAL,
-    conversations: int = CONVERSATIONS,
-    conversation_test: int = CONVERSATION_TEST,
-    grounded_test: int = GROUNDED_TEST,
-    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeatable)"),
-    concurrency: int = CONCURRENCY,
-    rpm: int | None = RPM,
-    tpm: int | None = TPM,
-    cache: Path | None = CACHE,
-    prices: Path | None = PRICES,
-    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
-) -> None:
-    """Dry run of radvlm's LLM stages (prior-study removal, conversations, verification): requests,
-    tokens, cost online vs batch and time under the limits. Reads the sources; sends nothing."""
-    import json
-
-    from radcorpora.builders import radvlm as rvlm
-    from radcorpora.engine.estimate import estimate_plan, print_estimate
-
-    sources = {k: v for k, v in {"mimic_cxr": mimic_cxr, "mimic_cxr_reports": mimic_cxr_reports, "chexpert": chexpert,
-                                 "chexpert_plus": chexpert_plus, "chest_imagenome": chest_imagenome,
-                                 "vindr_cxr": vindr_cxr, "ms_cxr": ms_cxr, "padchest_gr": padchest_gr}.items() if v}
-    try:
-        config = _radvlm_config(tasks, llm, prior_removal, seed=seed, conversations=conversations,
-                                conversation_test=conversation_test, grounded_test=grounded_test, verifiers=verify)
-        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, [], 600.0, 5)
-        plan, images = rvlm.estimate(sources, config, lambda _line: None)
-        result = estimate_plan("radvlm", plan, settings)
-    except (*USER_ERRORS, ValueError) as exc:
-        _fail(exc)
-    result["samples"] = images
-    if not plan:
-        result["note"] = "no LLM stage would run: give --conversations N, or --prior-removal llm"
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    print_estimate(result, Console(width=80))
-
-
-@estimate_app.command("rad-ace-cot")
-def estimate_rad_ace_cot_cmd(
-    source: Path = typer.Option(..., "--source", help="PubMedVision folder"),
-    llm: str = typer.Option(..., "--llm", help=LLM_HELP),
-    verify: list[str] = typer.Option([], "--verify", help="Verifier model PROVIDER:MODEL (repeat for several)"),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Seeded subset size"),
-    subset: str = typer.Option("alignment", "--subset", help="alignment | instruction"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the subset"),
-    concurrency: int = CONCURRENCY,
-    rpm: int | None = RPM,
-    tpm: int | None = TPM,
-    cache: Path | None = CACHE,
-    prices: Path | None = PRICES,
-    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
-) -> None:
-    """Dry run: requests, tokens, cost online vs batch and time under the limits. Sends nothing."""
-    import json
-
-    from radcorpora.builders import rad_ace_cot as rac
-    from radcorpora.engine.estimate import estimate_plan, print_estimate
-    from radcorpora.sources.pubmedvision import scan_pubmedvision
-
-    try:
-        config = _rad_ace_config(seed, llm, verify, max_samples, subset, 0.05, None, None)
-        settings = _llm_settings(concurrency, rpm, tpm, False, cache, prices, [], 600.0, 5)
-        scan = scan_pubmedvision(source, config.subset)
-        selected, rejects = rac.select_samples(scan, config)
-        result = estimate_plan("rad-ace-cot", rac.estimate_requests(selected, config), settings)
-    except (*USER_ERRORS, ValueError) as exc:
-        _fail(exc)
-    result.update({"samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects)})
-    if max_samples and len(selected) < max_samples:
-        result["note"] = f"only {len(selected)} usable samples exist; --max-samples asked for {max_samples}"
-    if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    print_estimate(result, Console(width=80))
+    _run_mode(mode, "radvlm", sources, config, out, workers=workers, executor=executor, ray_address=ray_address,
+              overwrite=overwrite, allow_empty=allow_empty, llm_settings=settings, as_json=as_json)
 
 
 @adjudicate_app.command("apply")
@@ -474,6 +508,7 @@ def adjudicate_apply_cmd(
     from radcorpora.llm.session import LLMSettings
     from radcorpora.llm.verify import DECISIONS_FILE, QUEUE_FILE, read_decisions, read_queue
     from radcorpora.store.folder import read_manifest
+    from radcorpora.store.local_paths import LOCAL_FILE, read_local
 
     try:
         manifest = read_manifest(build_dir)
@@ -484,8 +519,11 @@ def adjudicate_apply_cmd(
         queue_ids = {entry.id for entry in read_queue(build_dir / QUEUE_FILE)} | set(previous)
         decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
         config = spec.settings.model_validate({**manifest["fingerprint"]["config"], "decisions": decisions})
-        sources = {k: Path(v) for k, v in manifest["rebuild"]["sources"].items()}
-        settings = LLMSettings(cache_path=manifest["llm"]["cache_path"], cache_only=True)
+        local = read_local(build_dir)  # absolute paths on this machine (never pushed)
+        if not local.get("sources"):
+            raise BuildFolderError(f"{build_dir}: {LOCAL_FILE} is missing: adjudicate on the machine that built it")
+        sources = {k: Path(v) for k, v in local["sources"].items()}
+        settings = LLMSettings(cache_path=local.get("llm_cache") or manifest["llm"]["cache_path"], cache_only=True)
     except (*USER_ERRORS, KeyError, ValueError) as exc:
         _fail(exc if not isinstance(exc, KeyError) else BuildFolderError(f"{build_dir}: manifest lacks {exc}"))
     _build(spec.name, sources, config, build_dir, workers=1, executor="local", ray_address=None, overwrite=True,

@@ -130,13 +130,15 @@ RAD_ACE_COT = CorpusSpec(
         ConfigSpec("eval", rac_schema.CotEvalRecord, "VQA-RAD test questions", ("test",), loss="none"),
     ),
     sources=(SourceOption("source", "--source", "PubMedVision folder (the JSON files and images/)", required=True),
-             SourceOption("vqa_rad", "--vqa-rad", "VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config")),
+             SourceOption("vqa_rad", "--vqa-rad", "VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config",
+                          accepts_file=True)),
     licence_class=_fixed(rac.LICENCE_CLASS),
     prepare=rac.prepare,
     run=rac.run,
     validate=validate_rad_ace_cot,
     card=rad_ace_cot_card,
     llm_stages=rac.STAGES,
+    estimate=rac.estimate,
     evaluation=EvaluationRecipe("default", "eval", "test", evaluator="rad-ace-cot", preset="rad-ace"),
     exports={"rad-ace-csv": export_rad_ace_csv},
     demo=DemoSpec(_demo_rad_ace, lambda: rac.RadAceCotConfig(llm="offline", verifiers=["offline:verifier"]),
@@ -163,7 +165,8 @@ RADVLM = CorpusSpec(
                       ("phrase_grounding", "MS-CXR / PadChest-GR phrase -> its boxes"),
                       ("conversation", "5-10 round conversation an LLM wrote from the report, labels, view and sex"),
                       ("conversation_grounded", "conversation that also asks where findings are, quoting their boxes"))),
-    sources=tuple(SourceOption(key, flag, help_text) for key, flag, help_text in (
+    sources=tuple(SourceOption(key, flag, help_text, accepts_file=key in ("mimic_cxr_reports", "ms_cxr"))
+                  for key, flag, help_text in (
         ("mimic_cxr", "--mimic-cxr", "MIMIC-CXR-JPG folder (files/ and the metadata, split, chexpert CSVs)"),
         ("mimic_cxr_reports", "--mimic-cxr-reports", "MIMIC-CXR reports (files/pNN/pX/sY.txt or the zip)"),
         ("chexpert", "--chexpert", "CheXpert folder (train.csv, valid.csv, images)"),
@@ -179,6 +182,7 @@ RADVLM = CorpusSpec(
     row_rules=rvlm_schema.check_rows,
     card=radvlm_card,
     llm_stages=rvlm.STAGES,
+    estimate=rvlm.estimate,
     evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
                                 preset="radvlm", per_instance=frozenset(rvlm_schema.ALL_CONFIGS)),
     demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(

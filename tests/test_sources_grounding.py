@@ -448,6 +448,101 @@ def test_ms_cxr_demo_boxes_sit_on_drawn_blobs(tmp_path):
         assert finding.boxes[0].xyxy == pytest.approx((x1, y1, x2, y2), abs=0.03)
 
 
+def test_ms_cxr_normalises_by_the_real_size_and_rejects_a_row_that_states_another(tmp_path):
+    images = mimic_like(tmp_path / "mimic")  # JPGs of 200x250 and 160x200
+    (d0, *_), (d1, *_), _ = images
+    table = ms_cxr_table(images, True).replace(  # line 3: the second box of d0 says 400x250
+        "120,30,60,80,200,250,", "120,30,60,80,400,250,")
+    write(tmp_path / "ms" / "MS_CXR_Local_Alignment_v1.1.0.csv", table)
+    scan = scan_ms_cxr(tmp_path / "ms", tmp_path / "mimic")  # no MIMIC sizes: the JPG headers
+    mismatch = [r for r in scan.rejects if r.reason == "image_size_mismatch"]
+    assert [(r.row, "400x250" in r.detail, "200x250" in r.detail, f"header of {d0}.jpg" in r.detail,
+             "v1.1.0.csv line 3" in r.detail) for r in mismatch] == [("3", True, True, True, True)]
+    phrases = {(f.image.image_id, f.phrase): f for f in scan.findings}
+    assert [b.xyxy for b in phrases[(d0, "patchy opacity at both bases")].boxes] == [
+        pytest.approx((10 / 200, 20 / 250, 60 / 200, 60 / 250))]  # the row that agrees
+    assert (phrases[(d1, "hazy lungs")].image.width, phrases[(d1, "hazy lungs")].image.height) == (160, 200)
+    # the MIMIC metadata size is the real one where given: every row of d0 states another
+    scan = scan_ms_cxr(tmp_path / "ms", tmp_path / "mimic", mimic_sizes={d0: (100, 125)})
+    mismatch = [r for r in scan.rejects if r.reason == "image_size_mismatch"]
+    assert [r.row for r in mismatch] == ["2", "3", "4"]
+    assert all("the image is 100x125 (MIMIC-CXR metadata)" in r.detail for r in mismatch)
+    assert {f.image.image_id for f in scan.findings} == {d1}
+
+
+def test_ms_cxr_bad_size_cells_and_unreadable_jpg_are_rejects(tmp_path):
+    images = mimic_like(tmp_path / "mimic")
+    (d0, *_), (_, _, _, p1, *_), _ = images
+    table = ms_cxr_table(images, True).replace("60,90,80,100,200,250,", "60,90,80,100,inf,250,")  # line 4
+    write(tmp_path / "ms" / "MS_CXR_Local_Alignment_v1.1.0.csv", table)
+    Path(p1).write_bytes(b"not a jpeg")
+    scan = scan_ms_cxr(tmp_path / "ms", tmp_path / "mimic")
+    assert sorted((r.reason, r.row) for r in scan.rejects) == [
+        ("image_rejected", "6"), ("image_size_not_a_number", "4"), ("image_unreadable", "5")]
+    size_reject = next(r for r in scan.rejects if r.row == "4")
+    assert "image_width='inf'" in size_reject.detail and d0 in size_reject.detail
+    assert {(f.image.image_id, f.phrase) for f in scan.findings} == {(d0, "patchy opacity at both bases")}
+
+
+def test_ms_cxr_sizes_through_the_cli(tmp_path):
+    """Boxes come out as x / real width etc. (real sizes read here from the JPGs), and a row whose
+    stated width was edited is rejected naming both sizes."""
+    import csv
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from radcorpora.cli import app
+    from radcorpora.demo.mimic_cxr import write_demo_mimic_cxr
+    from radcorpora.demo.ms_cxr import write_demo_ms_cxr
+    from radcorpora.sources.mimic_cxr import scan_mimic_cxr
+
+    write_demo_mimic_cxr(tmp_path / "mimic", tmp_path / "reports")
+    write_demo_ms_cxr(tmp_path / "ms", scan_mimic_cxr(tmp_path / "mimic").images)
+    table = tmp_path / "ms" / "MS_CXR_Local_Alignment_v1.1.0.csv"
+    with open(table, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    real = {}
+    for row in rows:
+        with Image.open(tmp_path / "mimic" / row["path"]) as image:
+            real[row["dicom_id"]] = image.size
+    edited = rows[2]
+    width, height = real[edited["dicom_id"]]
+    assert (int(edited["image_width"]), int(edited["image_height"])) == (width, height)
+    edited["image_width"] = str(width + 24)
+    with open(table, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["build", "radvlm", "--out", str(out), "--workers", "1", "--mimic-cxr",
+                                      str(tmp_path / "mimic"), "--ms-cxr", str(tmp_path / "ms"),
+                                      "--tasks", "phrase_grounding"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    rejects = [json.loads(line) for line in (out / "build" / "rejects.jsonl").read_text().splitlines()]
+    (mismatch,) = [r for r in rejects if r["reason"] == "image_size_mismatch"]
+    assert mismatch["row"] == "4" and mismatch["source"].endswith(table.name)
+    assert f"{width + 24}x{height}" in mismatch["detail"] and f"the image is {width}x{height}" in mismatch["detail"]
+
+    expected: dict[tuple[str, str], list] = {}  # (image, phrase) -> boxes of the rows that were not edited
+    for row in rows:
+        if row is not edited:
+            w, h = real[row["dicom_id"]]
+            x, y, bw, bh = (float(row[k]) for k in ("x", "y", "w", "h"))
+            expected.setdefault((row["dicom_id"], row["label_text"]), []).append(
+                (x / w, y / h, (x + bw) / w, (y + bh) / h))
+    found: dict[tuple[str, str], list] = {}
+    for shard in (out / "data" / "phrase_grounding").glob("*.parquet"):
+        for record in pq.read_table(shard, columns=["lineage", "instances"]).to_pylist():
+            for instance in record["instances"]:
+                found[(record["lineage"]["source_id"], instance["label"])] = sorted(
+                    (b["x1"], b["y1"], b["x2"], b["y2"]) for b in instance["boxes"])
+    assert set(found) == set(expected)
+    for key, boxes in found.items():
+        assert boxes == [pytest.approx(box) for box in sorted(expected[key])], key
+
+
 # ----------------------------------------------------------------------------- PadChest-GR
 
 

@@ -306,13 +306,68 @@ def test_chexpert_test_labels_and_missing_column(tmp_path):
     scan = scan_chexpert(tmp_path)
     tests = {i.image_id: i for i in scan.images if i.split == "test"}
     assert set(tests) == {"test/patient64741/study1/view1_frontal.jpg", "test/patient64741/study1/view2_lateral.jpg"}
+    # no view columns: the file name says frontal (projection unstated) or lateral
+    assert tests["test/patient64741/study1/view1_frontal.jpg"].view == "FRONTAL"
+    assert tests["test/patient64741/study1/view1_frontal.jpg"].frontal
     assert tests["test/patient64741/study1/view2_lateral.jpg"].view == "LATERAL"
+    assert not tests["test/patient64741/study1/view2_lateral.jpg"].frontal
+    assert scan.counts["images_view_unknown"] == 0
     assert scan.labels["test/patient64741/study1/view1_frontal.jpg"]["Atelectasis"] == "positive"
     write_csv(dataset / "valid.csv", ("Path", "Sex", "Age", "Frontal/Lateral", *CHEXPERT_LABELS), [])
     with pytest.raises(SourceError, match=r"valid\.csv.*AP/PA"):
         scan_chexpert(tmp_path)
     with pytest.raises(SourceError, match="no CheXpert train.csv"):
         scan_chexpert(tmp_path / "CheXpert-v1.0-small" / "train")
+
+
+def test_chexpert_view_columns_first_then_the_file_name(tmp_path):
+    dataset = tmp_path / "CheXpert-v1.0-small"
+    cases = [  # (file, Frontal/Lateral, AP/PA, view)
+        ("patient00001/study1/view1_frontal.jpg", "Frontal", "PA", "PA"),
+        ("patient00001/study1/view2_frontal.jpg", "Frontal", "", "FRONTAL"),  # projection unstated
+        ("patient00001/study1/view3_lateral.jpg", "Lateral", "", "LATERAL"),
+        ("patient00002/study1/view1_frontal.jpg", "", "", "FRONTAL"),  # no column says it
+        ("patient00002/study1/view2_lateral.jpg", "", "", "LATERAL"),
+        ("patient00002/study1/view3_frontal.jpg", "", "AP", "AP"),
+        ("patient00003/study1/view1_frontal.jpg", "Lateral", "", "LATERAL"),  # the column wins
+        ("patient00003/study1/view2_frontal.jpg", "Frontal", "RL", "OTHER"),
+        ("patient00003/study1/image.jpg", "", "", "UNKNOWN"),
+    ]
+    for rel, *_ in cases:
+        touch(dataset / "train" / rel)
+    write_csv(dataset / "train.csv", CHEXPERT_HEADER, [
+        (f"CheXpert-v1.0-small/train/{rel}", "Female", 50, kind, projection, *labels_cells({}))
+        for rel, kind, projection, _ in cases])
+    scan = scan_chexpert(tmp_path)
+    views = {i.image_id.removeprefix("train/"): (i.view, i.frontal) for i in scan.images}
+    assert views == {rel: (view, view in ("PA", "AP", "FRONTAL")) for rel, _, _, view in cases}
+    assert scan.counts["images_view_unknown"] == 1
+
+
+def test_chexpert_test_images_without_view_columns_are_classified(tmp_path):
+    """The demo's test_labels.csv has no view columns (as CheXlocalize's): its frontal images
+    become test rows of abnormality_classification."""
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from radcorpora.cli import app
+    from radcorpora.demo.chexpert import write_demo_chexpert
+
+    write_demo_chexpert(tmp_path / "chexpert")
+    test_csv = tmp_path / "chexpert" / "CheXpert-v1.0-small" / "test_labels.csv"
+    with open(test_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert "Frontal/Lateral" not in rows[0] and "AP/PA" not in rows[0]
+    frontal = {r["Path"] for r in rows if r["Path"].endswith("_frontal.jpg")}
+    assert frontal and len(frontal) < len(rows)  # laterals too
+    result = CliRunner().invoke(app, ["build", "radvlm", "--out", str(tmp_path / "out"), "--workers", "1",
+                                      "--chexpert", str(tmp_path / "chexpert"),
+                                      "--tasks", "abnormality_classification"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    shards = sorted((tmp_path / "out" / "data" / "abnormality_classification").glob("test-*.parquet"))
+    table = pq.read_table(shards, columns=["view", "lineage"]).to_pylist()
+    assert {r["lineage"]["source_id"] for r in table} == frontal
+    assert {r["view"] for r in table} == {"FRONTAL"}
 
 
 # --- CheXpert-Plus -------------------------------------------------------------------------------
@@ -342,9 +397,9 @@ def plus_fixture(root: Path, png: bool) -> Path:
     write_csv(root / "df_chexpert_plus_240401.csv", PLUS_HEADER, [
         plus_row(images[0], "1.TRACHEOSTOMY TUBE REMAINS\nIN PLACE.", "", ""),  # line 2
         plus_row(images[1], "", "", "2-ABNORMAL, PREVIOUSLY REPORTED", view=("Lateral", ""), sex="Male"),
-        plus_row(images[2], "", "  NO ACUTE DISEASE. ", "1-NORMAL", split="valid"),
+        plus_row(images[2], "", "  NO ACUTE DISEASE. ", "1-NORMAL", split="valid", view=("Frontal", "")),
         plus_row("train/patient00009/study1/view1_frontal.jpg", "X", "Y", "", ),  # image missing
-        plus_row("valid/patient64542/study1/view1_frontal.jpg", "", "", "", split="valid"),
+        plus_row("valid/patient64542/study1/view1_frontal.jpg", "", "", "", split="valid", view=("", "")),
     ])
     touch(root / ("PNG/valid/patient64542/study1/view1_frontal.png" if png else
                   "valid/patient64542/study1/view1_frontal.jpg"))
@@ -371,6 +426,8 @@ def test_chexpert_plus_images_reports_labels(tmp_path, png):
     assert (by_id[a].view, by_id[a].sex, by_id[a].split, by_id[a].subject_id, by_id[a].study_id) == (
         "AP", "F", "train", "patient42142", "patient42142/study5")
     assert (by_id[b].view, by_id[b].sex, by_id[c].split) == ("LATERAL", "M", "validation")
+    assert (by_id[c].view, by_id[c].frontal) == ("FRONTAL", True)  # Frontal, ap_pa empty
+    assert by_id["valid/patient64542/study1/view1_frontal.jpg"].view == "FRONTAL"  # no view cells: the file name
     assert (scan.reports[a].findings, scan.reports[a].impression) == ("1.TRACHEOSTOMY TUBE REMAINS IN PLACE.", None)
     assert (scan.reports[b].findings, scan.reports[b].impression) == (None, "2-ABNORMAL, PREVIOUSLY REPORTED")
     assert (scan.reports[c].findings, scan.reports[c].impression) == (None, "NO ACUTE DISEASE.")

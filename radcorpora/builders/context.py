@@ -34,6 +34,12 @@ class StageOutput:
     warnings: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # extra build/ files the corpus wrote (pushed too)
+    # Source rows left out by the method, not for a fault (a lateral view where the task takes
+    # frontal ones): "<source>/<reason>" -> rows; shown in the manifest, card and preview.
+    excluded: dict[str, int] = field(default_factory=dict)
+    # The configs this build was asked for (each must end with rows unless --allow-empty); None:
+    # the build as a whole must hold rows.
+    configs_asked: list[str] | None = None
 
 
 @dataclass

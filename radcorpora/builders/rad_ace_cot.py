@@ -440,6 +440,16 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
         })
 
 
+def estimate(sources: dict[str, Path], config: RadAceCotConfig, log) -> tuple[list[Any], dict[str, Any]]:
+    """(stage, model, requests) per stage a build would send, and the samples it covers; nothing is sent."""
+    scan = scan_pubmedvision(sources["source"], config.subset)
+    selected, rejects = select_samples(scan, config)
+    info: dict[str, Any] = {"samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects)}
+    if config.max_samples and len(selected) < config.max_samples:
+        info["note"] = f"only {len(selected)} usable samples exist; --max-samples asked for {config.max_samples}"
+    return estimate_requests(selected, config), info
+
+
 def ctx_sources(prepared: Prepared) -> dict[str, Path]:
     plan: RadAcePlan = prepared.plan
     found = {"source": plan.scan.root}

@@ -63,7 +63,7 @@ CREDENTIALED_SOURCES = frozenset({"mimic-cxr", "chest-imagenome", "vindr-cxr", "
 SOURCE_FLAGS = {"mimic-cxr": "--mimic-cxr", "chexpert": "--chexpert", "chexpert-plus": "--chexpert-plus",
                 "chest-imagenome": "--chest-imagenome", "vindr-cxr": "--vindr-cxr", "ms-cxr": "--ms-cxr",
                 "padchest-gr": "--padchest-gr"}
-VIEW_WORDS = {"PA": "frontal (PA)", "AP": "frontal (AP)", "LATERAL": "lateral", "LL": "lateral"}
+VIEW_WORDS = {"PA": "frontal (PA)", "AP": "frontal (AP)", "FRONTAL": "frontal", "LATERAL": "lateral", "LL": "lateral"}
 
 
 class RadVLMConfigError(SourceError):
@@ -115,11 +115,31 @@ class RadVLMConfig(BaseModel):
     def uses_llm(self) -> bool:
         return self.prior_removal == "llm" or self.conversations > 0
 
-    def replication_for(self, task: str, source: str) -> int:
+    def replication_for(self, task: str, source: str, split: str) -> int:
+        """How often the training mix repeats an instance. Replication is a training-mix device:
+        an evaluation split (test, validation) holds each instance once."""
+        if split != "train":
+            return 1
         for key in (f"{task}/{source}", task):
             if key in self.replication:
                 return self.replication[key]
         return DEFAULT_REPLICATION.get(f"{task}/{source}", 1)
+
+
+def parse_tasks(tasks: str | None) -> list[str] | None:
+    """`--tasks a,b` -> [a, b]; None: every task the sources allow. Conversations are not a task
+    but a count (`--conversations N`), and a list with no task in it is refused."""
+    if tasks is None:
+        return None
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise RadVLMConfigError(f"--tasks {tasks!r} names no task (tasks: {', '.join(TASKS)})")
+    conversational = [t for t in names if t in CONVERSATION_TASKS or t.startswith("conversation")]
+    if conversational:
+        raise RadVLMConfigError(
+            f"--tasks {','.join(conversational)}: conversations are not a task of --tasks; ask for them with "
+            "--conversations N and --llm PROVIDER:MODEL (grounded ones come with --ms-cxr or --padchest-gr)")
+    return names
 
 
 def load_templates(config: RadVLMConfig) -> TemplateSet:
@@ -140,10 +160,14 @@ def load_replication(path: Path | None) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise RadVLMConfigError(f"{path}: expected a mapping of task or task/source to a factor")
     out: dict[str, int] = {}
+    feeds = {**TASK_SOURCES, **CONVERSATION_SOURCES}
     for key, value in raw.items():
-        task = str(key).split("/")[0]
-        if task not in TASKS:
-            raise RadVLMConfigError(f"{path}: unknown task {task!r} (tasks: {', '.join(TASKS)})")
+        task, _, source = str(key).partition("/")
+        if task not in feeds:
+            raise RadVLMConfigError(f"{path}: unknown task {task!r} (tasks: {', '.join(feeds)})")
+        if source and source not in feeds[task]:
+            raise RadVLMConfigError(f"{path}: {key}: {task} takes no source {source!r} "
+                                    f"(its sources: {', '.join(feeds[task])})")
         if not isinstance(value, int) or value < 1:
             raise RadVLMConfigError(f"{path}: {key}: the factor must be a whole number >= 1, got {value!r}")
         out[str(key)] = value
@@ -179,7 +203,13 @@ class PlannedRow:
 
     @property
     def split(self) -> str:
-        return "test" if self.image.split == "test" else "train"
+        return split_of(self.image)
+
+
+def split_of(image: CxrImage) -> str:
+    """The config split an image goes to: radvlm's configs have train and test (a source's
+    validation images train)."""
+    return "test" if image.split == "test" else "train"
 
 
 class Words:
@@ -194,6 +224,23 @@ class Words:
         return text.format(**values)
 
 
+class FrontalFilter:
+    """Report generation, classification and conversations take frontal images (PA, AP): every
+    image left out for its view is remembered once per source and view, whichever task met it."""
+
+    def __init__(self) -> None:
+        self.left_out: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def __call__(self, source: str, image: CxrImage) -> bool:
+        if image.frontal:
+            return True
+        self.left_out[(source, f"view_{image.view.lower()}")].add(image.image_id)
+        return False
+
+    def counts(self) -> dict[str, int]:
+        return {f"{source}/{reason}": len(ids) for (source, reason), ids in sorted(self.left_out.items())}
+
+
 def _turns(human: str, gpt: str) -> list[dict[str, str]]:
     return [{"from": "human", "value": f"<image>\n{human}"}, {"from": "gpt", "value": gpt}]
 
@@ -202,24 +249,32 @@ def _box_rows(boxes: Iterable[Box]) -> list[dict[str, Any]]:
     return [b.model_dump() for b in boxes]
 
 
+# Not a pathology: CheXpert marks "No Finding" positive next to support devices (the real
+# train.csv has 7,420 such rows and none with any other finding), so they never contradict it.
+NOT_A_FINDING = frozenset({"No Finding", "Support Devices"})
+
+
 def positive_labels(states: dict[str, str], uncertain: str) -> tuple[list[str], str | None]:
     """(positive CheXpert labels other than "No Finding", problem) under the uncertain policy.
     "No Finding" is explicit: an image with no positive label is answered "no finding"; one that
-    the labeler marks "No Finding" positive while naming a finding is contradictory."""
+    the labeler marks "No Finding" positive while naming a pathology is contradictory (support
+    devices are not a pathology: they are named in the answer and contradict nothing)."""
     take = {"positive"} | ({"uncertain"} if uncertain == "present" else set())
     found = [label for label in CHEXPERT_LABELS if label != "No Finding" and states.get(label) in take]
-    if found and states.get("No Finding") == "positive":
+    if states.get("No Finding") == "positive" and any(label not in NOT_A_FINDING for label in found):
         return found, "no_finding_contradicts_labels"
     return found, None
 
 
 def report_rows(source: str, images: Iterable[CxrImage], report_of: Callable[[CxrImage], Any], words: Words,
-                config: RadVLMConfig, rejects: list[Reject], read_image: str = "file") -> list[PlannedRow]:
+                config: RadVLMConfig, rejects: list[Reject], read_image: str = "file",
+                frontal: FrontalFilter | None = None) -> list[PlannedRow]:
     rows = []
-    factor = config.replication_for("report_generation", source)
+    frontal = frontal or FrontalFilter()
     for image in images:
-        if not image.frontal:
+        if not frontal(source, image):
             continue
+        factor = config.replication_for("report_generation", source, split_of(image))
         report = report_of(image)
         text = report.text if report is not None else None
         if not text:
@@ -236,12 +291,14 @@ def report_rows(source: str, images: Iterable[CxrImage], report_of: Callable[[Cx
 
 
 def classification_rows(source: str, images: Iterable[CxrImage], labels_of: Callable[[CxrImage], dict | None],
-                        words: Words, config: RadVLMConfig, rejects: list[Reject]) -> list[PlannedRow]:
+                        words: Words, config: RadVLMConfig, rejects: list[Reject],
+                        frontal: FrontalFilter | None = None) -> list[PlannedRow]:
     rows = []
-    factor = config.replication_for("abnormality_classification", source)
+    frontal = frontal or FrontalFilter()
     for image in images:
-        if not image.frontal:
+        if not frontal(source, image):
             continue
+        factor = config.replication_for("abnormality_classification", source, split_of(image))
         states = labels_of(image)
         if states is None:
             rejects.append(Reject(source=source, row=image.image_id, reason="classification_no_labels",
@@ -275,10 +332,10 @@ def anatomical_rows(findings: Iterable[GroundedFinding], words: Words, config: R
             by_image[finding.image.image_id].append(finding)
     chosen = sorted(by_image, key=anatomical_order(config))
     chosen = sorted(chosen[:config.anatomical_grounding_samples])
-    factor = config.replication_for("anatomical_grounding", "chest-imagenome")
     rows = []
     for image_id in chosen:
         regions = sorted(by_image[image_id], key=lambda f: f.label)
+        factor = config.replication_for("anatomical_grounding", "chest-imagenome", split_of(regions[0].image))
         region = regions[row_index(config.seed, CORPUS, image_id, "region", len(regions))]
         key = f"anatomical_grounding/chest-imagenome/{image_id}"
         boxes = list(region.boxes)
@@ -309,7 +366,7 @@ def vindr_rows(annotations: Iterable[GroundedFinding], images: Iterable[CxrImage
         classes = fused.get(image.image_id, [])
         if "abnormality_grounding" in tasks and classes:
             key = f"abnormality_grounding/vindr-cxr/{image.image_id}"
-            factor = config.replication_for("abnormality_grounding", "vindr-cxr")
+            factor = config.replication_for("abnormality_grounding", "vindr-cxr", split_of(image))
             instances = []
             for index, (label, boxes) in enumerate(classes):
                 ikey = f"{key}#{index}"
@@ -328,7 +385,8 @@ def vindr_rows(annotations: Iterable[GroundedFinding], images: Iterable[CxrImage
             rows.append(PlannedRow("abnormality_detection", "vindr-cxr", image, (
                 {"id": f"{key}#0", "conversations": _turns(words.pick("detection_request", key), answer),
                  "label": None, "boxes": _box_rows(boxes),
-                 "replication": config.replication_for("abnormality_detection", "vindr-cxr")},), read_image="dicom"))
+                 "replication": config.replication_for("abnormality_detection", "vindr-cxr", split_of(image))},),
+                read_image="dicom"))
     return rows
 
 
@@ -338,10 +396,10 @@ def phrase_rows(source: str, findings: Iterable[GroundedFinding], words: Words, 
     for finding in findings:
         if finding.boxes and finding.phrase and finding.abnormal:
             by_image[finding.image.image_id].append(finding)
-    factor = config.replication_for("phrase_grounding", source)
     rows = []
     for image_id in sorted(by_image):
         key = f"phrase_grounding/{source}/{image_id}"
+        factor = config.replication_for("phrase_grounding", source, split_of(by_image[image_id][0].image))
         instances = []
         for index, finding in enumerate(sorted(by_image[image_id], key=lambda f: (f.phrase or "", f.label))):
             ikey = f"{key}#{index}"
@@ -361,7 +419,8 @@ def _seeded_take(rows: list[PlannedRow], n: int | None, seed: int, purpose: str)
     return ranked if n is None else ranked[:n]
 
 
-def conversation_rows(scans: dict[str, Any], config: RadVLMConfig) -> list[PlannedRow]:
+def conversation_rows(scans: dict[str, Any], config: RadVLMConfig,
+                      frontal: FrontalFilter | None = None) -> list[PlannedRow]:
     """Images a conversation will be written for (their turns come from the LLM stage).
 
     Standard: a seeded `conversations` of MIMIC-CXR's frontal train images with a report and
@@ -372,13 +431,16 @@ def conversation_rows(scans: dict[str, Any], config: RadVLMConfig) -> list[Plann
     if not config.conversations:
         return []
     mimic = scans.get("mimic-cxr")
+    frontal = frontal or FrontalFilter()
     rows: list[PlannedRow] = []
     if mimic is not None:
         pool: dict[str, list[PlannedRow]] = {"train": [], "test": []}
         for image in mimic.images:
+            if not frontal("mimic-cxr", image):
+                continue
             report = mimic.reports.get(image.study_id) if mimic.reports else None
             states = mimic.labels.get(image.study_id)
-            if not image.frontal or report is None or not report.text or states is None:
+            if report is None or not report.text or states is None:
                 continue
             found, problem = positive_labels(states, config.uncertain)
             if problem:
@@ -420,6 +482,13 @@ def conversation_rows(scans: dict[str, Any], config: RadVLMConfig) -> list[Plann
         raise RadVLMConfigError("--conversations needs images with a report and labels: --mimic-cxr with "
                                 "--mimic-cxr-reports (or grounded phrases: --ms-cxr, --padchest-gr)")
     return rows
+
+
+def asked_conversations(config: RadVLMConfig, present: set[str]) -> list[str]:
+    """The conversation configs a build with --conversations N writes, given its sources."""
+    if not config.conversations:
+        return []
+    return [task for task in CONVERSATION_TASKS if present & set(CONVERSATION_SOURCES[task])]
 
 
 def enforce_patient_splits(rows: list[PlannedRow], rejects: list[Reject]) -> list[PlannedRow]:
@@ -492,8 +561,9 @@ def record_row(row: PlannedRow, data: bytes, converted: str | None, templates: t
                sha256: str | None = None) -> dict[str, Any]:
     """`sha256`: of `data`, when the reader already has it."""
     image = row.image
+    name = Path(image.path.split("::")[-1]).name
     return {
-        "image": {"bytes": data, "path": Path(image.path.split("::")[-1]).name},
+        "image": {"bytes": data, "path": str(Path(name).with_suffix(".png")) if converted else name},
         "id": row.key, "task": row.task, "source": row.source, "view": image.view, "sex": image.sex,
         "instances": list(row.instances), "report": row.report, "report_section": row.report_section,
         "positive_labels": list(row.positive_labels),
@@ -593,6 +663,8 @@ class RadVLMPlan:
     warnings: list[str]
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     given: dict[str, str] = field(default_factory=dict)  # source option -> folder, for a rebuild (adjudication)
+    excluded: dict[str, int] = field(default_factory=dict)  # "<source>/view_<view>" -> images left out
+    configs_asked: list[str] = field(default_factory=list)  # each must end with rows (unless --allow-empty)
 
 
 def tasks_for(config: RadVLMConfig, present: set[str]) -> list[str]:
@@ -639,11 +711,12 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
     tasks = tasks_for(config, set(read.present))
     rejects: list[Reject] = list(read.rejects)
     rows: list[PlannedRow] = []
+    frontal = FrontalFilter()
     for task in tasks:
         before = len(rows)
-        rows += read.rows_for(task, words, config, set(tasks), rejects)
-        log(f"{task}: {len(rows) - before} images")
-    conversations = conversation_rows(read.scans, config)
+        rows += read.rows_for(task, words, config, set(tasks), rejects, frontal)
+        log(f"{task}: {len(rows) - before} rows")
+    conversations = conversation_rows(read.scans, config, frontal)
     if conversations:
         log(f"conversations: {len(conversations)} images to write conversations for")
     rows = enforce_patient_splits(rows + conversations, rejects)
@@ -652,7 +725,8 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
     if config.uses_llm or config.verifiers:
         fingerprint["prompts"] = {p.id: p.content_hash for p in load_prompts().values()}
     plan = RadVLMPlan(rows, [], rejects, Counter(read.counts), list(read.warnings), read.summary,
-                      given={k: str(Path(v).resolve()) for k, v in sources.items() if v})
+                      given={k: str(Path(v).resolve()) for k, v in sources.items() if v}, excluded=frontal.counts(),
+                      configs_asked=tasks + asked_conversations(config, set(read.present)))
     return Prepared(fingerprint=fingerprint, plan=plan)
 
 
@@ -703,15 +777,18 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
         prompts.update({p.id: p.content_hash for p in load_prompts().values()})
     return StageOutput(
         chunks=results, rejects=plan.rejects + outcome.rejects, counts=plan.counts + outcome.counts, warnings=warnings,
-        files=files,
+        files=files, excluded=plan.excluded, configs_asked=plan.configs_asked,
         manifest={"source": plan.sources, "prompts": prompts, "llm": llm, "rebuild": {"sources": plan.given},
-                  "replication": {f"{t}/{s}": config.replication_for(t, s)
+                  "replication": {f"{t}/{s}": config.replication_for(t, s, "train")
                                   for t, sources in (*TASK_SOURCES.items(), *CONVERSATION_SOURCES.items()) for s in sources},
                   "tasks": sorted(built)})
 
 
-def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[list[Any], int]:
-    """(stage, model, requests) per stage a build would send, and the images it covers; nothing is sent."""
+def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[list[Any], dict[str, Any]]:
+    """(stage, model, requests) per stage a build would send, and the rows it covers; nothing is sent."""
     prepared = prepare(sources, config, log)
     rows = prepared.plan.rows
-    return estimate_requests(rows, config), len(rows)
+    info: dict[str, Any] = {"samples": len(rows)}
+    if not config.uses_llm:
+        info["note"] = "no LLM stage would run: give --conversations N with --llm, or --prior-removal llm"
+    return estimate_requests(rows, config), info

@@ -386,7 +386,7 @@ def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions:
         turns[0]["value"] = "<image>\n" + turns[0]["value"]
         boxes = [b.model_dump() for _, bs in row.phrases for b in bs]
         instance = {"id": f"{row.key}#0", "conversations": turns, "label": None, "boxes": boxes,
-                    "replication": config.replication_for(row.task, row.source)}
+                    "replication": config.replication_for(row.task, row.source, row.split)}
         used = prompt_ids + (((prompts["verify"].id, prompts["verify"].content_hash),) if config.verifiers else ())
         outcome.rows.append(replace(row, instances=(instance,), prompts=used, models=models))
     return outcome

@@ -25,7 +25,8 @@ class SourcesRead:
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def rows_for(self, task: str, words: Any, config: Any, tasks: set[str], rejects: list[Reject]) -> list[Any]:
+    def rows_for(self, task: str, words: Any, config: Any, tasks: set[str], rejects: list[Reject],
+                 frontal: Any = None) -> list[Any]:
         from radcorpora.builders import radvlm as rv
 
         rows: list[Any] = []
@@ -33,20 +34,20 @@ class SourcesRead:
             if "mimic-cxr" in self.scans and self.scans["mimic-cxr"].reports:
                 scan = self.scans["mimic-cxr"]
                 rows += rv.report_rows("mimic-cxr", scan.images, lambda i: scan.reports.get(i.study_id), words, config,
-                                       rejects)
+                                       rejects, frontal=frontal)
             if "chexpert-plus" in self.scans:
                 scan = self.scans["chexpert-plus"]
                 rows += rv.report_rows("chexpert-plus", scan.images, lambda i: scan.reports.get(i.image_id), words,
-                                       config, rejects)
+                                       config, rejects, frontal=frontal)
         elif task == "abnormality_classification":
             if "mimic-cxr" in self.scans:
                 scan = self.scans["mimic-cxr"]
                 rows += rv.classification_rows("mimic-cxr", scan.images, lambda i: scan.labels.get(i.study_id), words,
-                                               config, rejects)
+                                               config, rejects, frontal=frontal)
             if "chexpert" in self.scans:
                 scan = self.scans["chexpert"]
                 rows += rv.classification_rows("chexpert", scan.images, lambda i: scan.labels.get(i.image_id), words,
-                                               config, rejects)
+                                               config, rejects, frontal=frontal)
         elif task == "anatomical_grounding" and "chest-imagenome" in self.scans:
             rows += rv.anatomical_rows(self.scans["chest-imagenome"].findings, words, config)
         elif task in ("abnormality_grounding", "abnormality_detection") and "vindr-cxr" in self.scans:
@@ -79,12 +80,14 @@ def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead
 
     read = SourcesRead()
     mimic_images: dict[str, CxrImage] = {}
+    mimic_sizes: dict[str, tuple[int, int]] = {}  # dicom_id -> (Columns, Rows) of the MIMIC metadata
     if sources.get("mimic_cxr"):
         from radcorpora.sources.mimic_cxr import scan_mimic_cxr
 
         scan = scan_mimic_cxr(sources["mimic_cxr"], sources.get("mimic_cxr_reports"))
         _take(read, "mimic-cxr", scan)
         mimic_images = {i.image_id: i for i in scan.images}
+        mimic_sizes = {i.image_id: (i.width, i.height) for i in scan.images if i.width and i.height}
         log(f"MIMIC-CXR: {len(scan.images)} images, {len(scan.reports)} reports")
     elif sources.get("mimic_cxr_reports"):
         raise RadVLMConfigError("--mimic-cxr-reports needs --mimic-cxr (the images and their metadata)")
@@ -102,12 +105,11 @@ def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead
     if sources.get("chest_imagenome"):
         from radcorpora.sources.chest_imagenome import scan_chest_imagenome
 
-        sizes = {i: (img.width, img.height) for i, img in mimic_images.items() if img.width and img.height}
         # anatomical_grounding keeps the first N images with regions in a seeded order (see
         # anatomical_rows): only their scene graphs are read; none when the task is not built
         wanted = not config.tasks or "anatomical_grounding" in config.tasks
         _take(read, "chest-imagenome", scan_chest_imagenome(
-            sources["chest_imagenome"], sources["mimic_cxr"], sizes, order=anatomical_order(config),
+            sources["chest_imagenome"], sources["mimic_cxr"], mimic_sizes, order=anatomical_order(config),
             limit=config.anatomical_grounding_samples if wanted else 0))
     if sources.get("vindr_cxr"):
         from radcorpora.sources.vindr_cxr import scan_vindr_cxr
@@ -117,7 +119,7 @@ def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead
         from radcorpora.sources.ms_cxr import scan_ms_cxr
 
         splits = {i: img.split for i, img in mimic_images.items()}
-        _take(read, "ms-cxr", scan_ms_cxr(sources["ms_cxr"], sources["mimic_cxr"], splits))
+        _take(read, "ms-cxr", scan_ms_cxr(sources["ms_cxr"], sources["mimic_cxr"], splits, mimic_sizes))
     if sources.get("padchest_gr"):
         from radcorpora.sources.padchest_gr import scan_padchest_gr
 

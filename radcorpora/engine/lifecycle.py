@@ -30,8 +30,10 @@ from radcorpora.engine.spec import BuildContext, CorpusSpec, StageOutput
 from radcorpora.publish.card import render_card, upsert_card_section, validation_text, write_card
 from radcorpora.schemas.common import Reject
 from radcorpora.store import atomic, source_index
+from radcorpora.store.local_paths import LocalPaths, write_local
 from radcorpora.store.shards import BackgroundSync, sync_files
-from radcorpora.store.state import ChunkResult, ChunkSpec, clear_state, prepare_out_dir
+from radcorpora.store.state import (BuildStateError, ChunkResult, ChunkSpec, check_out_corpus, check_out_dir,
+                                    clear_state, prepare_out_dir)
 from radcorpora.validators import ValidationReport
 from radcorpora.validators.run import validate_finished_build
 
@@ -68,6 +70,57 @@ def build_fingerprint(spec: CorpusSpec, settings: BaseModel, prepared_fingerprin
 def sorted_rejects(rejects: Sequence[Reject]) -> list[Reject]:
     """A stable order, so identical builds write identical ledgers whatever the worker count."""
     return sorted(rejects, key=lambda r: (r.source, r.row or "", r.reason, r.detail))
+
+
+GLOB_CHARACTERS = "[]*?"
+
+
+def glob_warnings(out: Path) -> list[str]:
+    """`datasets.load_dataset(path)` reads `[`, `]`, `*` and `?` in a local path as a glob pattern."""
+    found = sorted({c for c in str(Path(out).absolute()) if c in GLOB_CHARACTERS})
+    if not found:
+        return []
+    return [f"the build path holds {' '.join(found)}, which datasets.load_dataset reads as a glob pattern: "
+            "loading it by path may fail or pick other folders; rename it or load the Parquet files explicitly"]
+
+
+def check_source_paths(spec: CorpusSpec, sources: dict[str, Path]) -> None:
+    """A folder where a folder is expected (whether it exists, and what it holds, the reader says)."""
+    for option in spec.sources:
+        path = sources.get(option.key)
+        if path is not None and Path(path).is_file() and not option.accepts_file:
+            raise BuildStateError(f"{option.flag} {path}: is a file; give the folder ({option.help})")
+
+
+def local_reject(reject: Reject, local: LocalPaths) -> Reject:
+    return reject.model_copy(update={"source": local.text(reject.source), "detail": local.text(reject.detail),
+                                     "row": local.text(reject.row) if reject.row else reject.row})
+
+
+def portable_manifest(manifest: dict[str, Any], sources: dict[str, Path], out: Path,
+                      local: LocalPaths) -> dict[str, Any]:
+    """The manifest as pushed: no absolute local path (sources by folder name, files relative to
+    their source folder, the answer cache by file name); the absolute ones go to build/local.json
+    for `adjudicate apply` on this machine."""
+    llm = manifest.get("llm") if isinstance(manifest.get("llm"), dict) else {}
+    write_local(out, {"sources": {k: str(Path(v).resolve()) for k, v in sources.items()},
+                      "llm_cache": llm.get("cache_path")})
+    command = local.command(manifest["build"]["command"])
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return local.text(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    manifest = walk(manifest)
+    manifest["build"]["command"] = command
+    if llm.get("cache_path"):
+        manifest["llm"]["cache_path"] = Path(llm["cache_path"]).name
+    return manifest
 
 
 def splits_of(chunks: Sequence[ChunkResult]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
@@ -115,9 +168,14 @@ def warm_imports() -> threading.Thread:
 def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, *,
               executor: ExecutorSettings = ExecutorSettings(), llm_settings: Any = None,
               overwrite: bool = False, command: str = "", log: Callable[[str], None] | None = None,
-              progress: BuildProgress | None = None) -> BuildOutcome:
+              progress: BuildProgress | None = None, allow_empty: bool = False) -> BuildOutcome:
     started = time.time()
+    check_out_dir(out)  # an --out that cannot be written is refused before any source is scanned
+    check_out_corpus(out, spec.name, overwrite)
+    check_source_paths(spec, sources)
     say = log or (lambda _message: None)
+    for warning in glob_warnings(out):
+        say(f"warning: {warning}")
     progress = progress or BuildProgress(disable=True)
     warming = warm_imports()
     scanning = progress.start("scanning sources", None)
@@ -137,7 +195,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
         progress.stop(scanning)
     phases = {"prepare": round(time.time() - started, 2)}
     fingerprint = build_fingerprint(spec, settings, prepared.fingerprint)
-    state = prepare_out_dir(out, fingerprint, overwrite)
+    state = prepare_out_dir(out, fingerprint, overwrite, command)
     if state == "complete":
         manifest = json.loads((out / "build" / "manifest.json").read_text())
         return BuildOutcome(out, state, manifest, None, round(time.time() - started, 2))
@@ -173,16 +231,17 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     phases["stages"] = round(time.time() - stages_started, 2)
     warming.join()  # finish may fork validation workers; a corpus without chunks never joined it
     manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress,
-                              phases, synced)
+                              phases, synced, allow_empty)
     return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
 
 
 def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out: Path, fingerprint: dict[str, Any],
            output: StageOutput, executor: ExecutorSettings, command: str, started: float,
            progress: BuildProgress, phases: dict[str, float] | None = None,
-           synced: set[Path] | None = None) -> tuple[dict[str, Any], ValidationReport]:
+           synced: set[Path] | None = None, allow_empty: bool = False) -> tuple[dict[str, Any], ValidationReport]:
     """Ledgers, manifest, validation and card, written once; then the chunk state goes."""
-    rejects = sorted_rejects([*output.rejects, *(r for c in output.chunks for r in c.rejects)])
+    local = LocalPaths(sources, out)
+    rejects = sorted_rejects([local_reject(r, local) for r in (*output.rejects, *(r for c in output.chunks for r in c.rejects))])
     atomic.write_jsonl(out / REJECTS_FILE, [r.model_dump() for r in rejects])
     counts: Counter = Counter(output.counts)
     for result in output.chunks:
@@ -204,10 +263,14 @@ def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out:
         "counts": dict(sorted(counts.items())),
         "rejects": dict(sorted(Counter(r.reason for r in rejects).items())),
         "rejected_rows": len(rejects),
-        "warnings": output.warnings,
+        "excluded": dict(sorted(output.excluded.items())),
+        "configs_asked": sorted(output.configs_asked) if output.configs_asked is not None else sorted(splits),
+        "allow_empty": allow_empty,
+        "warnings": [*glob_warnings(out), *output.warnings],
         "files": sorted({REJECTS_FILE, *output.files}),
     }
     manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
+    manifest = portable_manifest(manifest, sources, out, local)
     phases = dict(phases or {})
     mark = time.time()
     sync_files(p for p in (out / rel for rel in shards) if p not in (synced or set()))  # durable before the manifest

@@ -45,6 +45,7 @@ class SourceOption:
     flag: str
     help: str
     required: bool = False
+    accepts_file: bool = False  # a single file (a zip, a table) is accepted as well as a folder
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class CorpusSpec:
     card: Callable[[dict[str, Any]], Any]  # manifest -> publish.card.CardContent
     row_rules: Callable[..., dict[str, list[int]]] | None = None  # vectorised per-row rules (schemas)
     llm_stages: tuple[type, ...] = ()  # its LLMStage classes (listed by `radcorpora corpora`; the builder runs them)
+    # `radcorpora estimate`: (sources, settings, log) -> ([(stage class, model, requests)], extra
+    # figures such as {"samples": n}); None for a corpus with no LLM stage.
+    estimate: Callable[[dict[str, Path], BaseModel, Callable[[str], None]], tuple[list[Any], dict[str, Any]]] | None = None
     evaluation: EvaluationRecipe | None = None
     exports: dict[str, Callable[..., int]] = field(default_factory=dict)
     demo: DemoSpec | None = None

@@ -40,6 +40,8 @@ def check_image(data: bytes, level: ImageCheck = "full") -> tuple[int, int]:
                 image.verify()
             else:
                 image.load()
+    except UnidentifiedImageError as exc:  # its text names the BytesIO object's address: not reproducible
+        raise ImageCheckError("not a recognisable image (unknown format or a damaged header)") from exc
     except _DECODER_ERRORS as exc:
         raise ImageCheckError(f"{type(exc).__name__}: {exc}") from exc
     except Image.DecompressionBombError as exc:

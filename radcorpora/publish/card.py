@@ -103,6 +103,7 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
 
     validation = manifest.get("validation") or {}
     rejects = manifest.get("rejects") or {}
+    excluded = manifest.get("excluded") or {}
     build_info = manifest.get("build") or {}
     parts = [
         f"# {content.pretty_name}",
@@ -122,6 +123,10 @@ def render_card(build: Path, configs: dict[str, type[BaseModel]], content: CardC
         "## Rejected source rows",
         ("Rows that did not become samples are listed with their reason in `build/rejects.jsonl`.\n\n"
          + (_table(["reason", "rows"], sorted(rejects.items())) if rejects else "None.")),
+        *(["## Left out by the method",
+           "Source rows the method does not take (not faults), per source and reason.\n\n"
+           + _table(["source", "reason", "rows"], [[*k.split("/", 1), n] for k, n in sorted(excluded.items())])]
+          if excluded else []),
         "## Validation",
         validation_text(validation),
         *_reference_check_section(build),

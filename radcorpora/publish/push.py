@@ -63,6 +63,11 @@ def plan_push(build: Path, repo_id: str, private: bool, allow_public_restricted:
     validation = manifest.get("validation") or {}
     if not validation.get("valid"):
         raise PublishError(f"{build}: the build did not pass validation; run `radcorpora validate {build}`")
+    splits = manifest.get("splits") or {}
+    empty = [c for c in manifest.get("configs_asked") or [] if not sum((splits.get(c) or {}).values())]
+    if empty or not any(sum(per.values()) for per in splits.values()):
+        raise PublishError(f"{build}: config(s) {', '.join(empty) or 'all'} hold no rows; an empty config is not "
+                           "published (rebuild it, or without that config)")
     licence = manifest.get("licence_class", "credentialed")
     if not private and licence == "credentialed":
         raise PublishError(f"{build}: holds credentialed (PhysioNet-licensed) data and can only be pushed to a private repository")

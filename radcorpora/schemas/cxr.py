@@ -22,7 +22,9 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 LabelValue = Literal["positive", "negative", "uncertain", "not_mentioned"]
 """CheXpert-style label states: 1.0, 0.0, -1.0 and empty in the upstream tables."""
 
-View = Literal["PA", "AP", "LATERAL", "LL", "OTHER", "UNKNOWN"]
+View = Literal["PA", "AP", "FRONTAL", "LATERAL", "LL", "OTHER", "UNKNOWN"]
+"""FRONTAL: a frontal image whose source does not say AP or PA (CheXpert's `Frontal/Lateral` =
+Frontal with an empty `AP/PA`, or only a `viewK_frontal.jpg` file name)."""
 Split = Literal["train", "validation", "test"]
 Sex = Literal["F", "M", "unknown"]
 
@@ -47,7 +49,7 @@ class CxrImage(BaseModel):
 
     @property
     def frontal(self) -> bool:
-        return self.view in ("PA", "AP")
+        return self.view in ("PA", "AP", "FRONTAL")
 
 
 class StudyReport(BaseModel):

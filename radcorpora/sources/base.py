@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,18 @@ def read_csv_rows(path: Path, required: Sequence[str], aliases: dict[str, str] |
             raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
 
 
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) from an image file's header (JPEG, PNG...: Pillow decodes no pixels);
+    SourceError naming the file when it is no readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise SourceError(f"{path}: not a readable image ({exc})") from exc
+
+
 def cell(row: dict[str, Any], column: str) -> str | None:
     """A stripped cell, None when empty (empty CSV cells mean missing, never 0)."""
     value = row.get(column)
@@ -103,3 +116,40 @@ def cell(row: dict[str, Any], column: str) -> str | None:
         return None
     value = str(value).strip()
     return value or None
+
+
+class NotANumber(ValueError):
+    """A cell or JSON value that must be a finite number and is not. `reason` and `detail` read
+    like a BoxError's, so a reader rejects both with one `except` (`box_{reason}`)."""
+
+    reason = "not_a_number"
+
+    def __init__(self, name: str, value: object, wanted: str = "a finite number"):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else f"{shown[:50]}... ({len(shown)} characters)"
+        self.detail = f"{name}={shown} is not {wanted}"
+        super().__init__(self.detail)
+
+
+def number(value: object, name: str = "value") -> float:
+    """`value` (a CSV cell or a JSON value) as a finite float; NotANumber naming `name` and the
+    value otherwise: empty or None, text that is no number (`abc`, `null`), NaN, infinities and
+    values past the float range (`inf`, `-1e400`, a 400-digit JSON integer), booleans, lists and
+    objects. Numeric text (`12`, ` 3.5 `) is a number: CSV cells are text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise NotANumber(name, value)
+    try:
+        result = float(value)
+    except (ValueError, OverflowError):
+        raise NotANumber(name, value) from None
+    if not math.isfinite(result):
+        raise NotANumber(name, value)
+    return result
+
+
+def pixels(value: object, name: str = "value") -> int:
+    """An image side in pixels: a positive whole number (`2544`, `2544.0`); NotANumber otherwise."""
+    result = number(value, name)
+    if result < 1 or not result.is_integer():
+        raise NotANumber(name, value, "a positive whole number of pixels")
+    return int(result)

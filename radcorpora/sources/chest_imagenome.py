@@ -23,7 +23,15 @@ from pathlib import Path
 
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Sex, Split, View
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
+from radcorpora.sources.base import (
+    NotANumber,
+    SourceInfo,
+    SourceScan,
+    cell,
+    number,
+    pixels,
+    read_csv_rows,
+)
 from radcorpora.sources.errors import SourceError
 
 # The 29 regions of the RGRG convention, in index order.
@@ -173,9 +181,12 @@ def scan_chest_imagenome(root: Path, mimic_root: Path, image_sizes: Mapping[str,
         if not graph_path.is_file():
             scan.counts["skipped_no_scene_graph"] += 1
             continue
-        size = image_sizes.get(dicom_id)
-        if not size or not size[0] or not size[1]:
-            scan.reject(path, line, "image_size_unknown", f"{dicom_id}: no Rows/Columns in the MIMIC metadata")
+        size = image_sizes.get(dicom_id) or (None, None)
+        try:
+            width, height = pixels(size[0], "Columns"), pixels(size[1], "Rows")
+        except NotANumber as exc:
+            scan.reject(path, line, "image_size_unknown", f"{dicom_id}: no Rows/Columns in the MIMIC metadata "
+                                                          f"({exc.detail})")
             continue
         image_path = mimic_jpg_path(base, row["path"] or "")
         if not image_path.is_file():
@@ -200,7 +211,7 @@ def scan_chest_imagenome(root: Path, mimic_root: Path, image_sizes: Mapping[str,
         image = CxrImage(source=INFO.name, image_id=dicom_id, subject_id=subject,
                          study_id=row["study_id"] or _text(graph.get("study_id")), path=str(image_path),
                          view=VIEWS.get(view_text, "OTHER" if view_text else "UNKNOWN"), split=split,
-                         width=int(size[0]), height=int(size[1]), sex=sex, licence_class=INFO.licence_class)
+                         width=width, height=height, sex=sex, licence_class=INFO.licence_class)
         images.append(image)
         found_before = len(scan.records)
         seen_regions: set[str] = set()
@@ -217,12 +228,11 @@ def scan_chest_imagenome(root: Path, mimic_root: Path, image_sizes: Mapping[str,
             if name not in SILVER_REGIONS:
                 unknown_regions.add(name)
             try:
-                coords = [obj[k] for k in BOX_KEYS]
-                box = Box.from_pixels_xyxy(*coords, image.width, image.height)
+                box = Box.from_pixels_xyxy(*[number(obj[k], k) for k in BOX_KEYS], image.width, image.height)
             except KeyError as exc:
                 scan.reject(graph_path, where, "box_missing_coordinates", f"{name}: no {exc.args[0]}")
                 continue
-            except BoxError as exc:
+            except (BoxError, NotANumber) as exc:
                 scan.reject(graph_path, where, f"box_{exc.reason}",
                             f"{graph_path.name} {name}: {exc.detail} on {image.width}x{image.height}")
                 continue

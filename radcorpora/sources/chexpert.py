@@ -5,7 +5,7 @@ On disk: `CheXpert-v1.0-small/` (or the full-resolution `CheXpert-v1.0/`) holdin
 column repeats that folder name as its first component (`CheXpert-v1.0-small/train/...`); it is
 stripped and the rest resolved against the folder, so either download works wherever it lies.
 The CheXlocalize test labels (`test_labels.csv`, `Path` = `test/...`, labels only) give the test
-split when present.
+split when present; having no view columns, their views come from the file names.
 
 The label and view helpers here are shared with the other CheXpert-vocabulary readers
 (MIMIC-CXR's chexpert CSV, CheXpert-Plus' CheXbert JSON).
@@ -14,6 +14,7 @@ The label and view helpers here are shared with the other CheXpert-vocabulary re
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,24 +96,27 @@ def label_states(row: dict, where: str) -> dict[str, LabelValue]:
     return states
 
 
-def chexpert_view(frontal_lateral: str | None, ap_pa: str | None) -> View:
+_VIEW_FILE = re.compile(r"(?:^|/)view\d+_(frontal|lateral)\.[a-z]+$", re.IGNORECASE)
+
+
+def chexpert_view(frontal_lateral: str | None, ap_pa: str | None, image_path: str | None = None) -> View:
     """CheXpert's two view columns -> one view: Frontal + AP/PA gives AP or PA (LL stays LL, any
-    other projection OTHER, none UNKNOWN); Lateral gives LATERAL."""
+    other projection OTHER, none FRONTAL: frontal, projection unstated); Lateral gives LATERAL.
+    When `Frontal/Lateral` is empty or absent (CheXlocalize's test labels have no view columns),
+    the file name says it: `viewK_frontal.jpg` is frontal, `viewK_lateral.jpg` lateral. UNKNOWN
+    when neither does."""
     kind = (frontal_lateral or "").strip().lower()
+    if kind not in ("frontal", "lateral") and image_path:
+        match = _VIEW_FILE.search(image_path)
+        kind = match.group(1).lower() if match else kind
     projection = (ap_pa or "").strip().upper()
     if kind == "lateral":
         return "LATERAL"
     if kind == "frontal":
         if projection in ("AP", "PA", "LL"):
             return projection  # type: ignore[return-value]
-        return "OTHER" if projection else "UNKNOWN"
+        return "OTHER" if projection else "FRONTAL"
     return "UNKNOWN"
-
-
-def view_from_filename(name: str) -> View:
-    """The view when no view column exists (CheXlocalize test labels): `viewK_lateral` is a
-    lateral; a frontal file name does not say AP or PA, so it stays UNKNOWN."""
-    return "LATERAL" if "lateral" in name.lower() else "UNKNOWN"
 
 
 def chexpert_sex(value: str | None) -> Sex:
@@ -215,10 +219,7 @@ def _read_row(scan: ChexpertScan, dataset: Path, csv_path: Path, line: int, row:
         scan.reject(csv_path, line, "image_file_missing", f"{candidates[0]} does not exist")
         return
     seen[image_id] = f"{csv_path.name} line {line}"
-    if "Frontal/Lateral" in row:
-        view = chexpert_view(cell(row, "Frontal/Lateral"), cell(row, "AP/PA"))
-    else:
-        view = view_from_filename(image_id.rsplit("/", 1)[-1])
+    view = chexpert_view(cell(row, "Frontal/Lateral"), cell(row, "AP/PA"), image_id)
     if view == "UNKNOWN":
         scan.counts["images_view_unknown"] += 1
     subject_id, study_id = ids

@@ -133,7 +133,7 @@ def scan_chexpert_plus(root: Path, label_file: str = "report_fixed") -> Chexpert
         scan.counts["images_png" if path.suffix == ".png" else "images_jpg"] += 1
         subject_id, study_id = ids
         image = CxrImage(source=INFO.name, image_id=image_id, subject_id=subject_id, study_id=study_id,
-                         path=str(path), view=chexpert_view(cell(row, "frontal_lateral"), cell(row, "ap_pa")),
+                         path=str(path), view=chexpert_view(cell(row, "frontal_lateral"), cell(row, "ap_pa"), image_id),
                          split=split, sex=chexpert_sex(cell(row, "sex")), licence_class=INFO.licence_class)
         scan.records.append(image)
         findings, impression, from_end = report_text(row)

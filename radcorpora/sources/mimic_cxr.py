@@ -29,7 +29,7 @@ from radcorpora.schemas.cxr import (
     StudyReport,
     View,
 )
-from radcorpora.sources.base import SourceInfo, SourceScan, find_file, open_text
+from radcorpora.sources.base import NotANumber, SourceInfo, SourceScan, find_file, open_text, pixels
 from radcorpora.sources.chexpert import LabelValueError, label_state
 from radcorpora.sources.errors import SourceError
 
@@ -224,11 +224,11 @@ def view_position(value: str | None) -> View:
 
 
 def _pixels(value: str | None) -> int | None:
+    """An image side from the metadata, None when the cell is no usable size (`inf` included)."""
     try:
-        number = int(float(value)) if value is not None else None
-    except ValueError:
+        return pixels(value)
+    except NotANumber:
         return None
-    return number if number and number > 0 else None
 
 
 def scan_mimic_cxr(root: Path, reports_root: Path | None = None) -> MimicCxrScan:

@@ -4,7 +4,10 @@ On disk: `MS_CXR_Local_Alignment_v1.0.0.csv` (release v0.1) or `MS_CXR_Local_Ali
 (v1.1.0, adds a `split` column train/val/test); the newest version present is read. Columns:
 `dicom_id, category_name, label_text, x, y, w, h, image_width, image_height, path`. One row per
 (phrase, box): rows are grouped by (dicom_id, label_text) into one finding. Boxes are pixel x, y,
-w, h on the original image, whose size the row states. Subject and study come from `path`
+w, h on the original image. They are normalised by the image's real size: the MIMIC-CXR metadata's
+Columns x Rows where given, else the JPG's header. The size the row states must equal it; a row
+that says otherwise is rejected naming both sizes (an edited or mismatched table would otherwise
+scale its boxes wrong without a trace). Subject and study come from `path`
 (`files/pNN/p<subject>/s<study>/<dicom_id>.jpg`); the CSV has no patient column. Without a split
 column the MIMIC-CXR split of the image is used.
 """
@@ -18,13 +21,23 @@ from pathlib import Path
 
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Split
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
+from radcorpora.sources.base import (
+    NotANumber,
+    SourceInfo,
+    SourceScan,
+    cell,
+    image_size,
+    number,
+    pixels,
+    read_csv_rows,
+)
 from radcorpora.sources.chest_imagenome import mimic_files_base, mimic_jpg_path
 from radcorpora.sources.errors import SourceError
 
 CATEGORIES: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
                                "Pleural Effusion", "Pneumonia", "Pneumothorax")
-COLUMNS = ("dicom_id", "category_name", "label_text", "x", "y", "w", "h", "image_width", "image_height", "path")
+BOX_COLUMNS = ("x", "y", "w", "h")
+COLUMNS = ("dicom_id", "category_name", "label_text", *BOX_COLUMNS, "image_width", "image_height", "path")
 SPLITS: dict[str, Split] = {"train": "train", "val": "validation", "valid": "validation", "validate": "validation",
                             "validation": "validation", "test": "test"}
 _PATH = re.compile(r"p(\d+)/s(\d+)/([^/]+)\.(?:jpg|dcm)$")
@@ -77,15 +90,20 @@ def find_table(root: Path) -> Path:
     return max(tables, key=version)
 
 
-def scan_ms_cxr(root: Path, mimic_root: Path, mimic_splits: Mapping[str, str] | None = None) -> MsCxrScan:
-    """Read MS-CXR boxes grouped per (image, phrase). Rejects (file, line): a box the Box type
-    refuses, a path that does not name the row's dicom_id, an image without a split, a missing
-    JPG, a phrase whose rows disagree on category or image size. Missing columns: SourceError."""
+def scan_ms_cxr(root: Path, mimic_root: Path, mimic_splits: Mapping[str, str] | None = None,
+                mimic_sizes: Mapping[str, tuple[int, int]] | None = None) -> MsCxrScan:
+    """Read MS-CXR boxes grouped per (image, phrase). `mimic_sizes`: dicom_id -> (Columns, Rows)
+    from the MIMIC-CXR metadata; an image without one is measured from its JPG header. Rejects
+    (file, line): a coordinate or stated size that is not a number, a size that is not the
+    image's (`image_size_mismatch`), a box the Box type refuses, a path that does not name the
+    row's dicom_id, an image without a split, a missing or unreadable JPG, a phrase whose rows
+    disagree on category. Missing columns: SourceError."""
     table = find_table(root)
     base = mimic_files_base(mimic_root)
     scan = MsCxrScan(info=INFO, root=table.parent)
     scan.files["table"] = str(table)
     mimic_splits = mimic_splits or {}
+    mimic_sizes = mimic_sizes or {}
     images: dict[str, CxrImage] = {}
     bad_images: set[str] = set()
     groups: dict[tuple[str, str], tuple[str, list[Box], int]] = {}
@@ -100,22 +118,25 @@ def scan_ms_cxr(root: Path, mimic_root: Path, mimic_splits: Mapping[str, str] | 
             continue
         image = images.get(dicom_id)
         if image is None:
-            image = _image(scan, table, line, row, dicom_id, rel, base, mimic_splits)
+            image = _image(scan, table, line, row, dicom_id, rel, base, mimic_splits, mimic_sizes)
             if image is None:
                 bad_images.add(dicom_id)
                 continue
             images[dicom_id] = image
         try:
-            width, height = int(float(cell(row, "image_width") or "")), int(float(cell(row, "image_height") or ""))
-        except ValueError:
-            width = height = 0
-        if (width, height) != (image.width, image.height):
-            scan.reject(table, line, "image_size_mismatch", f"{dicom_id}: {cell(row, 'image_width')}x"
-                                                            f"{cell(row, 'image_height')} here, {image.width}x{image.height} before")
+            stated = pixels(row.get("image_width"), "image_width"), pixels(row.get("image_height"), "image_height")
+        except NotANumber as exc:
+            scan.reject(table, line, "image_size_not_a_number", f"{table.name} line {line}: {dicom_id}: {exc.detail}")
+            continue
+        if stated != (image.width, image.height):
+            measured = "MIMIC-CXR metadata" if dicom_id in mimic_sizes else f"header of {Path(image.path).name}"
+            scan.reject(table, line, "image_size_mismatch",
+                        f"{table.name} line {line}: {dicom_id}: the row says {stated[0]}x{stated[1]}, the image is "
+                        f"{image.width}x{image.height} ({measured})")
             continue
         try:
-            box = Box.from_pixels_xywh(*(cell(row, k) for k in ("x", "y", "w", "h")), width, height)
-        except BoxError as exc:
+            box = Box.from_pixels_xywh(*[number(row.get(k), k) for k in BOX_COLUMNS], image.width, image.height)
+        except (BoxError, NotANumber) as exc:
             scan.reject(table, line, f"box_{exc.reason}", f"{table.name} line {line}: {dicom_id} {phrase!r}: {exc.detail}")
             continue
         key = (dicom_id, phrase)
@@ -136,7 +157,7 @@ def scan_ms_cxr(root: Path, mimic_root: Path, mimic_splits: Mapping[str, str] | 
 
 
 def _image(scan: MsCxrScan, table: Path, line: int, row: dict, dicom_id: str, rel: str, base: Path,
-           mimic_splits: Mapping[str, str]) -> CxrImage | None:
+           mimic_splits: Mapping[str, str], mimic_sizes: Mapping[str, tuple[int, int]]) -> CxrImage | None:
     match = _PATH.search(rel.replace("\\", "/"))
     if match is None or match.group(3) != dicom_id:
         scan.reject(table, line, "bad_path", f"path {rel!r} is not files/pNN/p<subject>/s<study>/{dicom_id}.jpg")
@@ -153,17 +174,17 @@ def _image(scan: MsCxrScan, table: Path, line: int, row: dict, dicom_id: str, re
         if split is None:
             scan.reject(table, line, "no_split", f"{dicom_id}: no split column and no MIMIC-CXR split for it")
             return None
-    try:
-        width, height = int(float(cell(row, "image_width") or "")), int(float(cell(row, "image_height") or ""))
-    except ValueError:
-        width = height = 0
-    if width <= 0 or height <= 0:
-        scan.reject(table, line, "image_size_unknown", f"{dicom_id}: image_width={cell(row, 'image_width')!r} "
-                                                       f"image_height={cell(row, 'image_height')!r}")
-        return None
     path = mimic_jpg_path(base, rel)
     if not path.is_file():
         scan.reject(table, line, "image_file_missing", f"{path} does not exist")
         return None
+    size = mimic_sizes.get(dicom_id)
+    if size is None:
+        try:
+            size = image_size(path)
+        except SourceError as exc:
+            scan.reject(table, line, "image_unreadable", str(exc))
+            return None
+    width, height = size
     return CxrImage(source=INFO.name, image_id=dicom_id, subject_id=subject, study_id=study, path=str(path),
                     split=split, width=width, height=height, licence_class=INFO.licence_class)

@@ -37,7 +37,7 @@ from typing import Any
 
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Sex, Split, View
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
+from radcorpora.sources.base import NotANumber, SourceInfo, SourceScan, cell, number, read_csv_rows
 from radcorpora.sources.errors import SourceError
 
 FILES_FOLDER = "Padchest_GR_files"
@@ -361,14 +361,14 @@ def scan_padchest_gr(root: Path) -> PadChestGRScan:
     return scan
 
 
-def _boxes(values: object) -> tuple[Box, ...]:
+def _boxes(values: object, key: str) -> tuple[Box, ...]:
     if not isinstance(values, list):
-        raise BoxError("not_a_list", f"boxes {values!r}")
+        raise BoxError("not_a_list", f"{key} {values!r}")
     boxes = []
-    for value in values:
+    for n, value in enumerate(values):
         if not isinstance(value, (list, tuple)) or len(value) != 4:
-            raise BoxError("not_four_numbers", f"{value!r}")
-        boxes.append(Box.from_normalised(*value))
+            raise BoxError("not_four_numbers", f"{key}[{n}] {value!r}")
+        boxes.append(Box.from_normalised(*[number(v, f"{key}[{n}][{i}]") for i, v in enumerate(value)]))
     return tuple(boxes)
 
 
@@ -376,19 +376,23 @@ def _findings(scan: PadChestGRScan, report_path: Path, where: str, image: CxrIma
     if not isinstance(findings, list):
         scan.reject(report_path, where, "bad_findings", "findings is not a list")
         return
-    for number, finding in enumerate(findings):
-        place = f"{where} findings[{number}]"
+    for index, finding in enumerate(findings):
+        place = f"{where} findings[{index}]"
         if not isinstance(finding, dict) or not str(finding.get("sentence_en") or "").strip():
             scan.reject(report_path, place, "finding_without_sentence", "no sentence_en")
             continue
-        labels = [str(x) for x in finding.get("labels") or [] if str(x).strip()]
+        raw_labels = finding.get("labels") or []
+        if not isinstance(raw_labels, list):
+            scan.reject(report_path, place, "bad_labels", f"labels is not a list: {raw_labels!r}"[:200])
+            continue
+        labels = [str(x) for x in raw_labels if str(x).strip()]
         label = labels[0] if labels else "finding"
         phrase = str(finding["sentence_en"]).strip()
         abnormal = bool(finding.get("abnormal", bool(finding.get("boxes"))))
         try:
-            boxes = _boxes(finding.get("boxes") or [])
-            extra = _boxes(finding.get("extra_boxes") or [])
-        except BoxError as exc:
+            boxes = _boxes(finding.get("boxes") or [], "boxes")
+            extra = _boxes(finding.get("extra_boxes") or [], "extra_boxes")
+        except (BoxError, NotANumber) as exc:
             scan.reject(report_path, place, f"box_{exc.reason}", f"{report_path.name} {place}: {exc.detail}")
             continue
         scan.records.append(GroundedFinding(image=image, label=label, phrase=phrase, boxes=boxes,

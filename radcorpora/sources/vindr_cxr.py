@@ -34,8 +34,15 @@ from pathlib import Path
 
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Split
-from radcorpora.sources.base import SourceInfo, SourceScan, open_text
-from radcorpora.sources.dicom import DicomError, read_dicom_image, read_dicom_size
+from radcorpora.sources.base import (
+    NotANumber,
+    SourceInfo,
+    SourceScan,
+    image_size,
+    number,
+    open_text,
+)
+from radcorpora.sources.dicom import fit_within, read_dicom_image, read_dicom_size
 from radcorpora.sources.errors import SourceError
 
 # PhysioNet release: 22 local labels (boxed) and 6 global labels (image level).
@@ -57,7 +64,8 @@ KAGGLE_CLASSES: tuple[str, ...] = (
 LABEL_SPELLINGS: dict[str, str] = {"Other disease": "Other diseases"}
 KNOWN_LABELS = frozenset(LOCAL_LABELS + GLOBAL_LABELS + KAGGLE_CLASSES) | frozenset(LABEL_SPELLINGS)
 
-ANNOTATION_COLUMNS = ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max")
+BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+ANNOTATION_COLUMNS = ("image_id", "rad_id", "class_name", *BOX_COLUMNS)
 COLUMN_ALIASES = {"rad_ID": "rad_id", "rad_Id": "rad_id"}
 IMAGE_SUFFIXES = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dicom", ".dcm")
@@ -177,13 +185,7 @@ def _layout(root: Path) -> tuple[str, list[tuple[Split, Path]]]:
 def _size_of(path: str) -> tuple[int, int]:
     if path.lower().endswith(DICOM_SUFFIXES):
         return read_dicom_size(Path(path))
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:  # reads the header only
-            return image.size
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DicomError(f"{path}: not a readable image ({exc})") from exc
+    return image_size(path)
 
 
 @contextmanager
@@ -206,8 +208,9 @@ def scan_vindr_cxr(root: Path, max_side: int | None = None,
 
     `image_sizes` (image id -> (width, height)) skips the header reads where given. `max_side`
     is kept on the scan for `read_image`. Rejects (file and line): a box the Box type refuses,
-    a finding row without coordinates, a row without image or reader id, an image whose file is
-    missing or unreadable (all its rows)."""
+    a coordinate that is not a finite number (`box_not_a_number`, naming the cell), a finding
+    row without coordinates, a row without image or reader id, an image whose file is missing
+    or unreadable (all its rows)."""
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root}: VinDr-CXR folder does not exist")
@@ -254,7 +257,7 @@ def _read(scan: VinDrScan, root: Path, tables: list[tuple[Split, Path]],
                 global_labels[image_id][reader].add(label)  # an image-level label: it has no box
                 global_rows += 1
                 continue
-            if not (x1 and y1 and x2 and y2):
+            if not (x1 or y1 or x2 or y2):  # some but not all empty: box_not_a_number below
                 scan.reject(path, line, "box_missing_coordinates",
                             f"{path.name} line {line}: {label} by {reader} on {image_id} has no box")
                 continue
@@ -269,6 +272,7 @@ def _read(scan: VinDrScan, root: Path, tables: list[tuple[Split, Path]],
     # images: one file lookup per split folder, one header read per image
     folders: dict[str, dict[str, str]] = {}
     images: dict[str, CxrImage] = {}
+    original: dict[str, tuple[int, int]] = {}
     for image_id in sorted(seen):
         split, path, line = seen[image_id]
         if split not in folders:
@@ -282,11 +286,13 @@ def _read(scan: VinDrScan, root: Path, tables: list[tuple[Split, Path]],
         if size is None:
             try:
                 size = _size_of(file)
-            except DicomError as exc:
+            except SourceError as exc:  # DicomError is one
                 scan.reject(file, None, "image_unreadable", str(exc))
                 continue
+        original[image_id] = (int(size[0]), int(size[1]))  # the frame of the table's pixel boxes
+        stored = fit_within(*original[image_id], scan.max_side)  # every pixel-unit field: the stored image
         images[image_id] = CxrImage(source=INFO.name, image_id=image_id, subject_id=image_id, path=file,
-                                    split=split, width=int(size[0]), height=int(size[1]),
+                                    split=split, width=stored[0], height=stored[1],
                                     view="PA",  # the release holds posteroanterior adult radiographs only
                                     licence_class=INFO.licence_class)
     scan.images = [images[i] for i in sorted(images)]
@@ -298,10 +304,12 @@ def _read(scan: VinDrScan, root: Path, tables: list[tuple[Split, Path]],
             continue
         path = seen[image_id][1]
         kept: list[tuple[str, Box]] = []
-        for reader, (x1, y1, x2, y2), line in rows:
+        for reader, coords, line in rows:
             try:
-                box = Box.from_pixels_xyxy(x1, y1, x2, y2, image.width, image.height)
-            except BoxError as exc:
+                box = Box.from_pixels_xyxy(*map(number, coords, BOX_COLUMNS), *original[image_id])
+                if original[image_id] != (image.width, image.height):  # normalised corners hold; pixels follow
+                    box = box.model_copy(update={"width": image.width, "height": image.height})
+            except (BoxError, NotANumber) as exc:
                 scan.reject(path, line, f"box_{exc.reason}", f"{path.name} line {line}: {label} by {reader} on "
                                                               f"{image_id}: {exc.detail}")
                 continue

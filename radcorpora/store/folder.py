@@ -29,6 +29,15 @@ def read_manifest(build: Path) -> dict[str, Any]:
     if not Path(build).is_dir():
         raise BuildFolderError(f"{build}: not a folder")
     if not path.exists():
+        state = Path(build) / "build" / ".state"
+        if (state / "fingerprint.json").exists():  # see store.state: a build that has not finished
+            try:
+                command = (state / "command.txt").read_text(encoding="utf-8").strip()
+            except OSError:
+                command = ""
+            raise BuildFolderError(f"{build}: an unfinished build (stopped before it finished, or still running); "
+                                   "resume it by running its build command again"
+                                   + (f": {command}" if command else " with the same options"))
         raise BuildFolderError(f"{path}: build manifest missing (is {build} a radcorpora build?)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))

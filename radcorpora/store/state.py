@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from radcorpora.store.shards import file_sha256
 
 STATE_DIR = "build/.state"
 FINGERPRINT_FILE = "fingerprint.json"
+COMMAND_FILE = "command.txt"  # the command that started the build (to resume it)
 DERIVED_DIR = "derived"  # under STATE_DIR: see derived_once
 
 
@@ -55,15 +58,46 @@ class ChunkResult(BaseModel):
 
 
 def check_out_dir(out: Path) -> None:
-    """`--out` must be a folder or not exist, and nothing on its path may be a file."""
+    """`--out` must be a folder or not exist, nothing on its path may be a file, and we must be
+    able to write there: a file is created and removed in the nearest existing folder (a real
+    write, since permission bits say nothing for root or on read-only mounts)."""
+    out = Path(out)
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             what = "is a file" if parent == out else f"lies under {parent}, which is a file"
             raise BuildStateError(f"{out}: the output folder {what}; choose a folder path")
+    existing = next((p for p in (out, *out.parents) if p.is_dir()), None)
+    try:
+        if existing is None:
+            raise OSError("no existing folder on its path")
+        handle, probe = tempfile.mkstemp(prefix=".radcorpora-write-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BuildStateError(f"{out}: cannot write the output folder here ({existing}: {reason}); "
+                              "choose a folder you can write to") from None
 
 
-def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> str:
-    """Returns 'fresh', 'resume' or 'complete'. Refuses to mix two different builds."""
+def check_out_corpus(out: Path, corpus: str, overwrite: bool) -> None:
+    """A folder holding another corpus' build is refused before any source is scanned."""
+    if overwrite:
+        return
+    for recorded in (out / "build" / "manifest.json", out / STATE_DIR / FINGERPRINT_FILE):
+        try:
+            held = json.loads(recorded.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        held = held.get("corpus") if isinstance(held, dict) else None
+        if held and held != corpus:
+            raise BuildStateError(f"{out} holds a {held} build, and this is a {corpus} build: use a new --out folder, "
+                                  "or --overwrite to replace it")
+        return
+
+
+def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool, command: str = "") -> str:
+    """Returns 'fresh', 'resume' or 'complete'. Refuses to mix two different builds. `command`
+    is kept with the state, so a folder left by a killed build can say how to resume it."""
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "build" / "manifest.json"
@@ -73,7 +107,7 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         previous = json.loads(manifest.read_text()).get("fingerprint")
     elif state_fp.exists():
         previous = json.loads(state_fp.read_text())
-        held = {p.name for p in (out / STATE_DIR).iterdir()} - {DERIVED_DIR}
+        held = {p.name for p in (out / STATE_DIR).iterdir()} - {DERIVED_DIR, COMMAND_FILE}
         if not (out / "data").exists() and held == {FINGERPRINT_FILE}:
             previous = None  # stopped before anything was written (a refusal, a bad option): start over
             shutil.rmtree(out / STATE_DIR)
@@ -93,10 +127,20 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
         stray = sorted(p.name for p in out.iterdir())[:5]
         raise BuildStateError(f"{out} is not empty and holds no radcorpora build ({', '.join(stray)}...); "
                               "choose an empty folder or pass --overwrite")
+    if previous is not None and previous.get("corpus") != fingerprint.get("corpus"):
+        raise BuildStateError(f"{out} holds a {previous.get('corpus')} build, and this is a {fingerprint.get('corpus')} "
+                              "build: use a new --out folder, or --overwrite to replace it")
     if previous is not None and previous != fingerprint:
         changed = changed_keys(previous, fingerprint)
+        old_sources = set((previous.get("sources") or {}).get("present") or [])
+        new_sources = set((fingerprint.get("sources") or {}).get("present") or [])
         if "radcorpora" in changed:  # other code: its rows may differ for the same sources and settings
             what = f"by radcorpora {previous.get('radcorpora')} (this is {fingerprint.get('radcorpora')})"
+        elif old_sources != new_sources and all(k.startswith("sources") for k in changed):
+            moves = [f"{word}: {', '.join(sorted(names))}" for word, names in
+                     (("added", new_sources - old_sources), ("removed", old_sources - new_sources)) if names]
+            what = f"from other sources ({'; '.join(moves)})"
+            changed = [k for k in changed if k != "sources.rows"]
         elif all(k.startswith("sources") for k in changed):
             what = "from sources whose content changed"
         else:
@@ -119,6 +163,7 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> 
                 target.unlink()
     atomic.remove_stale_tmp(out)
     atomic.write_json(state_fp, fingerprint)
+    atomic.write_text(out / STATE_DIR / COMMAND_FILE, command)
     return "resume" if previous is not None else "fresh"
 
 

@@ -20,6 +20,8 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
     ids = report.check("unique_instance_ids", "instance ids are unique across the whole build")
     tasks = report.check("task_matches_config", "every row's task is its config's")
     replicas = report.check("replication_positive", "every instance has a replication count >= 1")
+    held_out_once = report.check("evaluation_instances_once",
+                                 "test and validation splits hold each instance once (replication 1)")
     seen: dict[str, str] = {}
     for config in CONFIG_RECORDS:
         for split, paths in config_shards(build, config).items():
@@ -40,6 +42,11 @@ def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image
                 for row in bad:
                     replicas.fail(f"{instance_ids[row]}: replication {factors[int(row)].as_py()}")
                 replicas.checked += len(instances)
+                if split != "train":
+                    held_out_once.checked += len(instances)
+                    repeated = pc.fill_null(pc.greater(factors, 1), False).to_numpy(zero_copy_only=False).nonzero()[0]
+                    for row in repeated:
+                        held_out_once.fail(f"{where}: {instance_ids[row]} has replication {factors[int(row)].as_py()}")
     integrity = report.check("patient_split_integrity",
                              "no patient is in both train and test, across all tasks and sources")
     train, test = split_patients.get("train", set()), split_patients.get("test", set())

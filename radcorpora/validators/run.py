@@ -125,7 +125,24 @@ DESCRIPTIONS = {
     "shard_checksums": "every shard's sha256 equals the one recorded in the manifest",
     "unique_ids": "ids are unique within each config",
     "counts_match_manifest": "row counts equal those recorded in the manifest",
+    "configs_not_empty": "every config the build was asked for holds rows (unless built with --allow-empty)",
 }
+
+
+def check_not_empty(report: ValidationReport, manifest: dict[str, Any]) -> None:
+    """An empty build is not a success: a config asked for with no rows (all sources empty, every
+    LLM request failed) fails the build, unless it was built with --allow-empty (then a warning)."""
+    check = report.check("configs_not_empty", DESCRIPTIONS["configs_not_empty"])
+    splits = manifest.get("splits") or {}
+    asked = manifest.get("configs_asked") or sorted(splits) or ["(any)"]
+    check.checked += len(asked)
+    empty = [c for c in asked if not sum((splits.get(c) or {}).values())]
+    for config in empty:
+        if manifest.get("allow_empty"):
+            report.warnings.append(f"config {config} holds no rows (built with --allow-empty)")
+        else:
+            check.fail(f"config {config} holds no rows: see the rejects and warnings for why, or build with "
+                       "--allow-empty")
 
 
 def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest: dict[str, Any]) -> None:
@@ -185,6 +202,7 @@ def validate_build_folder(build: Path, corpus: str, records: dict[str, type[Base
     if deep:
         for _ in iter_records(build, records, report):
             pass
+    check_not_empty(report, manifest)
     corpus_rules(build, report, manifest, image_check=image_check, deep=deep)
     report.stats.update({"distinct_images": len(set().union(*(f.image_hashes for f in findings))) if findings else 0,
                          "rows": sum(f.rows for f in findings)})
@@ -219,5 +237,6 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
                 ids.expect_unique(table.column("id").to_pylist(), seen, str(path.relative_to(build)))
             want = (manifest.get("splits") or {}).get(config, {}).get(split)
             counts.expect(want == rows, f"{config}/{split}: {rows} rows, manifest says {want}")
+    check_not_empty(report, manifest)
     corpus_rules(build, report, manifest, image_check=image_check, deep=False)
     return report
