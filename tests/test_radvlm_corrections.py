@@ -136,6 +136,10 @@ def test_every_image_left_out_for_its_view_is_counted(build, sources):
     assert lateral and manifest["excluded"] == {"chexpert/view_lateral": len(lateral)}
     assert "## Left out by the method" in (build / "README.md").read_text()
     assert "view_lateral" in (build / "README.md").read_text()
+    preview = cli("preview", build, "--out", build.parent / "preview.html")
+    assert preview.exit_code == 0, preview.output
+    page = (build.parent / "preview.html").read_text()
+    assert "Left out by the method" in page and f'view_lateral</td><td class="n">{len(lateral):,}' in page
     # CheXpert's test_labels.csv has no view columns: the view comes from the file name
     test_ids = {r["lineage"]["source_id"] for r in rows_of(build, "abnormality_classification", "test")}
     with (dataset / "test_labels.csv").open() as handle:

@@ -164,6 +164,7 @@ def render_preview(build: Path, *, spec: PreviewSpec | None = None, title: str |
     page.summary(manifest)
     page.validation(manifest, build)
     page.rejects(manifest, build)
+    page.excluded(manifest)
     page.llm(manifest, build)
     page.reference_check(build)
     shown = 0
@@ -805,11 +806,23 @@ class Page:
         body += f'<div class="plots"><img alt="rejects by reason" src="{bar_plot("rejects by reason", ordered[:MAX_BARS])}"></div>'
         self.add("rejects", "Rejects", body)
 
+    def excluded(self, manifest: dict[str, Any]) -> None:
+        """Source rows the method does not take (a lateral view where frontal ones are asked for):
+        not faults, so not rejects, but counted per source and reason all the same."""
+        excluded = manifest.get("excluded") or {}
+        if not excluded:
+            return
+        rows = "".join(f'<tr><td>{esc(source)}</td><td>{esc(reason)}</td><td class="n">{n:,}</td></tr>'
+                       for source, reason, n in sorted((*k.split("/", 1), v) for k, v in excluded.items()))
+        self.add("excluded", "Left out by the method",
+                 f"<p>{sum(excluded.values()):,} source rows left out by design</p>"
+                 f"<table><tr><th>source</th><th>reason</th><th>rows</th></tr>{rows}</table>")
+
     def llm(self, manifest: dict[str, Any], build: Path) -> None:
         llm = manifest.get("llm")
         queue = build / "build" / "adjudication_queue.jsonl"
-        if not isinstance(llm, dict) and not queue.exists():
-            return
+        if not (isinstance(llm, dict) and llm.get("generator")) and not queue.exists():
+            return  # no model wrote anything (radvlm with rule-based prior removal, say)
         llm = llm if isinstance(llm, dict) else {}
         facts: list[tuple[str, str]] = []
         for key in ("generator", "verifiers", "requests_sent", "failed_requests", "batch", "adjudication_pending",
