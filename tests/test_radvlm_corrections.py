@@ -314,3 +314,31 @@ def test_corpora_fits_80_columns_and_cuts_no_name(monkeypatch):
             assert config.name in result.output
         for option in spec.sources:
             assert option.flag in result.output
+
+
+def test_every_reject_kind_is_reproducible_across_builds(tmp_path):
+    """All seven demo sources (each with its own faults: a missing file, an inverted box, a box
+    outside the frame, a study without labels, an image in no split) plus an undecodable JPEG, a
+    truncated DICOM and an undecodable PNG, built twice into two folders."""
+    from radcorpora.corpora import _demo_radvlm
+
+    sources = _demo_radvlm(tmp_path / "src", {})
+    sorted(sources["mimic_cxr"].rglob("*.jpg"))[3].write_bytes(b"\xff\xd8 not really a jpeg")
+    dicom = sorted((sources["vindr_cxr"] / "train").glob("*.dicom"))[1]
+    dicom.write_bytes(dicom.read_bytes()[:400])
+    pngs = sorted(sources["padchest_gr"].rglob("*.png"))
+    if pngs:
+        pngs[0].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    flags = [a for key, path in sources.items() for a in (f"--{key.replace('_', '-')}", path)]
+    outs = []
+    for name in ("one", "two"):
+        out = tmp_path / name / "radvlm"
+        result = cli("build", "radvlm", *flags, "--max-side", "128", "--out", out, "--workers", "2")
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    one, two = ((o / "build/rejects.jsonl").read_bytes() for o in outs)
+    assert one == two and b" at 0x" not in one and str(tmp_path).encode() not in one
+    reasons = Counter(json.loads(line)["reason"] for line in one.decode().splitlines())
+    assert {"image_does_not_decode", "image_file_missing", "box_inverted", "no_split"} <= set(reasons), reasons
+    for shard in sorted((outs[0] / "data").rglob("*.parquet")):
+        assert shard.read_bytes() == (outs[1] / shard.relative_to(outs[0])).read_bytes()
