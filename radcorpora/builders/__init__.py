@@ -1,1 +1,0 @@
-"""One module per corpus: sources + ops (+ llm) -> validated samples, as named stages."""
