@@ -10,6 +10,7 @@ Cohen's kappa for two auditors and Fleiss' kappa for three or more, both from st
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def route(verdicts: dict[str, Verdict]) -> Outcome:
 def _defined(value: float) -> float | None:
     """statsmodels answers NaN where kappa is undefined (every rating in one category: no chance
     agreement left to correct for); we say None rather than print a number that means nothing."""
-    return None if value != value else float(value)  # NaN != NaN
+    return None if math.isnan(value) else float(value)
 
 
 def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
