@@ -33,7 +33,7 @@ from radcorpora.llm.stage import LLMStage
 from radcorpora.llm.structured import JsonParser
 from radcorpora.schemas.common import Reject
 from radcorpora.store import atomic
-from radcorpora.testing.fake_llm_server import FakeProviderServer
+from radcorpora.testing.fake_llm_server import FakeProviderServer, Fault
 
 KEY = "sk-test-SECRETKEY0123456789"
 REPORTS = {
@@ -432,6 +432,23 @@ def test_server_resume_changed_audit_and_adjudication(server, tmp_path):
     assert settled["audit"].rejects["r2/1"].reason == "adjudicator_rejected"
     assert [e.id for e in settled.queue] == ["r2/2"]
     assert settled.figures()["adjudication_pending"] == 1
+
+
+def test_a_failed_request_is_queued_then_retried_by_the_next_run(server, tmp_path):
+    build = tmp_path / "build"
+    graph = pipeline(JUDGES[:2], GENERATOR)
+    graph.run(INPUTS, LLMSession(settings(tmp_path)), build, until="answers")
+    server.faults.append(Fault(status=400))  # one audit request refused: not retryable
+    sent = server.calls
+    result = graph.run(INPUTS, LLMSession(settings(tmp_path)), build)
+    assert server.calls - sent == 18 and result["audit"].figures["failed"] == 1
+    [entry] = result.queue  # the two judges agree everywhere else
+    assert len(entry.verdicts) == 1 and len(entry.item["missing_verdicts"]) == 1
+    assert "llm_client" in next(iter(entry.item["why_missing"].values()))
+    sent = server.calls
+    again = graph.run(INPUTS, LLMSession(settings(tmp_path)), build)
+    assert server.calls - sent == 1 and again.queue == [] and again["audit"].figures["reused"] == 17
+    assert len(again["audit"].outputs) == sum(ok for _, ok in expected_items().values())
 
 
 # --------------------------------------------------------------------------- estimate
