@@ -290,9 +290,9 @@ def dpo_export(tmp_path_factory) -> Path:
              "chosen": "yes" if i % 2 else "no", "rejected": "no" if i % 2 else "yes"} for i in range(6)]
     build = _handmade(root / "b", "dpo", rows)
     for fmt in ("trl", "sharegpt", "swift"):
-        export_format(fmt, build, root / fmt, config="dpo")
-    with pytest.raises(ExportError, match="preference pair"):
-        export_format("llava", build, root / "llava", config="dpo")
+        export_format(fmt, build, root / fmt, config="dpo", loss="preference")
+    with pytest.raises(ExportError, match="preference pairs; `llava` has no preference form"):
+        export_format("llava", build, root / "llava", config="dpo", loss="preference")
     return root
 
 

@@ -544,3 +544,128 @@ def test_chromium_binary_answers_when_present():
         pytest.skip("chromium / chromedriver not installed (apt-get install -y chromium chromium-driver)")
     version = subprocess.run([found[1], "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
     assert "ChromeDriver" in version
+
+
+# --------------------------------------------------------------------------- interleaved samples and preference pairs
+
+
+@pytest.fixture(scope="module")
+def records_build(tmp_path_factory) -> Path:
+    from records_fixture import write_records_build
+
+    return write_records_build(tmp_path_factory.mktemp("records-preview"))
+
+
+def _cards_by_id(page: str) -> dict[str, str]:
+    """id -> the HTML of its sample card."""
+    cards = re.split(r'(?=<div class="sample" )', page)[1:]
+    return {re.search(r'<div class="where"><b>([^<]+)</b>', c)[1]: c for c in cards}
+
+
+def test_interleaved_rows_show_every_image_in_order_with_provenance_and_numbered_placeholders(records_build):
+    from records_fixture import INTERLEAVED_ROWS, interleaved
+
+    page, _ = render_preview(records_build, config="interleaved", samples=INTERLEAVED_ROWS)
+    cards = _cards_by_id(page)
+    assert len(cards) == INTERLEAVED_ROWS
+    for i in range(INTERLEAVED_ROWS):
+        record = interleaved(i)
+        card = cards[record.id]
+        figures = re.findall(r'<figure class="img" data-image="(\d+)">.*?alt="([^"]*)"', card)
+        assert figures == [(str(k + 1), image.path) for k, image in enumerate(record.images)]
+        placeholders = sum(t.value.count("<image>") for t in record.conversations)
+        assert re.findall(r'class="chip" data-image="(\d+)"', card) == [str(k + 1) for k in range(placeholders)]
+        assert placeholders == len(record.images)
+        # provenance: one note per image; a crop names its parent (or says it is not in the row)
+        notes = re.findall(r'<div class="prov" data-image="(\d+)">(.*?)</div>', card)
+        assert [n for n, _ in notes] == [str(k + 1) for k in range(len(record.images))]
+        drawn = [b[k] for b in iter_sample_boxes(card) for k in ("x1", "y1", "x2", "y2")]
+        expected = []
+        for k, entry in enumerate(record.image_provenance):
+            text = html.unescape(re.sub(r"<[^>]+>", "", notes[k][1]))
+            assert entry.source_sha256[:12] in text and entry.source_path in text
+            if entry.crop is None:
+                assert "crop of" not in text
+                continue
+            assert entry.derivation in text and f"({entry.crop.left}, {entry.crop.top}, " in text
+            if entry.parent is None:
+                assert "crop of the source image (not in this row)" in text
+                continue
+            assert f"crop of image {entry.parent + 1}" in text
+            from PIL import Image
+
+            w, h = Image.open(io.BytesIO(record.images[entry.parent].bytes)).size
+            expected += [entry.crop.left / w, entry.crop.top / h, entry.crop.right / w, entry.crop.bottom / h]
+        assert drawn == pytest.approx(expected)  # crops drawn on the parent only when it is in the row
+
+
+def test_preference_rows_show_prompt_then_chosen_and_rejected_side_by_side_with_scores(records_build):
+    from records_fixture import PREFERENCE_ROWS, preference
+
+    page, _ = render_preview(records_build, config="preference", samples=PREFERENCE_ROWS)
+    cards = _cards_by_id(page)
+    assert len(cards) == PREFERENCE_ROWS
+    for i in range(PREFERENCE_ROWS):
+        record = preference(i)
+        card = cards[record.id]
+        pair = card.index('<div class="pair">')
+        assert all(card.index(html.escape(t.value, quote=True).replace("&lt;image&gt;", "")
+                              .split("\n")[-1]) < pair for t in record.prompt)  # the prompt comes first
+        sides = re.findall(r'<div class="side (\w+)" data-side="\w+"><div class="sidehead">\w+ · score <b>([^<]+)</b>'
+                           r'</div>.*?<div class="said">(.*?)</div>', card)
+        assert [(s, float(score), html.unescape(text)) for s, score, text in sides] == [
+            ("chosen", round(record.chosen_score, 4), record.chosen.value),
+            ("rejected", round(record.rejected_score, 4), record.rejected.value)]
+        assert "scored by <code>radiologist</code>" in card
+        assert len(re.findall(r'class="chip" data-image=', card)) == len(record.images) == 2
+        assert "<th>chosen" not in card and "<th>chosen_score" not in card  # not repeated under fields
+
+
+def test_records_preview_in_headless_chromium_counts_images_turns_and_pairs(records_build, tmp_path):
+    from records_fixture import INTERLEAVED_ROWS, PREFERENCE_ROWS, RECORDS
+
+    report = write_preview(records_build, tmp_path / "records.html", samples=8, seed=0).path
+    driver = _open_in_chromium(report)
+    try:
+        cards = driver.execute_script(
+            "return [...document.querySelectorAll('.sample')].map(s => ({config: s.dataset.config, "
+            "shard: s.dataset.shard, row: s.dataset.row, "
+            "figures: [...s.querySelectorAll('figure.img')].map(f => [f.dataset.image, f.querySelector('img').alt, "
+            "f.querySelector('img').getBoundingClientRect().height]), "
+            "chips: [...s.querySelectorAll('.chip')].map(c => getComputedStyle(c, '::after').content), "
+            "turns: [...s.querySelectorAll('.turn')].map(t => [t.querySelector('.who').textContent, "
+            "t.querySelector('.said').textContent, t.getBoundingClientRect().height]), "
+            "sides: [...s.querySelectorAll('.pair .side')].map(d => {const r = d.getBoundingClientRect(); "
+            "return [d.dataset.side, r.left, r.top, r.right, d.querySelector('.sidehead').textContent]}), "
+            "boxes: [...s.querySelectorAll('.frame .box')].map(b => {const i = b.parentElement.querySelector('img')"
+            ".getBoundingClientRect(), r = b.getBoundingClientRect(); return [r.left - i.left, r.top - i.top, "
+            "r.right - i.left, r.bottom - i.top, i.width, i.height, +b.dataset.x1, +b.dataset.y1, +b.dataset.x2, "
+            "+b.dataset.y2]})}))")
+        shot = tmp_path / "records.png"
+        driver.find_element("css selector", '.sample[data-config="preference"]').screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert sorted(c["config"] for c in cards) == ["interleaved"] * INTERLEAVED_ROWS + ["preference"] * PREFERENCE_ROWS
+    for card in cards:
+        row = _row_of(records_build, card)
+        images = [image["path"] for image in row["images"]]
+        assert [(int(n), alt) for n, alt, _ in card["figures"]] == list(enumerate(images, 1))
+        assert all(height > 10 for _, _, height in card["figures"])
+        assert card["chips"] == [f'" {k}"' for k in range(1, len(images) + 1)]  # what the reader sees after <image>
+        turns = row["conversations"] if card["config"] == "interleaved" else [*row["prompt"], row["chosen"], row["rejected"]]
+        assert [(who, said) for who, said, _ in card["turns"]] == [(t["from"], t["value"]) for t in turns]
+        assert all(height > 10 for _, _, height in card["turns"])
+        for left, top, right, bottom, width, height, x1, y1, x2, y2 in card["boxes"]:
+            assert (left, top, right, bottom) == pytest.approx((x1 * width, y1 * height, x2 * width, y2 * height), abs=1.0)
+        if card["config"] == "preference":
+            (chosen, *c), (rejected, *r) = card["sides"]
+            assert (chosen, rejected) == ("chosen", "rejected")
+            assert c[1] == pytest.approx(r[1], abs=1.0) and r[0] >= c[2]  # side by side: same top, rejected right of chosen
+            assert c[3].startswith("chosen · score ") and f"{row['chosen_score']:.4f}".rstrip("0") in c[3]
+        else:
+            parents = sum(p["parent"] is not None for p in row["image_provenance"])
+            assert len(card["boxes"]) == parents
+    assert set(RECORDS) == {"interleaved", "preference"}
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shutil.copyfile(shot, artifacts / "preview-preference.png")

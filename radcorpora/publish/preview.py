@@ -14,7 +14,13 @@ there is no script):
   normalised corners in `data-x1..data-y2`) and labelled with what it marks (finding, phrase or
   region, readers), every conversation turn of the row at any depth (radvlm's
   `instances[i].conversations` under what each instance is about), questions and choices with
-  the answer marked, ids and lineage.
+  the answer marked, ids and lineage;
+* rows with an `images` list (interleaved samples): every image in order, numbered as the
+  `<image>` placeholders are (the k-th placeholder across the turns is image k), each with its
+  provenance (`image_provenance`: source file, parent, box, pixel crop, derivation) and, when its
+  parent is in the row, the rectangle it was cut from drawn on the parent;
+* preference pairs (`chosen` / `rejected`): the prompt, then the two answers side by side with
+  their scores and the scorer.
 
 Bounded on any build size: the rows shown are read from their own row groups only; the plots read
 only their own columns, from all row groups of a small build or a seeded subset of row groups of a
@@ -72,14 +78,14 @@ from radcorpora.store.samples import (
 )
 
 THUMBNAIL_SIDE = 384  # long side of an image thumbnail, pixels
-MAX_IMAGES_PER_ROW = 4
+MAX_IMAGES_PER_ROW = 12
 MAX_TEXT = 3000  # characters of one text shown before it is cut
 MAX_BARS = 20
 STAT_ROWS = 20_000  # rows per config the plots read (all of a smaller config)
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
 LABEL_NAMES = {"label", "labels", "pathology", "location", "region", "regions", "modality", "body_part", "organ",
                "finding", "findings", "category", "class", "class_name", "verification", "content_type",
-               "source_split", "view", "view_position", "sex"}
+               "source_split", "view", "view_position", "sex", "scorer"}
 BOX_FIELDS = {"x1", "y1", "x2", "y2"}
 
 
@@ -200,7 +206,8 @@ def _is_turns_type(t: pa.DataType) -> bool:
 
 def default_plots(schema: pa.Schema) -> tuple[PlotSpec, ...]:
     """Plots a schema suggests: label-like and `*_type` strings and booleans counted, conversation
-    rounds, box sizes and readers of every Box-shaped struct (at any depth)."""
+    rounds, images per row of an image list, box sizes and readers of every Box-shaped struct (at
+    any depth)."""
     plots: list[PlotSpec] = []
 
     def walk(t: pa.DataType, path: str, name: str) -> None:
@@ -218,6 +225,8 @@ def default_plots(schema: pa.Schema) -> tuple[PlotSpec, ...]:
             for i in range(t.num_fields):
                 f = t.field(i)
                 walk(f.type, f"{path}.{f.name}" if path else f.name, f.name)
+        elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_image_type(t.value_type):
+            plots.append(PlotSpec(f"images per row ({path})", path, "length"))
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
             walk(t.value_type, f"{path}[]", name)
         elif (pa.types.is_string(t) or pa.types.is_large_string(t)) and \
@@ -501,17 +510,23 @@ def _num(v: float) -> str:
     return f"{v:.4f}".rstrip("0").rstrip(".") if v else "0"
 
 
-def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: list[str] | None = None) -> str:
-    """Thumbnails; every box drawn on the first image (a row's boxes refer to its image)."""
+def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: list[str] | None = None,
+                  per_image: list[list[FoundBox]] | None = None, notes: list[str] | None = None) -> str:
+    """Thumbnails; every box drawn on the first image (a row's boxes refer to its image), or, with
+    `per_image`, each image's own boxes (numbered images: `data-image` k, caption `image k`, and
+    `notes[k]` as HTML under it)."""
     parts = []
     for i, image in enumerate(images[:MAX_IMAGES_PER_ROW]):
         name = image.get("path") or (where[i] if where else f"image {i + 1}")
+        numbered = per_image is not None
+        attrs = f' data-image="{i + 1}"' if numbered else ""
+        note = notes[i] if notes else ""
         try:
             uri, w, h, ow, oh = thumbnail(bytes(image["bytes"]))
         except Exception as exc:  # noqa: BLE001 - an undecodable image is shown as such; the page still renders
-            parts.append(f'<figure class="img broken">image {esc(name)} does not decode: {esc(exc)}</figure>')
+            parts.append(f'<figure class="img broken"{attrs}>image {esc(name)} does not decode: {esc(exc)}{note}</figure>')
             continue
-        drawn = boxes if i == 0 else []
+        drawn = per_image[i] if per_image is not None else boxes if i == 0 else []
         overlays = "".join(_box_div(b, n, w, h) for n, b in enumerate(drawn))
         legend = "".join(
             f'<li><span class="swatch" style="background:{_colour(n, b)}"></span>{esc(_cut(b.label, 120))} '
@@ -519,10 +534,10 @@ def render_images(images: list[dict[str, Any]], boxes: list[FoundBox], where: li
             f'{f" · {b.readers} reader{_s(b.readers)}" if b.readers else ""}{" · from the text" if b.from_text else ""}</li>'
             for n, b in enumerate(drawn))
         parts.append(
-            f'<figure class="img"><div class="frame" style="width:{w}px;height:{h}px">'
+            f'<figure class="img"{attrs}><div class="frame" style="width:{w}px;height:{h}px">'
             f'<img src="{uri}" width="{w}" height="{h}" alt="{esc(name)}">{overlays}</div>'
-            f'<figcaption>{esc(name)} · {ow}×{oh}</figcaption>'
-            + (f'<ol class="legend">{legend}</ol>' if legend else "") + "</figure>")
+            f'<figcaption>{f"<b>image {i + 1}</b> · " if numbered else ""}{esc(name)} · {ow}×{oh}</figcaption>'
+            + (f'<ol class="legend">{legend}</ol>' if legend else "") + note + "</figure>")
     if len(images) > MAX_IMAGES_PER_ROW:
         parts.append(f'<p class="note">+{len(images) - MAX_IMAGES_PER_ROW} more images not shown</p>')
     return f'<div class="images">{"".join(parts)}</div>' if parts else ""
@@ -550,8 +565,15 @@ def _box_div(box: FoundBox, n: int, w: int, h: int) -> str:
 
 
 def render_turns(turns: list[dict[str, Any]], boxes: list[FoundBox]) -> str:
-    """The conversation, one bubble per turn; `<image>` marked, box text coloured like its box."""
+    """The conversation, one bubble per turn; box text coloured like its box; each `<image>`
+    marked and numbered in turn order (`data-image` k, shown by CSS so the turn's text stays the
+    text), the number of the image it stands for."""
     out = []
+    placeholders = iter(range(1, 1_000_000))
+
+    def chip(_: re.Match) -> str:
+        return f'<span class="chip" data-image="{next(placeholders)}">&lt;image&gt;</span>'
+
     for turn in turns:
         who = str(turn.get("from") or "")
         text = _cut(str(turn.get("value") or ""))
@@ -563,7 +585,7 @@ def render_turns(turns: list[dict[str, Any]], boxes: list[FoundBox]) -> str:
             pieces.append(f'<span class="boxtext" style="border-color:{colour}">{esc(span.text)}</span>')
             last = span.end
         pieces.append(esc(text[last:]))
-        body = "".join(pieces).replace("&lt;image&gt;", '<span class="chip">&lt;image&gt;</span>')
+        body = re.sub("&lt;image&gt;", chip, "".join(pieces))
         out.append(f'<div class="turn {esc(who)}"><span class="who">{esc(who)}</span><div class="said">{body}</div></div>')
     return f'<div class="turns">{"".join(out)}</div>'
 
@@ -637,13 +659,21 @@ def render_row_default(row: dict[str, Any]) -> str:
     any depth (a nested one under what its struct is about), questions with options, the
     remaining fields, lineage."""
     images = find_images(row)
-    struct_boxes = find_boxes(row)
+    sequence = image_sequence(row)
+    struct_boxes = [b for b in find_boxes(row) if sequence is None or _top(b.source) != "image_provenance"]
     conversations = find_conversations(row)
     turns = [t for _, _, ts in conversations for t in ts]
     boxes = struct_boxes + text_boxes(turns, struct_boxes)
     image_keys = {_top(path) for path, _ in images}
-    parts = [render_images([img for _, img in images], boxes, [p for p, _ in images])]
+    if sequence is not None:
+        image_keys.add("image_provenance")
+        per_image, notes = provenance_views(row["images"], row.get("image_provenance"))
+        per_image[0] = boxes + per_image[0]  # the row's own boxes refer to its first image
+        parts = [render_images(row["images"], [], per_image=per_image, notes=notes)]
+    else:
+        parts = [render_images([img for _, img in images], boxes, [p for p, _ in images])]
     text = []
+    pair = preference_view(row, boxes)
     nested = Counter(_top(path) for path, owner, _ in conversations if owner is not row)
     seen: Counter[str] = Counter()
     for path, owner, ts in conversations:
@@ -654,6 +684,8 @@ def render_row_default(row: dict[str, Any]) -> str:
         seen[top] += 1
         owner_path, _, key = path.rpartition(".")
         text.append(render_item(owner_path, owner, key, seen[top], nested[top], boxes))
+    if pair:
+        text.append(pair)  # after the prompt it answers
     question_lists = [k for k, v in row.items() if isinstance(v, list) and v and
                       all(isinstance(q, dict) and "question" in q and "answer" in q for q in v)]
     if "question" in row and "answer" in row:
@@ -662,6 +694,8 @@ def render_row_default(row: dict[str, Any]) -> str:
         text.append(f'<details><summary>{esc(key)}: {len(row[key])} with their options and answers</summary>'
                     + "".join(render_question(q) for q in row[key]) + "</details>")
     used = {_top(path) for path, _, _ in conversations} | set(question_lists) | image_keys | {"id", "lineage"}
+    if pair:
+        used |= PAIR_FIELDS
     if "question" in row and "answer" in row:
         used |= {"question", "answer", "choices"}
     box_keys = {_top(b.source) for b in struct_boxes}
@@ -677,6 +711,78 @@ def render_row_default(row: dict[str, Any]) -> str:
         text.append(f'<details><summary>lineage</summary>{_kv(lineage)}</details>')
     parts.append(f'<div class="text">{"".join(text)}</div>')
     return "".join(parts)
+
+
+def image_sequence(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The row's ordered `images` list (interleaved samples, multi-image rows), or None."""
+    images = row.get("images")
+    return images if isinstance(images, list) and images and all(_is_image(i) for i in images) else None
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - an undecodable image is shown as such by render_images
+        return None
+
+
+def provenance_views(images: list[dict[str, Any]], provenance: Any) -> tuple[list[list[FoundBox]], list[str]]:
+    """Per image: the rectangles cut from it for later images of the row (`image_provenance[k]
+    .crop` on its `parent`, normalised by the parent's pixel size, labelled `image k`), and a
+    provenance note (source file and sha256; for a crop its parent, box, pixel crop, derivation)."""
+    per_image: list[list[FoundBox]] = [[] for _ in images]
+    notes = ["" for _ in images]
+    if not (isinstance(provenance, list) and len(provenance) == len(images)):
+        return per_image, notes
+    sizes: dict[int, tuple[int, int] | None] = {}
+    for k, entry in enumerate(provenance):
+        if not isinstance(entry, dict):
+            continue
+        facts = [(f'source <code>{esc(entry.get("source_path") or "?")}</code> '
+                  f'<code title="{esc(entry.get("source_sha256"))}">{esc(str(entry.get("source_sha256") or "")[:12])}…</code>')]
+        box, cut, parent = entry.get("box"), entry.get("crop"), entry.get("parent")
+        if isinstance(box, dict) and isinstance(cut, dict):
+            corners = f'[{", ".join(_num(float(box[c])) for c in ("x1", "y1", "x2", "y2"))}]'
+            rect = f'({cut["left"]}, {cut["top"]}, {cut["right"]}, {cut["bottom"]})'
+            where = (f"image {parent + 1}" if isinstance(parent, int) and 0 <= parent < len(images)
+                     else "the source image (not in this row)")
+            facts.append(f'crop of <b>{esc(where)}</b>: box <code>{esc(corners)}</code>, pixels <code>{esc(rect)}</code>')
+            if entry.get("derivation"):
+                facts.append(f'<code>{esc(entry["derivation"])}</code>')
+            if isinstance(parent, int) and 0 <= parent < len(images):
+                if parent not in sizes:
+                    sizes[parent] = _image_size(bytes(images[parent]["bytes"]))
+                size = sizes[parent]
+                if size:
+                    w, h = size
+                    per_image[parent].append(FoundBox(cut["left"] / w, cut["top"] / h, cut["right"] / w, cut["bottom"] / h,
+                                                      label=f"image {k + 1}", source=f"image_provenance[{k}].crop"))
+        notes[k] = f'<div class="prov" data-image="{k + 1}">{" · ".join(facts)}</div>'
+    return per_image, notes
+
+
+PAIR_FIELDS = {"chosen", "rejected", "chosen_score", "rejected_score", "scorer"}
+
+
+def preference_view(row: dict[str, Any], boxes: list[FoundBox]) -> str:
+    """A preference pair's two answers side by side, each with its score (the prompt is shown
+    as the row's conversation); "" for a row that is not a pair."""
+    if "chosen" not in row or "rejected" not in row:
+        return ""
+    sides = []
+    for side in ("chosen", "rejected"):
+        answer = row[side]
+        turn = answer if isinstance(answer, dict) and "value" in answer else {"from": "gpt", "value": str(answer or "")}
+        score = row.get(f"{side}_score")
+        shown = f" · score <b>{esc(_num(float(score)) if isinstance(score, (int, float)) else score)}</b>" \
+            if score is not None else ""
+        sides.append(f'<div class="side {side}" data-side="{side}"><div class="sidehead">{side}{shown}</div>'
+                     f'{render_turns([turn], boxes)}</div>')
+    scorer = f'<div class="note">scored by <code>{esc(row["scorer"])}</code></div>' if row.get("scorer") else ""
+    return f'<div class="pair">{"".join(sides)}</div>{scorer}'
 
 
 def _top(path: str) -> str:
@@ -717,6 +823,11 @@ height:10px;margin-right:4px;border-radius:2px}.text{flex:1;min-width:320px;max-
 font-weight:700;text-transform:uppercase;color:#5f6673;padding-top:6px}.said{white-space:pre-wrap;padding:6px 10px;
 border-radius:8px;background:#eef1f6;overflow-wrap:anywhere}.turn.gpt .said{background:#e6f4ea}
 .chip{background:#1d2330;color:#fff;border-radius:3px;padding:0 3px;font-size:11px}
+.chip[data-image]::after{content:" " attr(data-image);font-weight:700}
+.prov{font-size:11.5px;color:#3d4453;max-width:384px;overflow-wrap:anywhere;margin-top:3px}
+.pair{display:flex;gap:12px;margin-top:10px}.side{flex:1;min-width:0;border-top:3px solid #3cb44b;padding-top:4px}
+.side.rejected{border-top-color:#e6194b}.sidehead{font-size:12px;font-weight:700;text-transform:uppercase;color:#5f6673;
+margin-bottom:4px}.side.rejected .said{background:#fbe9eb}
 .boxtext{border-bottom:3px solid;font-family:ui-monospace,monospace;font-size:12px}
 .item{border-left:3px solid #c8cfdb;padding:2px 0 2px 10px;margin:8px 0}.itemhead{font-size:12.5px;
 margin-bottom:4px;overflow-wrap:anywhere}.qa{border-left:3px solid #4363d8;padding:4px 10px;margin:8px 0;background:#f7f8fb}.kind{font-size:11px;

@@ -5,6 +5,12 @@ Two entry points: `validate_finished_build` runs at the end of a build and reads
 build already checked (rows were checked in the workers as they were written; their findings
 come with the chunk results); `validate_build_folder` checks a folder from disk, shards in
 parallel, as `radcorpora validate` and `publish` do.
+
+Both run `placeholders_match_images` on every config whose record has an `images` list and one
+list of conversation turns (`structure.placeholder_columns`, from the schema, whatever the
+corpus): a placeholder count that disagrees with the images shifts every image onto the wrong
+text. At the end of a build it reads the turns and the images' `path` leaf (no image bytes) of
+each such config, unless the chunk workers already report the rule (`placeholder_findings`).
 """
 
 from __future__ import annotations
@@ -22,10 +28,20 @@ from pydantic import BaseModel
 
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.columnar import check_table
+from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.store.folder import BuildFolderError, all_shards, config_shards, iter_batches, open_shard, read_columns, read_manifest
 from radcorpora.store.shards import file_sha256
 from radcorpora.validators.report import ValidationReport
-from radcorpora.validators.structure import check_layout, iter_records
+from radcorpora.validators.structure import (
+    PLACEHOLDER_DESCRIPTION,
+    PLACEHOLDER_RULE,
+    PlaceholderColumns,
+    check_layout,
+    images_length_leaf,
+    iter_records,
+    placeholder_columns,
+    placeholder_problems,
+)
 
 RowRules = Callable[[str, pa.Table], dict[str, list[int]]]
 CorpusRules = Callable[..., ValidationReport]
@@ -72,9 +88,12 @@ def check_shard(build: Path, config: str, split: str, path: Path, model: type[Ba
     try:
         parquet = open_shard(path)
         images = _image_columns(parquet.schema_arrow)
+        placeholders = placeholder_columns(parquet.schema_arrow)
         offset = 0
         for batch in iter_batches(path, batch_size=512):
             table = pa.Table.from_batches([batch])
+            if placeholders is not None:
+                _check_placeholders(table, placeholders, rel, offset, found)
             violations, total = check_table(table, model)
             found.checked["record_schema"] += table.num_rows
             for v in violations:
@@ -92,6 +111,26 @@ def check_shard(build: Path, config: str, split: str, path: Path, model: type[Ba
     except BuildFolderError as exc:
         found.error = str(exc)
     return found
+
+
+def placeholder_findings(table: pa.Table, where: PlaceholderColumns, shard: str, first_row: int = 0
+                         ) -> tuple[int, list[str]]:
+    """(rows breaking `placeholders_match_images`, one example per such row naming shard, row, id
+    and problem): what a chunk worker reports under that rule (`ChunkResult.checked` /
+    `violations` / `violation_counts`), so the end-of-build pass need not read the turns again."""
+    problems = placeholder_problems(table, where)
+    ids = table.column("id").to_pylist() if "id" in table.column_names and problems else []
+    examples = [f"{shard} row {first_row + r}" + (f" ({ids[r]})" if ids else "") + f": {', '.join(p)}"
+                for r, p in problems.items()]
+    return len(problems), examples
+
+
+def _check_placeholders(table: pa.Table, where: PlaceholderColumns, rel: str, offset: int,
+                        found: ShardFindings) -> None:
+    _, examples = placeholder_findings(table, where, rel, offset)
+    found.checked[PLACEHOLDER_RULE] += table.num_rows
+    for example in examples:
+        found.fail(PLACEHOLDER_RULE, example)
 
 
 def _check_images(table: pa.Table, columns: list[str], rel: str, offset: int, level: ImageCheck,
@@ -126,6 +165,7 @@ DESCRIPTIONS = {
     "unique_ids": "ids are unique within each config",
     "counts_match_manifest": "row counts equal those recorded in the manifest",
     "configs_not_empty": "every config the build was asked for holds rows (unless built with --allow-empty)",
+    PLACEHOLDER_RULE: PLACEHOLDER_DESCRIPTION,
 }
 
 
@@ -225,6 +265,8 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
             check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
             check.violations += n
             check.examples = (check.examples + result.violations.get(rule, []))[:5]
+    if not any(PLACEHOLDER_RULE in result.checked for result in chunks):
+        _placeholders_from_disk(build, records, report)
     ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
     counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
     for config in records:
@@ -240,3 +282,28 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
     check_not_empty(report, manifest)
     corpus_rules(build, report, manifest, image_check=image_check, deep=False)
     return report
+
+
+def _placeholders_from_disk(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport) -> None:
+    """`placeholders_match_images` for a build whose workers did not check it: per config with
+    the shape (from its record model), the turn columns and the images' path leaf of each shard."""
+    for config, model in records.items():
+        where = placeholder_columns(arrow_schema_for(model))
+        if where is None:
+            continue
+        check = report.check(PLACEHOLDER_RULE, DESCRIPTIONS[PLACEHOLDER_RULE])
+        for paths in config_shards(build, config).values():
+            for path in paths:
+                rel = str(path.relative_to(build))
+                try:
+                    leaf = images_length_leaf(path)
+                    table = open_shard(path).read(columns=["id", *where.columns, *([leaf] if leaf else [])])
+                except (OSError, pa.ArrowException, BuildFolderError) as exc:
+                    check.fail(f"{rel}: unreadable ({exc})")
+                    continue
+                if leaf is None:  # not the record's layout: parquet_schema says so
+                    continue
+                bad, examples = placeholder_findings(table, where, rel)
+                check.checked += table.num_rows
+                check.violations += bad
+                check.examples = (check.examples + examples)[:5]

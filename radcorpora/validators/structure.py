@@ -1,18 +1,24 @@
 """Checks every corpus shares: card configs vs files, shard sets and schemas, record re-parse
-(deep), ids and counts, images."""
+(deep), ids and counts, images, and `<image>` placeholders against the images of any record
+with an `images` list and conversation turns."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.schemas.interleaved import NEAR_PLACEHOLDER, placeholder_rows
 from radcorpora.store.folder import SHARD_RE, config_shards, iter_rows, read_card_yaml
 from radcorpora.validators.report import ValidationReport
 
@@ -115,3 +121,69 @@ class ImageDecodeCheck:
         except ImageCheckError as exc:
             self.check.expect(False, f"{where}: image does not decode ({exc})")
         return digest
+
+
+# --------------------------------------------------------------------------- <image> placeholders
+
+PLACEHOLDER_RULE = "placeholders_match_images"
+PLACEHOLDER_DESCRIPTION = ("every `<image>` placeholder has its image: as many placeholders, in turn order, as the "
+                           "row's `images` list holds, in human turns only, none misspelt, none in an answer")
+
+
+def _is_turn_struct(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) and {t.field(i).name for i in range(t.num_fields)} >= {"from", "value"}
+
+
+@dataclass(frozen=True)
+class PlaceholderColumns:
+    """Where a config's placeholders and images are: the `images` list, the one top-level list of
+    turns they are counted in (`conversations`, a preference `prompt`), and single-turn columns
+    beside it (a pair's `chosen` / `rejected`) that must hold none."""
+
+    images: str
+    turns: str
+    answers: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.turns, *self.answers]
+
+
+def placeholder_columns(schema: pa.Schema) -> PlaceholderColumns | None:
+    """The placeholder rule's columns when `schema` has an `images` list of images and exactly one
+    top-level list of conversation turns (decided by the Arrow schema, so any corpus whose record
+    has that shape gets the rule); None otherwise (one `image` per row, turns nested in instances)."""
+    if "images" not in schema.names:
+        return None
+    images = schema.field("images").type
+    if not (pa.types.is_list(images) and pa.types.is_struct(images.value_type)
+            and {f.name for f in images.value_type} >= {"bytes", "path"}):
+        return None
+    turns = [f.name for f in schema if pa.types.is_list(f.type) and _is_turn_struct(f.type.value_type)]
+    if len(turns) != 1:
+        return None
+    answers = tuple(f.name for f in schema if _is_turn_struct(f.type))
+    return PlaceholderColumns("images", turns[0], answers)
+
+
+def placeholder_problems(table: pa.Table, where: PlaceholderColumns) -> dict[int, list[str]]:
+    """{row: [problem, ...]} of a table holding `where`'s columns, column-wise: the schema's own
+    `placeholder_rows` on the turns, and any placeholder (or near-miss spelling) in an answer."""
+    found: dict[int, list[str]] = {}
+    for problem, rows in placeholder_rows(table, images=where.images, turns=where.turns).items():
+        for row in rows:
+            found.setdefault(row, []).append(problem)
+    for name in where.answers:
+        column = table.column(name)
+        values = pc.struct_field(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column, "value")
+        for row in np.flatnonzero(np.asarray(pc.count_substring_regex(values, NEAR_PLACEHOLDER).fill_null(0)) > 0):
+            found.setdefault(int(row), []).append(f"placeholder_in_{name}")
+    return dict(sorted(found.items()))
+
+
+def images_length_leaf(path: Path) -> str | None:
+    """The Parquet leaf `images.<list>.<element>.path` of a shard: read alone, it gives every row's
+    image count without the image bytes."""
+    schema = pq.ParquetFile(path).schema
+    return next((schema.column(i).path for i in range(len(schema))
+                 if schema.column(i).path.startswith("images.") and schema.column(i).path.endswith(".path")), None)

@@ -41,7 +41,7 @@ def export(fmt: str, build: Path, out: Path, *, config: str, splits: list[str] |
     build = Path(build)
     chosen = sources(build, config, splits, loss)
     for source in chosen:
-        refuse_untrained(source, fmt)
+        refuse_untrained(source, fmt, has_preference_form=getattr(module, "PREFERENCE", False))
 
     def write(folder: Path, images: ImageWriter) -> dict[str, Any]:
         files: dict[str, Any] = {}

@@ -9,10 +9,15 @@ An *example* is one training conversation, read generically from the record sche
 * rows of `instances` (radvlm) expand to one example per instance;
 * a row (or instance) `replication` count repeats the example: ids `<id>`, `<id>#r1`, `<id>#r2`...
   (the same ids as `publish.views.instance_view`), since none of the target formats has a per-row weight;
-* rows with `chosen` and `rejected` columns are preference pairs: `conversations` holds the prompt.
+* rows with `chosen` and `rejected` columns are preference pairs (schemas.preference): the
+  prompt is `prompt` (or `conversations`), the answers are gpt turns (or plain strings), with
+  `chosen_score` / `rejected_score` where the rows have them;
+* an `images` list keeps its order: the k-th `<image>` (across turns) is `images[k]`.
 
-Loss intent ("all_assistant" | "final_assistant" | "none") is given by the caller (the corpus
-spec's `ConfigSpec.loss`); each format carries it its own way (see the format modules).
+Loss intent ("all_assistant" | "final_assistant" | "none" | "preference") is given by the caller
+(the corpus spec's `ConfigSpec.loss`); each format carries it its own way (see the format modules).
+A pair config must say "preference" and only a pair config may: a pair exported as SFT (or SFT
+rows as pairs) would train something else than the corpus means.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from radcorpora.store.folder import BuildFolderError, config_shards, iter_batche
 
 SETTINGS_FILE = "export_settings.json"
 IMAGES_DIR = "images"
-LOSS_INTENTS = ("all_assistant", "final_assistant", "none")
-_COLUMNS = ("id", "conversations", "image", "images", "questions", "instances", "replication", "chosen", "rejected")
+LOSS_INTENTS = ("all_assistant", "final_assistant", "none", "preference")
+PREFERENCE_FORMATS = "trl (DPO prompt/chosen/rejected), sharegpt (LLaMA-Factory ranking) or swift (rejected_response)"
+_COLUMNS = ("id", "conversations", "prompt", "image", "images", "questions", "instances", "replication", "chosen",
+            "rejected", "chosen_score", "rejected_score")
 
 
 class ExportError(ValueError):
@@ -48,6 +55,8 @@ class Example:
     conversations: list[dict[str, str]]  # LLaVA turns {from, value}
     chosen: str | None = None  # preference pairs: conversations is the prompt (ends with a human turn)
     rejected: str | None = None
+    chosen_score: float | None = None
+    rejected_score: float | None = None
 
     @property
     def preference(self) -> bool:
@@ -110,6 +119,13 @@ class Source:
     def multi_image(self) -> bool:
         return "images" in self.columns
 
+    @property
+    def turns(self) -> str | None:
+        """The column holding each example's turns (a pair's prompt), if any."""
+        if self.preference and "prompt" in self.columns:
+            return "prompt"
+        return "conversations" if "conversations" in self.columns else None
+
 
 def sources(build: Path, config: str, splits: list[str] | None, loss: str) -> list[Source]:
     """The config/splits asked for, checked: the config exists, has conversations, and trains."""
@@ -136,12 +152,22 @@ def sources(build: Path, config: str, splits: list[str] | None, loss: str) -> li
     return out
 
 
-def refuse_untrained(source: Source, fmt: str) -> None:
+def refuse_untrained(source: Source, fmt: str, has_preference_form: bool = True) -> None:
+    """Refuse, before anything is written, what `fmt` cannot carry as the corpus means it."""
     if source.loss == "none":
         raise ExportError(f"{source.build}: config {source.config!r} is evaluation-only (loss intent 'none'); "
                           f"`{fmt}` is a training format. Export a training config instead.")
-    if "conversations" not in source.columns and "instances" not in source.columns:
+    if source.turns is None and "instances" not in source.columns:
         raise ExportError(f"{source.shards[0]}: config {source.config!r} has no conversations to export")
+    if source.preference and source.loss != "preference":
+        raise ExportError(f"{source.shards[0]}: config {source.config!r} holds preference pairs (chosen/rejected) "
+                          f"but its loss intent is {source.loss!r}; a pair config declares loss intent 'preference'")
+    if source.loss == "preference" and not source.preference:
+        raise ExportError(f"{source.shards[0]}: config {source.config!r} has loss intent 'preference' but no "
+                          "chosen/rejected columns")
+    if source.preference and not has_preference_form:
+        raise ExportError(f"{source.build}: config {source.config!r} holds preference pairs; `{fmt}` has no "
+                          f"preference form (SFT conversations only). Use --format {PREFERENCE_FORMATS}.")
 
 
 def examples(source: Source, images: ImageWriter, batch_size: int = 256) -> Iterator[Example]:
@@ -160,7 +186,8 @@ def _row_images(row: dict[str, Any], images: ImageWriter) -> list[str]:
 def _replicas(example: Example, copies: int) -> Iterator[Example]:
     yield example
     for k in range(1, max(1, int(copies or 1))):
-        yield Example(f"{example.id}#r{k}", example.images, example.conversations, example.chosen, example.rejected)
+        yield Example(f"{example.id}#r{k}", example.images, example.conversations, example.chosen, example.rejected,
+                      example.chosen_score, example.rejected_score)
 
 
 def _row_examples(row: dict[str, Any], images: ImageWriter) -> Iterator[Example]:
@@ -176,8 +203,18 @@ def _row_examples(row: dict[str, Any], images: ImageWriter) -> Iterator[Example]
             per_question = question_example(row, q)
             yield from _replicas(Example(per_question["id"], paths, _turns(per_question["conversations"])), row_copies)
         return
-    example = Example(row["id"], paths, _turns(row["conversations"]), row.get("chosen"), row.get("rejected"))
+    if row.get("chosen") is not None or row.get("rejected") is not None:
+        prompt = row["prompt"] if isinstance(row.get("prompt"), list) else row["conversations"]
+        example = Example(row["id"], paths, _turns(prompt), _answer(row.get("chosen")), _answer(row.get("rejected")),
+                          row.get("chosen_score"), row.get("rejected_score"))
+    else:
+        example = Example(row["id"], paths, _turns(row["conversations"]))
     yield from _replicas(example, row_copies)
+
+
+def _answer(value: Any) -> str | None:
+    """A pair's answer: a gpt turn struct (schemas.preference) or a plain string."""
+    return value.get("value") if isinstance(value, dict) else value
 
 
 def _turns(conversations: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -204,6 +241,16 @@ def check_example(example: Example, where: str) -> None:
     tags = sum(t["value"].count("<image>") for t in example.conversations)
     if tags != len(example.images):
         raise ExportError(f"{where}: row {example.id!r}: {tags} <image> tag(s) for {len(example.images)} image(s)")
+    if example.preference and any("<image>" in (a or "") for a in (example.chosen, example.rejected)):
+        raise ExportError(f"{where}: row {example.id!r}: an <image> tag in the chosen or rejected answer "
+                          "(images belong to the prompt)")
+
+
+def scores(example: Example) -> dict[str, float]:
+    """A pair's scores as extra columns (the trainers read the pair, not these; kept for
+    margin-weighted variants and for people), or nothing where the rows have none."""
+    return {k: v for k, v in (("chosen_score", example.chosen_score), ("rejected_score", example.rejected_score))
+            if v is not None}
 
 
 def one_target_only(example: Example, loss: str, fmt: str, where: str) -> None:

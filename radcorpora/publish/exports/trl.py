@@ -7,7 +7,11 @@ Loss, carried by the row layout TRL reads:
   assistant turn; the chat template must mark assistant turns with `{% generation %}`);
 * "final_assistant": prompt/completion rows (`prompt` = every turn before the last assistant turn,
   `completion` = that turn); TRL's default `completion_only_loss` trains the completion only;
-* preference pairs (a `dpo` config): `prompt`, `chosen`, `rejected` for `DPOTrainer`.
+* "preference" (pairs): `prompt` (the prompt's messages), `chosen` and `rejected` (one assistant
+  message each) for `DPOTrainer`, plus `chosen_score` / `rejected_score` where the rows have them.
+
+Several images: `images` lists them in `<image>` order and each message's image blocks follow
+that order across the messages, which is how TRL's `prepare_multimodal_messages` assigns them.
 
 Load with `datasets.load_dataset("json", data_files=...)`, join each image path to the export
 folder and cast `images` to `Sequence(Image())` (see tests/test_exports.py)."""
@@ -16,11 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.exports.common import Example, Source
+from radcorpora.publish.exports.common import Example, Source, scores
 
 NAME = "trl"
 EXTENSION = "jsonl"
 AS_LIST = False
+PREFERENCE = True
 ROLES = {"human": "user", "gpt": "assistant"}
 
 
@@ -52,7 +57,7 @@ def record(example: Example, source: Source, where: str) -> dict[str, Any]:
     if example.preference:
         return {"id": example.id, "images": example.images, "prompt": messages,
                 "chosen": [message({"from": "gpt", "value": example.chosen})],
-                "rejected": [message({"from": "gpt", "value": example.rejected})]}
+                "rejected": [message({"from": "gpt", "value": example.rejected})], **scores(example)}
     if source.loss == "final_assistant":
         return {"id": example.id, "images": example.images, "prompt": messages[:-1], "completion": messages[-1:]}
     return {"id": example.id, "images": example.images, "messages": messages}
