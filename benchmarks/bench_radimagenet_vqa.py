@@ -137,8 +137,8 @@ def profile_breakdown(source: Path, out: Path) -> dict[str, float]:
     import cProfile
     import pstats
 
-    from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.corpora import build
+    from radcorpora.corpora.radimagenet_vqa.build import make_settings
+    from radcorpora.registry import build
 
     profiler = cProfile.Profile()
     start = time.perf_counter()

@@ -129,7 +129,7 @@ def config_bytes(out: Path, dicom_sizes: dict[str, int]) -> dict[str, dict[str, 
 
 def one_build(label: str, sources: dict[str, Path], settings: Any, out: Path, workers: int,
               dicom_sizes: dict[str, int], llm_settings: Any = None) -> dict[str, Any]:
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
 
     shutil.rmtree(out, ignore_errors=True)
     gc.collect()
@@ -162,7 +162,7 @@ def one_build(label: str, sources: dict[str, Path], settings: Any, out: Path, wo
 
 def profile_build(label: str, sources: dict[str, Path], settings: Any, out: Path, llm_settings: Any = None) -> dict[str, Any]:
     """In-process, one worker, under cProfile: the top functions by cumulative and own time."""
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
 
     shutil.rmtree(out, ignore_errors=True)
     profiler = cProfile.Profile()
@@ -204,7 +204,7 @@ def main() -> None:
     args.sizes_key = [args.mimic_subjects, args.chexpert_patients, args.vindr_train, args.vindr_test,
                       args.padchest_studies]
 
-    from radcorpora.builders.radvlm import RadVLMConfig
+    from radcorpora.corpora.radvlm.build import RadVLMConfig
     from radcorpora.llm.session import LLMSettings
 
     work = args.work

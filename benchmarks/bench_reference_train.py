@@ -24,8 +24,8 @@ import torch
 
 def demo_build(folder: Path) -> Path:
     from radcorpora.demo.radimagenet import write_demo_radimagenet
-    from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.corpora import build
+    from radcorpora.corpora.radimagenet_vqa.build import make_settings
+    from radcorpora.registry import build
 
     write_demo_radimagenet(folder / "source", images_per_class=12)
     build("radimagenet-vqa", {"source": folder / "source"}, make_settings(benchmark_images=100), folder / "build")
@@ -33,7 +33,7 @@ def demo_build(folder: Path) -> Path:
 
 
 def bench_tiny(steps: int, preset: str) -> dict:
-    from radcorpora.corpora import RADIMAGENET_VQA
+    from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
     from radcorpora.reference_models.data import training_examples, training_texts
     from radcorpora.reference_models.models import build_tiny
     from radcorpora.reference_models.sft import PRESETS, train

@@ -22,7 +22,7 @@ from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.llm.structured import ParseError
 from radcorpora.reference_models import evaluate
 from radcorpora.reference_models.judge import Judge, ScoreLineParser
-from radcorpora.schemas.radvlm import RadVLMRecord
+from radcorpora.corpora.radvlm.records import RadVLMRecord
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 
 KEY = "sk-test-conversation-0123456789"
@@ -260,7 +260,7 @@ def test_evaluate_command_on_the_conversation_config(tiny, monkeypatch, tmp_path
     from typer.testing import CliRunner
 
     from radcorpora.cli import app
-    from radcorpora.corpora import CORPORA
+    from radcorpora.registry import CORPORA
     from radcorpora.reference_models.check import judged_rows
     from radcorpora.reference_models.sft import SFTConfig, TrainResult
 
@@ -311,7 +311,7 @@ def _classification(n: int) -> RadVLMRecord:
 
 
 def test_check_reports_conversations_next_to_the_main_metric(monkeypatch, tmp_path):
-    from radcorpora.corpora import CORPORA
+    from radcorpora.registry import CORPORA
     from radcorpora.reference_models.check import CheckConfig, read_check, run_check
 
     _fake_answers(monkeypatch)  # both parts: real training, canned answers

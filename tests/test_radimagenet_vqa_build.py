@@ -10,7 +10,7 @@ import pytest
 from datasets import load_dataset
 from typer.testing import CliRunner
 
-from radcorpora.builders import radimagenet_vqa as rvqa
+from radcorpora.corpora.radimagenet_vqa import build as rvqa
 from radcorpora.store.state import BuildStateError
 from radcorpora.cli import app
 from helpers import build_radimagenet_vqa
@@ -187,8 +187,8 @@ def test_card_yaml_declares_configs_features_and_licence(demo_build):
 def test_validate_finds_repeated_ids_within_and_across_shards(demo_build, tmp_path):
     """An id used twice, in one shard and across two shards of a config, is reported once per
     repeat with both places named, by the default and the --deep validation alike."""
-    from radcorpora.corpora import validate
-    from radcorpora.validators.report import Check
+    from radcorpora.registry import validate
+    from radcorpora.spec.report import Check
 
     check = Check(name="unique_ids", description="")
     seen: dict[str, str] = {}

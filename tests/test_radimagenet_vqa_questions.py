@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from radcorpora.builders import radimagenet_vqa as rvqa
-from radcorpora.schemas.radimagenet_vqa import LETTERS, QUESTION_IDS
+from radcorpora.corpora.radimagenet_vqa import build as rvqa
+from radcorpora.corpora.radimagenet_vqa.records import LETTERS, QUESTION_IDS
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.sources.radimagenet import RadImageNetImage, scan_radimagenet
 

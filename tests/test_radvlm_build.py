@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from radcorpora.builders import radvlm as rv
-from radcorpora.builders import radvlm_sources
+from radcorpora.corpora.radvlm import settings as rv_settings
+from radcorpora.corpora.radvlm import tasks as rv_tasks
+from radcorpora.corpora.radvlm import sources as radvlm_sources
 from radcorpora.demo.cxr_drawing import draw_cxr, encode
 from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding, StudyReport
@@ -31,16 +32,16 @@ def _labels(**states: str) -> dict[str, str]:
     return {label: states.get(label.replace(" ", "_"), "not_mentioned") for label in CHEXPERT_LABELS}
 
 
-def words() -> rv.Words:
-    return rv.Words(rv.load_templates(rv.RadVLMConfig()), 0)
+def words() -> rv_tasks.Words:
+    return rv_tasks.Words(rv_settings.load_templates(rv_settings.RadVLMConfig()), 0)
 
 
 def test_uncertain_policy_and_no_finding():
     states = _labels(Pneumonia="uncertain", Edema="positive")
-    assert rv.positive_labels(states, "absent") == (["Edema"], None)
-    assert rv.positive_labels(states, "present") == (["Edema", "Pneumonia"], None)
-    assert rv.positive_labels(_labels(No_Finding="positive"), "absent") == ([], None)
-    assert rv.positive_labels(_labels(No_Finding="positive", Edema="positive"), "absent")[1] == \
+    assert rv_tasks.positive_labels(states, "absent") == (["Edema"], None)
+    assert rv_tasks.positive_labels(states, "present") == (["Edema", "Pneumonia"], None)
+    assert rv_tasks.positive_labels(_labels(No_Finding="positive"), "absent") == ([], None)
+    assert rv_tasks.positive_labels(_labels(No_Finding="positive", Edema="positive"), "absent")[1] == \
         "no_finding_contradicts_labels"
 
 
@@ -55,14 +56,14 @@ def test_vindr_fusion_does_not_depend_on_row_order_and_counts_readers(tmp_path):
         random.Random(seed).shuffle(order)
         finding = GroundedFinding(image=image, label="Nodule/Mass", boxes=tuple(boxes[i] for i in order),
                                   readers=tuple(readers[i] for i in order))
-        rows = rv.vindr_rows([finding], [image], set(), words(), rv.RadVLMConfig(),
+        rows = rv_tasks.vindr_rows([finding], [image], set(), words(), rv_settings.RadVLMConfig(),
                              {"abnormality_grounding"}, [])
         outputs.add(repr(rows[0].instances))
     assert len(outputs) == 1
     instance = rows[0].instances[0]
     assert sorted(b["readers"] for b in instance["boxes"]) == [1, 3]
     assert instance["replication"] == 3  # published VinDr grounding factor
-    majority = rv.vindr_rows([finding], [image], set(), words(), rv.RadVLMConfig(min_readers=2),
+    majority = rv_tasks.vindr_rows([finding], [image], set(), words(), rv_settings.RadVLMConfig(min_readers=2),
                              {"abnormality_grounding"}, [])
     assert [b["readers"] for b in majority[0].instances[0]["boxes"]] == [3]
 
@@ -76,12 +77,12 @@ def test_patient_in_both_splits_keeps_only_test_rows(tmp_path):
                                                                 study_id="sd3", impression="No acute process.",
                                                                 file="y")}
     rejects: list = []
-    rows = rv.report_rows("mimic-cxr", [train_image, other], lambda i: reports.get(i.study_id), words(),
-                          rv.RadVLMConfig(), rejects)
+    rows = rv_tasks.report_rows("mimic-cxr", [train_image, other], lambda i: reports.get(i.study_id), words(),
+                          rv_settings.RadVLMConfig(), rejects)
     phrase = GroundedFinding(image=test_image, label="Edema", phrase="mild edema",
                              boxes=(Box.from_normalised(0.1, 0.1, 0.3, 0.3),))
-    rows += rv.phrase_rows("ms-cxr", [phrase], words(), rv.RadVLMConfig())
-    kept = rv.enforce_patient_splits(rows, rejects)
+    rows += rv_tasks.phrase_rows("ms-cxr", [phrase], words(), rv_settings.RadVLMConfig())
+    kept = rv_tasks.enforce_patient_splits(rows, rejects)
     assert sorted(r.key for r in kept) == ["phrase_grounding/ms-cxr/d1", "report_generation/mimic-cxr/d3"]
     assert [r.reason for r in rejects] == ["patient_in_test_split"]
     assert rows[1].report_section == "impression"
@@ -118,10 +119,10 @@ def fake_sources(tmp_path, monkeypatch):
 
 
 def test_whole_build_on_hand_made_sources(fake_sources, tmp_path):
-    from radcorpora.corpora import build, validate
+    from radcorpora.registry import build, validate
 
     out = tmp_path / "out"
-    outcome = build("radvlm", fake_sources, rv.RadVLMConfig(), out)
+    outcome = build("radvlm", fake_sources, rv_settings.RadVLMConfig(), out)
     assert outcome.report.valid, outcome.report.summary()
     splits = outcome.manifest["splits"]
     assert set(splits) == {"report_generation", "abnormality_classification", "abnormality_grounding",
@@ -130,22 +131,22 @@ def test_whole_build_on_hand_made_sources(fake_sources, tmp_path):
     detection = pq.read_table(sorted((out / "data/abnormality_detection").glob("train-*.parquet"))[0]).to_pylist()
     answers = {r["id"]: r["instances"][0]["conversations"][1]["value"] for r in detection}
     assert "Nodule/Mass: [0.55, 0.6, 0.75, 0.8]" in answers["abnormality_detection/vindr-cxr/v1"]
-    assert answers["abnormality_detection/vindr-cxr/v2"] in rv.load_templates(rv.RadVLMConfig()).variants("detection_none")
+    assert answers["abnormality_detection/vindr-cxr/v2"] in rv_settings.load_templates(rv_settings.RadVLMConfig()).variants("detection_none")
     grounding = pq.read_table(out / "data/abnormality_grounding/train-00000-of-00001.parquet").to_pylist()
     assert [b["readers"] for b in grounding[0]["instances"][0]["boxes"]] == [3]
     assert outcome.manifest["licence_class"] == "credentialed"
     assert "rule-based detector" in (out / "README.md").read_text()  # default: prior removal by the rules
-    build("radvlm", fake_sources, rv.RadVLMConfig(), tmp_path / "again")
+    build("radvlm", fake_sources, rv_settings.RadVLMConfig(), tmp_path / "again")
     for shard in sorted((out / "data").rglob("*.parquet")):
         assert shard.read_bytes() == (tmp_path / "again" / shard.relative_to(out)).read_bytes()
     assert validate(out, workers=2).valid
 
 
 def test_a_task_without_its_source_is_a_clear_error(fake_sources, tmp_path):
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
 
-    with pytest.raises(rv.RadVLMConfigError, match="phrase_grounding needs --ms-cxr or --padchest-gr"):
-        build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["phrase_grounding"]), tmp_path / "out")
+    with pytest.raises(rv_settings.RadVLMConfigError, match="phrase_grounding needs --ms-cxr or --padchest-gr"):
+        build("radvlm", fake_sources, rv_settings.RadVLMConfig(tasks=["phrase_grounding"]), tmp_path / "out")
     # an unknown task is said before any source is read (the folder here does not even exist)
     from typer.testing import CliRunner
 
@@ -161,10 +162,10 @@ def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):
     from typer.testing import CliRunner
 
     from radcorpora.cli import app
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
 
     out = tmp_path / "out"
-    build("radvlm", fake_sources, rv.RadVLMConfig(tasks=["abnormality_classification"]), out)
+    build("radvlm", fake_sources, rv_settings.RadVLMConfig(tasks=["abnormality_classification"]), out)
     public = CliRunner().invoke(app, ["publish", str(out), "--repo", "org/name", "--public", "--dry-run"])
     assert public.exit_code == 2 and "credentialed" in public.output
     private = CliRunner().invoke(app, ["publish", str(out), "--repo", "org/name", "--private", "--dry-run"])
@@ -175,11 +176,11 @@ def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):
 def test_training_mix_repeats_each_instance_by_its_replication(fake_sources, tmp_path):
     import datasets
 
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
     from radcorpora.publish.views import MixView, training_mix
 
     out = tmp_path / "out"
-    build("radvlm", fake_sources, rv.RadVLMConfig(), out)
+    build("radvlm", fake_sources, rv_settings.RadVLMConfig(), out)
     mix = training_mix(out)
     expected = Counter()
     for shard in (out / "data").rglob("train-*.parquet"):
@@ -201,7 +202,7 @@ def test_each_dicom_is_converted_once_for_both_vindr_configs(tmp_path, monkeypat
     configs store the same PNG bytes."""
     import hashlib
 
-    from radcorpora.corpora import build
+    from radcorpora.registry import build
     from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
     from radcorpora.sources import dicom
 
@@ -214,7 +215,7 @@ def test_each_dicom_is_converted_once_for_both_vindr_configs(tmp_path, monkeypat
         return convert(path, **kwargs)
 
     monkeypatch.setattr(dicom, "read_dicom_image", counting)
-    config = rv.RadVLMConfig(tasks=("abnormality_grounding", "abnormality_detection"), max_side=96)
+    config = rv_settings.RadVLMConfig(tasks=("abnormality_grounding", "abnormality_detection"), max_side=96)
     outcome = build("radvlm", {"vindr_cxr": tmp_path / "vindr"}, config, tmp_path / "out")
     assert outcome.report.valid, outcome.report.summary()
     assert calls and max(calls.values()) == 1, calls.most_common(3)
@@ -243,7 +244,7 @@ def test_chest_imagenome_reads_only_the_scene_graphs_anatomical_grounding_takes(
     mimic = scan_mimic_cxr(tmp_path / "mimic", tmp_path / "reports")
     write_demo_chest_imagenome(tmp_path / "cig", mimic.images)
     sizes = {i.image_id: (i.width, i.height) for i in mimic.images if i.width and i.height}
-    words = rv.Words(rv.load_templates(rv.RadVLMConfig()), 0)
+    words = rv_tasks.Words(rv_settings.load_templates(rv_settings.RadVLMConfig()), 0)
     opened: list[str] = []
     loads = json_module.loads
 
@@ -256,13 +257,13 @@ def test_chest_imagenome_reads_only_the_scene_graphs_anatomical_grounding_takes(
     graphs = len(opened)
     assert graphs > 10
     for samples in (1, 5, graphs // 2, graphs + 5):
-        config = rv.RadVLMConfig(anatomical_grounding_samples=samples, seed=3)
+        config = rv_settings.RadVLMConfig(anatomical_grounding_samples=samples, seed=3)
         opened.clear()
         limited = chest_imagenome.scan_chest_imagenome(tmp_path / "cig", tmp_path / "mimic", sizes,
-                                                       order=rv.anatomical_order(config), limit=samples)
+                                                       order=rv_tasks.anatomical_order(config), limit=samples)
         assert len(opened) <= graphs and (samples >= graphs or len(opened) < graphs)
-        expected = rv.anatomical_rows(full.findings, words, config)
-        got = rv.anatomical_rows(limited.findings, words, config)
+        expected = rv_tasks.anatomical_rows(full.findings, words, config)
+        got = rv_tasks.anatomical_rows(limited.findings, words, config)
         assert [(r.key, r.instances) for r in got] == [(r.key, r.instances) for r in expected]
         assert len(got) == min(samples, len({f.image.image_id for f in full.findings}))
     opened.clear()

@@ -302,7 +302,7 @@ def test_build_log_counts_rows_and_a_glob_path_is_warned_about(sources, tmp_path
 
 
 def test_corpora_fits_80_columns_and_cuts_no_name(monkeypatch):
-    from radcorpora.corpora import CORPORA
+    from radcorpora.registry import CORPORA
 
     monkeypatch.setenv("COLUMNS", "80")
     result = cli("corpora")
@@ -320,7 +320,7 @@ def test_every_reject_kind_is_reproducible_across_builds(tmp_path):
     """All seven demo sources (each with its own faults: a missing file, an inverted box, a box
     outside the frame, a study without labels, an image in no split) plus an undecodable JPEG, a
     truncated DICOM and an undecodable PNG, built twice into two folders."""
-    from radcorpora.corpora import _demo_radvlm
+    from radcorpora.corpora.radvlm.spec import _demo_radvlm
 
     sources = _demo_radvlm(tmp_path / "src", {})
     sorted(sources["mimic_cxr"].rglob("*.jpg"))[3].write_bytes(b"\xff\xd8 not really a jpeg")

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from radcorpora.builders import radvlm as rv
-from radcorpora.builders import radvlm_sources
+from radcorpora.corpora.radvlm import build as rv
+from radcorpora.corpora.radvlm import settings as rv_settings
+from radcorpora.corpora.radvlm import sources as radvlm_sources
 from radcorpora.cli import app
 from radcorpora.ops.boxes import boxes_text
 from radcorpora.ops.prior_study import prior_study_phrases
@@ -216,10 +217,10 @@ def test_killed_build_resumes_to_the_same_bytes_without_sending(sources, tmp_pat
         killed = tmp_path / "killed"
         monkeypatch.setattr(rv, "build_chunk", dies_on_the_second_chunk)
         with pytest.raises(KeyboardInterrupt):
-            from radcorpora.corpora import build
+            from radcorpora.registry import build
             from radcorpora.llm.session import LLMSettings
 
-            config = rv.RadVLMConfig(tasks=["report_generation"], llm="openai:gpt-test", prior_removal="llm",
+            config = rv_settings.RadVLMConfig(tasks=["report_generation"], llm="openai:gpt-test", prior_removal="llm",
                                      conversations=8)
             build("radvlm", sources, config, killed, llm_settings=LLMSettings(cache_path=str(cache),
                                                                                approve_credentialed=["openai"]))
@@ -277,7 +278,7 @@ def test_llm_options_that_do_not_fit_are_clear_errors(sources, tmp_path):
     base = ["build", "radvlm", "--mimic-cxr", str(sources["mimic_cxr"]), "--out", str(tmp_path / "o")]
     for extra, message in ((["--conversations", "5"], "--conversations needs --llm"),
                            (["--prior-removal", "llm"], "--prior-removal llm needs --llm"),
-                           (["--prior-removal", "maybe"], "--prior-removal must be llm, rules or off")):
+                           (["--prior-removal", "maybe"], "--prior-removal: Input should be 'llm', 'rules' or 'off'")):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output

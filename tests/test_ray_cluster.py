@@ -27,8 +27,8 @@ def test_two_node_cluster_runs_chunks_on_both_nodes_and_equals_local_build(demo_
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    from radcorpora.builders.radimagenet_vqa import make_settings
-    from radcorpora.corpora import build
+    from radcorpora.corpora.radimagenet_vqa.build import make_settings
+    from radcorpora.registry import build
     from radcorpora.engine.executors import RAY_NODES_FILE, read_ray_nodes
 
     # Ray rewrites a loopback address to the machine's IP unless it believes it runs without a

@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 
 from radcorpora.publish.views import QuestionView
 from radcorpora.reference_models import sft
-from radcorpora.corpora import RADIMAGENET_VQA
+from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
 from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts
 
 RECIPE = RADIMAGENET_VQA.evaluation

@@ -26,14 +26,21 @@ from pydantic import BaseModel
 from radcorpora import __version__
 from radcorpora.engine.executors import ExecutorSettings, run_chunks
 from radcorpora.engine.progress import BuildProgress
-from radcorpora.engine.spec import BuildContext, CorpusSpec, StageOutput
 from radcorpora.publish.card import render_card, upsert_card_section, validation_text, write_card
 from radcorpora.schemas.common import Reject
+from radcorpora.spec.corpus import BuildContext, CorpusSpec, StageOutput
 from radcorpora.store import atomic, source_index
 from radcorpora.store.local_paths import LocalPaths, write_local
 from radcorpora.store.shards import BackgroundSync, sync_files
-from radcorpora.store.state import (BuildStateError, ChunkResult, ChunkSpec, check_out_corpus, check_out_dir,
-                                    clear_state, prepare_out_dir)
+from radcorpora.store.state import (
+    BuildStateError,
+    ChunkResult,
+    ChunkSpec,
+    check_out_corpus,
+    check_out_dir,
+    clear_state,
+    prepare_out_dir,
+)
 from radcorpora.validators import ValidationReport
 from radcorpora.validators.run import validate_finished_build
 

@@ -29,7 +29,12 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from radcorpora.llm.errors import LLMError, ProviderConfigError, parse_retry_after, retry_after_is_exact
+from radcorpora.llm.errors import (
+    LLMError,
+    ProviderConfigError,
+    parse_retry_after,
+    retry_after_is_exact,
+)
 from radcorpora.llm.request import ImagePart, LLMRequest, LLMResponse, TextPart, Usage
 
 DEFAULT_TIMEOUT_S = 600.0

@@ -7,12 +7,11 @@ import hashlib
 import json
 import string
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from radcorpora.prompts.loader import TemplateError
+from radcorpora.prompts.loader import TemplateError, packaged_text
 
 
 @dataclass(frozen=True)
@@ -27,17 +26,18 @@ class Prompt:
         return self.user.format(**fields)
 
 
-def load_prompt(name: str, path: Path | None = None, fields: frozenset[str] = frozenset()) -> Prompt:
-    """The packaged `data/<name>.yaml`, or the user's file. `fields` are the placeholders the
-    user template must use (all of them, and no others)."""
+def load_prompt(name: str, path: Path | None = None, fields: frozenset[str] = frozenset(),
+                package: str = "radcorpora.prompts") -> Prompt:
+    """The packaged `<package>/prompts/<name>.yaml` (a corpus package's own prompt files;
+    `radcorpora.prompts` keeps the evaluation judges in `data/`), or the user's file. `fields` are
+    the placeholders the user template must use (all of them, and no others)."""
     if path is not None:
         try:
             text, origin = Path(path).read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read prompt file: {exc}") from exc
     else:
-        origin = f"radcorpora/prompts/data/{name}.yaml"
-        text = resources.files("radcorpora.prompts").joinpath(f"data/{name}.yaml").read_text(encoding="utf-8")
+        origin, text = packaged_text(package, name)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -61,13 +61,23 @@ def _parse(text: str, origin: str, required: tuple[str, ...], placeholders: froz
     return TemplateSet(id=str(raw["id"]), slots=slots, content_hash=digest, origin=origin)
 
 
+def packaged_text(package: str, name: str) -> tuple[str, str]:
+    """(where it came from, text) of a packaged prompt or template file: `<package>/prompts/<name>.yaml`
+    for a corpus package, `radcorpora/prompts/data/<name>.yaml` for the shared ones."""
+    folder = "data" if package == "radcorpora.prompts" else "prompts"
+    relative = f"{folder}/{name}.yaml"
+    text = resources.files(package).joinpath(relative).read_text(encoding="utf-8")
+    return f"{package.replace('.', '/')}/{relative}", text
+
+
 def load_template_set(
     name: str,
     path: Path | None = None,
     required: tuple[str, ...] = (),
     placeholders: frozenset[str] = frozenset(),
+    package: str = "radcorpora.prompts",
 ) -> TemplateSet:
-    """The packaged `<name>.yaml`, or the user's file at `path`."""
+    """The packaged `<name>.yaml` (see packaged_text), or the user's file at `path`."""
     if path is not None:
         path = Path(path)
         try:
@@ -75,5 +85,5 @@ def load_template_set(
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read template file: {exc}") from exc
         return _parse(text, str(path), required, placeholders)
-    text = resources.files("radcorpora.prompts").joinpath(f"data/{name}.yaml").read_text(encoding="utf-8")
-    return _parse(text, f"radcorpora/prompts/data/{name}.yaml", required, placeholders)
+    origin, text = packaged_text(package, name)
+    return _parse(text, origin, required, placeholders)

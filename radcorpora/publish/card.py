@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,9 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
-from radcorpora.store import atomic
 from radcorpora.schemas.features import features_yaml_for
-
-
-@dataclass
-class CardContent:
-    """The corpus-specific parts of a card; the layout and metadata are shared."""
-
-    pretty_name: str
-    summary: str
-    licence: dict[str, str]  # license, license_name, license_link
-    licence_text: str
-    citations: list[str]
-    task_categories: list[str]
-    tags: list[str]
-    usage: str
-    sections: dict[str, str] = field(default_factory=dict)  # extra "## title" -> markdown
+from radcorpora.spec.card import CardContent
+from radcorpora.store import atomic
 
 
 def _size_category(rows: int) -> str:

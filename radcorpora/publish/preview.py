@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from radcorpora.ops.boxes import BoxText, find_box_text, text_box
-from radcorpora.publish.preview_spec import (
+from radcorpora.spec.preview import (
     FoundBox,
     PlotSpec,
     PreviewSpec,

@@ -9,29 +9,13 @@ never has to fit in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from radcorpora.publish.views import InstanceView, QuestionView
+from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.store.folder import BuildFolderError, config_shards, read_manifest
-
-
-@dataclass(frozen=True)
-class EvaluationRecipe:
-    """How a corpus is trained on and evaluated (declared in its corpus spec)."""
-
-    train_config: str  # default config trained on
-    eval_config: str  # the held-out config evaluated
-    eval_split: str
-    evaluator: str  # key in reference_models.evaluate.EVALUATORS
-    preset: str  # training preset for real checkpoints
-    per_question: frozenset[str] = frozenset()  # configs whose rows expand to one example per question
-    per_instance: frozenset[str] = frozenset()  # configs whose rows expand to one example per instance
-    alignment_config: str | None = None  # captions for a preset's alignment steps, if the corpus has them
-    prompt_renderer: Callable[[dict[str, Any]], Callable[[dict[str, Any]], str]] | None = None
-    """manifest -> (eval row -> human turn), the builder's own renderer, so a model is asked as it was taught."""
 
 
 def corpus_of(build: Path) -> str:

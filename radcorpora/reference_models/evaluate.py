@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from radcorpora.corpora.radvlm.records import CONVERSATION_TASKS
 from radcorpora.llm.errors import ComplianceError
 from radcorpora.ops.cot import split_cot
 from radcorpora.reference_models.judge import (
@@ -34,7 +35,6 @@ from radcorpora.reference_models.judge import (
     Judgement,
 )
 from radcorpora.reference_models.sft import decode_images, to_messages
-from radcorpora.schemas.radvlm import CONVERSATION_TASKS
 
 LETTERS = "ABCD"
 MC_INSTRUCTION = "Answer with the letter of the correct option."

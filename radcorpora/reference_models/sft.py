@@ -26,8 +26,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from transformers import get_cosine_schedule_with_warmup
 
-from radcorpora.store.atomic import replace_folder, write_json, write_text
 from radcorpora.reference_models.models import load_model
+from radcorpora.store.atomic import replace_folder, write_json, write_text
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",  # language tower
                   "qkv", "attn.proj", "mlp.0", "mlp.2"]  # vision tower and merger

@@ -6,12 +6,11 @@ The record models are the single source of truth; the Parquet schema, the datase
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from functools import cache
 from typing import Any, Literal, Union
-
-import json
 
 import pyarrow as pa
 from pydantic import BaseModel

@@ -1,6 +1,7 @@
 """A corpus, declared once: what the CLI, the build lifecycle, `validate`, the card, `estimate`,
-`check`, `publish` and the exports read. One `CorpusSpec` per corpus lives in
-`radcorpora/corpora.py`; see docs/adding-a-corpus.md.
+`check`, `publish` and the exports read. Each corpus package holds its `SPEC` in
+`radcorpora/corpora/<name>/spec.py`, and `radcorpora/registry.py` lists the packages; see
+docs/adding-a-corpus.md.
 
 The pieces a spec points at live in their own layers (schemas, builders, validators, publish,
 reference_models) and never import the spec: the engine hands each the part it needs.
@@ -15,12 +16,33 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from radcorpora.builders.context import BuildContext, Prepared, StageOutput
-from radcorpora.publish.preview_spec import PreviewSpec
-from radcorpora.reference_models.data import EvaluationRecipe
 from radcorpora.schemas.common import LicenceClass
+from radcorpora.spec.context import BuildContext, Prepared, StageOutput
+from radcorpora.spec.evaluation import EvaluationRecipe
+from radcorpora.spec.preview import PreviewSpec
 
-LossIntent = Literal["all_assistant", "final_assistant", "none"]
+@dataclass(frozen=True)
+class Cli:
+    """How a settings field reads on the command line, put in its metadata:
+    `tasks: Annotated[list[str] | None, Cli(parse=parse_tasks)] = Field(None, description=...)`.
+    The CLI makes one option per settings field (help from the field's description), so a flag and
+    its help are written once, with the setting."""
+
+    flag: str | None = None  # default: --field-name
+    parse: Callable[[str], Any] | None = None  # the option's text -> the field's value (reads a file, splits a list)
+    repeat: bool = False  # a list given as a repeated option: --verify A --verify B
+    auto: Callable[[dict[str, Any]], Any] | None = None  # the value when the option is not given, from the others
+    hidden: bool = False  # not an option: set by the engine (adjudication decisions) or from Python
+    required: bool = False  # required on the command line although the model has a default
+    metavar: str | None = None
+
+
+def cli_of(info: Any) -> Cli:
+    """The Cli metadata of a pydantic field (a plain one when it has none)."""
+    return next((m for m in getattr(info, "metadata", ()) if isinstance(m, Cli)), Cli())
+
+
+LossIntent = Literal["all_assistant", "final_assistant", "none", "preference"]
 """Which assistant turns are training targets: every one (conversations, per-question VQA),
 only the last (a chain of thought answering one question), none (evaluation-only configs)."""
 
@@ -98,4 +120,4 @@ class CorpusSpec:
                 return config
         raise KeyError(name)
 
-__all__ = ["BuildContext", "ConfigSpec", "CorpusSpec", "DemoSpec", "EvaluationRecipe", "LossIntent", "Prepared", "SourceOption", "StageOutput"]
+__all__ = ["BuildContext", "Cli", "ConfigSpec", "CorpusSpec", "DemoSpec", "EvaluationRecipe", "LossIntent", "Prepared", "SourceOption", "StageOutput"]

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from radcorpora.store import atomic
 from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.store import atomic
 
 ROW_GROUP_ROWS = 64
 

@@ -1,6 +1,6 @@
 """Record-level and corpus-level checks -> a validation report."""
 
+from radcorpora.spec.report import ValidationReport
 from radcorpora.store.folder import BuildFolderError
-from radcorpora.validators.report import ValidationReport
 
 __all__ = ["BuildFolderError", "ValidationReport"]

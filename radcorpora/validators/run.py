@@ -29,9 +29,17 @@ from pydantic import BaseModel
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.features import arrow_schema_for
-from radcorpora.store.folder import BuildFolderError, all_shards, config_shards, iter_batches, open_shard, read_columns, read_manifest
+from radcorpora.spec.report import ValidationReport
+from radcorpora.store.folder import (
+    BuildFolderError,
+    all_shards,
+    config_shards,
+    iter_batches,
+    open_shard,
+    read_columns,
+    read_manifest,
+)
 from radcorpora.store.shards import file_sha256
-from radcorpora.validators.report import ValidationReport
 from radcorpora.validators.structure import (
     PLACEHOLDER_DESCRIPTION,
     PLACEHOLDER_RULE,

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.schemas.interleaved import NEAR_PLACEHOLDER, placeholder_rows
+from radcorpora.spec.report import ValidationReport
 from radcorpora.store.folder import SHARD_RE, config_shards, iter_rows, read_card_yaml
-from radcorpora.validators.report import ValidationReport
 
 
 def check_layout(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport,

@@ -15,25 +15,34 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.corpora.rad_ace_cot.records import CotEvalRecord, CotRecord
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.session import LLMSession
 from radcorpora.llm.stage import LLMStage, offline_responders
 from radcorpora.llm.structured import JsonParser, TagParser
-from radcorpora.llm.verify import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE, QueueEntry, Verdict, agreement, settle
+from radcorpora.llm.verify import (
+    DECISIONS_FILE,
+    FAILURES_FILE,
+    QUEUE_FILE,
+    QueueEntry,
+    Verdict,
+    agreement,
+    settle,
+)
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
 from radcorpora.prompts.llm import Prompt, load_prompt
 from radcorpora.schemas.common import ImageData, Lineage, Reject, Turn
-from radcorpora.schemas.rad_ace_cot import CotEvalRecord, CotRecord
 from radcorpora.sources.pubmedvision import PubMedVisionSample, PubMedVisionScan, scan_pubmedvision
 from radcorpora.sources.vqa_rad import VqaRadTest, read_vqa_rad_test
+from radcorpora.spec.corpus import Cli
+from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
 from radcorpora.store.state import ChunkResult, ShardInfo
@@ -49,24 +58,32 @@ MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
 class RadAceCotConfig(BaseModel):
     """Everything that decides a build's content (part of its fingerprint)."""
 
-    seed: int = 0
-    subset: Literal["alignment", "instruction"] = "alignment"
-    max_samples: int | None = Field(None, ge=1)  # the paper used a 12K CT/MR subset
-    validation_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    llm: str = "offline"
-    verifiers: list[str] = Field(default_factory=list)
-    sampling: Sampling = Sampling(temperature=0.6, max_tokens=4096)
-    bounds: CotBounds = Field(default_factory=CotBounds)
-    prompt_path: str | None = None
-    verify_prompt_path: str | None = None
-    images_per_shard: int = Field(1000, ge=1)
-    decisions: dict[str, Literal["accept", "reject"]] = Field(default_factory=dict)  # a person's adjudication
+    seed: int = Field(0, description="Seed of every random choice")
+    subset: Literal["alignment", "instruction"] = Field(
+        "alignment", description="alignment | instruction (which PubMedVision file)")
+    max_samples: int | None = Field(None, ge=1, description="Seeded subset size (the paper used 12,000)")
+    validation_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of samples in the validation split")
+    llm: Annotated[str, Cli(required=True, metavar="PROVIDER:MODEL")] = Field(
+        "offline", description="Model writing the chains of thought: openai:MODEL (OPENAI_BASE_URL for compatible "
+                               "servers), anthropic:MODEL, azure:DEPLOYMENT, offline")
+    verifiers: Annotated[list[str], Cli(flag="--verify", repeat=True, metavar="PROVIDER:MODEL")] = Field(
+        default_factory=list, description="Verifier model (repeat for several)")
+    sampling: Annotated[Sampling, Cli(hidden=True)] = Sampling(temperature=0.6, max_tokens=4096)
+    bounds: Annotated[CotBounds, Cli(hidden=True)] = Field(default_factory=CotBounds)
+    prompt_path: Annotated[str | None, Cli(flag="--prompt", metavar="FILE")] = Field(
+        None, description="Your own generation prompt file")
+    verify_prompt_path: Annotated[str | None, Cli(flag="--verify-prompt", metavar="FILE")] = Field(
+        None, description="Your own verification prompt file")
+    images_per_shard: int = Field(1000, ge=1, description="Images per Parquet shard")
+    decisions: Annotated[dict[str, Literal["accept", "reject"]], Cli(hidden=True)] = Field(
+        default_factory=dict)  # a person's adjudication (build/adjudication_decisions.jsonl)
 
 
 def load_prompts(config: RadAceCotConfig) -> tuple[Prompt, Prompt]:
-    generate = load_prompt("rad_ace_cot", Path(config.prompt_path) if config.prompt_path else None, GENERATE_FIELDS)
+    generate = load_prompt("rad_ace_cot", Path(config.prompt_path) if config.prompt_path else None, GENERATE_FIELDS,
+                           __package__)
     verify = load_prompt("rad_ace_cot_verify", Path(config.verify_prompt_path) if config.verify_prompt_path else None,
-                         VERIFY_FIELDS)
+                         VERIFY_FIELDS, __package__)
     return generate, verify
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.card import CardContent, llm_section
+from radcorpora.publish.card import llm_section
+from radcorpora.spec.card import CardContent
 
 RAD_ACE_BIBTEX = """@misc{ates2025radace,
   title  = {RAD-ACE: Multimodal Large Language Models as Radiology Assistants},

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from radcorpora.corpora.rad_ace_cot.records import CONFIG_RECORDS, CotEvalRecord, CotRecord
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
 from radcorpora.ops.image_check import ImageCheck
-from radcorpora.schemas.rad_ace_cot import CONFIG_RECORDS, CotEvalRecord, CotRecord
+from radcorpora.spec.report import ValidationReport
 from radcorpora.validators.structure import (
     ImageDecodeCheck,
     iter_records,
 )
-from radcorpora.validators.report import ValidationReport
 
 
 def validate_rad_ace_cot(build: Path, report: ValidationReport, manifest: dict, image_check: ImageCheck = "full",

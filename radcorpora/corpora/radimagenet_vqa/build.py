@@ -17,13 +17,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from radcorpora.builders.context import BuildContext, Prepared, StageOutput
+from radcorpora.corpora.radimagenet_vqa.records import (
+    CONFIG_RECORDS,
+    CONTENT_TYPE_OF_TASK,
+    LETTERS,
+    QUESTION_SLOTS,
+    QuestionAnswer,
+    check_rows,
+)
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import (
     draw_index,
@@ -38,14 +45,6 @@ from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.common import Reject, Turn
 from radcorpora.schemas.features import arrow_schema_for
-from radcorpora.schemas.radimagenet_vqa import (
-    CONFIG_RECORDS,
-    CONTENT_TYPE_OF_TASK,
-    LETTERS,
-    QUESTION_SLOTS,
-    QuestionAnswer,
-    check_rows,
-)
 from radcorpora.schemas.taxonomy import Taxonomy, radimagenet_vqa_taxonomy
 from radcorpora.sources.radimagenet import (
     LabelMap,
@@ -54,6 +53,8 @@ from radcorpora.sources.radimagenet import (
     load_label_map,
     scan_radimagenet,
 )
+from radcorpora.spec.context import BuildContext, Prepared, StageOutput
+from radcorpora.spec.corpus import Cli
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
 from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
@@ -75,16 +76,26 @@ SPLIT_CONFIGS = {"train": ("alignment", "instruct"), "validation": ("alignment",
 class RadImageNetVQAConfig(BaseModel):
     """Everything that decides a build's content (part of its fingerprint)."""
 
-    seed: int = 0
-    benchmark_images: int = Field(1000, ge=0)
-    images_per_shard: int = Field(2000, ge=1)
+    seed: int = Field(0, description="Seed of every random choice")
+    benchmark_images: int = Field(1000, ge=0, description="Test images in the benchmark (9 questions each)")
+    images_per_shard: int = Field(2000, ge=1, description="Images per Parquet shard")
     # Share of abnormal images whose closed-negative pathology question asks "is this scan free
     # of pathology?" (answer no). Normal images ask that question with answer yes, so without
     # this the wording itself would give the answer away. 0.39 ~= 28.1% / 71.9% (paper mix).
-    normal_probe_rate: float = Field(0.39, ge=0.0, le=1.0)
-    label_map: dict[str, Any] = Field(default_factory=dict)
-    templates_path: str | None = None
-    image_check: ImageCheck = "crc"  # see ops/image_check.py: "full" decodes every pixel
+    normal_probe_rate: float = Field(0.39, ge=0.0, le=1.0, description=(
+        "Share of abnormal images asked 'is this scan free of pathology?' (normal ones are always asked)"))
+    label_map: Annotated[dict[str, Any], Cli(
+        parse=lambda text: load_label_map(Path(text)).to_json(), auto=lambda _given: load_label_map(None).to_json(),
+        metavar="FILE")] = (
+        Field(default_factory=dict, description="YAML/JSON folder-name map (anatomy, pathology, normal)"))
+    templates_path: Annotated[str | None, Cli(flag="--templates", metavar="FILE")] = Field(
+        None, description="Your own wording file (same slots as the packaged one)")
+    image_check: ImageCheck = Field("crc", description="crc: PNG structure and chunk CRCs (fast); full: decode every pixel")
+
+    @model_validator(mode="after")
+    def _templates_read(self) -> RadImageNetVQAConfig:
+        load_templates(self)  # a bad wording file stops here, before any source is read
+        return self
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ class Context:
 
 def load_templates(config: RadImageNetVQAConfig) -> TemplateSet:
     path = Path(config.templates_path) if config.templates_path else None
-    return load_template_set("radimagenet_vqa", path, TEMPLATE_SLOTS, PLACEHOLDERS)
+    return load_template_set("radimagenet_vqa", path, TEMPLATE_SLOTS, PLACEHOLDERS, package=__package__)
 
 
 # --------------------------------------------------------------------------- generation
@@ -695,5 +706,4 @@ def make_settings(*, seed: int = 0, benchmark_images: int = 1000, label_map: Pat
     config = RadImageNetVQAConfig(seed=seed, benchmark_images=benchmark_images, images_per_shard=images_per_shard,
                                   label_map=load_label_map(label_map).to_json(),
                                   templates_path=str(templates) if templates else None, image_check=image_check)
-    load_templates(config)  # a bad wording file stops here too
     return config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from radcorpora.publish.card import CardContent
+from radcorpora.spec.card import CardContent
 
 RADIMAGENET_BIBTEX = """@article{mei2022radimagenet,
   title   = {RadImageNet: An Open Radiologic Deep Learning Research Dataset for Effective Transfer Learning},

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from radcorpora.ops.image_check import ImageCheck
-from radcorpora.schemas.radimagenet_vqa import (
+from radcorpora.corpora.radimagenet_vqa.records import (
     CONFIG_RECORDS,
     QUESTION_IDS,
     QUESTION_SLOTS,
@@ -15,14 +14,15 @@ from radcorpora.schemas.radimagenet_vqa import (
     InstructRecord,
     QuestionAnswer,
 )
+from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
+from radcorpora.spec.report import ValidationReport
 from radcorpora.store.folder import config_shards, read_columns
 from radcorpora.validators.structure import (
     ImageDecodeCheck,
     iter_records,
     validate_record,
 )
-from radcorpora.validators.report import ValidationReport
 
 EXPECTED_TYPES = Counter(slot[2] for slot in QUESTION_SLOTS)  # open 2, closed 5, multiple_choice 2
 SLOT_OF = {slot[0]: slot for slot in QUESTION_SLOTS}

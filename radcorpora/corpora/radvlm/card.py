@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from radcorpora.publish.card import CardContent, llm_section
+from radcorpora.publish.card import llm_section
+from radcorpora.spec.card import CardContent
 
 RADVLM_BIBTEX = """@article{deperrois2025radvlm,
   title   = {RadVLM: A Multitask Conversational Vision-Language Model for Radiology},

@@ -27,7 +27,11 @@ from radcorpora.llm.stage import LLMStage
 from radcorpora.llm.structured import JsonParser, ParseError
 from radcorpora.llm.verify import QueueEntry, Verdict, agreement, settle
 from radcorpora.ops.boxes import boxes_text
-from radcorpora.ops.conversation_checks import ConversationError, conversation_problems, parse_conversation
+from radcorpora.ops.conversation_checks import (
+    ConversationError,
+    conversation_problems,
+    parse_conversation,
+)
 from radcorpora.ops.prior_study import prior_study_phrases, remove_prior_sentences
 from radcorpora.prompts.llm import Prompt
 from radcorpora.schemas.boxes import Box
@@ -265,9 +269,9 @@ SEX_WORDS = {"F": "female", "M": "male"}
 def load_prompts() -> dict[str, Prompt]:
     from radcorpora.prompts.llm import load_prompt
 
-    return {"prior_removal": load_prompt("radvlm_prior_removal", None, PRIOR_FIELDS),
-            "conversation": load_prompt("radvlm_conversation", None, CONVERSATION_FIELDS),
-            "verify": load_prompt("radvlm_conversation_verify", None, VERIFY_FIELDS)}
+    return {"prior_removal": load_prompt("radvlm_prior_removal", None, PRIOR_FIELDS, __package__),
+            "conversation": load_prompt("radvlm_conversation", None, CONVERSATION_FIELDS, __package__),
+            "verify": load_prompt("radvlm_conversation_verify", None, VERIFY_FIELDS, __package__)}
 
 
 @dataclass
@@ -297,7 +301,7 @@ def prior_removal_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def conversation_item(row: Any, report: str | None) -> dict[str, Any]:
-    from radcorpora.builders.radvlm import VIEW_WORDS
+    from radcorpora.corpora.radvlm.settings import VIEW_WORDS
 
     return {"id": row.key, "source": row.source, "image_id": row.image.image_id, "report": report,
             "labels": list(row.positive_labels), "view": VIEW_WORDS.get(row.image.view, "frontal"),

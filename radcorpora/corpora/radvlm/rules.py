@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from radcorpora.corpora.radvlm.records import CONFIG_RECORDS
 from radcorpora.ops.image_check import ImageCheck
-from radcorpora.schemas.radvlm import CONFIG_RECORDS
+from radcorpora.spec.report import ValidationReport
 from radcorpora.store.folder import config_shards, read_columns
-from radcorpora.validators.report import ValidationReport
 
 
 def validate_radvlm(build: Path, report: ValidationReport, manifest: dict, image_check: ImageCheck = "full",

@@ -1,7 +1,6 @@
-"""Reading radvlm's seven sources and turning them into planned rows per task: the one place the
-builder meets the readers (sources/), so the task code in builders/radvlm.py sees only typed
-records (CxrImage, StudyReport, GroundedFinding, label states).
-"""
+"""Reading radvlm's seven sources: the one place the corpus meets the readers (radcorpora/sources),
+so the task code (tasks.py) sees only typed records (CxrImage, StudyReport, GroundedFinding, label
+states)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radcorpora.corpora.radvlm.settings import RadVLMConfig, RadVLMConfigError
+from radcorpora.corpora.radvlm.tasks import anatomical_order
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.cxr import CxrImage
 
@@ -25,44 +26,6 @@ class SourcesRead:
     warnings: list[str] = field(default_factory=list)
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def rows_for(self, task: str, words: Any, config: Any, tasks: set[str], rejects: list[Reject],
-                 frontal: Any = None) -> list[Any]:
-        from radcorpora.builders import radvlm as rv
-
-        rows: list[Any] = []
-        if task == "report_generation":
-            if "mimic-cxr" in self.scans and self.scans["mimic-cxr"].reports:
-                scan = self.scans["mimic-cxr"]
-                rows += rv.report_rows("mimic-cxr", scan.images, lambda i: scan.reports.get(i.study_id), words, config,
-                                       rejects, frontal=frontal)
-            if "chexpert-plus" in self.scans:
-                scan = self.scans["chexpert-plus"]
-                rows += rv.report_rows("chexpert-plus", scan.images, lambda i: scan.reports.get(i.image_id), words,
-                                       config, rejects, frontal=frontal)
-        elif task == "abnormality_classification":
-            if "mimic-cxr" in self.scans:
-                scan = self.scans["mimic-cxr"]
-                rows += rv.classification_rows("mimic-cxr", scan.images, lambda i: scan.labels.get(i.study_id), words,
-                                               config, rejects, frontal=frontal)
-            if "chexpert" in self.scans:
-                scan = self.scans["chexpert"]
-                rows += rv.classification_rows("chexpert", scan.images, lambda i: scan.labels.get(i.image_id), words,
-                                               config, rejects, frontal=frontal)
-        elif task == "anatomical_grounding" and "chest-imagenome" in self.scans:
-            rows += rv.anatomical_rows(self.scans["chest-imagenome"].findings, words, config)
-        elif task in ("abnormality_grounding", "abnormality_detection") and "vindr-cxr" in self.scans:
-            if task == "abnormality_grounding" or "abnormality_grounding" not in tasks:
-                scan = self.scans["vindr-cxr"]
-                rows += rv.vindr_rows(scan.annotations, scan.images, set(scan.no_finding), words, config,
-                                      tasks & {"abnormality_grounding", "abnormality_detection"}, rejects)
-        elif task == "phrase_grounding":
-            if "ms-cxr" in self.scans:
-                rows += rv.phrase_rows("ms-cxr", self.scans["ms-cxr"].findings, words, config)
-            if "padchest-gr" in self.scans:
-                rows += rv.phrase_rows("padchest-gr", self.scans["padchest-gr"].findings, words, config,
-                                       read_image="padchest-zip")
-        return rows
-
 
 def _take(read: SourcesRead, name: str, scan: Any) -> None:
     read.present.append(name)
@@ -74,10 +37,8 @@ def _take(read: SourcesRead, name: str, scan: Any) -> None:
                           "rejected": len(scan.rejects)}
 
 
-def read_sources(sources: dict[str, Path], config: Any, log: Any) -> SourcesRead:
+def read_sources(sources: dict[str, Path], config: RadVLMConfig, log: Any) -> SourcesRead:
     """Scan every given source (a bad one stops the build here, before any work)."""
-    from radcorpora.builders.radvlm import RadVLMConfigError, anatomical_order
-
     read = SourcesRead()
     mimic_images: dict[str, CxrImage] = {}
     mimic_sizes: dict[str, tuple[int, int]] = {}  # dicom_id -> (Columns, Rows) of the MIMIC metadata

@@ -1,0 +1,51 @@
+"""`radcorpora demo`: demo sources in the upstream formats, every corpus built, checked and previewed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from radcorpora.commands.folder import demo_preview
+from radcorpora.commands.options import (
+    WORKERS,
+    build_named,
+)
+from radcorpora.commands.reference import run_check_command, train_stack
+from radcorpora.commands.ui import say
+
+
+def demo_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for the demo sources and builds"),
+    images_per_class: int = typer.Option(12, "--images-per-class", min=5, help="Demo RadImageNet images per class"),
+    workers: int = WORKERS,
+    check: bool = typer.Option(True, "--check/--no-check", help="End with the reference checks"),
+) -> None:
+    """Write small demo sources in the upstream formats, build and validate every corpus from them
+    (LLM stages with the offline stand-in), check the corpora that declare it against a tiny
+    model, and write an HTML preview of each build."""
+    if check:
+        train_stack()
+    from radcorpora.llm.session import LLMSettings
+    from radcorpora.registry import CORPORA
+
+    valid = True
+    built = []
+    for spec in CORPORA.values():
+        if spec.demo is None:
+            continue
+        sources = spec.demo.write_sources(out / "sources", {"images_per_class": images_per_class})
+        say(f"demo sources of {spec.name}: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+        llm = LLMSettings(cache_path=str(out / "llm-cache.sqlite")) if spec.demo.uses_llm else None
+        valid = build_named(spec.name, sources, spec.demo.settings(), out / spec.name, workers=workers,
+                            exit_on_invalid=False, llm_settings=llm) and valid
+        built.append(spec)
+    say(f"demo corpora in {out} (LLM answers come from the offline stand-in, not a model)", "green")
+    if check:
+        for spec in built:
+            if spec.demo and spec.demo.check:
+                valid = run_check_command(out / spec.name, "tiny", margin=5.0, max_steps=spec.demo.check_max_steps) and valid
+    for spec in built:
+        demo_preview(out / spec.name)
+    if not valid:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""One package per corpus; radcorpora.registry lists them."""

@@ -1,0 +1,1 @@
+"""The radimagenet_vqa corpus: its spec (spec.py), settings, records, build stages, rules, card text and prompts."""
