@@ -77,7 +77,7 @@ def validate(build: Path, *, image_check: str = "full", workers: int = 1, deep: 
     from radcorpora.validators.run import validate_build_folder
 
     spec = spec_of_build(build)
-    return validate_build_folder(build, spec.name, spec.records, spec.validate, spec.row_rules,
+    return validate_build_folder(build, spec.name, spec.records, spec.rules, spec.row_rules,
                                  image_check=image_check, workers=workers, deep=deep)
 
 

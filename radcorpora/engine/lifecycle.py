@@ -284,8 +284,8 @@ def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out:
     phases["sync"] = round(time.time() - mark, 2)
     mark = time.time()
     task = progress.start("validating", 1)
-    report = validate_finished_build(out, spec.name, spec.records, spec.validate, manifest, output.chunks,
-                                     image_check=getattr(settings, "image_check", "full"))
+    report = validate_finished_build(out, spec.name, spec.records, spec.rules, manifest, output.chunks,
+                                     image_check=getattr(settings, "image_check", "full"), row_rules=spec.row_rules)
     progress.advance(task, 1)
     progress.stop(task)
     manifest["validation"] = report.summary()

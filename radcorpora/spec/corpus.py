@@ -20,6 +20,7 @@ from radcorpora.schemas.common import LicenceClass
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PreviewSpec
+from radcorpora.spec.rules import CorpusRules, RowRules
 
 @dataclass(frozen=True)
 class Cli:
@@ -94,9 +95,9 @@ class CorpusSpec:
     licence_class: Callable[[BaseModel, dict[str, Path]], LicenceClass]
     prepare: Callable[[dict[str, Path], BaseModel, Callable[[str], None]], Prepared]
     run: Callable[[Prepared, BaseModel, BuildContext], StageOutput]
-    validate: Callable[..., Any]  # validators.<corpus>.validate_<corpus>(build, report, options)
+    rules: CorpusRules  # the corpus' own rules over a whole build (rules.py)
     card: Callable[[dict[str, Any]], Any]  # manifest -> publish.card.CardContent
-    row_rules: Callable[..., dict[str, list[int]]] | None = None  # vectorised per-row rules (schemas)
+    row_rules: RowRules | None = None  # vectorised per-row rules (records.py)
     llm_stages: tuple[type, ...] = ()  # its LLMStage classes (listed by `radcorpora corpora`; the builder runs them)
     # `radcorpora estimate`: (sources, settings, log) -> ([(stage class, model, requests)], extra
     # figures such as {"samples": n}); None for a corpus with no LLM stage.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.spec.report import ValidationReport
+from radcorpora.spec.rules import CorpusRules, RowRules
 from radcorpora.store.folder import (
     BuildFolderError,
     all_shards,
@@ -51,8 +52,6 @@ from radcorpora.validators.structure import (
     placeholder_problems,
 )
 
-RowRules = Callable[[str, pa.Table], dict[str, list[int]]]
-CorpusRules = Callable[..., ValidationReport]
 
 
 @dataclass
@@ -107,7 +106,7 @@ def check_shard(build: Path, config: str, split: str, path: Path, model: type[Ba
             for v in violations:
                 found.fail("record_schema", f"{rel} row {offset + v.row}: {v.field}: {v.message}", 0)
             found.violations["record_schema"] += total
-            for rule, rows in (row_rules(config, table) if row_rules else {}).items():
+            for rule, rows in (row_rules.findings(config, table) if row_rules else {}).items():
                 found.checked[rule] += table.num_rows
                 for r in rows:
                     found.fail(rule, f"{rel} row {offset + r}: breaks {rule}")
@@ -193,9 +192,38 @@ def check_not_empty(report: ValidationReport, manifest: dict[str, Any]) -> None:
                        "--allow-empty")
 
 
-def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest: dict[str, Any]) -> None:
+def declare_rules(report: ValidationReport, row_rules: RowRules | None) -> None:
+    """The shared checks and the corpus' row rules, listed up front so a rule that passed (or had
+    nothing to check) is in the report all the same, in the same order on both paths."""
+    for name in ("record_schema", "shard_checksums", "unique_ids", "counts_match_manifest"):
+        report.check(name, DESCRIPTIONS[name])
+    for name, description in (row_rules.names.items() if row_rules else ()):
+        report.check(name, description)
+
+
+def _merge_checks(report: ValidationReport, f: ShardFindings) -> None:
+    """One shard's rule counts into the report."""
+    for rule, n in f.checked.items():
+        report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " "))).checked += n
+    for rule, n in f.violations.items():
+        check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
+        check.violations += n
+        check.examples = (check.examples + f.examples.get(rule, []))[:5]
+
+
+def check_checksums(report: ValidationReport, manifest: dict[str, Any], on_disk: dict[str, str]) -> None:
+    """Every shard's sha256 (`on_disk`: shard -> sha256) against the manifest's, and none missing."""
     sums = report.check("shard_checksums", DESCRIPTIONS["shard_checksums"])
     recorded = manifest.get("shards") or {}
+    for shard, digest in sorted(on_disk.items()):
+        want = (recorded.get(shard) or {}).get("sha256")
+        sums.expect(want == digest, f"{shard}: sha256 differs from the manifest" if want else
+                    f"{shard}: not listed in the manifest")
+    for missing in sorted({str(k) for k in recorded} - set(on_disk)):
+        sums.fail(f"{missing}: listed in the manifest but missing on disk")
+
+
+def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest: dict[str, Any]) -> None:
     ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
     counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
     seen: dict[str, dict[str, str]] = {}
@@ -204,23 +232,10 @@ def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest
         if f.error:
             report.check("record_schema", DESCRIPTIONS["record_schema"]).fail(f.error)
             continue
-        if recorded:
-            want = (recorded.get(f.shard) or {}).get("sha256")
-            sums.expect(want == f.sha256, f"{f.shard}: sha256 differs from the manifest" if want else
-                        f"{f.shard}: not listed in the manifest")
-        for rule, n in f.checked.items():
-            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
-            check.checked += n
-        for rule, n in f.violations.items():
-            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
-            check.violations += n
-            check.examples = (check.examples + f.examples.get(rule, []))[:5]
+        _merge_checks(report, f)
         ids.expect_unique(f.ids, seen.setdefault(f.config, {}), f.shard)
         rows[(f.config, f.split)] += f.rows
-    listed = {str(k) for k in recorded}
-    present = {f.shard for f in findings}
-    for missing in sorted(listed - present):
-        sums.fail(f"{missing}: listed in the manifest but missing on disk")
+    check_checksums(report, manifest, {f.shard: f.sha256 for f in findings if not f.error})
     for (config, split), n in sorted(rows.items()):
         want = (manifest.get("splits") or {}).get(config, {}).get(split)
         counts.expect(want == n, f"{config}/{split}: {n} rows, manifest says {want}")
@@ -239,6 +254,7 @@ def validate_build_folder(build: Path, corpus: str, records: dict[str, type[Base
     manifest = read_manifest(build)
     report = ValidationReport(corpus=corpus)
     check_layout(build, records, report)
+    declare_rules(report, row_rules)
     shards = [s for s in all_shards(build, list(records))]
     jobs = [(build, s.config, s.split, s.path, records[s.config], row_rules, image_check) for s in shards]
     if workers > 1 and len(jobs) > 1:
@@ -251,30 +267,50 @@ def validate_build_folder(build: Path, corpus: str, records: dict[str, type[Base
         for _ in iter_records(build, records, report):
             pass
     check_not_empty(report, manifest)
-    corpus_rules(build, report, manifest, image_check=image_check, deep=deep)
+    corpus_rules.apply(build, report, manifest, image_check=image_check, deep=deep)
     report.stats.update({"distinct_images": len(set().union(*(f.image_hashes for f in findings))) if findings else 0,
                          "rows": sum(f.rows for f in findings)})
     return report
 
 
 def validate_finished_build(build: Path, corpus: str, records: dict[str, type[BaseModel]], corpus_rules: CorpusRules,
-                            manifest: dict[str, Any], chunks: Sequence[Any], image_check: ImageCheck = "crc"
-                            ) -> ValidationReport:
-    """A build checking itself: shard sets and schemas from disk (footers only), row findings from
-    the chunk workers, ids from the id columns, counts from Parquet metadata, corpus rules."""
+                            manifest: dict[str, Any], chunks: Sequence[Any], image_check: ImageCheck = "crc",
+                            row_rules: RowRules | None = None) -> ValidationReport:
+    """A build checking itself, with the checks `validate` runs: shard sets and schemas from disk
+    (footers only), row findings from the chunk workers (a shard no worker checked, written by a
+    corpus' own stage, is checked here as `validate` would), shard checksums and ids from disk,
+    counts from Parquet metadata, the corpus rules."""
     report = ValidationReport(corpus=corpus)
     check_layout(build, records, report, card={"configs": [
         {"config_name": c, "data_files": [{"split": s} for s in splits]}
         for c, splits in (manifest.get("splits") or {}).items()]})
+    declare_rules(report, row_rules)
+    covered: set[str] = set()
     for result in chunks:
+        if "record_schema" in result.checked:
+            covered.update(result.shards)
         for rule, n in result.checked.items():
             report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " "))).checked += n
         for rule, n in result.violation_counts.items():
             check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
             check.violations += n
             check.examples = (check.examples + result.violations.get(rule, []))[:5]
-    if not any(PLACEHOLDER_RULE in result.checked for result in chunks):
-        _placeholders_from_disk(build, records, report)
+    on_disk: dict[str, str] = {}
+    for shard in all_shards(build, list(records)):
+        rel = str(shard.path.relative_to(build))
+        if rel in covered:
+            on_disk[rel] = file_sha256(shard.path)
+            continue
+        found = check_shard(build, shard.config, shard.split, shard.path, records[shard.config], row_rules,
+                            image_check)
+        if found.error:
+            report.check("record_schema", DESCRIPTIONS["record_schema"]).fail(found.error)
+            continue
+        _merge_checks(report, found)
+        on_disk[rel] = found.sha256
+    check_checksums(report, manifest, on_disk)
+    if not any(PLACEHOLDER_RULE in result.checked for result in chunks) and covered:
+        _placeholders_from_disk(build, records, report, covered)
     ids = report.check("unique_ids", DESCRIPTIONS["unique_ids"])
     counts = report.check("counts_match_manifest", DESCRIPTIONS["counts_match_manifest"])
     for config in records:
@@ -288,11 +324,12 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
             want = (manifest.get("splits") or {}).get(config, {}).get(split)
             counts.expect(want == rows, f"{config}/{split}: {rows} rows, manifest says {want}")
     check_not_empty(report, manifest)
-    corpus_rules(build, report, manifest, image_check=image_check, deep=False)
+    corpus_rules.apply(build, report, manifest, image_check=image_check, deep=False)
     return report
 
 
-def _placeholders_from_disk(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport) -> None:
+def _placeholders_from_disk(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport,
+                            shards: set[str]) -> None:
     """`placeholders_match_images` for a build whose workers did not check it: per config with
     the shape (from its record model), the turn columns and the images' path leaf of each shard."""
     for config, model in records.items():
@@ -303,6 +340,8 @@ def _placeholders_from_disk(build: Path, records: dict[str, type[BaseModel]], re
         for paths in config_shards(build, config).values():
             for path in paths:
                 rel = str(path.relative_to(build))
+                if rel not in shards:  # checked with the rest of the shard above
+                    continue
                 try:
                     leaf = images_length_leaf(path)
                     table = open_shard(path).read(columns=["id", *where.columns, *([leaf] if leaf else [])])

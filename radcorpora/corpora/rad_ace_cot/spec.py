@@ -9,7 +9,7 @@ from radcorpora.corpora.rad_ace_cot import build as rac
 from radcorpora.corpora.rad_ace_cot import records as rac_schema
 from radcorpora.corpora.rad_ace_cot.card import rad_ace_cot_card
 from radcorpora.corpora.rad_ace_cot.export_csv import export_rad_ace_csv
-from radcorpora.corpora.rad_ace_cot.rules import validate_rad_ace_cot
+from radcorpora.corpora.rad_ace_cot.rules import CORPUS_RULES
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
 from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PlotSpec, PreviewSpec
@@ -46,7 +46,7 @@ SPEC = CorpusSpec(
     licence_class=_fixed(rac.LICENCE_CLASS),
     prepare=rac.prepare,
     run=rac.run,
-    validate=validate_rad_ace_cot,
+    rules=CORPUS_RULES,
     card=rad_ace_cot_card,
     llm_stages=rac.STAGES,
     estimate=rac.estimate,

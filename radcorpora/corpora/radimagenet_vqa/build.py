@@ -29,7 +29,7 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     LETTERS,
     QUESTION_SLOTS,
     QuestionAnswer,
-    check_rows,
+    ROW_RULES,
 )
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import (
@@ -55,6 +55,7 @@ from radcorpora.sources.radimagenet import (
 )
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.spec.corpus import Cli
+from radcorpora.spec.rules import record_row_findings
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
 from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
@@ -476,27 +477,19 @@ def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, by
     return batches
 
 
-ROW_RULES = ("record_schema", "question_consistent", "answers_match_labels", "closed_polarity", "conversation_structure")
-
-
 def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str, result: ChunkResult,
                       first_row: int = 0) -> None:
-    """Every row against its record model (derived rules) and the corpus' row rules, vectorised;
-    findings name the shard, row (`first_row` is the batch's first row in the shard) and field.
-    Up to five examples per rule and shard are kept."""
+    """Every row against its record model (derived rules) and the corpus' declared row rules,
+    vectorised; findings name the shard, row (`first_row` is the batch's first row in the shard)
+    and field. Up to five examples per rule and shard are kept."""
     violations, total = check_table(table, CONFIG_RECORDS[config])
-    found = {"record_schema": [f"{where} row {first_row + v.row}: {v.field}: {v.message}" for v in violations]}
-    counts = {"record_schema": total}
-    for rule, bad_rows in check_rows(config, table).items():
-        found[rule] = [f"{where} row {first_row + r}: breaks {rule}" for r in bad_rows[:5]]
-        counts[rule] = len(bad_rows)
-    for rule in ROW_RULES:
-        result.checked[rule] = result.checked.get(rule, 0) + table.num_rows
-        if counts.get(rule):
-            examples = result.violations.setdefault(rule, [])
-            room = 5 - sum(1 for e in examples if e.startswith(f"{where} "))
-            examples.extend(found[rule][:max(room, 0)])
-            result.violation_counts[rule] = result.violation_counts.get(rule, 0) + counts[rule]
+    result.checked["record_schema"] = result.checked.get("record_schema", 0) + table.num_rows
+    if total:
+        shown = result.violations.setdefault("record_schema", [])
+        room = 5 - sum(1 for e in shown if e.startswith(f"{where} "))
+        shown.extend(f"{where} row {first_row + v.row}: {v.field}: {v.message}" for v in violations[:max(room, 0)])
+        result.violation_counts["record_schema"] = result.violation_counts.get("record_schema", 0) + total
+    record_row_findings(result, ROW_RULES, config, table, where, first_row)
 
 
 # Images read, generated, checked and written at a time. A multiple of the shards' 64-row row
@@ -516,6 +509,7 @@ def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResul
         result.sources[image.path] = source_index.entry_for(image.path, None)
         return None
     result.sources[image.path] = entry
+    result.checked["images_decode"] = result.checked.get("images_decode", 0) + 1  # checked as it was read
     return image, data, entry[2]
 
 

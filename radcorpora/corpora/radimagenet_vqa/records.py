@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from radcorpora.spec.rules import RowRules
 from radcorpora.schemas.common import ImageData, Lineage, Turn
 
 QuestionType = Literal["open", "closed", "multiple_choice"]
@@ -287,3 +288,11 @@ def check_rows(config: str, table) -> dict[str, list[int]]:
 def _combined(table, name):
     column = table.column(name)
     return column.combine_chunks() if hasattr(column, "combine_chunks") else column
+
+
+ROW_RULES = RowRules({
+    "question_consistent": "each question's slot, type and subject agree with its wording slot",
+    "answers_match_labels": "every answer agrees with the image's region / pathology labels",
+    "closed_polarity": "closed+ asks the true label (yes); closed- asks something absent (no)",
+    "conversation_structure": "conversations alternate human/gpt, open with <image>, and match the questions",
+}, check_rows)

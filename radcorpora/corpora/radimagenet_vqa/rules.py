@@ -12,13 +12,16 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     AlignmentRecord,
     BenchmarkRecord,
     InstructRecord,
+    ROW_RULES,
     QuestionAnswer,
 )
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.spec.report import ValidationReport
+from radcorpora.spec.rules import CorpusRules
 from radcorpora.store.folder import config_shards, read_columns
 from radcorpora.validators.structure import (
+    OBJECT_CHECKS,
     ImageDecodeCheck,
     iter_records,
     validate_record,
@@ -29,13 +32,22 @@ SLOT_OF = {slot[0]: slot for slot in QUESTION_SLOTS}
 STRATIFICATION_TOLERANCE = 1.0  # images per stratum, vs the exact proportional share
 
 
+RULES = {
+    **ROW_RULES.names,  # the deep pass checks these per object too
+    "split_disjoint": "no source image appears in two splits (across all configs)",
+    "benchmark_nine_questions": "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice",
+    "benchmark_stratified": f"benchmark keeps the test mix of region x pathology (within {STRATIFICATION_TOLERANCE:g} image per stratum)",
+    "multiple_choice_options": "4 distinct options; answer among them; distractors from the right pool",
+}
+
+
 def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> None:
     """Answers agree with the image labels; distractors and negatives obey the corpus rules."""
     tax = radimagenet_vqa_taxonomy()
     none = tax.no_pathology_answer
     meta = qa.metadata
     region = tax.find_region(meta.location)
-    labels = report.check("answers_match_labels", "every answer agrees with the image's region / pathology labels")
+    labels = report.check("answers_match_labels", RULES["answers_match_labels"])
     if not labels.expect(region is not None, f"{where}: unknown region {meta.location!r}"):
         return
     truth = meta.pathology if meta.is_abnormal else none
@@ -54,7 +66,7 @@ def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> 
     if expected_answer is not None:
         labels.expect(qa.answer == expected_answer, f"{where}: answer {qa.answer!r}, labels say {expected_answer!r}")
     if qtype == "closed" and task != "abnormality":
-        negatives = report.check("closed_polarity", "closed+ asks the true label (yes); closed- asks something absent (no)")
+        negatives = report.check("closed_polarity", RULES["closed_polarity"])
         own = region.name if task == "anatomy" else truth
         if polarity == "positive":
             negatives.expect(qa.subject == own and qa.answer == "yes", f"{where}: closed+ asks {qa.subject!r} (truth {own!r}), answer {qa.answer!r}")
@@ -66,7 +78,7 @@ def check_question(qa: QuestionAnswer, where: str, report: ValidationReport) -> 
                 absent = absent and (qa.subject == none or tax.find_pathology(region, qa.subject) is not None)
             negatives.expect(absent and qa.answer == "no", f"{where}: closed- asks {qa.subject!r} on an image labelled {own!r}")
     if qtype == "multiple_choice":
-        mc = report.check("multiple_choice_options", "4 distinct options; answer among them; distractors from the right pool")
+        mc = report.check("multiple_choice_options", RULES["multiple_choice_options"])
         choices = qa.choices or []
         if task == "anatomy":
             mc.expect(meta.correct_text == region.name and all(tax.find_region(c) for c in choices),
@@ -88,10 +100,10 @@ def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: di
     decode = ImageDecodeCheck(report, image_check)
     split_of_source: dict[str, str] = {}
     splits_of_content: dict[str, set[str]] = defaultdict(set)
-    leak = report.check("split_disjoint", "no source image appears in two splits (across all configs)")
+    leak = report.check("split_disjoint", RULES["split_disjoint"])
     bench_questions: dict[str, Counter] = defaultdict(Counter)
     bench_strata: Counter = Counter()
-    structure = report.check("conversation_structure", "conversations alternate human/gpt, open with <image>, and match the questions")
+    structure = report.check("conversation_structure", RULES["conversation_structure"])
 
     for _config, split, where, record in iter_records(build, CONFIG_RECORDS, report):
         source = record.lineage.source_id
@@ -120,7 +132,7 @@ def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: di
             if record.metadata.question_id == QUESTION_IDS[0]:
                 bench_strata[f"{record.metadata.location}|{record.metadata.pathology}"] += 1
 
-    nine = report.check("benchmark_nine_questions", "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice")
+    nine = report.check("benchmark_nine_questions", RULES["benchmark_nine_questions"])
     for source, per_id in sorted(bench_questions.items()):
         nine.expect(dict(per_id) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(per_id)}")
     _check_stratification(manifest, bench_strata, report)
@@ -134,8 +146,7 @@ def validate_radimagenet_vqa(build: Path, report: ValidationReport, manifest: di
 def _check_stratification(manifest: dict, strata: Counter, report: ValidationReport) -> None:
     bench = manifest.get("benchmark") or {}
     population: dict[str, int] = bench.get("population") or {}
-    check = report.check("benchmark_stratified",
-                         f"benchmark keeps the test mix of region x pathology (within {STRATIFICATION_TOLERANCE:g} image per stratum)")
+    check = report.check("benchmark_stratified", RULES["benchmark_stratified"])
     total = sum(strata.values())
     pop_total = sum(population.values())
     if not population or not total:
@@ -155,7 +166,7 @@ def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> Vali
     (`lineage.source_id`, the benchmark's `metadata`), never the images."""
     import pyarrow.compute as pc
 
-    leak = report.check("split_disjoint", "no source image appears in two splits (across all configs)")
+    leak = report.check("split_disjoint", RULES["split_disjoint"])
     sources_of_split: dict[str, set[str]] = defaultdict(set)
     bench_questions: dict[str, Counter] = defaultdict(Counter)
     bench_strata: Counter = Counter()
@@ -180,9 +191,16 @@ def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> Vali
         for second in splits[i + 1:]:
             for source in sorted(sources_of_split[first] & sources_of_split[second])[:5]:
                 leak.fail(f"{source} is in both {first} and {second}")
-    nine = report.check("benchmark_nine_questions", "each benchmark image has the nine questions: 2 open, 5 closed, 2 multiple choice")
+    nine = report.check("benchmark_nine_questions", RULES["benchmark_nine_questions"])
     for source, per_id in sorted(bench_questions.items()):
         nine.expect(dict(per_id) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(per_id)}")
     _check_stratification(manifest, bench_strata, report)
     report.stats.update({"benchmark_images": sum(bench_strata.values())})
     return report
+
+
+CORPUS_RULES = CorpusRules({name: RULES[name] for name in ("split_disjoint", "benchmark_nine_questions",
+                                                             "benchmark_stratified")},
+                           validate_radimagenet_vqa,
+                           deep_names={"multiple_choice_options": RULES["multiple_choice_options"],
+                                       "record_objects": OBJECT_CHECKS["record_objects"]})

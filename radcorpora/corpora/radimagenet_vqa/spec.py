@@ -8,7 +8,7 @@ from typing import Any
 from radcorpora.corpora.radimagenet_vqa import build as rvqa
 from radcorpora.corpora.radimagenet_vqa import records as rvqa_schema
 from radcorpora.corpora.radimagenet_vqa.card import radimagenet_vqa_card
-from radcorpora.corpora.radimagenet_vqa.rules import validate_radimagenet_vqa
+from radcorpora.corpora.radimagenet_vqa.rules import CORPUS_RULES
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
 from radcorpora.spec.evaluation import EvaluationRecipe
@@ -45,8 +45,8 @@ SPEC = CorpusSpec(
     licence_class=_fixed(rvqa.LICENCE_CLASS),
     prepare=rvqa.prepare,
     run=rvqa.run,
-    validate=validate_radimagenet_vqa,
-    row_rules=rvqa_schema.check_rows,
+    rules=CORPUS_RULES,
+    row_rules=rvqa_schema.ROW_RULES,
     card=lambda manifest: radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer,
                                                {c for c, splits in (manifest.get("splits") or {}).items()
                                                 if any(splits.values())}),

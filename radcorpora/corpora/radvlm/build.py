@@ -38,8 +38,8 @@ from radcorpora.corpora.radvlm.records import (
     CONVERSATION_TASKS,
     TASK_SOURCES,
     TASKS,
+    ROW_RULES,
     RadVLMRecord,
-    check_rows,
 )
 from radcorpora.corpora.radvlm.settings import (
     CORPUS,
@@ -66,6 +66,7 @@ from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
+from radcorpora.spec.rules import record_row_findings
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
 from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo, derived_once
@@ -171,12 +172,8 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     if total:
         result.violations["record_schema"] = [f"{payload.shard} row {v.row}: {v.field}: {v.message}" for v in violations]
         result.violation_counts["record_schema"] = total
-    broken = check_rows(payload.task, table) if table.num_rows else {}
-    for rule in ("box_order", "conversation_structure"):
-        result.checked[rule] = table.num_rows
-        if broken.get(rule):
-            result.violations[rule] = [f"{payload.shard} row {r}: breaks {rule}" for r in broken[rule][:5]]
-            result.violation_counts[rule] = len(broken[rule])
+    record_row_findings(result, ROW_RULES, payload.task, table, payload.shard)
+    result.checked["images_decode"] = table.num_rows  # each passed check_image when it was read
     writer = ShardWriter(out / payload.shard, RadVLMRecord)
     try:
         writer.write_table(table)

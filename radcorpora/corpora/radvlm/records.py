@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from radcorpora.schemas.boxes import Box
+from radcorpora.spec.rules import RowRules
 from radcorpora.schemas.common import ImageData, LicenceClass, Turn
 
 Task = Literal["report_generation", "abnormality_classification", "anatomical_grounding", "abnormality_grounding",
@@ -142,3 +143,9 @@ def check_rows(config: str, table) -> dict[str, list[int]]:
         if bad_rows:
             problems["conversation_structure"] = sorted(bad_rows)
     return problems
+
+
+ROW_RULES = RowRules({
+    "box_order": "every box has x1 < x2 and y1 < y2",
+    "conversation_structure": "each instance's turns alternate human/gpt from a human turn opening with <image>",
+}, check_rows)

@@ -8,7 +8,7 @@ from typing import Any
 from radcorpora.corpora.radvlm import build as rvlm
 from radcorpora.corpora.radvlm import records as rvlm_schema
 from radcorpora.corpora.radvlm.card import radvlm_card
-from radcorpora.corpora.radvlm.rules import validate_radvlm
+from radcorpora.corpora.radvlm.rules import CORPUS_RULES
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
 from radcorpora.spec.evaluation import EvaluationRecipe
 
@@ -74,8 +74,8 @@ SPEC = CorpusSpec(
     licence_class=rvlm.licence_class,
     prepare=rvlm.prepare,
     run=rvlm.run,
-    validate=validate_radvlm,
-    row_rules=rvlm_schema.check_rows,
+    rules=CORPUS_RULES,
+    row_rules=rvlm_schema.ROW_RULES,
     card=radvlm_card,
     llm_stages=rvlm.STAGES,
     estimate=rvlm.estimate,
