@@ -12,7 +12,7 @@ from radcorpora import __version__
 from radcorpora.commands import adjudicate, demo, folder, publish, reference
 from radcorpora.commands.corpus import register_corpus_commands
 from radcorpora.engine.executors import keep_freed_memory
-from radcorpora.registry import CORPORA
+from radcorpora.registry import CORPORA, register
 
 app = typer.Typer(help="Build, validate and publish radiology vision-language corpora.", no_args_is_help=True,
                   context_settings={"max_content_width": 80}, rich_markup_mode=None)
@@ -43,7 +43,7 @@ def corpora_cmd() -> None:
     """List the registered corpora, their configs and source options."""
     from rich import box
 
-    from radcorpora.registry import CORPORA
+    from radcorpora.registry import CORPORA, register
 
     out = Console()
     width = min(out.width, 100)
@@ -62,6 +62,13 @@ def corpora_cmd() -> None:
 
 
 register_corpus_commands(build_app, estimate_app, list(CORPORA.values()))
+
+
+def add_corpus(spec) -> None:
+    """A corpus declared outside radcorpora (a plugin, a test) made a full citizen: registered,
+    with its generated `build` and `estimate` commands."""
+    register(spec)
+    register_corpus_commands(build_app, estimate_app, [spec])
 
 adjudicate_app.command("apply")(adjudicate.adjudicate_apply_cmd)
 app.command("export")(folder.export_cmd)
