@@ -85,6 +85,7 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._sink: _HashingFile | None = None
         self.rows = 0
+        self.size: int | None = None  # bytes, once closed
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def _open(self) -> pq.ParquetWriter:
@@ -129,7 +130,7 @@ class ShardWriter:
         self._append(pa.Table.from_pylist(rows, schema=self.schema))
 
     def close(self) -> str:
-        """Finish the shard atomically; returns its sha256."""
+        """Finish the shard atomically; returns its sha256 (`size` is then its length in bytes)."""
         self._flush()
         if self._writer is None:  # no rows: still write a valid, empty shard
             self._writer = self._open()
@@ -138,6 +139,7 @@ class ShardWriter:
         assert self._sink is not None
         self._sink.close()
         os.replace(self._tmp, self.path)
+        self.size = self._sink.position
         return self._sink.digest.hexdigest()
 
     def abort(self) -> None:

@@ -44,7 +44,7 @@ class ChunkSpec:
 class ShardInfo(BaseModel):
     rows: int
     sha256: str
-
+    bytes: int | None = None  # its size as written: the end of a build trusts the writer's hash of a file this size
 
 class ChunkResult(BaseModel):
     chunk_id: str

@@ -560,7 +560,7 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
             counts[f"images_{payload.split}"] += len(part)
             counts["source_image_bytes"] += sum(len(data) for _, data, _ in part)
         for cfg, rel in payload.shards.items():
-            result.shards[rel] = ShardInfo(rows=rows[cfg], sha256=writers[cfg].close())
+            result.shards[rel] = ShardInfo(rows=rows[cfg], sha256=writers[cfg].close(), bytes=writers[cfg].size)
     except BaseException:
         for writer in writers.values():
             writer.abort()

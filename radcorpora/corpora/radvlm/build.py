@@ -28,7 +28,8 @@ import pyarrow as pa
 from radcorpora.corpora.radvlm.llm import (
     LLM_TASKS,
     STAGES,
-    estimate_requests,
+    STORE_DIR,
+    estimate_from_graph,
     load_prompts,
     offline_responders,
     run_llm_stages,
@@ -69,7 +70,7 @@ from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.spec.rules import record_row_findings
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
-from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo, derived_once
+from radcorpora.store.state import STATE_DIR, ChunkResult, ChunkSpec, ShardInfo, derived_once
 
 # --------------------------------------------------------------------------- chunks
 
@@ -177,7 +178,7 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     writer = ShardWriter(out / payload.shard, RadVLMRecord)
     try:
         writer.write_table(table)
-        result.shards[payload.shard] = ShardInfo(rows=table.num_rows, sha256=writer.close())
+        result.shards[payload.shard] = ShardInfo(rows=table.num_rows, sha256=writer.close(), bytes=writer.size)
     except BaseException:
         writer.abort()
         raise
@@ -289,6 +290,26 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
     return Prepared(fingerprint=fingerprint, plan=plan)
 
 
+LLM_STORE_MARK = "llm_store.txt"  # in the build state: this unfinished build holds LLM outputs in STORE_DIR
+
+
+def _hold_llm_store(out: Path) -> None:
+    """Name the pipeline's store in the build state: a build killed mid-pipeline has written no
+    shard yet, and without this its folder would be taken for one where nothing was written."""
+    from radcorpora.store import atomic
+
+    atomic.write_text(out / STATE_DIR / LLM_STORE_MARK, f"{STORE_DIR}\n")
+
+
+def _drop_llm_store_if_empty(out: Path) -> None:
+    """A run stopped before any output was stored (a credentialed refusal at the first request)
+    leaves the folder as if nothing had run, so the next command may start over."""
+    store = out / STORE_DIR
+    if store.is_dir() and not any(store.iterdir()):
+        store.rmdir()
+        (out / STATE_DIR / LLM_STORE_MARK).unlink(missing_ok=True)
+
+
 def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOutput:
     from radcorpora.store import atomic
 
@@ -297,8 +318,13 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
     if decisions:
         atomic.write_jsonl(ctx.out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
     session = ctx.llm_session(offline_responders()) if config.uses_llm else None
+    if session is not None:
+        _hold_llm_store(ctx.out)
     try:
-        outcome = run_llm_stages(plan.rows, config, session, decisions)
+        outcome = run_llm_stages(plan.rows, config, session, decisions, ctx.out / STORE_DIR)
+    except BaseException:
+        _drop_llm_store_if_empty(ctx.out)
+        raise
     finally:
         if session is not None:
             session.close()
@@ -324,6 +350,8 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
                     **session.summary(), "verification": outcome.agreement,
                     "adjudication_pending": len(outcome.queued), "adjudication_decisions": len(decisions),
                     "cache_path": str(session.cache.path)})
+    if outcome.result is not None:  # per-stage figures (card and preview render them for every corpus)
+        llm["pipeline"] = outcome.result.figures()
     if config.verifiers:
         atomic.write_jsonl(ctx.out / QUEUE_FILE, [q.model_dump(mode="json") for q in outcome.queued])
         files.append(QUEUE_FILE)
@@ -343,11 +371,17 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
                   "tasks": sorted(built)})
 
 
-def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[list[Any], dict[str, Any]]:
-    """(stage, model, requests) per stage a build would send, and the rows it covers; nothing is sent."""
+def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[Any, dict[str, Any]]:
+    """The pipeline's estimate, to be called with the LLM settings (and the build folder, whose
+    stored outputs count as done), and the rows it covers; nothing is sent."""
     prepared = prepare(sources, config, log)
     rows = prepared.plan.rows
     info: dict[str, Any] = {"samples": len(rows)}
     if not config.uses_llm:
         info["note"] = "no LLM stage would run: give --conversations N with --llm, or --prior-removal llm"
-    return estimate_requests(rows, config), info
+        return [], info
+
+    def sized(llm_settings: Any, out: Path | None = None) -> dict[str, Any]:
+        return estimate_from_graph(rows, config, llm_settings, None if out is None else Path(out) / STORE_DIR)
+
+    return sized, info
