@@ -38,6 +38,11 @@ class Cli:
     metavar: str | None = None
 
 
+def fixed_licence(licence: LicenceClass) -> Callable[[BaseModel, dict[str, Path]], LicenceClass]:
+    """`licence_class` of a corpus whose licence does not depend on its settings or sources."""
+    return lambda _settings, _sources: licence
+
+
 def cli_of(info: Any) -> Cli:
     """The Cli metadata of a pydantic field (a plain one when it has none)."""
     return next((m for m in getattr(info, "metadata", ()) if isinstance(m, Cli)), Cli())

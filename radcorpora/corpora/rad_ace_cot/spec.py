@@ -10,13 +10,9 @@ from radcorpora.corpora.rad_ace_cot import records as rac_schema
 from radcorpora.corpora.rad_ace_cot.card import rad_ace_cot_card
 from radcorpora.corpora.rad_ace_cot.export_csv import export_rad_ace_csv
 from radcorpora.corpora.rad_ace_cot.rules import CORPUS_RULES
-from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
+from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption, fixed_licence
 from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PlotSpec, PreviewSpec
-
-
-def _fixed(licence: str):
-    return lambda _settings, _sources: licence
 
 
 def _demo_rad_ace(root: Path, options: dict[str, Any]) -> dict[str, Path]:
@@ -43,7 +39,7 @@ SPEC = CorpusSpec(
     sources=(SourceOption("source", "--source", "PubMedVision folder (the JSON files and images/)", required=True),
              SourceOption("vqa_rad", "--vqa-rad", "VQA-RAD (Hub Parquet mirror or OSF release): adds the eval config",
                           accepts_file=True)),
-    licence_class=_fixed(rac.LICENCE_CLASS),
+    licence_class=fixed_licence(rac.LICENCE_CLASS),
     prepare=rac.prepare,
     run=rac.run,
     rules=CORPUS_RULES,

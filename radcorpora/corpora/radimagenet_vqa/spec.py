@@ -10,13 +10,9 @@ from radcorpora.corpora.radimagenet_vqa import records as rvqa_schema
 from radcorpora.corpora.radimagenet_vqa.card import radimagenet_vqa_card
 from radcorpora.corpora.radimagenet_vqa.rules import CORPUS_RULES
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
-from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
+from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption, fixed_licence
 from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PlotSpec, PreviewSpec
-
-
-def _fixed(licence: str):
-    return lambda _settings, _sources: licence
 
 
 def _demo_radimagenet(root: Path, options: dict[str, Any]) -> dict[str, Path]:
@@ -42,7 +38,7 @@ SPEC = CorpusSpec(
                    ("test",), loss="none"),
     ),
     sources=(SourceOption("source", "--source", "Folder holding radiology_ai/ and RadiologyAI_*.csv", required=True),),
-    licence_class=_fixed(rvqa.LICENCE_CLASS),
+    licence_class=fixed_licence(rvqa.LICENCE_CLASS),
     prepare=rvqa.prepare,
     run=rvqa.run,
     rules=CORPUS_RULES,
