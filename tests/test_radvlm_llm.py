@@ -3,10 +3,14 @@ real OpenAI and Anthropic SDK clients against the local wire-format server: repl
 JSON, wrong roles, too few rounds, leaked prior-study language and boxes not among the given ones
 get one repair, then land in the ledger and the rejects; a rerun sends nothing; a killed build
 resumes to the same bytes; credentialed text is refused to an unapproved provider; the batch path;
-the estimate; the rule-based mode."""
+the estimate; the rule-based mode. The stages run as one pipeline stored under build/llm/: a build
+killed after prior removal resumes without asking it again, a changed verify prompt re-sends only
+verification, the estimate is read from the graph (stored, cached, to send), and a person's
+adjudication is applied without a request."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -18,9 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from radcorpora.corpora.radvlm import build as rv
+from radcorpora.corpora.radvlm import llm as rv_llm
 from radcorpora.corpora.radvlm import settings as rv_settings
 from radcorpora.corpora.radvlm import sources as radvlm_sources
 from radcorpora.cli import app
+from radcorpora.llm.session import LLMSession, LLMSettings
+from radcorpora.llm.verify import QUEUE_FILE
 from radcorpora.ops.boxes import boxes_text
 from radcorpora.ops.prior_study import prior_study_phrases
 from radcorpora.schemas.boxes import Box
@@ -282,3 +289,189 @@ def test_llm_options_that_do_not_fit_are_clear_errors(sources, tmp_path):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def sent_by_stage(server: FakeProviderServer) -> Counter:
+    """Requests that reached the server, by the stage whose prompt they carry (repairs included)."""
+    found: Counter = Counter()
+    for body in server.request_bodies:
+        system = json.dumps(body["messages"][0])
+        stage = ("prior_removal" if "edit chest X-ray reports" in system else
+                 "conversation_verify" if "check training conversations" in system else
+                 "conversation" if "write training conversations" in system else "other")
+        found[stage] += 1
+    return found
+
+
+def _config(**extra) -> rv_settings.RadVLMConfig:
+    """What `_build_args` asks for (the same fingerprint)."""
+    return rv_settings.RadVLMConfig(tasks=["report_generation"], llm="openai:gpt-test", prior_removal="llm",
+                                    conversations=8, **extra)
+
+
+def _stored(out: Path, node: str) -> list[dict]:
+    return [json.loads(line) for line in (out / "build/llm" / f"{node}.jsonl").read_text().splitlines()]
+
+
+def _estimate(sources, cache: Path, *extra) -> dict:
+    result = CliRunner().invoke(app, ["estimate", "radvlm", "--mimic-cxr", str(sources["mimic_cxr"]), "--ms-cxr",
+                                      str(sources["ms_cxr"]), "--tasks", "report_generation", "--llm", "openai:gpt-test",
+                                      "--conversations", "8", "--json", "--cache", str(cache), *extra])
+    assert result.exit_code == 0, result.output
+    return {s["stage"]: s for s in json.loads(result.output)["stages"]}
+
+
+def test_build_killed_after_prior_removal_resumes_without_asking_it_again(sources, tmp_path, monkeypatch):
+    """Killed as the conversation node starts: the resumed build, even with an empty answer
+    cache, sends no prior-removal request (its parsed outputs are stored under build/llm/), and
+    the estimate counts them as done. The rows are those of a build never killed."""
+    from radcorpora.registry import build
+
+    with FakeProviderServer(responder) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        out = tmp_path / "out"
+
+        def killed(self, row):
+            raise KeyboardInterrupt("killed after prior removal")
+
+        real = rv_llm.ConversationStage.prompt
+        monkeypatch.setattr(rv_llm.ConversationStage, "prompt", killed)
+        with pytest.raises(KeyboardInterrupt):
+            build("radvlm", sources, _config(), out, llm_settings=LLMSettings(
+                cache_path=str(tmp_path / "first.sqlite"), approve_credentialed=["openai"]))
+        monkeypatch.setattr(rv_llm.ConversationStage, "prompt", real)
+        assert sent_by_stage(server) == Counter(prior_removal=9)  # 8 reports, and m4's repair
+        assert len(_stored(out, "prior_removal")) == 8 and not (out / "data").exists()
+
+        # the estimate reads the same graph: prior removal done, conversations sized on the rewritten reports
+        stages = _estimate(sources, tmp_path / "none.sqlite", "--out", str(out))
+        assert (stages["prior_removal"]["reused_from_build"], stages["prior_removal"]["to_send"]) == (8, 0)
+        # sized on the rewritten reports: m1's and m5's rewrites are one text, so one request is sent for both
+        assert (stages["conversation"]["requests"], stages["conversation"]["to_send"]) == (11, 10)
+        assert server.calls == 9
+
+        fresh = tmp_path / "fresh.sqlite"  # no answer in it: only the stored outputs spare prior removal
+        resumed = CliRunner().invoke(app, _build_args(sources, out, fresh, "--approve-credentialed", "openai"))
+        assert resumed.exit_code == 0, resumed.output
+        now = sent_by_stage(server)
+        assert now["prior_removal"] == 9 and now["conversation"] == 10 + 5  # m1 and m5 share one; 5 repaired once
+        figures = json.loads((out / "build/manifest.json").read_text())["llm"]["pipeline"]["stages"]
+        assert {k: figures["prior_removal"][k] for k in ("reused", "requests", "sent")} == {
+            "reused": 8, "requests": 0, "sent": 0}
+        assert (figures["conversation"]["consumes"], figures["conversation"]["items"]) == ("prior_removal", 11)
+        assert (figures["conversation"]["sent"], figures["conversation"]["failed"]) == (15, 4)
+
+        whole = tmp_path / "whole"
+        assert CliRunner().invoke(app, _build_args(sources, whole, fresh, "--approve-credentialed", "openai")).exit_code == 0
+        shards = sorted((whole / "data").rglob("*.parquet"))
+        assert shards and all(s.read_bytes() == (out / s.relative_to(whole)).read_bytes() for s in shards)
+
+
+def test_a_changed_verify_prompt_re_sends_only_verification(sources, tmp_path, monkeypatch):
+    """The graph run twice on one store: with the verify prompt changed, the second run sends
+    verification requests only; prior removal is not even looked up in the cache."""
+    config = _config(verifiers=["openai:judge"])
+    rows = rv.prepare(sources, config, lambda _line: None).plan.rows
+    store = tmp_path / "build/llm"
+
+    def stages():
+        session = LLMSession(LLMSettings(cache_path=str(tmp_path / "cache.sqlite"), approve_credentialed=["openai"]))
+        try:
+            return rv_llm.run_llm_stages(rows, config, session, {}, store)
+        finally:
+            session.close()
+
+    with FakeProviderServer(responder) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        first = stages()
+        # the 7 conversations that passed their checks (m1's and m5's are one request)
+        assert sent_by_stage(server)["conversation_verify"] == 6
+        before = sent_by_stage(server)
+        prompts = rv_llm.load_prompts()
+        stricter = dataclasses.replace(prompts["verify"], system=prompts["verify"].system + "\nBe strict.",
+                                       content_hash="stricter")
+        monkeypatch.setattr(rv_llm, "load_prompts", lambda: {**prompts, "verify": stricter})
+        second = stages()
+        assert sent_by_stage(server) - before == Counter(conversation_verify=6)
+    f = second.result.figures()["stages"]
+    assert (f["prior_removal"]["requests"], f["prior_removal"]["reused"]) == (0, 8)
+    # the 4 conversations that failed their checks are asked again (failed lines are never reused): from the cache
+    assert (f["conversation"]["reused"], f["conversation"]["requests"], f["conversation"]["sent"]) == (7, 4, 0)
+    assert (f["conversation_verify"]["reused"], f["conversation_verify"]["requests"], f["conversation_verify"]["sent"]) == (0, 7, 6)
+    assert [(r.key, r.instances) for r in second.rows] == [(r.key, r.instances) for r in first.rows]
+    assert all(("radvlm/conversation-verify/v1", "stricter") in r.prompts for r in second.rows if r.task != "report_generation")
+
+
+def test_estimate_from_the_graph_counts_stored_cached_and_to_send(sources, tmp_path, monkeypatch):
+    with FakeProviderServer(responder) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        out, cache = tmp_path / "out", tmp_path / "cache.sqlite"
+        before = _estimate(sources, cache, "--verify", "openai:judge")
+        assert [(s, before[s]["requests"], before[s]["to_send"]) for s in before] == [
+            ("prior_removal", 8, 8), ("conversation", 11, 11), ("conversation_verify", 11, 11)]
+        args = _build_args(sources, out, cache, "--approve-credentialed", "openai", "--verify", "openai:judge")
+        assert CliRunner().invoke(app, args).exit_code == 0
+        calls = server.calls
+        # the finished build: stored outputs reused, failed conversations answered from the cache,
+        # verification sized on the 7 conversations that exist (and the 4 failed ones, were they retried)
+        done = _estimate(sources, cache, "--verify", "openai:judge", "--out", str(out))
+        assert (done["prior_removal"]["reused_from_build"], done["prior_removal"]["to_send"]) == (8, 0)
+        assert (done["conversation"]["reused_from_build"], done["conversation"]["already_cached"],
+                done["conversation"]["to_send"]) == (7, 11, 0)
+        assert done["conversation_verify"]["reused_from_build"] == 7
+        # another folder, the same cache: cached answers are parsed, so what they make is known; m4's
+        # rewrite came from a repair, which the estimate does not replay: its conversation is projected
+        # from the extracted report (one request to send)
+        warm = _estimate(sources, cache, "--verify", "openai:judge", "--out", str(tmp_path / "elsewhere"))
+        assert [(s, warm[s]["reused_from_build"], warm[s]["already_cached"], warm[s]["to_send"]) for s in warm][:2] == [
+            ("prior_removal", 0, 8, 0), ("conversation", 0, 10, 1)]
+        assert server.calls == calls
+
+
+def test_adjudication_is_applied_without_sending(sources, tmp_path, monkeypatch):
+    """Two verifiers disagree on two conversations: both are queued (ids are the rows' ids); a
+    person accepts one and rejects the other; `adjudicate apply` folds that in, sending nothing."""
+
+    def two_judges(model, system, messages):
+        if model == "judge-b" and "check training conversations" in (system or ""):
+            report = _field(_text(messages[0]["content"]), "Report")
+            if report in ("not available", "Heart size is normal."):  # m2 (no report left), m4
+                return json.dumps({"consistent": False, "reason": "not supported"}), None
+        return responder(model, system, messages)
+
+    with FakeProviderServer(two_judges) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        out = tmp_path / "out"
+        args = _build_args(sources, out, tmp_path / "cache.sqlite", "--approve-credentialed", "openai",
+                           "--verify", "openai:judge", "--verify", "openai:judge-b")
+        runner = CliRunner()
+        assert runner.invoke(app, args).exit_code == 0
+        manifest = json.loads((out / "build/manifest.json").read_text())
+        queue = [json.loads(line) for line in (out / QUEUE_FILE).read_text().splitlines()]
+        assert sorted(e["id"] for e in queue) == ["conversation/mimic-cxr/m2", "conversation/mimic-cxr/m4"]
+        assert all(e["item"]["task"] == "conversation" and e["item"]["conversation"] and set(e["verdicts"]) ==
+                   {"openai:judge", "openai:judge-b"} for e in queue)
+        assert manifest["llm"]["pipeline"]["adjudication_pending"] == 2
+        assert manifest["llm"]["verification"]["cohen_kappa"] is not None
+        assert manifest["counts"]["verification_disagree"] == 2 and manifest["splits"]["conversation"] == {"train": 2, "test": 1}
+
+        decisions = tmp_path / "decisions.jsonl"
+        decided = {"conversation/mimic-cxr/m4": "accept", "conversation/mimic-cxr/m2": "reject"}
+        decisions.write_text("".join(json.dumps({**e, "decision": decided[e["id"]]}) + "\n" for e in queue))
+        calls = server.calls
+        result = runner.invoke(app, ["adjudicate", "apply", str(out), str(decisions)])
+        assert result.exit_code == 0, result.output
+        assert server.calls == calls, "applying decisions must not send anything"
+    manifest = json.loads((out / "build/manifest.json").read_text())
+    assert {n: f["sent"] for n, f in manifest["llm"]["pipeline"]["stages"].items()} == {
+        "prior_removal": 0, "conversation": 0, "conversation_verify": 0}
+    assert manifest["llm"]["pipeline"]["adjudication_pending"] == 0 and (out / QUEUE_FILE).read_text() == ""
+    assert manifest["splits"]["conversation"] == {"train": 3, "test": 1} and manifest["rejects"]["adjudicator_rejected"] == 1
+    assert "m4" in {r["id"].rsplit("/", 1)[1] for r in _rows(out, "conversation")}

@@ -8,24 +8,32 @@ repair the runner makes (with the problem stated), then goes to the ledger and t
 - conversations: a JSON list of `{"from", "value"}` turns, checked by ops.conversation_checks
   (roles, 5-10 rounds, no empty turn, no prior-study language, no PHI placeholder, grounded ones
   ask where and quote only the given boxes).
+
+The stages run as one `radcorpora.llm.pipeline` graph (prior_removal -> conversation ->
+conversation_verify), stored under build/llm/: a killed build resumes mid-pipeline, a changed later
+stage re-sends only that stage, and `estimate` is read from the same graph.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from radcorpora.llm.audit import QueueEntry, Verdict, settle
+from radcorpora.llm.estimate import total
+from radcorpora.llm.pipeline import INPUT, Node, NodeResult, Pipeline, PipelineResult, model_id
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
 from radcorpora.llm.structured import JsonParser, ParseError
-from radcorpora.llm.verify import QueueEntry, Verdict, agreement, settle
 from radcorpora.ops.boxes import boxes_text
 from radcorpora.ops.conversation_checks import (
     ConversationError,
@@ -41,6 +49,15 @@ from radcorpora.schemas.common import Reject
 class PriorRemoved(BaseModel):
     """The prior-removal reply."""
 
+    report: str
+    nothing_current: bool
+
+
+class CleanReport(BaseModel):
+    """What prior removal makes of one report item (stored under build/llm/): the text kept, ""
+    when nothing is about the current image, under the item's id so each image finds its own."""
+
+    id: str
     report: str
     nothing_current: bool
 
@@ -86,10 +103,12 @@ class PriorRemovalStage(LLMStage[dict]):
     def parser(self) -> PriorRemovalParser:
         return PriorRemovalParser()
 
-    def parse(self, row: dict, result: CallResult) -> list[PriorRemoved] | Reject:
+    def parse(self, row: dict, result: CallResult) -> list[CleanReport] | Reject:
         if not result.ok:
             return Reject(source=row["source"], row=row["image_id"], reason=_reason(result), detail=str(result.error))
-        return [result.parsed]
+        reply: PriorRemoved = result.parsed
+        return [CleanReport(id=row["id"], report="" if reply.nothing_current else reply.report.strip(),
+                            nothing_current=reply.nothing_current)]
 
     @staticmethod
     def offline(request: LLMRequest) -> str:
@@ -165,10 +184,11 @@ class ConversationStage(LLMStage[dict]):
     def parser(self) -> ConversationParser:
         return ConversationParser(min_rounds=self.min_rounds, max_rounds=self.max_rounds)
 
-    def parse(self, row: dict, result: CallResult) -> list[list[dict[str, str]]] | Reject:
+    def parse(self, row: dict, result: CallResult) -> list[dict[str, Any]] | Reject:
+        """The image's facts with the turns written from them: what the verifiers judge."""
         if not result.ok:
             return Reject(source=row["source"], row=row["image_id"], reason=_reason(result), detail=str(result.error))
-        return [result.parsed]
+        return [{**row, "turns": result.parsed}]
 
     @staticmethod
     def offline(request: LLMRequest) -> str:
@@ -257,13 +277,14 @@ def offline_responders() -> dict[str, Any]:
             VerifyConversationStage.name: VerifyConversationStage.offline}
 
 
-# --------------------------------------------------------------------------- running the stages
+# --------------------------------------------------------------------------- the graph
 
 PRIOR_FIELDS = frozenset({"report"})
 CONVERSATION_FIELDS = frozenset({"report", "labels", "view", "sex", "grounded_phrases", "rounds"})
 VERIFY_FIELDS = frozenset({"report", "labels", "grounded_phrases", "conversation"})
 LLM_TASKS = frozenset({"report_generation", "conversation", "conversation_grounded"})
 SEX_WORDS = {"F": "female", "M": "male"}
+STORE_DIR = "build/llm"  # the pipeline's stored outputs, one file per node (never pushed)
 
 
 def load_prompts() -> dict[str, Prompt]:
@@ -283,6 +304,7 @@ class LLMOutcome:
     counts: Counter = field(default_factory=Counter)
     queued: list[QueueEntry] = field(default_factory=list)
     agreement: dict[str, Any] = field(default_factory=dict)
+    result: PipelineResult | None = None  # the graph's run (None when no stage needed a model)
 
 
 def _report_key(row: Any) -> str:
@@ -291,68 +313,160 @@ def _report_key(row: Any) -> str:
 
 def prior_removal_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
     """One prior-removal item per distinct report text (a study's report is shared by its images,
-    and MS-CXR rows carry their MIMIC-CXR study's report)."""
+    and MS-CXR rows carry their MIMIC-CXR study's report). Ids are unique: a second text under
+    one study (PadChest-GR's per-image sentences) gets its text's hash added; requests are keyed
+    without the id, so this changes no answer."""
     items: dict[str, dict[str, Any]] = {}
+    ids: set[str] = set()
     for row in sorted(rows, key=lambda r: r.key):
-        if row.task in LLM_TASKS and row.report:
-            items.setdefault(row.report, {"id": _report_key(row), "report": row.report, "source": row.source,
-                                          "image_id": row.image.image_id, "licence_class": row.image.licence_class})
+        if row.task in LLM_TASKS and row.report and row.report not in items:
+            item_id = _report_key(row)
+            if item_id in ids:
+                item_id += "/" + hashlib.sha256(row.report.encode()).hexdigest()[:12]
+            ids.add(item_id)
+            items[row.report] = {"id": item_id, "report": row.report, "source": row.source,
+                                 "image_id": row.image.image_id, "licence_class": row.image.licence_class}
     return sorted(items.values(), key=lambda item: item["id"])
 
 
 def conversation_item(row: Any, report: str | None) -> dict[str, Any]:
     from radcorpora.corpora.radvlm.settings import VIEW_WORDS
 
-    return {"id": row.key, "source": row.source, "image_id": row.image.image_id, "report": report,
+    return {"id": row.key, "task": row.task, "source": row.source, "image_id": row.image.image_id, "report": report,
             "labels": list(row.positive_labels), "view": VIEW_WORDS.get(row.image.view, "frontal"),
             "sex": SEX_WORDS.get(row.image.sex, "unknown"), "licence_class": row.image.licence_class,
             "grounded": [[p, [b.model_dump() for b in boxes]] for p, boxes in row.phrases]}
 
 
-def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions: dict[str, str]) -> LLMOutcome:
-    """Prior-study removal on every report the build uses (report generation and the facts of
-    conversations), then conversations, then their optional verification. `session` is None when
-    no stage needs a model (prior removal by the rules, no conversations)."""
-    prompts = load_prompts()
-    outcome = LLMOutcome(rows=[])
-    cleaned: dict[str, str | None] = {}  # report -> text without prior-study language ("" nothing current)
-    failed: dict[str, Reject] = {}
-    items = prior_removal_rows(rows)
+def _queue_view(item: dict[str, Any]) -> dict[str, Any]:
+    """What a person adjudicating a conversation sees (the queue file's `item`)."""
+    return {"task": item["task"], "image": item["image_id"], "report": item["report"], "labels": item["labels"],
+            "conversation": item["turns"]}
+
+
+class RadVLMPipeline(Pipeline):
+    """radvlm's graph: the engine's nodes plus the one join it needs. Prior removal runs once per
+    distinct report, conversations once per image: the conversation node's items are the images
+    whose report came through prior removal, with the rewritten text (and images without a
+    report as they are). The join is applied where the engine hands a node its items, in a run
+    and in an estimate alike, so stored lines, resume and the estimate stay the engine's."""
+
+    def __init__(self, nodes: Sequence[Node], conversation_rows: Sequence[Any], report_ids: dict[str, str]):
+        super().__init__(nodes, key=lambda item: item["id"])
+        self.conversation_rows = list(conversation_rows)
+        self.report_ids = report_ids  # report text -> its prior-removal item id
+        names = {n.name for n in self.nodes}
+        self.joined = {"prior_removal", "conversation"} <= names
+
+    def images(self, cleaned: Iterable[tuple[str | None, CleanReport, float]]) -> list[tuple[str | None, Any, float]]:
+        """(id, conversation item, weight) per image from prior removal's (id, output, weight);
+        an output not made yet (id None, a stand-in) gives images not made yet either."""
+        by_report: dict[str, list[tuple[str | None, CleanReport, float]]] = {}
+        for made_id, clean, weight in cleaned:
+            by_report.setdefault(clean.id, []).append((made_id, clean, weight))
+        out: list[tuple[str | None, Any, float]] = []
+        for row in self.conversation_rows:
+            if not row.report:
+                out.append((row.key, conversation_item(row, None), 1.0))
+                continue
+            for made_id, clean, weight in by_report.get(self.report_ids[row.report], ()):
+                out.append((None if made_id is None else row.key, conversation_item(row, clean.report or None), weight))
+        return out
+
+    def _run_node(self, node: Node, rows: dict[str, Any], *args: Any, **kwargs: Any) -> NodeResult:
+        if node.name == "conversation" and self.joined:
+            rows = {item_id: item for item_id, item, _ in self.images((i, x, 1.0) for i, x in rows.items())}
+        return super()._run_node(node, rows, *args, **kwargs)
+
+    def _expected_outputs(self, node: Node, rows: list[tuple[str | None, Any, float]],
+                          valid: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str | None, Any, float]]:
+        out = super()._expected_outputs(node, rows, valid)
+        return self.images(out) if node.name == "prior_removal" and self.joined else out
+
+
+@dataclass
+class Graph:
+    """What a build with a config asks of models: the pipeline (None when nothing does), its
+    inputs, and the non-LLM prior removal (rules or off) already applied."""
+
+    pipeline: RadVLMPipeline | None
+    inputs: list[dict[str, Any]]
+    reports: list[dict[str, Any]]  # the prior-removal items
+    conversation_rows: list[Any]  # rules/off: with the kept text as their report
+    cleaned: dict[str, str]  # rules/off: report -> text without prior-study language
+    counts: Counter
+
+
+def declare(rows: Sequence[Any], config: Any, prompts: dict[str, Prompt]) -> Graph:
+    """The graph, declared once: prior_removal (per distinct report; --prior-removal llm) ->
+    conversation (per image) -> conversation_verify (an audit by the --verify models)."""
+    counts: Counter = Counter()
+    reports = prior_removal_rows(rows)
+    counts["prior_removal_reports"] = len(reports)
+    cleaned: dict[str, str] = {}
     if config.prior_removal == "off":
-        cleaned = {item["report"]: item["report"] for item in items}
-    elif config.prior_removal == "rules":
-        for item in items:
+        cleaned = {item["report"]: item["report"] for item in reports}
+    elif config.prior_removal == "rules":  # a non-LLM step: sentences dropped whole, nothing sent
+        for item in reports:
             kept, removed = remove_prior_sentences(item["report"])
             cleaned[item["report"]] = kept
-            outcome.counts["prior_sentences_removed"] += len(removed)
-    else:
-        for item, made in PriorRemovalStage(prompts["prior_removal"]).run(session, config.llm, items):
-            if isinstance(made, Reject):
-                failed[item["report"]] = made
+            counts["prior_sentences_removed"] += len(removed)
+    conversations = [row for row in rows if row.task in LLM_TASKS and row.task != "report_generation"]
+    if config.prior_removal != "llm":
+        conversations = [replace(row, report=cleaned[row.report] or None) if row.report else row for row in conversations]
+    nodes: list[Node] = []
+    if config.prior_removal == "llm":
+        nodes.append(Node("prior_removal", PriorRemovalStage(prompts["prior_removal"]), [config.llm],
+                          item_type=CleanReport,
+                          stand_in=lambda item: CleanReport(id=item["id"], report=item["report"], nothing_current=False)))
+    if config.conversations:
+        nodes.append(Node("conversation", ConversationStage(prompts["conversation"], config.min_rounds, config.max_rounds),
+                          [config.llm], consumes=nodes[0].name if nodes else INPUT,
+                          # verification is sized on the report standing in for the turns (about as long)
+                          stand_in=lambda item: {**item, "turns": [{"from": "gpt", "value": item["report"] or ""}] * 2}))
+        if config.verifiers:
+            nodes.append(Node("conversation_verify", VerifyConversationStage(prompts["verify"]), config.verifiers,
+                              consumes="conversation", audit=True, describe=_queue_view))
+    if not nodes:
+        return Graph(None, [], reports, conversations, cleaned, counts)
+    inputs = reports if config.prior_removal == "llm" else [conversation_item(r, r.report) for r in conversations]
+    pipeline = RadVLMPipeline(nodes, conversations, {item["report"]: item["id"] for item in reports})
+    return Graph(pipeline, inputs, reports, conversations, cleaned, counts)
+
+
+def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions: dict[str, str],
+                   store_dir: Path | str) -> LLMOutcome:
+    """Prior-study removal on every report the build uses (report generation and the facts of
+    conversations), then conversations, then their optional verification, as one pipeline run
+    stored under `store_dir`. `session` is None when no stage needs a model."""
+    prompts = load_prompts()
+    graph = declare(rows, config, prompts)
+    outcome = LLMOutcome(rows=[], counts=Counter(graph.counts))
+    result = outcome.result = (graph.pipeline.run(graph.inputs, session, store_dir, decisions)
+                               if graph.pipeline is not None else None)
+    cleaned: dict[str, str] = dict(graph.cleaned)
+    failed: dict[str, Reject] = {}
+    if result is not None and "prior_removal" in result.nodes:
+        node = result["prior_removal"]
+        for item in graph.reports:
+            if item["id"] in node.rejects:
+                failed[item["report"]] = node.rejects[item["id"]]
             else:
-                cleaned[item["report"]] = "" if made[0].nothing_current else made[0].report.strip()
-    outcome.counts["prior_removal_reports"] = len(items)
+                cleaned[item["report"]] = node.outputs[item["id"]].report
     outcome.counts["prior_removal_nothing_current"] = sum(1 for v in cleaned.values() if not v)
-    llm_model = (session.model_id(config.llm),) if session is not None and config.llm else ()
+    llm_model = (model_id(config.llm),) if session is not None and config.llm else ()
     prior_prompt = ((prompts["prior_removal"].id, prompts["prior_removal"].content_hash),) \
         if config.prior_removal == "llm" else ()
 
-    conversation_rows: list[Any] = []
     for row in rows:
         if row.task not in LLM_TASKS:
             outcome.rows.append(row)
-            continue
-        if not row.report:
-            if row.task != "report_generation":
-                conversation_rows.append(row)
-            continue  # report rows always have text (planning rejects those without)
-        if row.report in failed:
+        elif row.report and row.report in failed:
             reject = failed[row.report]
             outcome.rejects.append(Reject(source=row.source, row=row.image.image_id, reason=f"prior_removal_{reject.reason}",
                                           detail=f"{row.task}: {reject.detail}"))
-            continue
-        text = cleaned[row.report]
-        if row.task == "report_generation":
+        elif row.task == "report_generation":  # report rows always have text (planning rejects those without)
+            text = cleaned[row.report]
             if not text:
                 outcome.rejects.append(Reject(source=row.source, row=row.image.image_id,
                                               reason="prior_removal_nothing_current",
@@ -363,58 +477,52 @@ def run_llm_stages(rows: list[Any], config: Any, session: Any | None, decisions:
             instance["conversations"] = [human, {"from": "gpt", "value": text}]
             outcome.rows.append(replace(row, instances=(instance,), report=text, prompts=prior_prompt,
                                         models=llm_model if prior_prompt else ()))
-        else:
-            conversation_rows.append(replace(row, report=text or None))
+    conversation_rows = [r for r in graph.conversation_rows if not (r.report and r.report in failed)]
     if not conversation_rows:
         return outcome
 
-    stage = ConversationStage(prompts["conversation"], config.min_rounds, config.max_rounds)
-    by_key = {row.key: row for row in conversation_rows}
-    written: list[tuple[Any, list[dict[str, str]]]] = []
-    for item, made in stage.run(session, config.llm, [conversation_item(r, r.report) for r in conversation_rows]):
-        row = by_key[item["id"]]
-        if isinstance(made, Reject):
+    assert result is not None
+    written = result["conversation"]
+    for row in conversation_rows:
+        made = written.rejects.get(row.key)
+        if made is not None:
             outcome.rejects.append(Reject(source=row.source, row=row.image.image_id, reason=f"{row.task}_{made.reason}",
                                           detail=made.detail))
-        else:
-            written.append((row, made[0]))
-    outcome.counts["conversations_written"] = len(written)
+    outcome.counts["conversations_written"] = len(written.outputs)
     prompt_ids = (*prior_prompt, (prompts["conversation"].id, prompts["conversation"].content_hash))
-    models = tuple(dict.fromkeys(llm_model + tuple(session.model_id(v) for v in config.verifiers)))
-    settled = _verify(written, config, session, prompts["verify"], decisions, outcome)
-    for row, turns in written:
-        status = settled.get(row.key, "not_run")
-        if status not in ("passed", "adjudicated", "not_run"):
+    if config.verifiers:
+        prompt_ids += ((prompts["verify"].id, prompts["verify"].content_hash),)
+    models = tuple(dict.fromkeys(llm_model + tuple(model_id(v) for v in config.verifiers)))
+    settled = _settled(written.outputs, conversation_rows, config, result, decisions, outcome)
+    for row in conversation_rows:
+        item = written.outputs.get(row.key)
+        if item is None or settled.get(row.key, "not_run") not in ("passed", "adjudicated", "not_run"):
             continue
-        turns = [dict(t) for t in turns]
+        turns = [dict(t) for t in item["turns"]]
         turns[0]["value"] = "<image>\n" + turns[0]["value"]
         boxes = [b.model_dump() for _, bs in row.phrases for b in bs]
         instance = {"id": f"{row.key}#0", "conversations": turns, "label": None, "boxes": boxes,
                     "replication": config.replication_for(row.task, row.source, row.split)}
-        used = prompt_ids + (((prompts["verify"].id, prompts["verify"].content_hash),) if config.verifiers else ())
-        outcome.rows.append(replace(row, instances=(instance,), prompts=used, models=models))
+        outcome.rows.append(replace(row, report=item["report"], instances=(instance,), prompts=prompt_ids, models=models))
     return outcome
 
 
-def _verify(written: list[tuple[Any, list[dict[str, str]]]], config: Any, session: Any, prompt: Prompt,
-            decisions: dict[str, str], outcome: LLMOutcome) -> dict[str, str]:
-    """row key -> settled outcome (passed, adjudicated, queued, rejected...) when verifiers are given."""
+def _settled(written: dict[str, Any], rows: list[Any], config: Any, result: PipelineResult,
+             decisions: dict[str, str], outcome: LLMOutcome) -> dict[str, str]:
+    """row key -> how its audit settled (passed, adjudicated, queued, rejected...) when verifiers
+    are given; the verification counts, agreement, queue and rejects as the build reports them."""
     if not config.verifiers or not written:
         return {}
-    items = [{**conversation_item(row, row.report), "turns": turns} for row, turns in written]
-    verdicts: dict[str, dict[str, Verdict]] = {item["id"]: {} for item in items}
-    for spec in config.verifiers:
-        for item, made in VerifyConversationStage(prompt).run(session, spec, items):
-            if not isinstance(made, Reject):
-                verdicts[item["id"]][session.model_id(spec)] = made[0]
-    outcome.agreement = agreement(verdicts)
-    expected = {session.model_id(s) for s in config.verifiers}
-    settled: dict[str, str] = {}
-    for (row, turns), item in zip(written, items):
-        given = verdicts[row.key]
-        status, verdict_route = settle(given, expected, decisions.get(row.key))
-        settled[row.key] = status
-        outcome.counts[f"verification_{verdict_route}"] += 1
+    audit = result["conversation_verify"]
+    outcome.agreement = {k: v for k, v in audit.agreement.items() if k != "settled"}
+    outcome.queued = list(audit.queue)
+    expected = {model_id(s) for s in config.verifiers}
+    for row in rows:
+        if row.key not in written:
+            continue
+        given = audit.verdicts.get(row.key, {})
+        outcome.counts[f"verification_{settle(given, expected, decisions.get(row.key))[1]}"] += 1
+        status = audit.settled[row.key]
         if status == "verifier_inconsistent":
             reasons = "; ".join(f"{m}: {v.reason}" for m, v in sorted(given.items()))
             outcome.rejects.append(Reject(source=row.source, row=row.image.image_id, reason="verifier_inconsistent",
@@ -422,30 +530,18 @@ def _verify(written: list[tuple[Any, list[dict[str, str]]]], config: Any, sessio
         elif status == "adjudicator_rejected":
             outcome.rejects.append(Reject(source=row.source, row=row.image.image_id, reason="adjudicator_rejected",
                                           detail=f"{row.key}: rejected by a person"))
-        elif status == "queued":
-            outcome.queued.append(QueueEntry(id=row.key, verdicts=given, item={
-                "task": row.task, "image": row.image.image_id, "report": row.report,
-                "labels": list(row.positive_labels), "conversation": turns,
-                "missing_verdicts": sorted(expected - set(given))}))
-    return settled
+    return dict(audit.settled)
 
 
-def estimate_requests(rows: list[Any], config: Any) -> list[tuple[type[LLMStage], str, list[LLMRequest]]]:
-    """(stage, model, requests) a build would send: prior removal sized on the extracted reports,
-    conversations and their verification on the same reports (about the length the rewritten
-    text and the conversation will have)."""
-    prompts = load_prompts()
-    plan: list[tuple[type[LLMStage], str, list[LLMRequest]]] = []
-    if config.prior_removal == "llm":
-        stage = PriorRemovalStage(prompts["prior_removal"])
-        plan.append((PriorRemovalStage, config.llm, [stage.prompt(i) for i in prior_removal_rows(rows)]))
-    conversations = [r for r in rows if r.task in ("conversation", "conversation_grounded")]
-    if conversations:
-        stage = ConversationStage(prompts["conversation"], config.min_rounds, config.max_rounds)
-        items = [conversation_item(r, r.report) for r in conversations]
-        plan.append((ConversationStage, config.llm, [stage.prompt(i) for i in items]))
-        verify = VerifyConversationStage(prompts["verify"])
-        stand_in = [{**i, "turns": [{"from": "gpt", "value": i["report"] or ""}] * 2} for i in items]
-        for spec in config.verifiers:
-            plan.append((VerifyConversationStage, spec, [verify.prompt(i) for i in stand_in]))
-    return plan
+def estimate_from_graph(rows: list[Any], config: Any, llm_settings: Any,
+                        store_dir: Path | str | None = None) -> dict[str, Any]:
+    """What a build would send, from the graph: stored lines under `store_dir` are reused, cached
+    answers are parsed (so later nodes are sized from real outputs), the rest is projected from
+    stand-ins (conversations on the extracted report, verification on the report as the turns)."""
+    graph = declare(rows, config, load_prompts())
+    if graph.pipeline is None:
+        return {"corpus": "radvlm", "samples": len(rows), "stages": [], "total": total([]),
+                "note": "no LLM stage would run: give --conversations N with --llm, or --prior-removal llm"}
+    result = graph.pipeline.estimate(graph.inputs, llm_settings, store_dir, corpus="radvlm")
+    result["samples"] = len(rows)
+    return result
