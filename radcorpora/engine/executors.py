@@ -102,7 +102,11 @@ def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings:
             if settings.ray_address:
                 ray.init(address=settings.ray_address, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(1, settings.workers), include_dashboard=False, log_to_driver=False,
+                # address="local": a runtime of our own, even when a cluster started on this machine
+                # (`ray start`) would otherwise be joined without being asked for; on the loopback
+                # address, so nothing listens on the machine's network interfaces
+                ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=max(1, settings.workers),
+                         include_dashboard=False, log_to_driver=False,
                          runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_python_path())}})
         except Exception as exc:  # ConnectionError, RuntimeError, ...: Ray reports many kinds
             where = settings.ray_address or "a local Ray runtime"
