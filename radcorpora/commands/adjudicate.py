@@ -10,7 +10,7 @@ from radcorpora.commands.options import (
     build_named,
 )
 from radcorpora.commands.ui import USER_ERRORS, fail
-from radcorpora.llm.verify import AdjudicationError
+from radcorpora.llm.audit import AdjudicationError
 from radcorpora.registry import spec_of_build
 from radcorpora.store.folder import BuildFolderError
 
@@ -20,8 +20,8 @@ def adjudicate_apply_cmd(
     decisions_file: Path = typer.Argument(..., help="The queue file with `decision` filled in, or id,decision lines"),
 ) -> None:
     """Fold a person's accept/reject decisions on queued items back into the build (sends nothing)."""
+    from radcorpora.llm.audit import DECISIONS_FILE, QUEUE_FILE, read_decisions, read_queue
     from radcorpora.llm.session import LLMSettings
-    from radcorpora.llm.verify import DECISIONS_FILE, QUEUE_FILE, read_decisions, read_queue
     from radcorpora.store.folder import read_manifest
     from radcorpora.store.local_paths import LOCAL_FILE, read_local
 

@@ -188,7 +188,10 @@ def run_build_command(spec: CorpusSpec, sources: dict[str, Path | None], setting
 
 
 def run_estimate_command(spec: CorpusSpec, sources: dict[str, Path | None], settings: BaseModel, llm: Any,
-                         as_json: bool) -> None:
+                         as_json: bool, out: Path | None = None) -> None:
+    """`spec.estimate` gives (plan, info): plan is [(stage class, model, requests)], or, for a
+    corpus on the LLM pipeline, `plan(llm_settings, out)` -> the estimate dict (sized from the
+    graph; the outputs stored in the build folder `out` count as done)."""
     from radcorpora.engine.estimate import estimate_plan, print_estimate
     from radcorpora.llm.session import LLMSettings
 
@@ -199,7 +202,8 @@ def run_estimate_command(spec: CorpusSpec, sources: dict[str, Path | None], sett
                                       "note": f"{spec.name} has no LLM stage: a build sends nothing"}
         else:
             plan, info = spec.estimate(given, settings, lambda _line: None)
-            result = estimate_plan(spec.name, plan, llm or LLMSettings())
+            result = (plan(llm or LLMSettings(), out) if callable(plan)
+                      else estimate_plan(spec.name, plan, llm or LLMSettings()))
             result.update(info)
             if not plan:
                 result.setdefault("note", "no LLM stage would run with these options")
@@ -242,7 +246,7 @@ def corpus_command(spec: CorpusSpec, mode: str) -> Callable[..., None]:
                               executor=options["executor"], ray_address=options["ray_address"],
                               overwrite=options["overwrite"], llm=llm, allow_empty=options["allow_empty"])
         else:
-            run_estimate_command(spec, given, settings, llm, options["as_json"])
+            run_estimate_command(spec, given, settings, llm, options["as_json"], options.get("out"))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {}

@@ -233,8 +233,68 @@ def llm_usage_text(usage: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+def _kappa_text(report: dict[str, Any]) -> str:
+    """Cohen's kappa for two auditors, Fleiss' for three or more; named undefined (not 0 or 1)
+    where every verdict fell in one category."""
+    for key, name in (("cohen_kappa", "Cohen's kappa"), ("fleiss_kappa", "Fleiss' kappa")):
+        if key in report:
+            value = report[key]
+            return f", {name} {value}" if value is not None else f", {name} undefined (every verdict in one category)"
+    return ""
+
+
+def pipeline_order(stages: dict[str, Any]) -> list[str]:
+    """Stage names in graph order (each after the stage it consumes): the manifest on disk holds
+    them sorted by name."""
+    order: list[str] = []
+    layer = {"input"}
+    while layer:
+        found = sorted(n for n, f in stages.items() if n not in order and (f or {}).get("consumes", "input") in layer)
+        order += found
+        layer = set(found)
+    return order + sorted(n for n in stages if n not in order)
+
+
+def pipeline_text(figures: dict[str, Any]) -> str:
+    """`manifest["llm"]["pipeline"]` (PipelineResult.figures()): one row per node with this run's
+    traffic and what the build holds, then each audit's agreement and the adjudication left."""
+    stages = figures.get("stages") or {}
+    if not stages:
+        return ""
+    rows = []
+    for name in pipeline_order(stages):
+        f = stages[name]
+        paid, held = f.get("paid") or {}, f.get("held") or {}
+        rows.append([f"`{name}`", ", ".join(f"`{m}`" for m in f.get("models", [])), f.get("consumes"), f.get("items"),
+                     f.get("requests"), f.get("reused"), f.get("cached"), f.get("sent"), f.get("failed"),
+                     f.get("parsed"), f.get("repaired"), f.get("rejected"), f.get("outputs"),
+                     f"{held.get('input_tokens', 0)} / {held.get('output_tokens', 0)}", _usd(held.get("cost_usd")),
+                     _usd(paid.get("cost_usd"))])
+    intro = ("Per pipeline stage: this run's requests (`reused`: taken from the outputs stored under `build/llm/`, "
+             "nothing asked; `cached`: answered from the answer cache; `sent`: to a provider), what the stored "
+             "outputs hold (parsed, repaired, rejected, items made, tokens and cost of their answers) and what this "
+             "run paid.")
+    lines = [intro,
+             _table(["stage", "models", "consumes", "items", "requests", "reused", "cached", "sent", "failed", "parsed",
+                     "repaired", "rejected", "outputs", "tokens (in / out)", "cost", "paid this run"], rows)]
+    for name, audit in (figures.get("audits") or {}).items():
+        models = audit.get("verifiers") or []
+        text = (f"Audit `{name}` by {len(models)} model(s) ({', '.join(f'`{m}`' for m in models)}): "
+                f"{audit.get('items', 0)} items judged by all, outcomes "
+                + (", ".join(f"{k} {v}" for k, v in (audit.get("outcomes") or {}).items()) or "none"))
+        if "percent_agreement" in audit:
+            text += f", agreement {audit['percent_agreement']}%"
+        text += _kappa_text(audit)
+        if audit.get("settled"):
+            text += "; settled: " + ", ".join(f"{k} {v}" for k, v in audit["settled"].items())
+        lines.append(text + ".")
+    lines.append(f"Awaiting adjudication: {figures.get('adjudication_pending', 0)} (`build/adjudication_queue.jsonl`).")
+    return "\n\n".join(lines)
+
+
 def llm_section(manifest: dict[str, Any]) -> str:
-    """The LLM stages of a build: models, paid usage, failures, verification and adjudication."""
+    """The LLM stages of a build: models, paid usage, failures, per-stage pipeline figures,
+    verification and adjudication."""
     llm = manifest.get("llm") or {}
     usage = llm.get("usage") or {}
     lines = [f"Generator: `{llm.get('generator')}`" + (f"; verifiers: {', '.join(f'`{v}`' for v in llm.get('verifiers', []))}"
@@ -243,14 +303,16 @@ def llm_section(manifest: dict[str, Any]) -> str:
     failures = llm.get("failures") or {}
     lines.append("Failed requests: " + (", ".join(f"{k} {v}" for k, v in failures.items()) if failures else "none")
                  + " (each listed in `build/llm_failures.jsonl`).")
+    pipeline = pipeline_text(llm.get("pipeline") or {})
     verification = llm.get("verification") or {}
-    if verification.get("items"):
+    if pipeline:  # its audits carry the verification figures
+        lines.append(pipeline)
+    elif verification.get("items"):
         text = f"Verification of {verification['items']} items: outcomes {verification.get('outcomes')}"
         if "percent_agreement" in verification:
             text += f", agreement {verification['percent_agreement']}%"
-        if verification.get("cohen_kappa") is not None:
-            text += f", Cohen's kappa {verification['cohen_kappa']}"
+        text += _kappa_text(verification)
         lines.append(text + f". Awaiting adjudication: {llm.get('adjudication_pending', 0)}.")
-    if llm.get("generator", "").startswith("offline"):
+    if str(llm.get("generator") or "").startswith("offline"):
         lines.append("**Built with the offline stand-in, not a language model: demonstration data only.**")
     return "\n\n".join(lines)

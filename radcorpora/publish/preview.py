@@ -932,7 +932,7 @@ class Page:
     def llm(self, manifest: dict[str, Any], build: Path) -> None:
         llm = manifest.get("llm")
         queue = build / "build" / "adjudication_queue.jsonl"
-        if not (isinstance(llm, dict) and llm.get("generator")) and not queue.exists():
+        if not (isinstance(llm, dict) and (llm.get("generator") or llm.get("pipeline"))) and not queue.exists():
             return  # no model wrote anything (radvlm with rule-based prior removal, say)
         llm = llm if isinstance(llm, dict) else {}
         facts: list[tuple[str, str]] = []
@@ -953,7 +953,7 @@ class Page:
         if queue.exists():
             facts.append(("adjudication queue", f"{count_lines(queue):,} items in build/adjudication_queue.jsonl"))
         verification = llm.get("verification") or {}
-        for key in ("items", "percent_agreement", "cohen_kappa", "kappa"):
+        for key in ("items", "percent_agreement", "cohen_kappa", "fleiss_kappa", "kappa"):
             if key in verification:
                 facts.append((f"verification {key.replace('_', ' ')}", str(verification[key])))
         if verification.get("outcomes"):
@@ -969,7 +969,44 @@ class Page:
             body += (f"<h3>usage per model</h3><table><tr><th>model</th><th>requests</th><th>from cache</th>"
                      f"<th>input tokens</th><th>output tokens</th><th>cost held (USD)</th><th>paid this run (USD)</th>"
                      f"</tr>{rows}</table>")
+        body += self._pipeline_html(llm.get("pipeline") or {})
         self.add("llm", "LLM usage", body)
+
+    @staticmethod
+    def _pipeline_html(figures: dict[str, Any]) -> str:
+        """`manifest["llm"]["pipeline"]` (PipelineResult.figures()): a row per stage, then each audit's
+        agreement (Cohen's kappa for 2 auditors, Fleiss' for 3 or more)."""
+        from radcorpora.publish.card import pipeline_order
+
+        stages = figures.get("stages") or {}
+        if not stages:
+            return ""
+        counts = ("items", "requests", "reused", "cached", "sent", "failed", "parsed", "repaired", "rejected", "outputs")
+
+        def usd(value: Any) -> str:
+            return "unknown" if value is None else f"{value:.4f}"
+
+        rows = "".join(
+            f"<tr><td>{esc(name)}</td><td>{esc(', '.join(map(str, f.get('models', []))))}</td>"
+            + "".join(f'<td class="n">{esc(f.get(c, ""))}</td>' for c in counts)
+            + f'<td class="n">{(f.get("held") or {}).get("input_tokens", 0):,}</td>'
+            f'<td class="n">{(f.get("held") or {}).get("output_tokens", 0):,}</td>'
+            f'<td class="n">{usd((f.get("held") or {}).get("cost_usd"))}</td>'
+            f'<td class="n">{usd((f.get("paid") or {}).get("cost_usd"))}</td></tr>'
+            for name, f in ((n, stages[n]) for n in pipeline_order(stages)))
+        body = ("<h3>pipeline stages</h3><table><tr><th>stage</th><th>models</th>"
+                + "".join(f"<th>{c}</th>" for c in counts)
+                + "<th>input tokens</th><th>output tokens</th><th>cost held (USD)</th><th>paid this run (USD)</th>"
+                f"</tr>{rows}</table>")
+        for name, audit in (figures.get("audits") or {}).items():
+            facts = [("auditors", ", ".join(map(str, audit.get("verifiers") or []))), ("items", str(audit.get("items", 0)))]
+            facts += [(key.replace("_", " "), "undefined (every verdict in one category)" if audit[key] is None
+                       else str(audit[key])) for key in ("percent_agreement", "cohen_kappa", "fleiss_kappa") if key in audit]
+            for key in ("outcomes", "settled"):
+                if audit.get(key):
+                    facts.append((key, ", ".join(f"{k} {v}" for k, v in audit[key].items())))
+            body += f"<h3>audit {esc(name)}</h3>" + _kv(facts)
+        return body + f"<p>awaiting adjudication: {esc(figures.get('adjudication_pending', 0))}</p>"
 
     def reference_check(self, build: Path) -> None:
         path = build / "build" / "reference_check.json"

@@ -1,10 +1,12 @@
 """rad-ace-cot: PubMedVision CT/MR samples -> `<think>...</think><answer>...</answer>` chains of thought.
 
-Stages: select (CT/MR, optional seeded subset, image check) -> generate (one reasoning-model call
-per sample, description + question in, tagged reasoning out) -> check (tags, length, no
-source-text leak) -> verify (optional: one or more models judge answer consistency; disagreements
-go to the adjudication queue) -> records. The LLM answers live in the cache, so a killed or
-repeated build pays only for what was never answered.
+Stages: select (CT/MR, optional seeded subset, image check) -> the LLM pipeline of `pipeline(config)`:
+node "cot" (one reasoning-model call per sample, description + question in, tagged reasoning out,
+checked for tags, length and source-text leaks; a malformed reply is repaired once, then rejected)
+-> node "verify" (only with --verify: an audit by those models; disagreements go to the adjudication
+queue) -> records. Each node's parsed outputs are stored under `build/llm/`, so a killed build
+resumes mid-pipeline; the answers live in the cache too, so a rebuild pays only for what was never
+answered.
 """
 
 from __future__ import annotations
@@ -13,27 +15,20 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from radcorpora.corpora.rad_ace_cot.records import CotEvalRecord, CotRecord
+from radcorpora.llm.audit import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE, Verdict, settle
+from radcorpora.llm.pipeline import Node, Pipeline, PipelineResult, model_id
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
-from radcorpora.llm.session import LLMSession
-from radcorpora.llm.stage import LLMStage, offline_responders
+from radcorpora.llm.stage import LLMStage
 from radcorpora.llm.structured import JsonParser, TagParser
-from radcorpora.llm.verify import (
-    DECISIONS_FILE,
-    FAILURES_FILE,
-    QUEUE_FILE,
-    QueueEntry,
-    Verdict,
-    agreement,
-    settle,
-)
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -41,11 +36,11 @@ from radcorpora.prompts.llm import Prompt, load_prompt
 from radcorpora.schemas.common import ImageData, Lineage, Reject, Turn
 from radcorpora.sources.pubmedvision import PubMedVisionSample, PubMedVisionScan, scan_pubmedvision
 from radcorpora.sources.vqa_rad import VqaRadTest, read_vqa_rad_test
-from radcorpora.spec.corpus import Cli
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
+from radcorpora.spec.corpus import Cli
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
-from radcorpora.store.state import ChunkResult, ShardInfo
+from radcorpora.store.state import STATE_DIR, ChunkResult, ShardInfo
 
 CORPUS = "rad-ace-cot"
 LICENCE_CLASS = "public"  # PubMedVision: apache-2.0; VQA-RAD: cc0-1.0
@@ -53,6 +48,10 @@ GENERATE_FIELDS = frozenset({"description", "question"})
 VERIFY_FIELDS = frozenset({"description", "question", "cot"})
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif"}
+STORE_DIR = "build/llm"  # the pipeline's stored outputs, one JSONL per node
+# Progress marker in the engine's state folder: a build killed mid-pipeline (no shard written yet)
+# then counts as started and resumes with its stored outputs instead of being refused as a stray folder.
+PIPELINE_MARKER = f"{STATE_DIR}/llm-pipeline.json"
 
 
 class RadAceCotConfig(BaseModel):
@@ -77,6 +76,16 @@ class RadAceCotConfig(BaseModel):
     images_per_shard: int = Field(1000, ge=1, description="Images per Parquet shard")
     decisions: Annotated[dict[str, Literal["accept", "reject"]], Cli(hidden=True)] = Field(
         default_factory=dict)  # a person's adjudication (build/adjudication_decisions.jsonl)
+
+    @field_validator("verifiers")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        """One verdict per model and item: the same verifier twice would count its vote twice."""
+        seen = [model_id(v) for v in value]
+        twice = sorted({m for m in seen if seen.count(m) > 1})
+        if twice:
+            raise ValueError(f"verifier {twice[0]} given twice")
+        return value
 
 
 def load_prompts(config: RadAceCotConfig) -> tuple[Prompt, Prompt]:
@@ -127,71 +136,94 @@ def select_samples(scan: PubMedVisionScan, config: RadAceCotConfig) -> tuple[lis
     return selected, rejects
 
 
-# --------------------------------------------------------------------------- generate and check
+# --------------------------------------------------------------------------- the pipeline's items
 
 
-def generation_request(item: Selected, prompt: Prompt, config: RadAceCotConfig) -> LLMRequest:
-    """Text only: the reasoning model reads the findings, as in the method (no image is sent)."""
-    sample = item.sample
-    return LLMRequest(
-        id=sample.id, stage="cot", system=prompt.system,
-        messages=(Message.user(prompt.render(description=sample.description, question=sample.question)),),
-        sampling=config.sampling, output=OutputFormat(kind="tags", tags=("think", "answer")),
-        licence_class=LICENCE_CLASS, prompt_id=prompt.id,
-        hints={"description": sample.description, "question": sample.question, "modality": sample.modality})
+class CotSample(BaseModel):
+    """A sample as the pipeline keys and stores it: what the prompts read, and the image names a
+    person sees in the queue. No local paths, so moving the sources re-asks nothing."""
+
+    id: str
+    question: str
+    description: str
+    modality: str
+    images: list[str]
 
 
-def verification_request(item: Selected, cot: str, prompt: Prompt) -> LLMRequest:
-    sample = item.sample
-    return LLMRequest(
-        id=sample.id, stage="verify", system=prompt.system,
-        messages=(Message.user(prompt.render(description=sample.description, question=sample.question, cot=cot)),),
-        sampling=Sampling(temperature=0.0, max_tokens=512),
-        output=OutputFormat(kind="json", schema_name="verdict", json_schema=Verdict.model_json_schema()),
-        licence_class=LICENCE_CLASS, prompt_id=prompt.id,
-        hints={"description": sample.description, "cot": cot})
+class Candidate(BaseModel):
+    """A chain of thought that passed the checks (the "cot" node's item, the "verify" node's row)."""
 
-
-@dataclass
-class Candidate:
-    item: Selected
+    sample: CotSample
     cot_output: str
     think: str
     answer: str
-    model: str
 
 
-@dataclass
-class StageOutcome:
-    kept: list[tuple[Candidate, str]] = field(default_factory=list)  # (candidate, verification)
-    queued: list[QueueEntry] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-    agreement: dict[str, Any] = field(default_factory=dict)
+def cot_sample(item: Selected) -> CotSample:
+    s = item.sample
+    return CotSample(id=s.id, question=s.question, description=s.description, modality=s.modality,
+                     images=list(s.image_names))
 
 
-def _reject(item: Selected, reason: str, detail: str) -> Reject:
-    return Reject(source=item.sample.file, row=str(item.sample.row), reason=reason, detail=f"{item.sample.id}: {detail}")
+# --------------------------------------------------------------------------- generate, check, verify
 
 
-class CotStage(LLMStage[Selected]):
+def generation_request(item: CotSample, prompt: Prompt, config: RadAceCotConfig) -> LLMRequest:
+    """Text only: the reasoning model reads the findings, as in the method (no image is sent)."""
+    return LLMRequest(
+        id=item.id, stage="cot", system=prompt.system,
+        messages=(Message.user(prompt.render(description=item.description, question=item.question)),),
+        sampling=config.sampling, output=OutputFormat(kind="tags", tags=("think", "answer")),
+        licence_class=LICENCE_CLASS, prompt_id=prompt.id,
+        hints={"description": item.description, "question": item.question, "modality": item.modality})
+
+
+def verification_request(item: CotSample, cot: str, prompt: Prompt) -> LLMRequest:
+    return LLMRequest(
+        id=item.id, stage="verify", system=prompt.system,
+        messages=(Message.user(prompt.render(description=item.description, question=item.question, cot=cot)),),
+        sampling=Sampling(temperature=0.0, max_tokens=512),
+        output=OutputFormat(kind="json", schema_name="verdict", json_schema=Verdict.model_json_schema()),
+        licence_class=LICENCE_CLASS, prompt_id=prompt.id,
+        hints={"description": item.description, "cot": cot})
+
+
+def _reject(item_id: str, reason: str, detail: str) -> Reject:
+    """A reject named by the sample id; `run` points it at the source file and row (kept out of
+    the stored lines, so a reordered source file re-asks nothing)."""
+    return Reject(source=CORPUS, row=item_id, reason=reason, detail=f"{item_id}: {detail}")
+
+
+def check_generation(item: CotSample, result: CallResult, config: RadAceCotConfig) -> Candidate | Reject:
+    if not result.ok:
+        assert result.error is not None
+        return _reject(item.id, f"llm_{result.error.kind}", str(result.error))
+    assert result.response is not None
+    think, answer = result.parsed["think"], result.parsed["answer"]
+    problems = cot_problems(think, answer, config.bounds)
+    if problems:
+        return _reject(item.id, "cot_check_" + problems[0].split(":")[0], "; ".join(problems))
+    return Candidate(sample=item, cot_output=result.response.content.strip(), think=think, answer=answer)
+
+
+class CotStage(LLMStage[CotSample]):
     """One reasoning-model call per sample: findings + question in, tagged reasoning out."""
 
     name = "cot"
     description = "chain of thought written as a reading of the image, from the findings"
     expected_output_tokens = 2500  # reasoning models bill their thinking as output
 
-    def __init__(self, prompt: Prompt, config: RadAceCotConfig, model: str):
-        self.prompt_file, self.config, self.model = prompt, config, model
+    def __init__(self, prompt: Prompt, config: RadAceCotConfig):
+        self.prompt_file, self.config = prompt, config
 
-    def prompt(self, row: Selected) -> LLMRequest:
+    def prompt(self, row: CotSample) -> LLMRequest:
         return generation_request(row, self.prompt_file, self.config)
 
     def parser(self) -> TagParser:
         return TagParser()
 
-    def parse(self, row: Selected, result: CallResult) -> list[Candidate] | Reject:
-        checked = check_generation(row, result, self.config, self.model)
+    def parse(self, row: CotSample, result: CallResult) -> list[Candidate] | Reject:
+        checked = check_generation(row, result, self.config)
         return checked if isinstance(checked, Reject) else [checked]
 
     @staticmethod
@@ -211,14 +243,14 @@ class VerifyStage(LLMStage[Candidate]):
         self.prompt_file = prompt
 
     def prompt(self, row: Candidate) -> LLMRequest:
-        return verification_request(row.item, row.cot_output, self.prompt_file)
+        return verification_request(row.sample, row.cot_output, self.prompt_file)
 
     def parser(self) -> JsonParser:
         return JsonParser(Verdict)
 
     def parse(self, row: Candidate, result: CallResult) -> list[Verdict] | Reject:
         if not result.ok:
-            return _reject(row.item, f"llm_{result.error.kind if result.error else 'failed'}", str(result.error))
+            return _reject(row.sample.id, f"llm_{result.error.kind if result.error else 'failed'}", str(result.error))
         return [result.parsed]
 
     @staticmethod
@@ -229,74 +261,68 @@ class VerifyStage(LLMStage[Candidate]):
 STAGES = (CotStage, VerifyStage)
 
 
-def check_generation(item: Selected, result: CallResult, config: RadAceCotConfig, model: str) -> Candidate | Reject:
-    if not result.ok:
-        assert result.error is not None
-        return _reject(item, f"llm_{result.error.kind}", str(result.error))
-    assert result.response is not None
-    think, answer = result.parsed["think"], result.parsed["answer"]
-    problems = cot_problems(think, answer, config.bounds)
-    if problems:
-        return _reject(item, "cot_check_" + problems[0].split(":")[0], "; ".join(problems))
-    return Candidate(item, result.response.content.strip(), think, answer, model)
+def _queued(candidate: Candidate) -> dict[str, Any]:
+    """What a person sees of a queued sample."""
+    s = candidate.sample
+    return {"question": s.question, "description": s.description, "cot_output": candidate.cot_output,
+            "images": list(s.images)}
 
 
-def run_stages(selected: list[Selected], config: RadAceCotConfig, session: LLMSession,
-               decisions: dict[str, str]) -> StageOutcome:
+def _stand_in(sample: CotSample) -> Candidate:
+    """Sizes verification before any reasoning exists: the findings are about as long."""
+    return Candidate(sample=sample, cot_output=sample.description, think=sample.description, answer="")
+
+
+def pipeline(config: RadAceCotConfig) -> Pipeline:
+    """The corpus' LLM stages as one graph: "cot", then (with verifiers) the "verify" audit. The
+    checks' bounds are the cot node's version: other bounds re-check the stored replies."""
     generate_prompt, verify_prompt = load_prompts(config)
-    outcome = StageOutcome()
-    candidates: list[Candidate] = []
-    for _item, made in CotStage(generate_prompt, config, session.model_id(config.llm)).run(session, config.llm, selected):
-        if isinstance(made, Reject):
-            outcome.rejects.append(made)
-            outcome.counts[made.reason] += 1
-        else:
-            candidates.extend(made)
-    outcome.counts["generated"] = len(candidates)
+    bounds = hashlib.sha256(config.bounds.model_dump_json().encode()).hexdigest()[:16]
+    nodes = [Node("cot", CotStage(generate_prompt, config), [config.llm], item_type=Candidate,
+                  stand_in=_stand_in, version=f"bounds:{bounds}")]
+    if config.verifiers:
+        nodes.append(Node("verify", VerifyStage(verify_prompt), config.verifiers, consumes="cot", audit=True,
+                          describe=_queued))
+    return Pipeline(nodes, key=lambda sample: sample.id)
+
+
+@dataclass
+class CotOutcome:
+    """The pipeline's result (its queue and figures included) as the records need it: kept
+    candidates with how they were verified, rejects pointed at their source rows, counts and
+    the auditors' agreement."""
+
+    result: PipelineResult
+    kept: dict[str, tuple[Candidate, str]]
+    rejects: list[Reject]
+    counts: Counter
+    agreement: dict[str, Any]
+
+
+def run_pipeline(graph: Pipeline, selected: list[Selected], config: RadAceCotConfig, session: Any, store: Path,
+                 decisions: dict[str, str]) -> CotOutcome:
+    result = graph.run([cot_sample(item) for item in selected], session, store, decisions)
+    where = {item.sample.id: item.sample for item in selected}
+    counts: Counter = Counter()
+    rejects: list[Reject] = []
+    for item_id, reject in sorted(result["cot"].rejects.items()):
+        counts[reject.reason] += 1
+        rejects.append(Reject(source=where[item_id].file, row=str(where[item_id].row), reason=reject.reason,
+                              detail=reject.detail))
+    candidates: dict[str, Candidate] = result["cot"].outputs
+    counts["generated"] = len(candidates)
     if not config.verifiers:
-        outcome.kept = [(c, "not_run") for c in candidates]
-        return outcome
-
-    verdicts: dict[str, dict[str, Verdict]] = {c.item.sample.id: {} for c in candidates}
-    for spec in config.verifiers:
-        for candidate, made in VerifyStage(verify_prompt).run(session, spec, candidates):
-            if not isinstance(made, Reject):
-                verdicts[candidate.item.sample.id][session.model_id(spec)] = made[0]
-    outcome.agreement = agreement(verdicts)
-    expected = {session.model_id(s) for s in config.verifiers}
-    for candidate in candidates:
-        sample_id = candidate.item.sample.id
-        given = verdicts[sample_id]
-        settled, verdict_route = settle(given, expected, decisions.get(sample_id))
-        if settled in ("passed", "adjudicated"):
-            outcome.kept.append((candidate, settled))
-        elif settled == "verifier_inconsistent":
-            reasons = "; ".join(f"{m}: {v.reason}" for m, v in sorted(given.items()))
-            outcome.rejects.append(_reject(candidate.item, "verifier_inconsistent", reasons))
-        elif settled == "adjudicator_rejected":
-            outcome.rejects.append(_reject(candidate.item, "adjudicator_rejected", "rejected by a person"))
-        else:
-            outcome.queued.append(QueueEntry(
-                id=sample_id, verdicts=given,
-                item={"question": candidate.item.sample.question, "description": candidate.item.sample.description,
-                      "cot_output": candidate.cot_output, "images": list(candidate.item.sample.image_names),
-                      "missing_verdicts": sorted(expected - set(given))}))
-        outcome.counts[f"verification_{verdict_route}"] += 1
-    return outcome
-
-
-# --------------------------------------------------------------------------- estimate
-
-
-def estimate_requests(selected: list[Selected], config: RadAceCotConfig) -> list[tuple[type[LLMStage], str, list[LLMRequest]]]:
-    """(stage, model, requests) a build would send; verification is sized with the findings
-    standing in for the not-yet-written reasoning (about the same length)."""
-    generate_prompt, verify_prompt = load_prompts(config)
-    plan: list[tuple[type[LLMStage], str, list[LLMRequest]]] = [
-        (CotStage, config.llm, [generation_request(i, generate_prompt, config) for i in selected])]
-    for spec in config.verifiers:
-        plan.append((VerifyStage, spec, [verification_request(i, i.sample.description, verify_prompt) for i in selected]))
-    return plan
+        return CotOutcome(result, {i: (c, "not_run") for i, c in candidates.items()}, rejects, counts, {})
+    audit = result["verify"]
+    expected = {model_id(v) for v in config.verifiers}
+    for item_id in candidates:
+        counts[f"verification_{settle(audit.verdicts[item_id], expected, decisions.get(item_id))[1]}"] += 1
+    for item_id, reject in sorted(audit.rejects.items()):
+        rejects.append(Reject(source=where[item_id].file, row=str(where[item_id].row), reason=reject.reason,
+                              detail=f"{item_id}: {reject.detail}"))
+    kept = {i: (candidates[i], audit.settled[i]) for i in audit.outputs}
+    agreement = {k: v for k, v in audit.agreement.items() if k != "settled"}
+    return CotOutcome(result, kept, rejects, counts, agreement)
 
 
 # --------------------------------------------------------------------------- records
@@ -306,8 +332,8 @@ def media_type(path: Path) -> str:
     return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
-def make_record(candidate: Candidate, verification: str, prompts: list[Prompt], models: list[str]) -> CotRecord:
-    item = candidate.item
+def make_record(item: Selected, candidate: Candidate, verification: str, prompts: list[Prompt],
+                models: list[str]) -> CotRecord:
     sample = item.sample
     images = [ImageData(bytes=p.read_bytes(), path=name) for p, name in zip(sample.images, sample.image_names)]
     human = "<image>\n" * len(images) + sample.question
@@ -366,11 +392,7 @@ def offline_verify(request: LLMRequest) -> str:
     return json.dumps({"consistent": share >= 0.5, "reason": f"{share:.0%} of the answer's terms are in the findings"})
 
 
-OFFLINE_RESPONDERS = offline_responders(STAGES)
-
-
 # --------------------------------------------------------------------------- the corpus' stages
-
 
 
 @dataclass
@@ -409,17 +431,21 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
     decisions = dict(sorted(config.decisions.items()))
     if decisions:
         atomic.write_jsonl(out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
-    session = ctx.llm_session(OFFLINE_RESPONDERS)
+    atomic.write_json(out / PIPELINE_MARKER, {"store": STORE_DIR})
+    graph = pipeline(config)
+    session = ctx.llm_session(graph.offline_responders())
     try:
-        outcome = run_stages(plan.selected, config, session, decisions)
+        outcome = run_pipeline(graph, plan.selected, config, session, out / STORE_DIR, decisions)
     finally:
         session.close()
+    queue = outcome.result.queue
     prompts = [generate_prompt] + ([verify_prompt] if config.verifiers else [])
-    models = [session.model_id(config.llm), *(session.model_id(v) for v in config.verifiers)]
+    models = [model_id(config.llm), *(model_id(v) for v in config.verifiers)]
     chunks: list[ChunkResult] = []
     for split in ("train", "validation"):
-        kept = [(c, v) for c, v in outcome.kept if c.item.split == split]
-        records = (make_record(c, v, prompts, models) for c, v in kept)
+        kept = [(item, *outcome.kept[item.sample.id]) for item in plan.selected
+                if item.split == split and item.sample.id in outcome.kept]
+        records = (make_record(item, c, v, prompts, models) for item, c, v in kept)
         written = write_split(out, "default", split, records, len(kept), CotRecord, config.images_per_shard)
         chunks.append(ChunkResult(chunk_id=f"default-{split}", shards={
             rel: ShardInfo(rows=rows, sha256=digest) for rel, (rows, digest) in written.items()}))
@@ -431,7 +457,7 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
         chunks.append(ChunkResult(chunk_id="eval-test", shards={
             rel: ShardInfo(rows=rows, sha256=digest) for rel, (rows, digest) in written.items()}))
     atomic.write_jsonl(out / FAILURES_FILE, session.ledger.entries)
-    atomic.write_jsonl(out / QUEUE_FILE, [q.model_dump(mode="json") for q in outcome.queued])
+    atomic.write_jsonl(out / QUEUE_FILE, [q.model_dump(mode="json") for q in queue])
     counts = Counter(plan.scan.counts) + outcome.counts
     counts["selected"] = len(plan.selected)
     eval_rows = sum(r.shards[k].rows for r in chunks if r.chunk_id == "eval-test" for k in r.shards)
@@ -439,7 +465,7 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
         chunks=chunks,
         rejects=[*plan.scan.rejects, *plan.select_rejects, *outcome.rejects, *eval_rejects],
         counts=counts,
-        warnings=([f"{len(outcome.queued)} sample(s) await adjudication in {QUEUE_FILE}"] if outcome.queued else [])
+        warnings=([f"{len(queue)} sample(s) await adjudication in {QUEUE_FILE}"] if queue else [])
         + ([f"{len(session.ledger.entries)} LLM request(s) failed; rerun to retry them"] if session.ledger.entries else []),
         files=[FAILURES_FILE, QUEUE_FILE, *([DECISIONS_FILE] if decisions else [])],
         manifest={
@@ -447,24 +473,31 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
                        "modality_values": dict(plan.scan.modality_values.most_common()),
                        "vqa_rad": None if plan.vqa_rad is None else {"questions": eval_rows}},
             "prompts": {p.id: p.content_hash for p in prompts},
-            "llm": {"generator": session.model_id(config.llm),
-                    "verifiers": [session.model_id(v) for v in config.verifiers],
+            "llm": {"generator": model_id(config.llm),
+                    "verifiers": [model_id(v) for v in config.verifiers],
                     "stages": {s.name: s.description for s in STAGES if s is CotStage or config.verifiers},
                     **session.summary(), "verification": outcome.agreement,
-                    "adjudication_pending": len(outcome.queued), "adjudication_decisions": len(decisions),
+                    "adjudication_pending": len(queue), "adjudication_decisions": len(decisions),
+                    "pipeline": outcome.result.figures(),
                     "cache_path": str(session.cache.path)},
             "rebuild": {"sources": {k: str(Path(v).resolve()) for k, v in ctx_sources(prepared).items()}},
         })
 
 
-def estimate(sources: dict[str, Path], config: RadAceCotConfig, log) -> tuple[list[Any], dict[str, Any]]:
-    """(stage, model, requests) per stage a build would send, and the samples it covers; nothing is sent."""
+def estimate(sources: dict[str, Path], config: RadAceCotConfig, log) -> tuple[Callable[..., dict[str, Any]], dict[str, Any]]:
+    """The pipeline's estimate, to be called with the LLM settings (and the build folder, whose
+    stored outputs count as done), and the samples it covers; nothing is sent."""
     scan = scan_pubmedvision(sources["source"], config.subset)
     selected, rejects = select_samples(scan, config)
     info: dict[str, Any] = {"samples": len(selected), "rejected_rows": len(scan.rejects) + len(rejects)}
     if config.max_samples and len(selected) < config.max_samples:
         info["note"] = f"only {len(selected)} usable samples exist; --max-samples asked for {config.max_samples}"
-    return estimate_requests(selected, config), info
+    graph, samples = pipeline(config), [cot_sample(item) for item in selected]
+
+    def sized(llm_settings: Any, out: Path | None = None) -> dict[str, Any]:
+        return graph.estimate(samples, llm_settings, None if out is None else Path(out) / STORE_DIR, corpus=CORPUS)
+
+    return sized, info
 
 
 def ctx_sources(prepared: Prepared) -> dict[str, Path]:
