@@ -43,8 +43,6 @@ def corpora_cmd() -> None:
     """List the registered corpora, their configs and source options."""
     from rich import box
 
-    from radcorpora.registry import CORPORA, register
-
     out = Console()
     width = min(out.width, 100)
     for spec in CORPORA.values():

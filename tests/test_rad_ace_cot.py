@@ -16,7 +16,8 @@ from test_llm_pipeline import hand_fleiss
 from typer.testing import CliRunner
 
 from radcorpora.cli import app
-from radcorpora.corpora.rad_ace_cot.build import QUEUE_FILE, STORE_DIR, RadAceCotConfig, VerifyStage
+from radcorpora.corpora.rad_ace_cot.build import QUEUE_FILE, RadAceCotConfig, VerifyStage
+from radcorpora.store.state import LLM_STORE
 from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
 from radcorpora.llm.session import LLMSettings
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
@@ -277,7 +278,7 @@ def test_a_killed_build_resumes_mid_pipeline_without_asking_for_the_cot_again(so
     result = runner.invoke(app, build_args(sources[0], out, tmp_path / "c1.sqlite"))
     assert isinstance(result.exception, Killed)
     assert sent(gen, GENERATOR) == 32 and gen.calls == 32 and judge.calls == 0
-    stored = (out / STORE_DIR / "cot.jsonl").read_text().splitlines()
+    stored = (out / LLM_STORE / "cot.jsonl").read_text().splitlines()
     assert len(stored) == 32 and not (out / "build/manifest.json").exists()
 
     # the rerun takes the stored chains of thought: with an empty answer cache it still asks none again
@@ -304,7 +305,7 @@ def test_a_changed_verification_prompt_re_sends_only_the_verification(sources, t
     prompt.write_text("id: my-audit/v2\nsystem: |\n  AUDIT V2: judge radiology reasoning; answer in JSON.\nuser: |\n"
                       "  Findings: {description}\n  Question: {question}\n  Reasoning: {cot}\n"
                       "  Reply {{\"consistent\": true or false, \"reason\": \"...\"}}\n")
-    # another prompt is another build: --overwrite (the answer cache keeps the chains of thought)
+    # another prompt is another build: --overwrite keeps the pipeline's stored outputs (build/llm)
     result = runner.invoke(app, build_args(sources[0], out, cache, "--verify-prompt", str(prompt), "--overwrite"))
     assert result.exit_code == 0, result.output
     assert sent(gen, GENERATOR) == 32, "no chain of thought is asked for again"
@@ -313,7 +314,7 @@ def test_a_changed_verification_prompt_re_sends_only_the_verification(sources, t
     assert all("AUDIT V2" in body["system"] for body in judge.request_bodies[-n:])
     manifest = json.loads((out / "build/manifest.json").read_text())
     cot, verify = manifest["llm"]["pipeline"]["stages"]["cot"], manifest["llm"]["pipeline"]["stages"]["verify"]
-    assert cot["sent"] == 0 and cot["reused"] + cot["cached"] == 32 and verify["sent"] == 2 * n
+    assert (cot["sent"], cot["cached"], cot["reused"]) == (0, 0, 32) and verify["sent"] == 2 * n
     assert "my-audit/v2" in manifest["prompts"]
     again = load_dataset(str(out))
     assert [r["cot_output"] for r in again["train"]] == [r["cot_output"] for r in rows["train"]]

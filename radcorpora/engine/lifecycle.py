@@ -33,6 +33,7 @@ from radcorpora.store import atomic, source_index
 from radcorpora.store.local_paths import LocalPaths, write_local
 from radcorpora.store.shards import BackgroundSync, sync_files
 from radcorpora.store.state import (
+    LLM_STORE,
     BuildStateError,
     ChunkResult,
     ChunkSpec,
@@ -229,7 +230,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
 
         return LLMSession(llm_settings or LLMSettings(), offline=offline, log=say)
 
-    context = BuildContext(out=out, run_chunks=chunks, llm_session=session, log=say)
+    context = BuildContext(out=out, llm_store=out / LLM_STORE, run_chunks=chunks, llm_session=session, log=say)
     stages_started = time.time()
     try:
         output: StageOutput = spec.run(prepared, settings, context)

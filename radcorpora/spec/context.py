@@ -48,6 +48,7 @@ class BuildContext:
     session factory, and a logger."""
 
     out: Path
+    llm_store: Path  # where the corpus' LLM pipeline stores its outputs (out / store.state.LLM_STORE)
     run_chunks: Callable[[Sequence[ChunkSpec], Callable[[ChunkSpec, Path], ChunkResult], str], list[ChunkResult]]
     llm_session: Callable[..., Any]
     log: Callable[[str], None]

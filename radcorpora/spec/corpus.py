@@ -104,8 +104,9 @@ class CorpusSpec:
     card: Callable[[dict[str, Any]], Any]  # manifest -> publish.card.CardContent
     row_rules: RowRules | None = None  # vectorised per-row rules (records.py)
     llm_stages: tuple[type, ...] = ()  # its LLMStage classes (listed by `radcorpora corpora`; the builder runs them)
-    # `radcorpora estimate`: (sources, settings, log) -> ([(stage class, model, requests)], extra
-    # figures such as {"samples": n}); None for a corpus with no LLM stage.
+    # `radcorpora estimate`: (sources, settings, log) -> (plan, extra figures such as {"samples": n});
+    # plan: [(stage class, model, requests)], or `plan(llm_settings, out)` -> the estimate of a corpus
+    # on the LLM pipeline (commands.corpus.run_estimate_command); None for a corpus with no LLM stage.
     estimate: Callable[[dict[str, Path], BaseModel, Callable[[str], None]], tuple[list[Any], dict[str, Any]]] | None = None
     evaluation: EvaluationRecipe | None = None
     exports: dict[str, Callable[..., int]] = field(default_factory=dict)

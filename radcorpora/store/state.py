@@ -27,6 +27,7 @@ from radcorpora.store.shards import file_sha256
 STATE_DIR = "build/.state"
 FINGERPRINT_FILE = "fingerprint.json"
 COMMAND_FILE = "command.txt"  # the command that started the build (to resume it)
+LLM_STORE = "build/llm"  # the LLM pipeline's stored outputs, one JSONL per node (kept by --overwrite; never pushed)
 DERIVED_DIR = "derived"  # under STATE_DIR: see derived_once
 
 
@@ -108,16 +109,22 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool, com
     elif state_fp.exists():
         previous = json.loads(state_fp.read_text())
         held = {p.name for p in (out / STATE_DIR).iterdir()} - {DERIVED_DIR, COMMAND_FILE}
-        if not (out / "data").exists() and held == {FINGERPRINT_FILE}:
+        stored = (out / LLM_STORE).is_dir() and any((out / LLM_STORE).iterdir())
+        if not (out / "data").exists() and held == {FINGERPRINT_FILE} and not stored:
             previous = None  # stopped before anything was written (a refusal, a bad option): start over
             shutil.rmtree(out / STATE_DIR)
-            for folder in (out / "build", out):
+            for folder in (out / LLM_STORE, out / "build", out):
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             out.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in ("data", "build", "README.md"):
-            target = out / name
+        # the LLM pipeline's stored outputs are keyed by request and input content: a rebuild of the
+        # same corpus with other settings reuses what still matches and never a stale line
+        keep = {LLM_STORE.split("/")[1]} if previous is not None and previous.get("corpus") == fingerprint.get("corpus") \
+            else set()
+        for target in (out / "data", out / "README.md", *((out / "build").iterdir() if (out / "build").is_dir() else ())):
+            if target.name in keep and target.parent == out / "build":
+                continue
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():

@@ -40,7 +40,7 @@ from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.spec.corpus import Cli
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
-from radcorpora.store.state import STATE_DIR, ChunkResult, ShardInfo
+from radcorpora.store.state import LLM_STORE, ChunkResult, ShardInfo
 
 CORPUS = "rad-ace-cot"
 LICENCE_CLASS = "public"  # PubMedVision: apache-2.0; VQA-RAD: cc0-1.0
@@ -48,10 +48,8 @@ GENERATE_FIELDS = frozenset({"description", "question"})
 VERIFY_FIELDS = frozenset({"description", "question", "cot"})
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif"}
-STORE_DIR = "build/llm"  # the pipeline's stored outputs, one JSONL per node
 # Progress marker in the engine's state folder: a build killed mid-pipeline (no shard written yet)
 # then counts as started and resumes with its stored outputs instead of being refused as a stray folder.
-PIPELINE_MARKER = f"{STATE_DIR}/llm-pipeline.json"
 
 
 class RadAceCotConfig(BaseModel):
@@ -431,11 +429,10 @@ def run(prepared: Prepared, config: RadAceCotConfig, ctx: BuildContext) -> Stage
     decisions = dict(sorted(config.decisions.items()))
     if decisions:
         atomic.write_jsonl(out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
-    atomic.write_json(out / PIPELINE_MARKER, {"store": STORE_DIR})
     graph = pipeline(config)
     session = ctx.llm_session(graph.offline_responders())
     try:
-        outcome = run_pipeline(graph, plan.selected, config, session, out / STORE_DIR, decisions)
+        outcome = run_pipeline(graph, plan.selected, config, session, ctx.llm_store, decisions)
     finally:
         session.close()
     queue = outcome.result.queue
@@ -495,7 +492,7 @@ def estimate(sources: dict[str, Path], config: RadAceCotConfig, log) -> tuple[Ca
     graph, samples = pipeline(config), [cot_sample(item) for item in selected]
 
     def sized(llm_settings: Any, out: Path | None = None) -> dict[str, Any]:
-        return graph.estimate(samples, llm_settings, None if out is None else Path(out) / STORE_DIR, corpus=CORPUS)
+        return graph.estimate(samples, llm_settings, None if out is None else Path(out) / LLM_STORE, corpus=CORPUS)
 
     return sized, info
 

@@ -28,7 +28,6 @@ import pyarrow as pa
 from radcorpora.corpora.radvlm.llm import (
     LLM_TASKS,
     STAGES,
-    STORE_DIR,
     estimate_from_graph,
     load_prompts,
     offline_responders,
@@ -70,7 +69,7 @@ from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.spec.rules import record_row_findings
 from radcorpora.store import source_index
 from radcorpora.store.shards import ShardWriter, shard_relpath
-from radcorpora.store.state import STATE_DIR, ChunkResult, ChunkSpec, ShardInfo, derived_once
+from radcorpora.store.state import LLM_STORE, ChunkResult, ChunkSpec, ShardInfo, derived_once
 
 # --------------------------------------------------------------------------- chunks
 
@@ -290,26 +289,6 @@ def prepare(sources: dict[str, Path], config: RadVLMConfig, log) -> Prepared:
     return Prepared(fingerprint=fingerprint, plan=plan)
 
 
-LLM_STORE_MARK = "llm_store.txt"  # in the build state: this unfinished build holds LLM outputs in STORE_DIR
-
-
-def _hold_llm_store(out: Path) -> None:
-    """Name the pipeline's store in the build state: a build killed mid-pipeline has written no
-    shard yet, and without this its folder would be taken for one where nothing was written."""
-    from radcorpora.store import atomic
-
-    atomic.write_text(out / STATE_DIR / LLM_STORE_MARK, f"{STORE_DIR}\n")
-
-
-def _drop_llm_store_if_empty(out: Path) -> None:
-    """A run stopped before any output was stored (a credentialed refusal at the first request)
-    leaves the folder as if nothing had run, so the next command may start over."""
-    store = out / STORE_DIR
-    if store.is_dir() and not any(store.iterdir()):
-        store.rmdir()
-        (out / STATE_DIR / LLM_STORE_MARK).unlink(missing_ok=True)
-
-
 def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOutput:
     from radcorpora.store import atomic
 
@@ -318,13 +297,8 @@ def run(prepared: Prepared, config: RadVLMConfig, ctx: BuildContext) -> StageOut
     if decisions:
         atomic.write_jsonl(ctx.out / DECISIONS_FILE, [{"id": k, "decision": v} for k, v in decisions.items()])
     session = ctx.llm_session(offline_responders()) if config.uses_llm else None
-    if session is not None:
-        _hold_llm_store(ctx.out)
     try:
-        outcome = run_llm_stages(plan.rows, config, session, decisions, ctx.out / STORE_DIR)
-    except BaseException:
-        _drop_llm_store_if_empty(ctx.out)
-        raise
+        outcome = run_llm_stages(plan.rows, config, session, decisions, ctx.llm_store)
     finally:
         if session is not None:
             session.close()
@@ -382,6 +356,6 @@ def estimate(sources: dict[str, Path], config: RadVLMConfig, log) -> tuple[Any, 
         return [], info
 
     def sized(llm_settings: Any, out: Path | None = None) -> dict[str, Any]:
-        return estimate_from_graph(rows, config, llm_settings, None if out is None else Path(out) / STORE_DIR)
+        return estimate_from_graph(rows, config, llm_settings, None if out is None else Path(out) / LLM_STORE)
 
     return sized, info

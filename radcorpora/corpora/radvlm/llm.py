@@ -284,7 +284,6 @@ CONVERSATION_FIELDS = frozenset({"report", "labels", "view", "sex", "grounded_ph
 VERIFY_FIELDS = frozenset({"report", "labels", "grounded_phrases", "conversation"})
 LLM_TASKS = frozenset({"report_generation", "conversation", "conversation_grounded"})
 SEX_WORDS = {"F": "female", "M": "male"}
-STORE_DIR = "build/llm"  # the pipeline's stored outputs, one file per node (never pushed)
 
 
 def load_prompts() -> dict[str, Prompt]:
