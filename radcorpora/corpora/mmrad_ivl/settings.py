@@ -1,0 +1,54 @@
+"""The settings of an mmrad-ivl build: every field is a build/estimate option and part of the fingerprint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from radcorpora.llm.pipeline import model_id
+from radcorpora.llm.request import Sampling
+from radcorpora.spec.corpus import Cli
+
+CORPUS = "mmrad-ivl"
+LICENCE_CLASS = "credentialed"  # MIMIC-CXR-JPG images and reports (PhysioNet DUA)
+
+
+class MmradIvlSettings(BaseModel):
+    """Everything that decides a build's content."""
+
+    seed: int = Field(0, description="Seed of every random choice (benchmark split, audit sample)")
+    llm: Annotated[str, Cli(required=True, metavar="PROVIDER:MODEL")] = Field(
+        "offline", description="Model that summarises each trace and then self-reflects on it against the report: "
+                               "openai:MODEL (OPENAI_BASE_URL for compatible servers), anthropic:MODEL, azure:DEPLOYMENT, "
+                               "offline")
+    auditors: Annotated[list[str], Cli(flag="--auditor", repeat=True, metavar="PROVIDER:MODEL")] = Field(
+        default_factory=list, description="Cross-audit model, other than --llm (repeat for several); also the "
+                                          "fidelity judge (the first one)")
+    box_frame: int = Field(224, ge=1, description="Grid the GEMeX-ThinkVG boxes are written on (pixels per side)")
+    crop_margin: float = Field(0.0, ge=0.0, le=1.0,
+                               description="Share of a group box's width/height added on each side of its crop")
+    audit_sample: int = Field(500, ge=0, description="Traces (seeded sample) the fidelity judge scores 1-5 (0: none)")
+    benchmark_fraction: float = Field(0.05, ge=0.0, lt=1.0,
+                                      description="Share of the train traces held out as `benchmark`, stratified by steps")
+    sampling: Annotated[Sampling, Cli(hidden=True)] = Sampling(temperature=0.0, max_tokens=1500)
+    images_per_shard: int = Field(500, ge=1, description="Traces per Parquet shard")
+    decisions: Annotated[dict[str, Literal["accept", "reject"]], Cli(hidden=True)] = Field(default_factory=dict)
+
+    @field_validator("auditors")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        """One verdict per model and trace: an auditor named twice would vote twice."""
+        seen = [model_id(v) for v in value]
+        twice = sorted({m for m in seen if seen.count(m) > 1})
+        if twice:
+            raise ValueError(f"auditor {twice[0]} given twice")
+        return value
+
+    @model_validator(mode="after")
+    def _other_models(self) -> MmradIvlSettings:
+        """A cross-audit by the model that wrote the trace is no cross-audit (the offline stand-in excepted)."""
+        own = model_id(self.llm)
+        if not own.startswith("offline:") and own in {model_id(a) for a in self.auditors}:
+            raise ValueError(f"auditor {own} is the --llm model; the cross-audit needs another model")
+        return self
