@@ -15,6 +15,7 @@ CORPUS_PACKAGES: tuple[str, ...] = (
     "radcorpora.corpora.radimagenet_vqa",
     "radcorpora.corpora.rad_ace_cot",
     "radcorpora.corpora.radvlm",
+    "radcorpora.corpora.mmrad_ivl",
 )
 
 
