@@ -85,8 +85,10 @@ def outward(box: list[float], width: int, height: int, margin: float) -> list[in
 def offline_build(spec, sources, tmp_path_factory):
     root = tmp_path_factory.mktemp("mmrad-build")
     out = root / "build"
-    result = runner.invoke(cli.app, args(sources, out, root / "c.sqlite", "--llm", "offline", "--auditor", "offline",
-                                         "--crop-margin", "0.05", "--audit-sample", "6"))
+    given = args(sources, out, root / "c.sqlite", "--llm", "offline", "--auditor", "offline", "--crop-margin", "0.05",
+                 "--audit-sample", "6")
+    (root / "args.json").write_text(json.dumps(given))
+    result = runner.invoke(cli.app, given)
     assert result.exit_code == 0, result.output
     return out
 
@@ -188,11 +190,31 @@ def test_fidelity_sheet_read_back_gives_human_agreement(offline_build, tmp_path)
     assert figures["human_agreement"]["within_one"] == 1.0
     assert figures["share_ge_4"] == pytest.approx(sum(v >= 4 for v in ai.values()) / 6)
     observed, weights = np.zeros((5, 5)), np.array([[(i - j) ** 2 / 16 for j in range(5)] for i in range(5)])
-    for i in ai:
-        observed[ai[i] - 1, expert[i] - 1] += 1
+    for i, score in ai.items():
+        observed[score - 1, expert[i] - 1] += 1
     chance = np.outer(observed.sum(1), observed.sum(0)) / observed.sum()
     kappa = 1 - (weights * observed).sum() / (weights * chance).sum()  # quadratic-weighted, by hand
     assert figures["human_agreement"]["weighted_kappa"] == pytest.approx(kappa, abs=1e-4)
+
+    # the filled sheet, read back by a rebuild: the figures land in the manifest, nothing is sent again
+    filled = tmp_path / "sheet.csv"
+    with open(filled, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(sheet[0]))
+        writer.writeheader()
+        writer.writerows({**r, "expert_score": str(expert[r["id"]])} for r in sheet)
+    manifest = json.loads((offline_build / "build/manifest.json").read_text())
+    again = runner.invoke(cli.app, [*json.loads((offline_build.parent / "args.json").read_text()), "--fidelity-expert",
+                                    str(filled), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    manifest = json.loads((offline_build / "build/manifest.json").read_text())
+    assert manifest["fidelity"]["human_agreement"] == figures["human_agreement"]
+    assert manifest["llm"]["pipeline"]["stages"]["summarise"]["requests"] == 0
+    assert "Against a human expert" in (offline_build / "README.md").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,expert_score\nx,7\n")
+    refused = runner.invoke(cli.app, [*json.loads((offline_build.parent / "args.json").read_text()),
+                                      "--fidelity-expert", str(bad)])
+    assert refused.exit_code == 2 and "row 2" in refused.output and "Traceback" not in refused.output
 
 
 def test_a_killed_build_resumes_without_asking_again(spec, sources, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,6 @@ from radcorpora.corpora.mmrad_ivl.settings import CORPUS, LICENCE_CLASS, MmradIv
 from radcorpora.llm.audit import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
 from radcorpora.llm.estimate import total
 from radcorpora.llm.pipeline import model_id
-from radcorpora.ops.boxes import union_box
 from radcorpora.ops.crop import CropError, crop, crop_rectangle, crop_variant
 from radcorpora.ops.regions import RegionStep, group_steps
 from radcorpora.ops.sampling import rank_key
@@ -55,7 +55,6 @@ from radcorpora.schemas.common import ImageData, Lineage, Reject
 from radcorpora.schemas.cxr import CxrImage, StudyReport
 from radcorpora.schemas.gemex import GemexImage
 from radcorpora.schemas.interleaved import ImageProvenance
-from radcorpora.sources.errors import SourceError
 from radcorpora.sources.gemex import scan_gemex_thinkvg
 from radcorpora.sources.mimic_cxr import scan_mimic_cxr
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
@@ -86,7 +85,7 @@ class RecordWording:
 
 def load_wording() -> RecordWording:
     """The row wording file (prompts/mmrad_ivl_record.yaml); its id and hash go to the fingerprint."""
-    origin, text = packaged_text(__package__, "mmrad_ivl_record")
+    _, text = packaged_text(__package__, "mmrad_ivl_record")
     raw = yaml.safe_load(text)
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
     return RecordWording(raw["id"], digest, raw["prompt"], tuple(raw["ordinals"]), dict(raw["areas"]), raw["step"],
@@ -310,24 +309,6 @@ def fidelity_sample(ids: list[str], size: int, seed: int) -> list[str]:
     return sorted(sorted(ids, key=lambda i: rank_key(seed, CORPUS, i, "fidelity"))[:size])
 
 
-def read_expert_sheet(path: Path) -> dict[str, int]:
-    """id -> expert score (1-5) of a filled sheet; blank rows are skipped. ValueError naming the
-    file and row for anything else."""
-    scores: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"id", "expert_score"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns id and expert_score (found: {reader.fieldnames})")
-        for row_number, row in enumerate(reader, start=2):
-            value = (row.get("expert_score") or "").strip()
-            if not value:
-                continue
-            if value not in {"1", "2", "3", "4", "5"}:
-                raise ValueError(f"{path} row {row_number}: expert_score {value!r} is not a whole number 1-5")
-            scores[row["id"]] = int(value)
-    return scores
-
-
 def fidelity_figures(ai: dict[str, int], expert: dict[str, int] | None = None) -> dict[str, Any]:
     """Mean and share >= 4 of the AI scores; with expert scores, agreement on the traces both scored:
     exact and within-one shares, quadratic-weighted Cohen's kappa (statsmodels) and the experts' own mean."""
@@ -350,7 +331,7 @@ def fidelity_figures(ai: dict[str, int], expert: dict[str, int] | None = None) -
             kappa = cohens_kappa(table, wt="quadratic", return_results=False) if len(set(a + h)) > 1 else None
             agreement.update({"exact": round(sum(x == y for x, y in pairs) / len(pairs), 4),
                               "within_one": round(sum(abs(x - y) <= 1 for x, y in pairs) / len(pairs), 4),
-                              "weighted_kappa": None if kappa is None or kappa != kappa else round(float(kappa), 4),
+                              "weighted_kappa": None if kappa is None or math.isnan(kappa) else round(float(kappa), 4),
                               "expert_mean": round(sum(h) / len(h), 3),
                               "expert_share_ge_4": round(sum(v >= 4 for v in h) / len(h), 4)})
         out["human_agreement"] = agreement
@@ -434,12 +415,8 @@ def run(prepared: Prepared, settings: MmradIvlSettings, ctx: BuildContext) -> St
             scores = judged["fidelity"].outputs
             for item_id, reject in sorted(judged["fidelity"].rejects.items()):
                 counts[f"fidelity_{reject.reason}"] += 1
-            sheet = out / SHEET_FILE
-            try:
-                expert = read_expert_sheet(sheet) if sheet.exists() else None
-            except (OSError, ValueError, csv.Error) as exc:
-                raise SourceError(f"the expert's fidelity sheet: {exc}") from exc
-            write_sheet(sheet, [reflected[i] for i in sample], scores, expert)
+            expert = dict(settings.expert_scores) or None
+            write_sheet(out / SHEET_FILE, [reflected[i] for i in sample], scores, expert)
             atomic.write_jsonl(out / FIDELITY_FILE, [{"id": i, "score": scores[i].score, "reason": scores[i].reason}
                                                      for i in sample if i in scores])
             fidelity = {"sample": len(sample), "judge": model_id(judge.nodes[0].models[0]),

@@ -367,7 +367,8 @@ def offline_summary(request: LLMRequest) -> str:
     return json.dumps({"steps": steps})
 
 
-_NEGATED = re.compile(r"\bno (?:[a-z]+ ){0,2}(effusion|pneumothorax|consolidation|edema|fracture|nodule|opacity)", re.I)
+_NEGATED = re.compile(r"\bno (?:[a-z]+ ){0,2}(effusion|pneumothorax|consolidation|edema|fracture|nodule|opacity)",
+                      re.IGNORECASE)
 
 
 def offline_reflect(request: LLMRequest) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -12,6 +14,27 @@ from radcorpora.spec.corpus import Cli
 
 CORPUS = "mmrad-ivl"
 LICENCE_CLASS = "credentialed"  # MIMIC-CXR-JPG images and reports (PhysioNet DUA)
+
+
+def read_expert_sheet(path: str) -> dict[str, int]:
+    """id -> expert score (1-5) of a filled fidelity sheet (build/fidelity_sheet.csv); rows left blank
+    are skipped. ValueError naming the file and row for anything else (the CLI exits 2)."""
+    scores: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"id", "expert_score"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: needs the columns id and expert_score (found: {reader.fieldnames})")
+            for row_number, row in enumerate(reader, start=2):
+                value = (row.get("expert_score") or "").strip()
+                if not value:
+                    continue
+                if value not in {"1", "2", "3", "4", "5"}:
+                    raise ValueError(f"{path} row {row_number}: expert_score {value!r} is not a whole number 1-5")
+                scores[row["id"]] = int(value)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{Path(path)}: cannot read the fidelity sheet ({exc})") from exc
+    return dict(sorted(scores.items()))
 
 
 class MmradIvlSettings(BaseModel):
@@ -31,6 +54,9 @@ class MmradIvlSettings(BaseModel):
     audit_sample: int = Field(500, ge=0, description="Traces (seeded sample) the fidelity judge scores 1-5 (0: none)")
     benchmark_fraction: float = Field(0.05, ge=0.0, lt=1.0,
                                       description="Share of the train traces held out as `benchmark`, stratified by steps")
+    expert_scores: Annotated[dict[str, int], Cli(flag="--fidelity-expert", parse=read_expert_sheet, metavar="CSV")] = \
+        Field(default_factory=dict, description="The fidelity sheet with a person's expert_score filled in: the "
+                                                "manifest and card then give human/AI agreement (nothing is re-sent)")
     sampling: Annotated[Sampling, Cli(hidden=True)] = Sampling(temperature=0.0, max_tokens=1500)
     images_per_shard: int = Field(500, ge=1, description="Traces per Parquet shard")
     decisions: Annotated[dict[str, Literal["accept", "reject"]], Cli(hidden=True)] = Field(default_factory=dict)
