@@ -31,7 +31,10 @@ from records_fixture import (
 
 from radcorpora.publish.exports import ExportError
 from radcorpora.publish.exports import export as export_format
+from radcorpora.spec.rules import CorpusRules
 from radcorpora.validators.run import validate_build_folder, validate_finished_build
+
+NO_CORPUS_RULES = CorpusRules({}, lambda *a, **k: None)
 
 FORMATS = ("llava", "sharegpt", "trl", "swift")
 
@@ -267,8 +270,8 @@ def test_validation_checks_placeholders_against_images_by_the_record_shape(tmp_p
     for build, valid in ((good, True), (bad, False)):
         manifest = json.loads((build / "build" / "manifest.json").read_text())
         rows = sum(n for split in manifest["splits"].values() for n in split.values())
-        for report in (validate_build_folder(build, CORPUS, RECORDS, lambda *a, **k: None, workers=2),
-                       validate_finished_build(build, CORPUS, RECORDS, lambda *a, **k: None, manifest, [])):
+        for report in (validate_build_folder(build, CORPUS, RECORDS, NO_CORPUS_RULES, workers=2),
+                       validate_finished_build(build, CORPUS, RECORDS, NO_CORPUS_RULES, manifest, [])):
             check = _placeholder_check(report)
             assert check.checked == rows and report.valid is valid, report.summary()
             if valid:
@@ -287,7 +290,14 @@ def test_a_build_whose_workers_checked_placeholders_is_not_read_again(tmp_path, 
 
     build = write_records_build(tmp_path)
     manifest = json.loads((build / "build" / "manifest.json").read_text())
-    chunk = types.SimpleNamespace(checked={"placeholders_match_images": 8}, violation_counts={}, violations={})
+    from radcorpora.store.state import ShardInfo
+
+    # the workers wrote and checked every shard (record schema and placeholders): nothing is read again
+    shards = {rel: ShardInfo(rows=info["rows"], sha256=info["sha256"], bytes=(build / rel).stat().st_size)
+              for rel, info in manifest["shards"].items()}
+    chunk = types.SimpleNamespace(checked={"placeholders_match_images": 8, "record_schema": 8}, violation_counts={},
+                                  violations={}, shards=shards)
     monkeypatch.setattr(run, "_placeholders_from_disk", lambda *a: pytest.fail("re-read what the workers checked"))
-    report = validate_finished_build(build, CORPUS, RECORDS, lambda *a, **k: None, manifest, [chunk])
+    monkeypatch.setattr(run, "check_shard", lambda *a: pytest.fail("re-checked a shard a worker checked"))
+    report = validate_finished_build(build, CORPUS, RECORDS, NO_CORPUS_RULES, manifest, [chunk])
     assert _placeholder_check(report).checked == 8 and report.valid
