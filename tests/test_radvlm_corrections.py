@@ -342,3 +342,20 @@ def test_every_reject_kind_is_reproducible_across_builds(tmp_path):
     assert {"image_does_not_decode", "image_file_missing", "box_inverted", "no_split"} <= set(reasons), reasons
     for shard in sorted((outs[0] / "data").rglob("*.parquet")):
         assert shard.read_bytes() == (outs[1] / shard.relative_to(outs[0])).read_bytes()
+
+
+def test_a_settings_file_inside_a_source_folder_reruns_as_complete(sources, tmp_path):
+    """The pushed manifest names it relative to its folder; the rerun compares the fingerprint as
+    computed on this machine (build/local.json), so a finished build is still complete."""
+    from importlib import resources
+
+    vindr = shutil.copytree(sources["vindr"], tmp_path / "vindr")
+    wording = vindr / "my_wording.yaml"
+    wording.write_text(resources.files("radcorpora.corpora.radvlm").joinpath("prompts/radvlm.yaml").read_text())
+    args = ("build", "radvlm", "--vindr-cxr", vindr, "--tasks", "abnormality_detection", "--templates", wording,
+            "--out", tmp_path / "out", "--workers", "1")
+    assert cli(*args).exit_code == 0
+    manifest = json.loads((tmp_path / "out/build/manifest.json").read_text())
+    assert str(tmp_path) not in json.dumps(manifest)
+    again = cli(*args)
+    assert again.exit_code == 0 and "already complete" in again.output, again.output

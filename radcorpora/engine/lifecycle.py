@@ -112,7 +112,9 @@ def portable_manifest(manifest: dict[str, Any], sources: dict[str, Path], out: P
     for `adjudicate apply` on this machine."""
     llm = manifest.get("llm") if isinstance(manifest.get("llm"), dict) else {}
     write_local(out, {"sources": {k: str(Path(v).resolve()) for k, v in sources.items()},
-                      "llm_cache": llm.get("cache_path")})
+                      "llm_cache": llm.get("cache_path"),
+                      # as computed, local paths included: what a rerun here is compared with
+                      "fingerprint": manifest["fingerprint"]})
     command = local.command(manifest["build"]["command"])
 
     def walk(value: Any) -> Any:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from radcorpora.schemas.common import Reject
 from radcorpora.store import atomic, source_index
+from radcorpora.store.local_paths import read_local
 from radcorpora.store.shards import file_sha256
 
 STATE_DIR = "build/.state"
@@ -105,7 +106,9 @@ def prepare_out_dir(out: Path, fingerprint: dict[str, Any], overwrite: bool, com
     state_fp = out / STATE_DIR / FINGERPRINT_FILE
     previous: dict[str, Any] | None = None
     if manifest.exists():
-        previous = json.loads(manifest.read_text()).get("fingerprint")
+        # the manifest's copy names local files relative to their folders (it is pushed); the
+        # fingerprint as computed on this machine is in build/local.json
+        previous = read_local(out).get("fingerprint") or json.loads(manifest.read_text()).get("fingerprint")
     elif state_fp.exists():
         previous = json.loads(state_fp.read_text())
         held = {p.name for p in (out / STATE_DIR).iterdir()} - {DERIVED_DIR, COMMAND_FILE}
