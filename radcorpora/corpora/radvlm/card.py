@@ -39,8 +39,8 @@ mix = training_mix("path/or/repo")                # the `all` view: every config
 
 Each row stores its image once; `instances` hold the examples asked of it (an image with three
 fused VinDr findings has three grounding instances). `replication` is the published training-mix
-factor (VinDr grounding x3, detection x2, MS-CXR x3, PadChest-GR x2): apply it when mixing tasks,
-as `instance_view` does. Boxes are normalised `[x1, y1, x2, y2]` (`instances[].boxes`, with the
+factor (VinDr grounding x3, detection x2, MS-CXR x3, PadChest-GR x2) on training rows: apply it when
+mixing tasks, as `instance_view` does; `test` rows hold each instance once (replication 1). Boxes are normalised `[x1, y1, x2, y2]` (`instances[].boxes`, with the
 frame they came from and, for fused VinDr boxes, how many radiologists agreed) and appear in the
 answers in RadVLM's text form."""
 
