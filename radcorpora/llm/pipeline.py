@@ -91,6 +91,16 @@ def model_id(spec: str) -> str:
     return f"{provider}:{model}"
 
 
+def distinct_models(specs: list[str], what: str) -> list[str]:
+    """A settings validator's check: one verdict per model and item, so a model named twice
+    (`openai:x` and `openai:x`) would vote twice. ValueError naming it; the list otherwise."""
+    seen = [model_id(v) for v in specs]
+    twice = sorted({m for m in seen if seen.count(m) > 1})
+    if twice:
+        raise ValueError(f"{what} {twice[0]} given twice")
+    return specs
+
+
 # --------------------------------------------------------------------------- the graph
 
 

@@ -255,50 +255,41 @@ class ReflectStage(LLMStage[Summary]):
         return offline_reflect(request)
 
 
-class AuditStage(LLMStage[Reflected]):
-    name = "mmrad_audit"
-    description = "(c) cross-audit: other models judge each trace consistent with the report or not"
-    output = Verdict
+class _JudgeStage(LLMStage[Reflected]):
+    """A judge of a whole trace against its report: one JSON reply of the stage's `output` model."""
+
     expected_output_tokens = 80
 
     def __init__(self, prompt: Prompt):
         self.prompt_file = prompt
 
     def prompt(self, row: Reflected) -> LLMRequest:
-        text = self.prompt_file.render(report=row.trace.report, steps=steps_json(row.steps))
-        return _json_request(self.name, row.trace.id, self.prompt_file, text, Verdict, Sampling(temperature=0.0,
-                             max_tokens=300), {"report": row.trace.report, "steps": steps_json(row.steps)})
+        steps = steps_json(row.steps)
+        text = self.prompt_file.render(report=row.trace.report, steps=steps)
+        return _json_request(self.name, row.trace.id, self.prompt_file, text, self.output,
+                             Sampling(temperature=0.0, max_tokens=300), {"report": row.trace.report, "steps": steps})
 
     def parser(self) -> JsonParser:
-        return JsonParser(Verdict)
+        return JsonParser(self.output)
 
-    def parse(self, row: Reflected, result: CallResult) -> list[Verdict] | Reject:
+    def parse(self, row: Reflected, result: CallResult) -> list[BaseModel] | Reject:
         return _failed(row.trace.id, result) if not result.ok else [result.parsed]
+
+
+class AuditStage(_JudgeStage):
+    name = "mmrad_audit"
+    description = "(c) cross-audit: other models judge each trace consistent with the report or not"
+    output = Verdict
 
     @staticmethod
     def offline(request: LLMRequest) -> str:
         return offline_audit(request)
 
 
-class FidelityStage(LLMStage[Reflected]):
+class FidelityStage(_JudgeStage):
     name = "mmrad_fidelity"
     description = "(d) fidelity audit: a 1-5 judge with written criteria on a seeded sample"
     output = Fidelity
-    expected_output_tokens = 80
-
-    def __init__(self, prompt: Prompt):
-        self.prompt_file = prompt
-
-    def prompt(self, row: Reflected) -> LLMRequest:
-        text = self.prompt_file.render(report=row.trace.report, steps=steps_json(row.steps))
-        return _json_request(self.name, row.trace.id, self.prompt_file, text, Fidelity, Sampling(temperature=0.0,
-                             max_tokens=300), {"report": row.trace.report, "steps": steps_json(row.steps)})
-
-    def parser(self) -> JsonParser:
-        return JsonParser(Fidelity)
-
-    def parse(self, row: Reflected, result: CallResult) -> list[Fidelity] | Reject:
-        return _failed(row.trace.id, result) if not result.ok else [result.parsed]
 
     @staticmethod
     def offline(request: LLMRequest) -> str:

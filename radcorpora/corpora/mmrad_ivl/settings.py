@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from radcorpora.llm.pipeline import model_id
+from radcorpora.llm.pipeline import distinct_models, model_id
 from radcorpora.llm.request import Sampling
 from radcorpora.spec.corpus import Cli
 
@@ -64,12 +64,7 @@ class MmradIvlSettings(BaseModel):
     @field_validator("auditors")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
-        """One verdict per model and trace: an auditor named twice would vote twice."""
-        seen = [model_id(v) for v in value]
-        twice = sorted({m for m in seen if seen.count(m) > 1})
-        if twice:
-            raise ValueError(f"auditor {twice[0]} given twice")
-        return value
+        return distinct_models(value, "auditor")
 
     @model_validator(mode="after")
     def _other_models(self) -> MmradIvlSettings:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from radcorpora.corpora.rad_ace_cot.records import CotEvalRecord, CotRecord
 from radcorpora.llm.audit import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE, Verdict, settle
-from radcorpora.llm.pipeline import Node, Pipeline, PipelineResult, model_id
+from radcorpora.llm.pipeline import Node, Pipeline, PipelineResult, distinct_models, model_id
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
@@ -78,12 +78,7 @@ class RadAceCotConfig(BaseModel):
     @field_validator("verifiers")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
-        """One verdict per model and item: the same verifier twice would count its vote twice."""
-        seen = [model_id(v) for v in value]
-        twice = sorted({m for m in seen if seen.count(m) > 1})
-        if twice:
-            raise ValueError(f"verifier {twice[0]} given twice")
-        return value
+        return distinct_models(value, "verifier")
 
 
 def load_prompts(config: RadAceCotConfig) -> tuple[Prompt, Prompt]:
