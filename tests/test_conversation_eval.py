@@ -18,11 +18,11 @@ pytest.importorskip("torch")
 
 from PIL import Image
 
+from radcorpora.corpora.radvlm.records import RadVLMRecord
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.llm.structured import ParseError
 from radcorpora.reference_models import evaluate
 from radcorpora.reference_models.judge import Judge, ScoreLineParser
-from radcorpora.corpora.radvlm.records import RadVLMRecord
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 
 KEY = "sk-test-conversation-0123456789"
@@ -260,9 +260,9 @@ def test_evaluate_command_on_the_conversation_config(tiny, monkeypatch, tmp_path
     from typer.testing import CliRunner
 
     from radcorpora.cli import app
-    from radcorpora.registry import CORPORA
     from radcorpora.reference_models.check import judged_rows
     from radcorpora.reference_models.sft import SFTConfig, TrainResult
+    from radcorpora.registry import CORPORA
 
     base, _, _ = tiny
     _fake_answers(monkeypatch)  # the checkpoint is loaded for real; its multi-turn answering is tested above
@@ -311,8 +311,8 @@ def _classification(n: int) -> RadVLMRecord:
 
 
 def test_check_reports_conversations_next_to_the_main_metric(monkeypatch, tmp_path):
-    from radcorpora.registry import CORPORA
     from radcorpora.reference_models.check import CheckConfig, read_check, run_check
+    from radcorpora.registry import CORPORA
 
     _fake_answers(monkeypatch)  # both parts: real training, canned answers
     build = _write_build(tmp_path / "build", {"abnormality_classification": [_classification(n) for n in range(2)],

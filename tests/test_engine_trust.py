@@ -189,8 +189,8 @@ def test_card_yaml_written_without_datasets_equals_what_datasets_writes(demo_bui
     import yaml
     from datasets import Features
 
-    from radcorpora.registry import CORPORA
     from radcorpora.publish.card import card_metadata
+    from radcorpora.registry import CORPORA
     from radcorpora.schemas.features import features_for, features_yaml_for
 
     for spec in CORPORA.values():

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from radcorpora.cli import app
 from radcorpora.corpora.rad_ace_cot.spec import SPEC as RAD_ACE_COT
 from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
-from radcorpora.registry import export, loss_intent
 from radcorpora.publish.exports import EXPORTERS, ExportError
 from radcorpora.publish.exports import export as export_format
+from radcorpora.registry import export, loss_intent
 
 FORMATS = ("llava", "sharegpt", "trl", "swift")
 

@@ -254,8 +254,8 @@ def radvlm_build(tmp_path_factory) -> Path:
     """VinDr-CXR demo -> abnormality_grounding (one instance per finding class, labelled) and
     abnormality_detection (one unlabelled instance naming every class in its answer): 28 rows."""
     from radcorpora.corpora.radvlm.build import RadVLMConfig
-    from radcorpora.registry import build
     from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
+    from radcorpora.registry import build
 
     root = tmp_path_factory.mktemp("radvlm")
     write_demo_vindr_cxr(root / "vindr")

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from radcorpora.cli import app
 from radcorpora.corpora.rad_ace_cot.build import QUEUE_FILE, RadAceCotConfig, VerifyStage
-from radcorpora.store.state import LLM_STORE
 from radcorpora.demo.pubmedvision import write_demo_pubmedvision, write_demo_vqa_rad
 from radcorpora.llm.session import LLMSettings
 from radcorpora.ops.cot import CotBounds, cot_problems, split_cot
@@ -26,6 +25,7 @@ from radcorpora.publish.preview import render_preview
 from radcorpora.sources.errors import SourceError
 from radcorpora.sources.pubmedvision import modality_class, scan_pubmedvision
 from radcorpora.sources.vqa_rad import read_vqa_rad_test
+from radcorpora.store.state import LLM_STORE
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 
 KEY = "sk-test-cot-0123456789"

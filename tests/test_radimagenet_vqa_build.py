@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
+from helpers import build_radimagenet_vqa
 from typer.testing import CliRunner
 
-from radcorpora.corpora.radimagenet_vqa import build as rvqa
-from radcorpora.store.state import BuildStateError
 from radcorpora.cli import app
-from helpers import build_radimagenet_vqa
+from radcorpora.corpora.radimagenet_vqa import build as rvqa
 from radcorpora.publish.views import QuestionView
+from radcorpora.store.state import BuildStateError
 
 runner = CliRunner()
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from radcorpora.corpora.radvlm import settings as rv_settings
-from radcorpora.corpora.radvlm import tasks as rv_tasks
 from radcorpora.corpora.radvlm import sources as radvlm_sources
+from radcorpora.corpora.radvlm import tasks as rv_tasks
 from radcorpora.demo.cxr_drawing import draw_cxr, encode
 from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, GroundedFinding, StudyReport
@@ -176,8 +176,8 @@ def test_credentialed_build_is_never_pushed_public(fake_sources, tmp_path):
 def test_training_mix_repeats_each_instance_by_its_replication(fake_sources, tmp_path):
     import datasets
 
-    from radcorpora.registry import build
     from radcorpora.publish.views import MixView, training_mix
+    from radcorpora.registry import build
 
     out = tmp_path / "out"
     build("radvlm", fake_sources, rv_settings.RadVLMConfig(), out)
@@ -202,8 +202,8 @@ def test_each_dicom_is_converted_once_for_both_vindr_configs(tmp_path, monkeypat
     configs store the same PNG bytes."""
     import hashlib
 
-    from radcorpora.registry import build
     from radcorpora.demo.vindr_cxr import write_demo_vindr_cxr
+    from radcorpora.registry import build
     from radcorpora.sources import dicom
 
     write_demo_vindr_cxr(tmp_path / "vindr")

@@ -19,13 +19,14 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
+from test_radvlm_build import _image, _labels
 from typer.testing import CliRunner
 
+from radcorpora.cli import app
 from radcorpora.corpora.radvlm import build as rv
 from radcorpora.corpora.radvlm import llm as rv_llm
 from radcorpora.corpora.radvlm import settings as rv_settings
 from radcorpora.corpora.radvlm import sources as radvlm_sources
-from radcorpora.cli import app
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.llm.verify import QUEUE_FILE
 from radcorpora.ops.boxes import boxes_text
@@ -33,7 +34,6 @@ from radcorpora.ops.prior_study import prior_study_phrases
 from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.cxr import GroundedFinding, StudyReport
 from radcorpora.testing.fake_llm_server import FakeProviderServer
-from test_radvlm_build import _image, _labels
 
 KEY = "sk-test-not-a-real-key"
 FINDING = (0.55, 0.6, 0.75, 0.8)
@@ -224,8 +224,8 @@ def test_killed_build_resumes_to_the_same_bytes_without_sending(sources, tmp_pat
         killed = tmp_path / "killed"
         monkeypatch.setattr(rv, "build_chunk", dies_on_the_second_chunk)
         with pytest.raises(KeyboardInterrupt):
-            from radcorpora.registry import build
             from radcorpora.llm.session import LLMSettings
+            from radcorpora.registry import build
 
             config = rv_settings.RadVLMConfig(tasks=["report_generation"], llm="openai:gpt-test", prior_removal="llm",
                                      conversations=8)

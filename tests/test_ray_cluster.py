@@ -28,8 +28,8 @@ def test_two_node_cluster_runs_chunks_on_both_nodes_and_equals_local_build(demo_
     from ray.cluster_utils import Cluster
 
     from radcorpora.corpora.radimagenet_vqa.build import make_settings
-    from radcorpora.registry import build
     from radcorpora.engine.executors import RAY_NODES_FILE, read_ray_nodes
+    from radcorpora.registry import build
 
     # Ray rewrites a loopback address to the machine's IP unless it believes it runs without a
     # cluster; these keep the driver, and every process the nodes start, on 127.0.0.1. A private

@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
+from helpers import build_radimagenet_vqa
+
 from radcorpora.cli import app
 from radcorpora.demo.radimagenet import write_demo_radimagenet
-from helpers import build_radimagenet_vqa
 
 
 @pytest.mark.slow

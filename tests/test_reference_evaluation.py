@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from radcorpora.testing.fake_llm_server import FakeProviderServer
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.reference_models import evaluate
 from radcorpora.reference_models.judge import Judge, JudgeItem
+from radcorpora.testing.fake_llm_server import FakeProviderServer
 
 KEY = "sk-test-reference-0123456789"
 

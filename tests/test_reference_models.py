@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
 from radcorpora.publish.views import QuestionView
 from radcorpora.reference_models import sft
-from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
 from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts
 
 RECIPE = RADIMAGENET_VQA.evaluation

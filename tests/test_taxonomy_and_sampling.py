@@ -1,8 +1,7 @@
+import hashlib
 from collections import Counter
 
 import pytest
-
-import hashlib
 
 from radcorpora.ops.sampling import (
     draw_index,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -276,8 +277,9 @@ class Pipeline:
                     counts["requests"] += 1
                     counts["cached"] += result.cached
                     counts["failed"] += not result.ok
-                # progress is durable after every chunk; lines not reached yet stay as they were
-                _write_lines(path, {**stored, **lines})
+                # progress is durable after every chunk, appended (a rewrite per chunk grew with the
+                # square of the items); the last line of an item wins when the file is read back
+                _append_lines(path, [lines[(p.item_id, mid)] for p in chunk])
         _write_lines(path, lines)  # exactly the current items: stale lines go
         result = (self._settle_audit(node, rows, lines, decisions) if node.audit
                   else self._collect(node, rows, lines))
@@ -500,6 +502,21 @@ def _read_lines(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 def _write_lines(path: Path, lines: Mapping[tuple[str, str], dict[str, Any]]) -> None:
     atomic.write_jsonl(path, [lines[k] for k in sorted(lines)])
+
+
+def _append_lines(path: Path, lines: Sequence[dict[str, Any]]) -> None:
+    """Add lines durably; a line torn by a kill before is ended first, so it stays one bad line
+    (skipped when read: that item is asked again), never glued to the next."""
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(("\n" if torn else "") + "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n"
+                                                       for line in lines))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _load(node: Node, data: Any) -> Any:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import Parser
 from radcorpora.llm.session import LLMSession
-from radcorpora.llm.structured import JsonParser, ParseError
+from radcorpora.llm.structured import JsonParser, ParseError, json_schema_of
 from radcorpora.prompts.llm import load_prompt
 
 CRITERIA = ("clinical_relevance", "factuality", "reasoning_coherence", "completeness", "final_answer_quality")
@@ -108,7 +108,7 @@ class Judge:
             LLMRequest(id=item.id, stage="judge", system=prompt.system,
                        messages=(Message.user(prompt.render(**{k: getattr(item, attr) for k, attr in render.items()})),),
                        sampling=Sampling(temperature=0.0, max_tokens=256),
-                       output=OutputFormat(kind="json", schema_name=schema.__name__, json_schema=schema.model_json_schema()),
+                       output=OutputFormat(kind="json", schema_name=schema.__name__, json_schema=json_schema_of(schema)),
                        licence_class=item.licence_class, prompt_id=prompt.id)  # type: ignore[arg-type]
             for item in items]
         return self._judgements(requests, JsonParser(schema))

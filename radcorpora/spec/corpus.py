@@ -22,6 +22,7 @@ from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PreviewSpec
 from radcorpora.spec.rules import CorpusRules, RowRules
 
+
 @dataclass(frozen=True)
 class Cli:
     """How a settings field reads on the command line, put in its metadata:

@@ -17,17 +17,20 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
-def commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
+def commit(tmp: Path, path: Path, durable: bool = True) -> None:
+    if durable:
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Whole or not at all under `path`; `durable=False` skips the fsync, for a cache whose entries
+    are checked when read back (a power loss may leave one empty, never half of another)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     tmp.write_bytes(data)
-    commit(tmp, path)
+    commit(tmp, path, durable)
 
 
 def write_text(path: Path, text: str) -> None:

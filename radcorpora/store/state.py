@@ -225,7 +225,9 @@ def derived_once(out: Path, source: Path, variant: str, make: Callable[[], bytes
     """Bytes derived from one source file that several chunks need (a DICOM converted to PNG for
     both VinDr configs): made once per build and kept with its state until the build finishes, so
     a resumed build does not make them again. Keyed by the file's path, size and mtime and the
-    variant (the conversion and its settings); a kept copy that fails `usable` is made again."""
+    variant (the conversion and its settings); a kept copy that is empty or fails `usable` is made
+    again. Kept copies are not fsynced (thousands of crops would each wait for the disk): a power
+    loss can only leave one empty or unusable, and it is then made again."""
     stat = source_index.stat_key(source)
     if stat is None:
         return make()  # let the maker raise its own, clearer error
@@ -233,12 +235,12 @@ def derived_once(out: Path, source: Path, variant: str, make: Callable[[], bytes
     kept = out / STATE_DIR / DERIVED_DIR / key[:2] / key
     try:
         data = kept.read_bytes()
-        if usable(data):
+        if data and usable(data):
             return data
     except OSError:
         pass
     data = make()
-    atomic.write_bytes(kept, data)
+    atomic.write_bytes(kept, data, durable=False)
     return data
 
 

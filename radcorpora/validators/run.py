@@ -53,7 +53,6 @@ from radcorpora.validators.structure import (
 )
 
 
-
 @dataclass
 class ShardFindings:
     """What one shard's check found; merged into the report by the parent process."""

@@ -21,7 +21,7 @@ from radcorpora.llm.pipeline import Node, Pipeline
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
-from radcorpora.llm.structured import JsonParser, ParseError
+from radcorpora.llm.structured import JsonParser, ParseError, json_schema_of
 from radcorpora.prompts.llm import Prompt, load_prompt
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.regions import normalise_region
@@ -169,7 +169,7 @@ def _json_request(stage: str, item_id: str, prompt: Prompt, text: str, schema: t
                   hints: dict[str, str]) -> LLMRequest:
     return LLMRequest(id=item_id, stage=stage, system=prompt.system, messages=(Message.user(text),), sampling=sampling,
                       output=OutputFormat(kind="json", schema_name=schema.__name__.lower(),
-                                          json_schema=schema.model_json_schema()),
+                                          json_schema=json_schema_of(schema)),
                       licence_class=LICENCE_CLASS, prompt_id=prompt.id, hints=hints)
 
 

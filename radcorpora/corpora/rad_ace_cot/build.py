@@ -28,7 +28,7 @@ from radcorpora.llm.pipeline import Node, Pipeline, PipelineResult, distinct_mod
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
-from radcorpora.llm.structured import JsonParser, TagParser
+from radcorpora.llm.structured import JsonParser, TagParser, json_schema_of
 from radcorpora.ops.cot import CotBounds, cot_problems, leaked_phrases
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.sampling import rank_key, row_rng
@@ -176,7 +176,7 @@ def verification_request(item: CotSample, cot: str, prompt: Prompt) -> LLMReques
         id=item.id, stage="verify", system=prompt.system,
         messages=(Message.user(prompt.render(description=item.description, question=item.question, cot=cot)),),
         sampling=Sampling(temperature=0.0, max_tokens=512),
-        output=OutputFormat(kind="json", schema_name="verdict", json_schema=Verdict.model_json_schema()),
+        output=OutputFormat(kind="json", schema_name="verdict", json_schema=json_schema_of(Verdict)),
         licence_class=LICENCE_CLASS, prompt_id=prompt.id,
         hints={"description": item.description, "cot": cot})
 

@@ -10,12 +10,11 @@ from radcorpora.ops.image_check import ImageCheck
 from radcorpora.spec.report import ValidationReport
 from radcorpora.spec.rules import CorpusRules
 from radcorpora.validators.run import DESCRIPTIONS
-from radcorpora.validators.structure import OBJECT_CHECKS
 from radcorpora.validators.structure import (
+    OBJECT_CHECKS,
     ImageDecodeCheck,
     iter_records,
 )
-
 
 RULES = {
     "cot_format": "cot_output is exactly <think>...</think><answer>...</answer>, matching think/answer",

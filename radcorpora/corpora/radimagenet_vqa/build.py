@@ -28,8 +28,8 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     CONTENT_TYPE_OF_TASK,
     LETTERS,
     QUESTION_SLOTS,
-    QuestionAnswer,
     ROW_RULES,
+    QuestionAnswer,
 )
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import (

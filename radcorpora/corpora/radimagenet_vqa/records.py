@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from radcorpora.spec.rules import RowRules
 from radcorpora.schemas.common import ImageData, Lineage, Turn
+from radcorpora.spec.rules import RowRules
 
 QuestionType = Literal["open", "closed", "multiple_choice"]
 ContentType = Literal["anatomy", "pathology", "pathology_specific"]

@@ -9,10 +9,10 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     CONFIG_RECORDS,
     QUESTION_IDS,
     QUESTION_SLOTS,
+    ROW_RULES,
     AlignmentRecord,
     BenchmarkRecord,
     InstructRecord,
-    ROW_RULES,
     QuestionAnswer,
 )
 from radcorpora.ops.image_check import ImageCheck

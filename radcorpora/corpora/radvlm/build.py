@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from radcorpora.corpora.radvlm import sources as radvlm_sources
 from radcorpora.corpora.radvlm.llm import (
     LLM_TASKS,
     STAGES,
@@ -36,9 +37,9 @@ from radcorpora.corpora.radvlm.llm import (
 from radcorpora.corpora.radvlm.records import (
     CONVERSATION_SOURCES,
     CONVERSATION_TASKS,
+    ROW_RULES,
     TASK_SOURCES,
     TASKS,
-    ROW_RULES,
     RadVLMRecord,
 )
 from radcorpora.corpora.radvlm.settings import (
@@ -49,7 +50,6 @@ from radcorpora.corpora.radvlm.settings import (
     RadVLMConfigError,
     load_templates,
 )
-from radcorpora.corpora.radvlm import sources as radvlm_sources
 from radcorpora.corpora.radvlm.tasks import (
     FrontalFilter,
     PlannedRow,

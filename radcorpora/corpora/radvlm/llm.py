@@ -33,7 +33,7 @@ from radcorpora.llm.pipeline import INPUT, Node, NodeResult, Pipeline, PipelineR
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
-from radcorpora.llm.structured import JsonParser, ParseError
+from radcorpora.llm.structured import JsonParser, ParseError, json_schema_of
 from radcorpora.ops.boxes import boxes_text
 from radcorpora.ops.conversation_checks import (
     ConversationError,
@@ -97,7 +97,7 @@ class PriorRemovalStage(LLMStage[dict]):
             id=row["id"], stage=self.name, system=self.prompt_file.system,
             messages=(Message.user(self.prompt_file.render(report=row["report"])),),
             sampling=Sampling(temperature=0.0, max_tokens=1024),
-            output=OutputFormat(kind="json", schema_name="prior_removed", json_schema=PriorRemoved.model_json_schema()),
+            output=OutputFormat(kind="json", schema_name="prior_removed", json_schema=json_schema_of(PriorRemoved)),
             licence_class=row["licence_class"], prompt_id=self.prompt_file.id, hints={"report": row["report"]})
 
     def parser(self) -> PriorRemovalParser:
@@ -239,7 +239,7 @@ class VerifyConversationStage(LLMStage[dict]):
                 report=row.get("report") or "not available", labels=", ".join(row.get("labels", [])) or "no finding",
                 grounded_phrases=grounded, conversation=conversation)),),
             sampling=Sampling(temperature=0.0, max_tokens=512),
-            output=OutputFormat(kind="json", schema_name="verdict", json_schema=Verdict.model_json_schema()),
+            output=OutputFormat(kind="json", schema_name="verdict", json_schema=json_schema_of(Verdict)),
             licence_class=row["licence_class"], prompt_id=self.prompt_file.id,
             hints={"report": row.get("report") or "", "labels": json.dumps(row.get("labels", [])),
                    "conversation": conversation})

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from radcorpora.schemas.boxes import Box
-from radcorpora.spec.rules import RowRules
 from radcorpora.schemas.common import ImageData, LicenceClass, Turn
+from radcorpora.spec.rules import RowRules
 
 Task = Literal["report_generation", "abnormality_classification", "anatomical_grounding", "abnormality_grounding",
                "abnormality_detection", "phrase_grounding", "conversation", "conversation_grounded"]

@@ -14,7 +14,6 @@ from radcorpora.spec.report import ValidationReport
 from radcorpora.spec.rules import CorpusRules
 from radcorpora.store.folder import config_shards, read_columns
 
-
 RULES = {
     "unique_instance_ids": "instance ids are unique across the whole build",
     "task_matches_config": "every row's task is its config's",
