@@ -51,18 +51,27 @@ def crop_rectangle(box: Box, width: int, height: int, margin: float = 0.0) -> Pi
     return PixelCrop(left=left, top=top, right=right, bottom=bottom)
 
 
+def decode(image_bytes: bytes) -> Image.Image:
+    """The encoded image's pixels, for several crops of one image (`crop_decoded`): decode once."""
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as opened:
+            opened.load()
+            return opened.copy()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise CropError(f"image does not decode: {type(exc).__name__}: {exc}") from exc
+
+
 def crop(image_bytes: bytes, box: Box, margin: float = 0.0) -> tuple[bytes, PixelCrop]:
     """PNG bytes of `box` (widened by `margin`) cut from the encoded image, and the rectangle cut.
 
     A box that states its image size (`box.width`, `box.height`) must be on this image's grid:
     a box from a resized copy would cut the wrong region, so it is refused.
     """
-    try:
-        with Image.open(io.BytesIO(image_bytes)) as opened:
-            opened.load()
-            image = opened.copy()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise CropError(f"image does not decode: {type(exc).__name__}: {exc}") from exc
+    return crop_decoded(decode(image_bytes), box, margin)
+
+
+def crop_decoded(image: Image.Image, box: Box, margin: float = 0.0) -> tuple[bytes, PixelCrop]:
+    """`crop` of an image already decoded (`decode`): the same bytes."""
     width, height = image.size
     if (box.width is not None and box.width != width) or (box.height is not None and box.height != height):
         raise CropError(f"box is stated on a {box.width}x{box.height} image; this image is {width}x{height}")

@@ -46,7 +46,7 @@ from radcorpora.corpora.mmrad_ivl.settings import CORPUS, LICENCE_CLASS, MmradIv
 from radcorpora.llm.audit import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
 from radcorpora.llm.estimate import total
 from radcorpora.llm.pipeline import model_id
-from radcorpora.ops.crop import CropError, crop, crop_rectangle, crop_variant
+from radcorpora.ops.crop import CropError, crop_decoded, crop_rectangle, crop_variant, decode
 from radcorpora.ops.image_check import ImageCheckError, check_image
 from radcorpora.ops.regions import RegionStep, group_steps
 from radcorpora.ops.sampling import rank_key
@@ -233,12 +233,19 @@ def make_record(item: Reflected, groups: list, source: Source, verification: str
     images = [ImageData(bytes=data, path=rel)]
     provenance = [ImageProvenance(source_sha256=digest, source_path=rel)]
     steps, lines = [], []
+    decoded: list[Image.Image] = []  # decoded once, and only when a crop is not kept from before
+
+    def cut_png(box: Box) -> bytes:
+        if not decoded:
+            decoded.append(decode(data))
+        return crop_decoded(decoded[0], box, settings.crop_margin)[0]
+
     for index, group in enumerate(groups):
         box = Box.from_normalised(*group.box.xyxy, width=width, height=height)
         cut = crop_rectangle(box, width, height, settings.crop_margin)
         covered = crop_rectangle(box, width, height, 0.0)
         png = derived_once(out, path, crop_variant(box, settings.crop_margin),
-                           lambda box=box: crop(data, box, settings.crop_margin)[0], png_intact)
+                           lambda box=box: cut_png(box), png_intact)
         images.append(ImageData(bytes=png, path=f"{rel[:-4]}_{group.group}.png"))
         provenance.append(ImageProvenance(source_sha256=digest, source_path=rel, parent=0, box=box, crop=cut,
                                           derivation=crop_variant(box, settings.crop_margin)))
