@@ -1,5 +1,5 @@
 """`radcorpora` command line: build | estimate | validate | preview | adjudicate | export | train | evaluate |
-check | demo | publish."""
+check | demo | publish | leakage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from radcorpora import __version__
-from radcorpora.commands import adjudicate, demo, folder, publish, reference
+from radcorpora.commands import adjudicate, demo, folder, leakage, publish, reference
 from radcorpora.commands.corpus import register_corpus_commands
 from radcorpora.engine.executors import keep_freed_memory
 from radcorpora.registry import CORPORA, register
@@ -77,6 +77,7 @@ app.command("evaluate")(reference.evaluate_cmd)
 app.command("check")(reference.check_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("publish")(publish.publish_cmd)
+app.command("leakage")(leakage.leakage_cmd)
 
 
 def run() -> None:

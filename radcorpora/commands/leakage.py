@@ -1,0 +1,108 @@
+"""`radcorpora leakage BUILD [BUILD ...]`: patients, studies and images in a training split of one
+build (or config) and an evaluation split of another. Exit 1 when any case is found, 0 when none,
+2 on bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from radcorpora.commands.ui import USER_ERRORS, fail, say
+from radcorpora.ops import phash as phash_ops
+from radcorpora.ops.leakage import BuildRows, count_by_pair, find_cases
+from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, EVAL_SPLITS, KINDS, TRAIN_SPLITS
+from radcorpora.store.atomic import write_text
+from radcorpora.store.folder import BuildFolderError, read_manifest
+from radcorpora.store.identity import load_index
+
+MAX_PHASH_DISTANCE = 16  # beyond this, unrelated radiographs match (and the bands get too narrow to help)
+
+
+def hash_image(data: bytes) -> tuple[str, int | None]:
+    """sha256 of the bytes, and their pHash (None: not a decodable image)."""
+    from PIL import Image
+
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        return sha, phash_ops.phash64(data)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # what Pillow raises for non-images
+        return sha, None
+
+
+def _rows(name: str, index) -> BuildRows:
+    """The index lines with each row numbered within its split, shards in order."""
+    columns = index.table.to_pydict()
+    offsets, seen = {}, {}
+    for shard in sorted(index.rows):
+        config, split = shard.split("/")[1], Path(shard).name.rsplit("-", 3)[0]
+        offsets[shard] = seen.get((config, split), 0)
+        seen[(config, split)] = offsets[shard] + index.rows[shard]
+    columns["row"] = [offsets[s] + r for s, r in zip(columns["shard"], columns["row"])]
+    return BuildRows(name, columns)
+
+
+def leakage_cmd(
+    builds: list[Path] = typer.Argument(..., metavar="BUILD [BUILD ...]", help="Build folders to compare"),
+    report: Path = typer.Option(Path("leakage.jsonl"), "--report",
+                                help="JSON lines file to write, one line per case"),
+    phash_distance: int = typer.Option(DEFAULT_PHASH_DISTANCE, "--phash-distance",
+                                       help=f"Largest Hamming distance of two 64-bit pHashes taken as one image "
+                                            f"(0-{MAX_PHASH_DISTANCE}; default {DEFAULT_PHASH_DISTANCE})"),
+) -> None:
+    """Report every patient, study and image found in a training split (train) of one build and
+    an evaluation split (test, validation, benchmark) of another, or of another config of the same
+    build. Identity: namespaced patient, study and source image ids from lineage (MIMIC-CXR and its
+    derivatives share one namespace), image sha256, and near-duplicates by pHash. Image hashes are
+    kept in BUILD/build/identity.parquet, so a second run reads them instead of the images."""
+    try:
+        if not 0 <= phash_distance <= MAX_PHASH_DISTANCE:
+            raise BuildFolderError(f"--phash-distance must be between 0 and {MAX_PHASH_DISTANCE}, not {phash_distance}")
+        if report.is_dir():
+            raise BuildFolderError(f"--report {report}: is a folder; name the JSON lines file to write")
+        seen: dict[Path, Path] = {}
+        for build in builds:
+            if not build.exists():
+                raise BuildFolderError(f"{build}: no such build folder")
+            if build.resolve() in seen:
+                raise BuildFolderError(f"{build}: given twice (also as {seen[build.resolve()]})")
+            seen[build.resolve()] = build
+            read_manifest(build)  # every build checked before any is hashed: a bad one fails at once
+        names = [str(b) for b in builds]
+        indexes = []
+        for build in builds:
+            index = load_index(build, hash_image)
+            indexes.append(index)
+            read = f"{len(index.reused)} shards read from the stored index" if index.reused else ""
+            hashed = f"{len(index.indexed)} shards hashed" if index.indexed else ""
+            say(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
+            if index.undecodable:
+                say(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
+            if index.note:
+                say(f"warning: {index.note}", "yellow")
+        cases = find_cases([_rows(name, index) for name, index in zip(names, indexes)], phash_distance)
+        write_text(report, "".join(json.dumps(c, sort_keys=True, ensure_ascii=False) + "\n" for c in cases))
+    except (*USER_ERRORS, OSError) as exc:
+        fail(exc)
+    _print_table(count_by_pair(cases))
+    say(f"{len(cases)} cases ({', '.join(TRAIN_SPLITS)} x {', '.join(EVAL_SPLITS)}; pHash distance <= "
+        f"{phash_distance}) written to {report}", "red" if cases else "green")
+    raise typer.Exit(1 if cases else 0)
+
+
+def _print_table(counts: dict[tuple[str, str], dict[str, int]]) -> None:
+    if not counts:
+        say("no leakage found")
+        return
+    table = Table(title="leakage: distinct identities per pair of builds")
+    table.add_column("train build", overflow="fold")
+    table.add_column("eval build", overflow="fold")
+    for kind in KINDS:
+        table.add_column(kind, justify="right")
+    for (train, held_out), kinds in counts.items():
+        table.add_row(train, held_out, *(str(kinds[k]) for k in KINDS))
+    Console().print(table)

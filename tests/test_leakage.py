@@ -1,0 +1,262 @@
+"""Issue 24 item 1: `radcorpora leakage` through the CLI, on the demo builds (MIMIC patients that
+radvlm trains on and mmrad-ivl evaluates on) and on small hand-made builds (a PNG and a JPEG of one
+radiograph), with expected values computed here from the shards and from imagehash directly."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from radcorpora.cli import app
+from radcorpora.demo.cxr_drawing import draw_cxr, encode
+from radcorpora.ops.phash import near_pairs, phash64
+from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, FAMILY, IDENTITY_INDEX
+
+runner = CliRunner()
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def report_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def split_rows(build: Path, config: str, split: str) -> list[dict]:
+    rows: list[dict] = []
+    for shard in sorted((build / "data" / config).glob(f"{split}-*.parquet")):
+        rows += pq.read_table(shard).to_pylist()
+    return rows
+
+
+def table_row(output: str, train: str, held_out: str) -> list[str]:
+    """The counts of one line of the printed table."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if cells[:2] == [train, held_out]:
+            return cells[2:]
+    raise AssertionError(f"no table line {train} -> {held_out} in\n{output}")
+
+
+def write_build(root: Path, splits: dict[tuple[str, str], list[dict]]) -> Path:
+    """A minimal build folder: one shard per (config, split), rows with `id`, `image` and
+    `lineage`, and a manifest naming each shard's sha256, as the builders write them."""
+    lineage = pa.struct([("source_dataset", pa.string()), ("source_id", pa.string()), ("patient_id", pa.string()),
+                         ("study_id", pa.string()), ("source_split", pa.string())])
+    schema = pa.schema([("id", pa.string()), ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                        ("lineage", lineage)])
+    shards = {}
+    for (config, split), rows in splits.items():
+        rel = f"data/{config}/{split}-00000-of-00001.parquet"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / rel)
+        shards[rel] = {"rows": len(rows), "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest()}
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    (root / "build" / "manifest.json").write_text(json.dumps({"corpus": "hand-made", "shards": shards}))
+    return root
+
+
+def row(rid: str, data: bytes, source: str, source_id: str, patient: str | None = None) -> dict:
+    return {"id": rid, "image": {"bytes": data, "path": f"{rid}.img"},
+            "lineage": {"source_dataset": source, "source_id": source_id, "patient_id": patient, "study_id": None,
+                        "source_split": "train"}}
+
+
+FRONTAL = draw_cxr("leakage-frontal", findings=[(0.2, 0.3, 0.4, 0.5)])
+LATERAL = draw_cxr("leakage-lateral", lateral=True)
+
+
+def test_phash_threshold_png_jpeg_in_two_radiographs_out():
+    png, jpeg = encode(FRONTAL, "PNG"), encode(FRONTAL, "JPEG")  # JPEG at quality 90
+    assert png != jpeg
+    by_lib = {name: imagehash.phash(Image.open(io.BytesIO(data))) for name, data in
+              (("png", png), ("jpeg", jpeg), ("lateral", encode(LATERAL)))}
+    assert phash64(png) == int(str(by_lib["png"]), 16)
+    assert by_lib["png"] - by_lib["jpeg"] <= DEFAULT_PHASH_DISTANCE
+    assert by_lib["png"] - by_lib["lateral"] > DEFAULT_PHASH_DISTANCE
+    # a 16-bit PNG of the radiograph is scaled, not clipped white by Pillow's convert('L')
+    wide = Image.fromarray(np.asarray(FRONTAL, dtype=np.uint16) * 257)
+    buffer = io.BytesIO()
+    wide.save(buffer, "PNG")
+    assert (phash64(buffer.getvalue()) ^ phash64(png)).bit_count() <= DEFAULT_PHASH_DISTANCE
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 6, 10])
+def test_banded_search_finds_what_all_pairs_find(max_distance):
+    rng = random.Random(max_distance)
+    left = [rng.getrandbits(64) for _ in range(300)]
+    right = [rng.getrandbits(64) for _ in range(200)]
+    for k in range(120):  # planted neighbours at 0..12 bits
+        flipped = left[k]
+        for bit in rng.sample(range(64), k % 13):
+            flipped ^= 1 << bit
+        right.append(flipped)
+    i, j, d = near_pairs(np.array(left, dtype=np.uint64), np.array(right, dtype=np.uint64), max_distance)
+    got = {(int(a), int(b), int(c)) for a, b, c in zip(i, j, d)}
+    want = {(a, b, (x ^ y).bit_count()) for a, x in enumerate(left) for b, y in enumerate(right)
+            if (x ^ y).bit_count() <= max_distance}
+    assert got == want and len(want) > 0
+
+
+def test_namespace_table_agrees_with_radvlm():
+    from radcorpora.corpora.radvlm.records import PATIENT_NAMESPACE
+
+    assert {source: FAMILY[source] for source in PATIENT_NAMESPACE} == PATIENT_NAMESPACE
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    result = cli("demo", "--out", root, "--no-check")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_mimic_patients_radvlm_trains_on_and_mmrad_ivl_evaluates_on(demo, monkeypatch):
+    monkeypatch.chdir(demo)
+    result = cli("leakage", "radvlm", "mmrad-ivl", "--report", "out.jsonl")
+    assert result.exit_code == 1, result.output
+    cases = report_of(demo / "out.jsonl")
+    # expected, from the shards: radvlm's namespaced patient ids against mmrad-ivl's subject ids
+    radvlm_configs = sorted(p.name for p in (demo / "radvlm" / "data").iterdir())
+    radvlm = {split: {r["lineage"]["patient_id"] for c in radvlm_configs for r in split_rows(demo / "radvlm", c, split)}
+              for split in ("train", "test")}
+    mmrad = {split: {"mimic:" + r["subject_id"] for r in split_rows(demo / "mmrad-ivl", "default", split)}
+             for split in ("train", "test", "validation", "benchmark")}
+    expected = radvlm["train"] & (mmrad["test"] | mmrad["validation"] | mmrad["benchmark"])
+    backwards = mmrad["train"] & radvlm["test"]
+    assert expected  # the demo's radvlm trains on MIMIC validation and train patients mmrad-ivl holds out
+    patients = [c for c in cases if c["kind"] == "patient"]
+    assert {c["train"]["key"] for c in patients if c["train"]["build"] == "radvlm"} == expected
+    assert {c["train"]["key"] for c in patients if c["train"]["build"] == "mmrad-ivl"} == backwards
+    for case in patients:  # each side names its build, config, split and rows, and the rows hold the patient
+        train, held_out = case["train"], case["eval"]
+        assert {train["build"], held_out["build"]} == {"radvlm", "mmrad-ivl"} and train["split"] == "train"
+        assert held_out["split"] in ("test", "validation", "benchmark")
+        rows = split_rows(demo / train["build"], train["config"], train["split"])
+        assert all(rows[r]["lineage"]["patient_id"] == train["key"] for r in train["rows"])
+        rows = split_rows(demo / held_out["build"], held_out["config"], held_out["split"])
+        assert all("mimic:" + rows[r]["subject_id"] == held_out["key"] for r in held_out["rows"])
+    assert table_row(result.output, "radvlm", "mmrad-ivl")[0] == str(len(expected))
+    # the same MIMIC images: mmrad-ivl's first image is the source JPEG radvlm stores
+    images = {c["train"]["key"] for c in cases if c["kind"] == "sha256" and c["train"]["build"] == "radvlm"}
+    held = {hashlib.sha256(r["images"][0]["bytes"]).hexdigest() for s in ("test", "validation", "benchmark")
+            for r in split_rows(demo / "mmrad-ivl", "default", s)}
+    trained = {hashlib.sha256(r["image"]["bytes"]).hexdigest() for c in radvlm_configs
+               for r in split_rows(demo / "radvlm", c, "train")}
+    assert images == held & trained and images
+
+
+def test_png_in_one_builds_eval_jpeg_in_anothers_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "plus", {("default", "test"): [
+        row("p0", encode(FRONTAL, "PNG"), "chexpert-plus", "test/patient9/study1/view1_frontal.png"),
+        row("p1", encode(LATERAL, "PNG"), "padchest-gr", "lat-1")]})
+    write_build(tmp_path / "jpeg", {("default", "train"): [
+        row("j0", encode(LATERAL, "PNG"), "vindr-cxr", "lat-copy"),  # the same bytes as plus' p1
+        row("j1", encode(FRONTAL, "JPEG"), "chexpert", "train/patient3/study1/view1_frontal.jpg")]})
+    result = cli("leakage", "plus", "jpeg")
+    assert result.exit_code == 1, result.output
+    cases = report_of(tmp_path / "leakage.jsonl")  # the default report file, in the current folder
+    assert [(c["kind"], c["train"]["build"], c["train"]["rows"], c["train"]["ids"], c["eval"]["build"],
+             c["eval"]["rows"], c["eval"]["ids"]) for c in cases] == [
+        ("sha256", "jpeg", [0], ["j0"], "plus", [1], ["p1"]),
+        ("phash", "jpeg", [1], ["j1"], "plus", [0], ["p0"])]
+    expected = imagehash.phash(Image.open(io.BytesIO(encode(FRONTAL, "JPEG")))) - \
+        imagehash.phash(Image.open(io.BytesIO(encode(FRONTAL, "PNG"))))
+    assert cases[1]["distance"] == expected
+    assert cases[1]["train"]["config"] == cases[1]["eval"]["config"] == "default"
+    assert table_row(result.output, "jpeg", "plus") == ["0", "0", "0", "1", "1"]
+    # at distance 0 the JPEG is caught only where its hash did not move at all
+    strict = cli("leakage", "plus", "jpeg", "--phash-distance", "0", "--report", "strict.jsonl")
+    assert strict.exit_code == 1
+    assert [c["kind"] for c in report_of(tmp_path / "strict.jsonl")] == ["sha256"] + ["phash"] * int(expected == 0)
+
+
+def test_configs_of_one_build_compared_its_own_splits_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = encode(draw_cxr("cfg-a")), encode(LATERAL)
+    write_build(tmp_path / "one", {
+        ("task_a", "train"): [row("a0", a, "mimic-cxr", "dicom-1", "mimic:100")],
+        ("task_a", "test"): [row("a1", a, "mimic-cxr", "dicom-1", "mimic:100")],  # same config: the builder's business
+        ("task_b", "test"): [row("b0", b, "ms-cxr", "dicom-2", "mimic:100")]})  # same patient, other task
+    result = cli("leakage", "one")
+    assert result.exit_code == 1, result.output
+    cases = report_of(tmp_path / "leakage.jsonl")
+    assert [(c["kind"], c["train"]["config"], c["eval"]["config"], c["eval"]["key"]) for c in cases] == [
+        ("patient", "task_a", "task_b", "mimic:100")]
+
+
+def test_no_leakage_exit_0(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(FRONTAL), "chexpert", "x/1.jpg", "chexpert:p1")]})
+    write_build(tmp_path / "b", {("default", "test"): [row("b0", encode(LATERAL), "chexpert", "x/2.jpg", "chexpert:p2")]})
+    (tmp_path / "leakage.jsonl").write_text("stale\n")
+    result = cli("leakage", "a", "b")
+    assert result.exit_code == 0, result.output
+    assert "no leakage found" in result.output
+    assert (tmp_path / "leakage.jsonl").read_text() == ""
+
+
+def test_bad_input_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(FRONTAL), "chexpert", "x/1.jpg")]})
+    (tmp_path / "not-a-build").mkdir()
+    for args, message in [(["a", "missing"], "missing: no such build folder"),
+                          (["a", "not-a-build"], "build manifest missing"),
+                          (["a", "./a"], "given twice"),
+                          (["a", "--phash-distance", "40"], "--phash-distance must be between 0 and 16"),
+                          (["a", "--report", "not-a-build"], "is a folder")]:
+        result = cli("leakage", *args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert result.output.strip().count("\n") == 0 and result.output.startswith("error: "), result.output
+
+
+def test_second_run_reads_the_stored_index_and_a_changed_shard_is_hashed_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(FRONTAL, "JPEG"), "chexpert", "x/1.jpg")]})
+    b = write_build(tmp_path / "b", {("default", "test"): [row("b0", encode(FRONTAL), "padchest", "y")],
+                                     ("default", "validation"): [row("b1", encode(LATERAL), "padchest", "z")]})
+    first = cli("leakage", "a", "b")
+    assert first.exit_code == 1 and "2 shards hashed" in first.output, first.output
+    before = (tmp_path / "leakage.jsonl").read_text()
+    assert (b / IDENTITY_INDEX).exists()
+    from radcorpora.publish.push import PUSH_PATTERNS  # the index stays local
+
+    assert IDENTITY_INDEX not in {str(p.relative_to(b)) for pattern in PUSH_PATTERNS for p in b.glob(pattern)}
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Image, "open", no_decoding)
+        second = cli("leakage", "a", "b")
+    assert second.exit_code == 1 and "2 shards read from the stored index" in second.output, second.output
+    assert (tmp_path / "leakage.jsonl").read_text() == before
+
+    # b's test shard rebuilt with another radiograph (the manifest left as it was): hashed again, no leak
+    shard = b / "data" / "default" / "test-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    swapped = table.set_column(1, "image", pa.array([{"bytes": encode(LATERAL, "JPEG"), "path": "b0.img"}],
+                                                    type=table.schema.field("image").type))
+    pq.write_table(swapped, shard)
+    third = cli("leakage", "a", "b")
+    assert "1 shards read from the stored index, 1 shards hashed" in third.output, third.output
+    assert third.exit_code == 0 and (tmp_path / "leakage.jsonl").read_text() == ""
+    stored = pq.read_table(b / IDENTITY_INDEX).to_pylist()
+    assert {r["shard"]: r["sha256"] for r in stored}["data/default/test-00000-of-00001.parquet"] == \
+        hashlib.sha256(encode(LATERAL, "JPEG")).hexdigest()
