@@ -672,7 +672,7 @@ def offline_narrative(request: LLMRequest) -> str:
                        "follow_up_rationale": of("follow_up") or "No specific follow-up follows from these images."})
 
 
-_SWAPS = (("is seen", "is present"), ("are seen", "are present"), ("unremarkable", "without abnormality"),
+_SWAPS = (("is seen", "is present"), ("are seen", "are present"), ("unremarkable", "normal in appearance"),
           ("advised", "recommended"), ("The remaining", "The rest of the"))
 
 
