@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.common import ImageData, LicenceClass, Turn
+from radcorpora.schemas.identity import FAMILY
 from radcorpora.spec.rules import RowRules
 
 Task = Literal["report_generation", "abnormality_classification", "anatomical_grounding", "abnormality_grounding",
@@ -50,12 +51,9 @@ DEFAULT_REPLICATION: dict[str, int] = {
     "conversation_grounded/padchest-gr": 4,
 }
 # Patients are shared across sources that draw on the same hospital archive: split integrity is
-# checked per (namespace, patient).
-PATIENT_NAMESPACE: dict[str, str] = {
-    "mimic-cxr": "mimic", "chest-imagenome": "mimic", "ms-cxr": "mimic",
-    "chexpert": "chexpert", "chexpert-plus": "chexpert",
-    "vindr-cxr": "vindr", "padchest-gr": "padchest",
-}
+# checked per (namespace, patient), with the namespaces `radcorpora leakage` uses across builds.
+PATIENT_NAMESPACE: dict[str, str] = {source: FAMILY[source] for source in (
+    "mimic-cxr", "chest-imagenome", "ms-cxr", "chexpert", "chexpert-plus", "vindr-cxr", "padchest-gr")}
 Split = Literal["train", "test"]
 
 
