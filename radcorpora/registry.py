@@ -16,6 +16,7 @@ CORPUS_PACKAGES: tuple[str, ...] = (
     "radcorpora.corpora.rad_ace_cot",
     "radcorpora.corpora.radvlm",
     "radcorpora.corpora.mmrad_ivl",
+    "radcorpora.corpora.ct_reasoning",
 )
 
 
