@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run the demo: draw sources in every upstream format the demo corpora read,
-# build and validate radimagenet-vqa, rad-ace-cot, radvlm and mmrad-ivl (LLM stages by the offline stand-in), check
+# build and validate every registered corpus (LLM stages by the offline stand-in), check
 # radimagenet-vqa and radvlm against a tiny model trained on each, write an HTML preview of each build.
 # No data, network (beyond the package index) or GPU needed.
 set -euo pipefail
