@@ -1,5 +1,5 @@
 """`radcorpora` command line: build | estimate | validate | preview | adjudicate | export | train | evaluate |
-check | demo | publish | leakage."""
+check | demo | publish | leakage | dpo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from radcorpora import __version__
-from radcorpora.commands import adjudicate, demo, folder, leakage, publish, reference
+from radcorpora.commands import adjudicate, demo, dpo, folder, leakage, publish, reference
 from radcorpora.commands.corpus import register_corpus_commands
 from radcorpora.engine.executors import keep_freed_memory
 from radcorpora.registry import CORPORA, register
@@ -78,6 +78,7 @@ app.command("check")(reference.check_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("publish")(publish.publish_cmd)
 app.command("leakage")(leakage.leakage_cmd)
+app.command("dpo")(dpo.dpo_cmd)
 
 
 def run() -> None:
