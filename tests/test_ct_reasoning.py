@@ -19,7 +19,7 @@ from radcorpora import cli
 from radcorpora.corpora.ct_reasoning.checks import GATE_RULES, gate_problem, leaks, out_of_order
 from radcorpora.corpora.ct_reasoning.llm import RefineStage
 from radcorpora.ops.windowing import volume_slice
-from radcorpora.registry import CORPORA, load_specs
+from radcorpora.registry import CORPORA
 from radcorpora.sources.abdomen_atlas import scan_abdomen_atlas
 from radcorpora.sources.amos_mm import scan_amos_mm
 from radcorpora.sources.ct_rate import scan_ct_rate
@@ -33,16 +33,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def spec():
-    """The registered spec, or (before the registry line) the package's, added for this module."""
-    if "ct-reasoning" in CORPORA:
-        yield CORPORA["ct-reasoning"]
-        return
-    (found,) = load_specs(("radcorpora.corpora.ct_reasoning",)).values()
-    cli.add_corpus(found)
-    yield found
-    CORPORA.pop(found.name)
-    for app in (cli.build_app, cli.estimate_app):
-        app.registered_commands[:] = [c for c in app.registered_commands if c.name != found.name]
+    return CORPORA["ct-reasoning"]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from radcorpora import cli
 from radcorpora.corpora.mmrad_ivl.build import SHEET_FILE, benchmark_ids, fidelity_figures
 from radcorpora.corpora.mmrad_ivl.llm import ReflectStage
 from radcorpora.llm.audit import QUEUE_FILE
-from radcorpora.registry import CORPORA, load_specs
+from radcorpora.registry import CORPORA
 from radcorpora.schemas.regions import normalise_region, region_group
 from radcorpora.sources.gemex import scan_gemex_thinkvg
 from radcorpora.store.state import LLM_STORE
@@ -34,16 +34,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def spec():
-    """The registered spec, or (before the registry line) the package's, added for this module."""
-    if "mmrad-ivl" in CORPORA:
-        yield CORPORA["mmrad-ivl"]
-        return
-    (found,) = load_specs(("radcorpora.corpora.mmrad_ivl",)).values()
-    cli.add_corpus(found)
-    yield found
-    CORPORA.pop(found.name)
-    for app in (cli.build_app, cli.estimate_app):
-        app.registered_commands[:] = [c for c in app.registered_commands if c.name != found.name]
+    return CORPORA["mmrad-ivl"]
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,16 @@ def check_image(data: bytes, level: ImageCheck = "full") -> tuple[int, int]:
     return size
 
 
+def image_intact(data: bytes, level: ImageCheck = "crc") -> bool:
+    """`check_image` as a yes/no: whether kept derived bytes (a converted DICOM, a crop) may be
+    reused or must be made again."""
+    try:
+        check_image(data, level)
+        return True
+    except ImageCheckError:
+        return False
+
+
 def png_chunks_check(data: bytes) -> tuple[int, int]:
     """What PIL's PNG `verify` checks (signature, IHDR first, every chunk's CRC-32 over type and
     data, IDAT present, IEND last), walked with zlib's C crc32 and no decoder objects: about a

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,14 +200,15 @@ def declare_rules(report: ValidationReport, row_rules: RowRules | None) -> None:
         report.check(name, description)
 
 
-def _merge_checks(report: ValidationReport, f: ShardFindings) -> None:
-    """One shard's rule counts into the report."""
-    for rule, n in f.checked.items():
+def add_counts(report: ValidationReport, checked: Mapping[str, int], violations: Mapping[str, int],
+               examples: Mapping[str, list[str]]) -> None:
+    """Rule counts of one shard (validate) or one chunk worker (the end of a build) into the report."""
+    for rule, n in checked.items():
         report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " "))).checked += n
-    for rule, n in f.violations.items():
+    for rule, n in violations.items():
         check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
         check.violations += n
-        check.examples = (check.examples + f.examples.get(rule, []))[:5]
+        check.examples = (check.examples + examples.get(rule, []))[:5]
 
 
 def check_checksums(report: ValidationReport, manifest: dict[str, Any], on_disk: dict[str, str]) -> None:
@@ -231,7 +232,7 @@ def _merge(report: ValidationReport, findings: Sequence[ShardFindings], manifest
         if f.error:
             report.check("record_schema", DESCRIPTIONS["record_schema"]).fail(f.error)
             continue
-        _merge_checks(report, f)
+        add_counts(report, f.checked, f.violations, f.examples)
         ids.expect_unique(f.ids, seen.setdefault(f.config, {}), f.shard)
         rows[(f.config, f.split)] += f.rows
     check_checksums(report, manifest, {f.shard: f.sha256 for f in findings if not f.error})
@@ -288,12 +289,7 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
     for result in chunks:
         if "record_schema" in result.checked:
             covered.update(result.shards)
-        for rule, n in result.checked.items():
-            report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " "))).checked += n
-        for rule, n in result.violation_counts.items():
-            check = report.check(rule, DESCRIPTIONS.get(rule, rule.replace("_", " ")))
-            check.violations += n
-            check.examples = (check.examples + result.violations.get(rule, []))[:5]
+        add_counts(report, result.checked, result.violation_counts, result.violations)
     on_disk: dict[str, str] = {}
     for shard in all_shards(build, list(records)):
         rel = str(shard.path.relative_to(build))
@@ -307,7 +303,7 @@ def validate_finished_build(build: Path, corpus: str, records: dict[str, type[Ba
         if found.error:
             report.check("record_schema", DESCRIPTIONS["record_schema"]).fail(found.error)
             continue
-        _merge_checks(report, found)
+        add_counts(report, found.checked, found.violations, found.examples)
         on_disk[rel] = found.sha256
     check_checksums(report, manifest, on_disk)
     if not any(PLACEHOLDER_RULE in result.checked for result in chunks) and covered:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from radcorpora.corpora.ct_reasoning.records import CONFIG_RECORDS, ReportThinkingRecord, VqaThinkingRecord
+from radcorpora.corpora.ct_reasoning.records import (
+    CONFIG_RECORDS,
+    ReportThinkingRecord,
+    VqaThinkingRecord,
+)
 from radcorpora.ops.image_check import ImageCheck
 from radcorpora.spec.report import ValidationReport
 from radcorpora.spec.rules import CorpusRules

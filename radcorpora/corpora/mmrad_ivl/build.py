@@ -47,7 +47,7 @@ from radcorpora.llm.audit import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
 from radcorpora.llm.estimate import total
 from radcorpora.llm.pipeline import model_id
 from radcorpora.ops.crop import CropError, crop_decoded, crop_rectangle, crop_variant, decode
-from radcorpora.ops.image_check import ImageCheckError, check_image
+from radcorpora.ops.image_check import image_intact
 from radcorpora.ops.regions import RegionStep, group_steps
 from radcorpora.ops.sampling import rank_key
 from radcorpora.prompts.loader import packaged_text
@@ -65,15 +65,6 @@ from radcorpora.store.source_index import read_file
 from radcorpora.store.state import LLM_STORE, ChunkResult, ShardInfo, derived_once
 
 SPLITS = ("train", "benchmark", "validation", "test")
-
-
-def png_intact(data: bytes) -> bool:
-    """A kept crop is reused only when its PNG structure and chunk CRCs hold."""
-    try:
-        check_image(data, "crc")
-        return True
-    except ImageCheckError:
-        return False
 FIDELITY_FILE = "build/fidelity_audit.jsonl"
 SHEET_FILE = "build/fidelity_sheet.csv"
 SHEET_COLUMNS = ("id", "report", "steps", "ai_score", "ai_reason", "expert_score", "expert_note")
@@ -245,7 +236,7 @@ def make_record(item: Reflected, groups: list, source: Source, verification: str
         cut = crop_rectangle(box, width, height, settings.crop_margin)
         covered = crop_rectangle(box, width, height, 0.0)
         png = derived_once(out, path, crop_variant(box, settings.crop_margin),
-                           lambda box=box: cut_png(box), png_intact)
+                           lambda box=box: cut_png(box), image_intact)
         images.append(ImageData(bytes=png, path=f"{rel[:-4]}_{group.group}.png"))
         provenance.append(ImageProvenance(source_sha256=digest, source_path=rel, parent=0, box=box, crop=cut,
                                           derivation=crop_variant(box, settings.crop_margin)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -121,15 +121,26 @@ class Fidelity(BaseModel):
 # --------------------------------------------------------------------------- parsers with the row's checks
 
 
-class SummaryParser(JsonParser[SummaryReply]):
-    """Every step names a region of its trace (a repair names the ones that do not)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+class _TraceParser(JsonParser[M]):
+    """A reply checked against the regions of its own trace (from the request's hints)."""
+
+    reply: type[BaseModel]
 
     def __init__(self, regions: tuple[str, ...] = ()):
-        super().__init__(SummaryReply)
+        super().__init__(self.reply)
         self.regions = regions
 
-    def for_request(self, request: LLMRequest) -> SummaryParser:
-        return SummaryParser(tuple(json.loads(request.hints.get("regions", "[]"))))
+    def for_request(self, request: LLMRequest) -> _TraceParser:
+        return type(self)(tuple(json.loads(request.hints.get("regions", "[]"))))
+
+
+class SummaryParser(_TraceParser[SummaryReply]):
+    """Every step names a region of its trace (a repair names the ones that do not)."""
+
+    reply = SummaryReply
 
     def __call__(self, text: str) -> SummaryReply:
         reply = super().__call__(text)
@@ -140,15 +151,10 @@ class SummaryParser(JsonParser[SummaryReply]):
         return reply
 
 
-class ReflectParser(JsonParser[ReflectReply]):
+class ReflectParser(_TraceParser[ReflectReply]):
     """The same steps, regions and order come back; only texts may change."""
 
-    def __init__(self, regions: tuple[str, ...] = ()):
-        super().__init__(ReflectReply)
-        self.regions = regions
-
-    def for_request(self, request: LLMRequest) -> ReflectParser:
-        return ReflectParser(tuple(json.loads(request.hints.get("regions", "[]"))))
+    reply = ReflectReply
 
     def __call__(self, text: str) -> ReflectReply:
         reply = super().__call__(text)

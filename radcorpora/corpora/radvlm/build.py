@@ -60,7 +60,7 @@ from radcorpora.corpora.radvlm.tasks import (
     rows_for,
 )
 from radcorpora.llm.verify import DECISIONS_FILE, FAILURES_FILE, QUEUE_FILE
-from radcorpora.ops.image_check import ImageCheckError, check_image
+from radcorpora.ops.image_check import ImageCheckError, check_image, image_intact
 from radcorpora.prompts.loader import TemplateSet
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.common import Reject
@@ -87,14 +87,6 @@ class ImageUnreadable(ValueError):
     pass
 
 
-def _crc_ok(data: bytes) -> bool:
-    try:
-        check_image(data, "crc")
-        return True
-    except ImageCheckError:
-        return False
-
-
 def read_row_image(row: PlannedRow, max_side: int | None, out: Path
                    ) -> tuple[bytes, str | None, source_index.Entry | None]:
     """The image's bytes as stored in the corpus (JPEG/PNG as read; DICOM converted to PNG once
@@ -107,7 +99,7 @@ def read_row_image(row: PlannedRow, max_side: int | None, out: Path
             from radcorpora.sources.dicom import read_dicom_image
 
             how = f"dicom->png{'' if max_side is None else f' max_side={max_side}'}"
-            png = derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, _crc_ok)
+            png = derived_once(out, path, how, lambda: read_dicom_image(path, max_side=max_side).png, image_intact)
             return png, how, source_index.entry_for(path, None)
         entry = None
         if "::" in row.image.path:  # a member of PadChest-GR's split zip
