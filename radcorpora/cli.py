@@ -9,7 +9,17 @@ from rich.table import Table
 from rich.text import Text
 
 from radcorpora import __version__
-from radcorpora.commands import adjudicate, demo, dpo, folder, leakage, publish, reference
+from radcorpora.commands import (
+    adjudicate,
+    check,
+    demo,
+    dpo,
+    evaluate,
+    folder,
+    leakage,
+    publish,
+    train,
+)
 from radcorpora.commands.corpus import register_corpus_commands
 from radcorpora.engine.executors import keep_freed_memory
 from radcorpora.registry import CORPORA, register
@@ -72,9 +82,9 @@ adjudicate_app.command("apply")(adjudicate.adjudicate_apply_cmd)
 app.command("export")(folder.export_cmd)
 app.command("validate")(folder.validate_cmd)
 app.command("preview")(folder.preview_cmd)
-app.command("train")(reference.train_cmd)
-app.command("evaluate")(reference.evaluate_cmd)
-app.command("check")(reference.check_cmd)
+app.command("train")(train.train_cmd)
+app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("check")(check.check_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("publish")(publish.publish_cmd)
 app.command("leakage")(leakage.leakage_cmd)

@@ -398,9 +398,9 @@ def test_cli_export_new_and_legacy_forms(cot_build, demo_build, tmp_path):
 
 
 def test_reference_training_reads_the_same_loss_intent(demo_build, tmp_path):
-    """sft.collate labels every assistant turn, or only the last for "final_assistant" (what the
+    """collate.collate labels every assistant turn, or only the last for "final_assistant" (what the
     swift flags and the trl prompt/completion rows say)."""
-    from radcorpora.reference_models import sft
+    from radcorpora.reference_models import collate
     from radcorpora.reference_models.data import training_texts
     from radcorpora.reference_models.models import build_tiny, load_processor
 
@@ -411,6 +411,6 @@ def test_reference_training_reads_the_same_loss_intent(demo_build, tmp_path):
            "conversations": [{"from": "human", "value": "<image>\nWhat modality?"}, {"from": "gpt", "value": "CT"},
                              {"from": "human", "value": "Any lesion?"}, {"from": "gpt", "value": "yes"}]}
     for loss, expected in (("all_assistant", "CT<|im_end|>yes<|im_end|>"), ("final_assistant", "yes<|im_end|>")):
-        batch = sft.collate(processor, [row], text_only=False, max_length=512, loss=loss)
+        batch = collate.collate(processor, [row], text_only=False, max_length=512, loss=loss)
         labelled = batch["labels"][0][batch["labels"][0] != -100]
         assert processor.tokenizer.decode(labelled).replace("\n", "") == expected

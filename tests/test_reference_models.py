@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 
 from radcorpora.corpora.radimagenet_vqa.spec import SPEC as RADIMAGENET_VQA
 from radcorpora.publish.views import QuestionView
-from radcorpora.reference_models import sft
+from radcorpora.reference_models import collate, sft
 from radcorpora.reference_models.data import evaluation_rows, training_examples, training_texts
 
 RECIPE = RADIMAGENET_VQA.evaluation
@@ -45,7 +45,7 @@ def _quick(**update) -> sft.SFTConfig:
 def test_labels_cover_assistant_answers_only(tiny, examples):
     _, processor = load_model(tiny)
     rows = [examples[i] for i in range(6)]
-    batch = sft.collate(processor, rows, text_only=False, max_length=512)
+    batch = collate.collate(processor, rows, text_only=False, max_length=512)
     tokenizer = processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert (batch["input_ids"] == image_id).any(), "image tokens expected in the prompt"
@@ -54,9 +54,9 @@ def test_labels_cover_assistant_answers_only(tiny, examples):
         # exactly the answer and the end-of-turn token: no prompt, image or padding token
         assert tokenizer.decode(labelled) == row["conversations"][1]["value"] + "<|im_end|>"
         assert not (labelled == image_id).any()
-    with pytest.raises(sft.TrainingError, match=rf"{rows[0]['id']} \(\d+ tokens\)"):
-        sft.collate(processor, rows, text_only=False, max_length=20)
-    text_batch = sft.collate(processor, rows, text_only=True, max_length=512)
+    with pytest.raises(collate.TrainingError, match=rf"{rows[0]['id']} \(\d+ tokens\)"):
+        collate.collate(processor, rows, text_only=False, max_length=20)
+    text_batch = collate.collate(processor, rows, text_only=True, max_length=512)
     assert "pixel_values" not in text_batch and not (text_batch["input_ids"] == image_id).any()
 
 
@@ -66,11 +66,11 @@ def test_prefix_masks_match_generation_tag_masks(tiny, examples):
     rows = [examples[i] for i in range(5)]
     multi_turn = {"image": rows[0]["image"], "conversations": [*rows[0]["conversations"], *[
         {"from": t["from"], "value": t["value"].replace("<image>\n", "")} for t in rows[1]["conversations"]]]}
-    tagged = sft.collate(processor, [*rows, multi_turn], text_only=False, max_length=512)
+    tagged = collate.collate(processor, [*rows, multi_turn], text_only=False, max_length=512)
     plain = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     processor.chat_template = processor.tokenizer.chat_template = plain
-    assert not sft.marks_assistant_turns(processor)
-    fallback = sft.collate(processor, [*rows, multi_turn], text_only=False, max_length=512)
+    assert not collate.marks_assistant_turns(processor)
+    fallback = collate.collate(processor, [*rows, multi_turn], text_only=False, max_length=512)
     assert torch.equal(tagged["labels"], fallback["labels"])
     assert (tagged["labels"][-1] != -100).sum() > (tagged["labels"][0] != -100).sum()  # both answers of two turns
 

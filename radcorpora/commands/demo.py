@@ -6,12 +6,13 @@ from pathlib import Path
 
 import typer
 
+from radcorpora.commands.check import run_check_command
 from radcorpora.commands.folder import demo_preview
 from radcorpora.commands.options import (
     WORKERS,
     build_named,
 )
-from radcorpora.commands.reference import run_check_command, train_stack
+from radcorpora.commands.reference import train_stack
 from radcorpora.commands.ui import say
 
 

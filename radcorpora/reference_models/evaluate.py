@@ -27,6 +27,7 @@ from PIL import Image
 from radcorpora.corpora.radvlm.records import CONVERSATION_TASKS
 from radcorpora.llm.errors import ComplianceError
 from radcorpora.ops.cot import split_cot
+from radcorpora.reference_models.collate import decode_images, to_messages
 from radcorpora.reference_models.judge import (
     CRITERIA,
     ConversationItem,
@@ -34,7 +35,6 @@ from radcorpora.reference_models.judge import (
     JudgeItem,
     Judgement,
 )
-from radcorpora.reference_models.sft import decode_images, to_messages
 
 LETTERS = "ABCD"
 MC_INSTRUCTION = "Answer with the letter of the correct option."

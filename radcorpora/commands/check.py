@@ -1,0 +1,60 @@
+"""`radcorpora check`: a build proven against a trained model and its text-only twin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from radcorpora.commands.options import APPROVE, CACHE
+from radcorpora.commands.reference import _judge, _model_errors, _recipe, train_stack
+from radcorpora.commands.ui import console, fail, say
+
+
+def check_cmd(
+    build_dir: Path = typer.Argument(..., help="A build folder"),
+    model: str = typer.Option("tiny", "--model", help="tiny, or hf:<local checkpoint path>"),
+    margin: float = typer.Option(5.0, "--margin", help="Points the image model must beat the text-only twin by"),
+    preset: str | None = typer.Option(None, "--preset", help="Training preset (default: tiny-check for tiny)"),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps"),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="Evaluate the first N held-out rows only"),
+    judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (also scores conversation "
+                                                            "configs, reported next to the check)"),
+    cache: Path | None = CACHE,
+    seed: int = typer.Option(0, "--seed", help="Seed of both training runs"),
+    approve_credentialed: list[str] = APPROVE,
+) -> None:
+    """Train on the build, and on the build with images withheld; exit 0 only when the image model
+    beats its text-only twin by the margin on the held-out config."""
+    train_stack()
+    if not run_check_command(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed):
+        raise typer.Exit(1)
+
+
+def run_check_command(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
+               eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
+               approve_credentialed: list[str] | None = None) -> bool:
+    from radcorpora.engine.lifecycle import library_versions
+    from radcorpora.reference_models.check import CheckConfig, run_check
+
+    try:
+        report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
+                                                  eval_limit=eval_limit, seed=seed), _recipe(build_dir),
+                           judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions())
+    except _model_errors() as exc:
+        fail(exc)
+    table = Table(title=f"reference check: {report['corpus']} ({report['metric']})")
+    for column in ("", "image model", "text-only twin"):
+        table.add_column(column)
+    table.add_row(report["metric"], str(report["image"]["score"]), str(report["text_only"]["score"]))
+    for cell, value in report["image"]["metrics"].get("by_task_and_type", {}).items():
+        table.add_row(cell, str(value), str(report["text_only"]["metrics"]["by_task_and_type"].get(cell, "")))
+    for name in report.get("judged_configs", {}):  # LLM-judged configs, beside the check (not part of it)
+        scores = [report[v].get("judged_configs", {}).get(name, {}).get("score") for v in ("image", "text_only")]
+        table.add_row(f"{name} (judge, 0-100)", *(str(x) for x in scores))
+    console.print(table)
+    say(f"reference check {'passed' if report['passed'] else 'FAILED'}: gap {report['gap']:+} points "
+        f"(margin {report['margin']}), {report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}",
+        "green" if report["passed"] else "bold red")
+    return bool(report["passed"])
