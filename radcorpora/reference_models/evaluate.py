@@ -27,7 +27,8 @@ from PIL import Image
 from radcorpora.corpora.radvlm.records import CONVERSATION_TASKS
 from radcorpora.llm.errors import ComplianceError
 from radcorpora.ops.cot import split_cot
-from radcorpora.reference_models.collate import decode_images, to_messages
+from radcorpora.reference_models.collate import decode_images
+from radcorpora.reference_models.generation import answer_turns
 from radcorpora.reference_models.judge import (
     CRITERIA,
     ConversationItem,
@@ -87,23 +88,6 @@ def score_radimagenet_vqa(row: dict[str, Any], prediction: str) -> tuple[bool, s
     parsed = normalise(prediction)
     truth = normalise(row["metadata"]["correct_text"] or row["answer"])
     return bool(parsed) and (parsed == truth or re.search(rf"\b{re.escape(truth)}\b", parsed) is not None), parsed
-
-
-@torch.no_grad()
-def answer_turns(model: Any, processor: Any, histories: Sequence[Sequence[dict[str, str]]],
-                 images: Sequence[Sequence[Image.Image] | None], max_new_tokens: int) -> list[str]:
-    """Greedy next assistant turn for each LLaVA history (human/gpt turns ending with a human one),
-    as one left-padded batch; `images[i]` fill history i's `<image>` placeholders (None: withheld)."""
-    model.eval()
-    device = next(model.parameters()).device
-    processor.tokenizer.padding_side = "left"
-    messages = [to_messages(history, pictures) for history, pictures in zip(histories, images)]
-    batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
-                                          add_generation_prompt=True, processor_kwargs={"padding": True})
-    batch = {k: v.to(device) for k, v in batch.items()}
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    new = output[:, batch["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
 def generate(model: Any, processor: Any, rows: Sequence[dict[str, Any]], prompts: Sequence[str], text_only: bool,
