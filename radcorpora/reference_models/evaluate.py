@@ -21,9 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from PIL import Image
-
 from radcorpora.corpora.radvlm.records import CONVERSATION_TASKS
 from radcorpora.llm.errors import ComplianceError
 from radcorpora.ops.cot import split_cot
