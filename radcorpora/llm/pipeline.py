@@ -120,6 +120,9 @@ class Node:
         the nodes downstream); an audit passes its rows on, so it needs none.
     describe: what a person sees of an item in the adjudication queue (default: the item).
     version: bump when `parse` changes without the prompt changing, to re-parse stored lines.
+    join: maps the consumed node's outputs, as (id, item, weight) triples, to this node's items
+        (e.g. one item per image from one output per distinct report); applied alike in a run
+        (weights 1) and in an estimate (an id of None, a projected item, stays None).
     """
 
     name: str
@@ -133,6 +136,7 @@ class Node:
     stand_in: Callable[[Any], Any] | None = None
     describe: Callable[[Any], dict[str, Any]] | None = None
     version: str = ""
+    join: Callable[[list[tuple[str | None, Any, float]]], list[tuple[str | None, Any, float]]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -242,6 +246,8 @@ class Pipeline:
         given = _by_id(inputs, self.key)
         for node in self.nodes:
             rows = given if node.consumes == INPUT else results[node.consumes].outputs
+            if node.join is not None:
+                rows = {i: x for i, x, _ in node.join([(i, x, 1.0) for i, x in rows.items()]) if i is not None}
             results[node.name] = self._run_node(node, rows, session, store, decisions, chunk_size)
             if node.name == until:
                 break
@@ -358,6 +364,8 @@ class Pipeline:
         try:
             for node in self.nodes:
                 rows = ([(i, x, 1.0) for i, x in given.items()] if node.consumes == INPUT else made[node.consumes])
+                if node.join is not None:
+                    rows = node.join(rows)
                 stored = _read_lines(store / f"{node.name}.jsonl") if store is not None else {}
                 valid: dict[tuple[str, str], dict[str, Any]] = {}
                 for spec in node.models:

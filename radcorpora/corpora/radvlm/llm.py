@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from radcorpora.llm.audit import QueueEntry, Verdict, settle
 from radcorpora.llm.estimate import total
-from radcorpora.llm.pipeline import INPUT, Node, NodeResult, Pipeline, PipelineResult, model_id
+from radcorpora.llm.pipeline import INPUT, Node, Pipeline, PipelineResult, model_id
 from radcorpora.llm.request import LLMRequest, Message, OutputFormat, Sampling
 from radcorpora.llm.runner import CallResult
 from radcorpora.llm.stage import LLMStage
@@ -343,44 +343,28 @@ def _queue_view(item: dict[str, Any]) -> dict[str, Any]:
             "conversation": item["turns"]}
 
 
-class RadVLMPipeline(Pipeline):
-    """radvlm's graph: the engine's nodes plus the one join it needs. Prior removal runs once per
-    distinct report, conversations once per image: the conversation node's items are the images
-    whose report came through prior removal, with the rewritten text (and images without a
-    report as they are). The join is applied where the engine hands a node its items, in a run
-    and in an estimate alike, so stored lines, resume and the estimate stay the engine's."""
+def per_image(conversation_rows: Sequence[Any], report_ids: dict[str, str]
+              ) -> Callable[[list[tuple[str | None, Any, float]]], list[tuple[str | None, Any, float]]]:
+    """The conversation node's join: prior removal runs once per distinct report, conversations
+    once per image, so its items are the images whose report came through prior removal, with the
+    rewritten text (images without a report as they are). An output not made yet (id None, a
+    stand-in in an estimate) gives images not made yet either."""
+    rows = list(conversation_rows)
 
-    def __init__(self, nodes: Sequence[Node], conversation_rows: Sequence[Any], report_ids: dict[str, str]):
-        super().__init__(nodes, key=lambda item: item["id"])
-        self.conversation_rows = list(conversation_rows)
-        self.report_ids = report_ids  # report text -> its prior-removal item id
-        names = {n.name for n in self.nodes}
-        self.joined = {"prior_removal", "conversation"} <= names
-
-    def images(self, cleaned: Iterable[tuple[str | None, CleanReport, float]]) -> list[tuple[str | None, Any, float]]:
-        """(id, conversation item, weight) per image from prior removal's (id, output, weight);
-        an output not made yet (id None, a stand-in) gives images not made yet either."""
+    def images(cleaned: list[tuple[str | None, Any, float]]) -> list[tuple[str | None, Any, float]]:
         by_report: dict[str, list[tuple[str | None, CleanReport, float]]] = {}
         for made_id, clean, weight in cleaned:
             by_report.setdefault(clean.id, []).append((made_id, clean, weight))
         out: list[tuple[str | None, Any, float]] = []
-        for row in self.conversation_rows:
+        for row in rows:
             if not row.report:
                 out.append((row.key, conversation_item(row, None), 1.0))
                 continue
-            for made_id, clean, weight in by_report.get(self.report_ids[row.report], ()):
+            for made_id, clean, weight in by_report.get(report_ids[row.report], ()):
                 out.append((None if made_id is None else row.key, conversation_item(row, clean.report or None), weight))
         return out
 
-    def _run_node(self, node: Node, rows: dict[str, Any], *args: Any, **kwargs: Any) -> NodeResult:
-        if node.name == "conversation" and self.joined:
-            rows = {item_id: item for item_id, item, _ in self.images((i, x, 1.0) for i, x in rows.items())}
-        return super()._run_node(node, rows, *args, **kwargs)
-
-    def _expected_outputs(self, node: Node, rows: list[tuple[str | None, Any, float]],
-                          valid: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str | None, Any, float]]:
-        out = super()._expected_outputs(node, rows, valid)
-        return self.images(out) if node.name == "prior_removal" and self.joined else out
+    return images
 
 
 @dataclass
@@ -388,7 +372,7 @@ class Graph:
     """What a build with a config asks of models: the pipeline (None when nothing does), its
     inputs, and the non-LLM prior removal (rules or off) already applied."""
 
-    pipeline: RadVLMPipeline | None
+    pipeline: Pipeline | None
     inputs: list[dict[str, Any]]
     reports: list[dict[str, Any]]  # the prior-removal items
     conversation_rows: list[Any]  # rules/off: with the kept text as their report
@@ -421,6 +405,7 @@ def declare(rows: Sequence[Any], config: Any, prompts: dict[str, Prompt]) -> Gra
     if config.conversations:
         nodes.append(Node("conversation", ConversationStage(prompts["conversation"], config.min_rounds, config.max_rounds),
                           [config.llm], consumes=nodes[0].name if nodes else INPUT,
+                          join=per_image(conversations, {item["report"]: item["id"] for item in reports}) if nodes else None,
                           # verification is sized on the report standing in for the turns (about as long)
                           stand_in=lambda item: {**item, "turns": [{"from": "gpt", "value": item["report"] or ""}] * 2}))
         if config.verifiers:
@@ -429,7 +414,7 @@ def declare(rows: Sequence[Any], config: Any, prompts: dict[str, Prompt]) -> Gra
     if not nodes:
         return Graph(None, [], reports, conversations, cleaned, counts)
     inputs = reports if config.prior_removal == "llm" else [conversation_item(r, r.report) for r in conversations]
-    pipeline = RadVLMPipeline(nodes, conversations, {item["report"]: item["id"] for item in reports})
+    pipeline = Pipeline(nodes, key=lambda item: item["id"])
     return Graph(pipeline, inputs, reports, conversations, cleaned, counts)
 
 
