@@ -209,28 +209,46 @@ def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.4f}"
 
 
-def llm_usage_text(usage: dict[str, Any]) -> str:
+def llm_usage_text(usage: dict[str, Any], pipeline_stages: dict[str, Any] | None = None) -> str:
     """Per stage and model: what this run paid (every billed reply, repairs and failed parses
-    included) next to what the answers the build holds cost (cache hits at their recorded cost)."""
+    included) next to what the answers the build holds cost (cache hits at their recorded cost).
+    With pipeline figures, what the build holds comes from them: a resumed run reuses stored
+    outputs without a request, so this run's session never sees those answers."""
+    held_by_pipeline = bool(pipeline_stages)
     rows = []
     for stage, models in (usage.get("stages") or {}).items():
         for model, m in models.items():
             paid, held = m.get("paid") or {}, m.get("held") or {}
-            rows.append([stage, model, m.get("requests"), paid.get("replies"), paid.get("repairs"),
-                         f"{paid.get('input_tokens', 0)} / {paid.get('output_tokens', 0)}", _usd(paid.get("cost_usd")),
-                         held.get("answers"), held.get("from_cache"), _usd(held.get("cost_usd"))])
-    if not rows:
+            row = [stage, model, m.get("requests"), paid.get("replies"), paid.get("repairs"),
+                   f"{paid.get('input_tokens', 0)} / {paid.get('output_tokens', 0)}", _usd(paid.get("cost_usd"))]
+            rows.append(row if held_by_pipeline else
+                        [*row, held.get("answers"), held.get("from_cache"), _usd(held.get("cost_usd"))])
+    header = ["stage", "model", "requests", "replies paid", "repairs", "tokens paid (in / out)", "paid this run"]
+    paid = usage.get("paid_this_run") or {}
+    held = _held_by_pipeline(pipeline_stages) if held_by_pipeline else usage.get("held") or {}
+    if not rows and not held.get("answers"):
         return "No LLM requests."
-    table = _table(["stage", "model", "requests", "replies paid", "repairs", "tokens paid (in / out)", "paid this run",
-                    "answers held", "from cache", "cost of answers held"], rows)
-    paid, held = usage.get("paid_this_run") or {}, usage.get("held") or {}
-    lines = [table, f"Paid this run: {_usd(paid.get('cost_usd'))} for {paid.get('replies', 0)} billed replies. "
-                    f"Cost of the {held.get('answers', 0)} answers this build holds: {_usd(held.get('cost_usd'))} "
-                    f"(list prices as of {usage.get('prices_as_of')}; batch answers at the batch rate)."]
+    parts = [_table(header if held_by_pipeline else [*header, "answers held", "from cache", "cost of answers held"], rows)
+             ] if rows else ["No LLM requests this run."]
+    parts.append(f"Paid this run: {_usd(paid.get('cost_usd'))} for {paid.get('replies', 0)} billed replies. "
+                 f"Cost of the {held.get('answers', 0)} answers this build holds: {_usd(held.get('cost_usd'))} "
+                 f"(list prices as of {usage.get('prices_as_of')}; batch answers at the batch rate"
+                 + ("; per stage in the pipeline table below)." if held_by_pipeline else ")."))
     if usage.get("unpriced_models"):
-        lines.append("No price known for: " + ", ".join(f"`{m}`" for m in usage["unpriced_models"])
+        parts.append("No price known for: " + ", ".join(f"`{m}`" for m in usage["unpriced_models"])
                      + " (their cost is left out of the totals).")
-    return "\n\n".join(lines)
+    return "\n\n".join(parts)
+
+
+def _held_by_pipeline(stages: dict[str, Any]) -> dict[str, Any]:
+    """Answers the build's stored pipeline outputs hold (parsed or rejected lines) and their cost;
+    None when any stage's cost is unknown."""
+    answers, cost = 0, 0.0
+    for figures in stages.values():
+        answers += (figures or {}).get("parsed", 0) + (figures or {}).get("rejected", 0)
+        stage_cost = ((figures or {}).get("held") or {}).get("cost_usd")
+        cost = None if cost is None or stage_cost is None else cost + stage_cost
+    return {"answers": answers, "cost_usd": None if cost is None else round(cost, 6)}
 
 
 def _kappa_text(report: dict[str, Any]) -> str:
@@ -299,7 +317,7 @@ def llm_section(manifest: dict[str, Any]) -> str:
     usage = llm.get("usage") or {}
     lines = [f"Generator: `{llm.get('generator')}`" + (f"; verifiers: {', '.join(f'`{v}`' for v in llm.get('verifiers', []))}"
                                                          if llm.get("verifiers") else "; no verifier model.")]
-    lines.append(llm_usage_text(usage))
+    lines.append(llm_usage_text(usage, (llm.get("pipeline") or {}).get("stages")))
     failures = llm.get("failures") or {}
     lines.append("Failed requests: " + (", ".join(f"{k} {v}" for k, v in failures.items()) if failures else "none")
                  + " (each listed in `build/llm_failures.jsonl`).")
