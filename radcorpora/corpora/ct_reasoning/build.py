@@ -3,9 +3,10 @@ and one report-thinking narrative per scan.
 
 prepare: read the given sources (readers in radcorpora/sources), one report per scan with its
 official split; a patient in two splits is a counted reject; `--max-reports` keeps a seeded choice.
-run: each scan's first volume as a VolumeRef (hashed; with --slices N its N representative axial
-slices, made once per volume through derived_once); an unreadable volume is a counted reject before
-any request is sent. Then the per-report pipeline (llm.py), the anatomical ordering of each scan's
+run: every volume of each scan as a VolumeRef (hashed on the engine's executor, in chunks; the
+first readable volume with --slices N also gets its N representative axial slices, made once per
+volume through derived_once, so any worker count gives the same bytes); an unreadable volume is a
+counted reject before any request is sent, and a scan with no readable volume is dropped. Then the per-report pipeline (llm.py), the anatomical ordering of each scan's
 kept items, the narrative pipeline, and the records of each config in the source's split.
 """
 
@@ -56,7 +57,7 @@ from radcorpora.sources.nifti import VolumeError, axial_slices, volume_ref
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
-from radcorpora.store.state import LLM_STORE, ChunkResult, ShardInfo, derived_once
+from radcorpora.store.state import LLM_STORE, ChunkResult, ChunkSpec, ShardInfo, derived_once
 
 SPLITS = ("train", "validation", "test")
 CONFIGS = ("vqa_thinking", "report_thinking", "report_rewrite", "translation")
@@ -145,38 +146,107 @@ def prepare(sources: dict[str, Path], settings: CtReasoningSettings, log: Callab
 
 # --------------------------------------------------------------------------- volumes
 
+VOLUMES_PER_CHUNK = 4
 
-def _slices_blob(path: Path, n: int, slope: float | None, intercept: float | None, name: str) -> bytes:
-    """The N slices of one volume as one derived file (JSON: index, axis, PNG in base64)."""
-    made = []
-    for s in axial_slices(path, n, slope, intercept):
-        png = volume_slice(s.axis, s.index, s.hu, path=f"{name}_axial_{s.index:04d}.png")
-        made.append({"axis": s.axis, "index": s.index, "png": base64.b64encode(png.image.bytes).decode("ascii"),
-                     "path": png.image.path, "derivation": png.derivation})
-    return json.dumps(made, sort_keys=True).encode()
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """One volume file to hash (and, for a scan's first volume with --slices N, to slice): the
+    payload of the volume chunks, plain values so it pickles to any executor."""
+
+    path: str
+    root: str
+    dataset: str
+    volume_id: str
+    spacing: tuple[float, float, float] | None
+    slope: float | None
+    intercept: float | None
+    slices: int
+
+    @property
+    def variant(self) -> str:
+        return (f"volume-ref v2 root={self.root} dataset={self.dataset} spacing={self.spacing} "
+                f"axial-slices n={self.slices} slope={self.slope} intercept={self.intercept}")
+
+
+def _volume_blob(job: VolumeJob) -> bytes:
+    """A volume's reference and slices as one derived file (JSON; PNGs in base64), or the reason
+    it cannot be read (a reject, decided once like the rest)."""
+    path = Path(job.path)
+    try:
+        ref = volume_ref(path, Path(job.root), job.dataset, job.spacing)
+        made = []
+        for s in axial_slices(path, job.slices, job.slope, job.intercept) if job.slices else ():
+            png = volume_slice(s.axis, s.index, s.hu, path=f"{job.volume_id}_axial_{s.index:04d}.png")
+            made.append({"axis": s.axis, "index": s.index, "png": base64.b64encode(png.image.bytes).decode("ascii"),
+                         "path": png.image.path, "derivation": png.derivation})
+        return json.dumps({"ref": ref.model_dump(mode="json"), "slices": made}, sort_keys=True).encode()
+    except VolumeError as exc:
+        return json.dumps({"error": {"reason": exc.reason, "detail": exc.detail}}, sort_keys=True).encode()
 
 
 def _blob_usable(data: bytes) -> bool:
     try:
-        return isinstance(json.loads(data), list)
+        return isinstance(json.loads(data), dict)
     except ValueError:
         return False
 
 
-def scan_volume(scan: Scan, settings: CtReasoningSettings, out: Path) -> VolumeRef:
-    """The VolumeRef of the scan's first volume, with --slices N axial slices (made once per volume)."""
-    volume = scan.report.volumes[0]
-    path = scan.root / volume.path
-    ref = volume_ref(path, scan.root, TITLES.get(scan.report.source, scan.report.source), volume.spacing)
-    if settings.slices == 0:
-        return ref
-    variant = f"axial-slices n={settings.slices} slope={volume.rescale_slope} intercept={volume.rescale_intercept}"
-    blob = derived_once(out, path, variant, lambda: _slices_blob(path, settings.slices, volume.rescale_slope,
-                                                                  volume.rescale_intercept, volume.volume_id),
-                        _blob_usable)
+def read_volume(job: VolumeJob, out: Path) -> VolumeRef | VolumeError:
+    """The job's VolumeRef (with its slices), made once per build through derived_once: the chunk
+    workers make it, the driver reads what they kept."""
+    path = Path(job.path)
+    found = json.loads(derived_once(out, path, job.variant, lambda: _volume_blob(job), _blob_usable))
+    if "error" in found:
+        return VolumeError(path, found["error"]["reason"], found["error"]["detail"])
     slices = [{"axis": s["axis"], "index": s["index"], "derivation": s["derivation"],
-               "image": {"bytes": base64.b64decode(s["png"]), "path": s["path"]}} for s in json.loads(blob)]
-    return VolumeRef.model_validate({**ref.model_dump(), "slices": slices})
+               "image": {"bytes": base64.b64decode(s["png"]), "path": s["path"]}} for s in found["slices"]]
+    return VolumeRef.model_validate({**found["ref"], "slices": slices})
+
+
+def volume_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
+    """A chunk worker: hash and slice its volumes (kept as derived files); no rows of its own."""
+    for job in spec.payload:
+        read_volume(job, out)
+    return ChunkResult(chunk_id=spec.chunk_id, counts={"volumes_read": len(spec.payload)})
+
+
+def volume_jobs(scan: Scan, settings: CtReasoningSettings, slices_on: int = 0) -> list[VolumeJob]:
+    """One job per volume of the scan; the volume at `slices_on` gets the --slices N slices."""
+    title = TITLES.get(scan.report.source, scan.report.source)
+    return [VolumeJob(str(scan.root / v.path), str(scan.root), title, v.volume_id, v.spacing, v.rescale_slope,
+                      v.rescale_intercept, settings.slices if k == slices_on else 0)
+            for k, v in enumerate(scan.report.volumes)]
+
+
+def scan_volumes(scans: list[Scan], settings: CtReasoningSettings, ctx: BuildContext
+                 ) -> tuple[dict[str, tuple[VolumeRef, list[VolumeRef]]], list[tuple[Scan, VolumeError]]]:
+    """Every volume of every scan hashed (and the first one sliced) on the engine's executor, in
+    chunks of VOLUMES_PER_CHUNK; then per scan (its first readable volume with slices, all its
+    readable volumes without), and each unreadable volume with its error. A scan whose first
+    volume fails has its first readable one sliced here, on the driver."""
+    jobs = [job for scan in scans for job in volume_jobs(scan, settings)]
+    specs = [ChunkSpec(f"volumes-{k // VOLUMES_PER_CHUNK:05d}", len(jobs[k:k + VOLUMES_PER_CHUNK]),
+                       tuple(jobs[k:k + VOLUMES_PER_CHUNK])) for k in range(0, len(jobs), VOLUMES_PER_CHUNK)]
+    if specs:
+        ctx.run_chunks(specs, volume_chunk, "hashing and slicing volumes")
+    found: dict[str, tuple[VolumeRef, list[VolumeRef]]] = {}
+    failed: list[tuple[Scan, VolumeError]] = []
+    for scan in scans:
+        refs: list[tuple[int, VolumeRef]] = []
+        for k, job in enumerate(volume_jobs(scan, settings)):
+            got = read_volume(job, ctx.out)
+            if isinstance(got, VolumeError):
+                failed.append((scan, got))
+            else:
+                refs.append((k, got))
+        if not refs:
+            continue
+        first, ref = refs[0]
+        if first != 0 and settings.slices:
+            ref = read_volume(volume_jobs(scan, settings, slices_on=first)[first], ctx.out)
+        found[scan.id] = (ref, [r.model_copy(update={"slices": []}) for _, r in refs])
+    return found, failed
 
 
 # --------------------------------------------------------------------------- run
@@ -211,13 +281,13 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
     counts: Counter = Counter(plan.counts)
     rejects: list[Reject] = list(plan.rejects)
 
-    volumes: dict[str, VolumeRef] = {}
-    for scan in plan.scans:  # before any request: an unreadable volume costs nothing
-        try:
-            volumes[scan.id] = scan_volume(scan, settings, out)
-        except VolumeError as exc:
-            rejects.append(_source_reject(scan, exc.reason, f"{scan.id}: {exc}"))
-            counts[f"rejected_{exc.reason}"] += 1
+    # before any request: an unreadable volume costs nothing; a scan keeps its readable volumes
+    every, unreadable = scan_volumes(plan.scans, settings, ctx)
+    for scan, exc in unreadable:
+        rejects.append(_source_reject(scan, exc.reason, f"{scan.id}: {exc}"))
+        counts[f"rejected_{exc.reason}"] += 1
+    volumes = {scan_id: ref for scan_id, (ref, _) in every.items()}
+    counts["volumes_referenced"] = sum(len(refs) for _, refs in every.values())
     scans = {s.id: s for s in plan.scans if s.id in volumes}
     reports = [Report(id=i, text=s.report.text or "") for i, s in scans.items()]
 
@@ -256,7 +326,7 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
 
     def base(scan: Scan, row_id: str) -> dict[str, Any]:
         return {"id": row_id, "source": scan.report.source, "scan_id": scan.report.scan_id,
-                "patient_id": scan.report.patient_id, "volume": volumes[scan.id],
+                "patient_id": scan.report.patient_id, "volume": volumes[scan.id], "volumes": every[scan.id][1],
                 "lineage": lineage(scan, volumes[scan.id])}
 
     rows: dict[str, dict[str, list[Any]]] = {c: {s: [] for s in SPLITS} for c in CONFIGS}

@@ -26,7 +26,10 @@ class ScanFields(BaseModel):
     source: str  # ct-rate, amos-mm, abdomen-atlas
     scan_id: str
     patient_id: str
-    volume: VolumeRef  # the scan's first volume (CT-RATE: first reconstruction)
+    volume: VolumeRef  # the scan's first readable volume (CT-RATE: first reconstruction), with any slices
+    # every readable volume of the scan in source order (CT-RATE: each reconstruction shares the
+    # report), referenced without slices; volumes[0] is `volume` less its slices
+    volumes: list[VolumeRef] = Field(min_length=1)
 
 
 class VqaThinkingRecord(ScanFields):
