@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import math
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ def find_file(root: Path, names: Sequence[str], what: str) -> Path:
     raise SourceError(f"{root}: no {what} found (looked for {', '.join(names)})")
 
 
+# What reading a damaged table raises below the CSV layer: bad bytes for the encoding, a cut or
+# corrupted gzip stream (EOFError, BadGzipFile is an OSError, zlib.error), a disk error.
+UNREADABLE = (csv.Error, UnicodeDecodeError, EOFError, OSError, zlib.error)
+
+
 def open_text(path: Path) -> io.TextIOBase:
     """A text handle on a plain or gzip-compressed file."""
     if path.suffix == ".gz":
@@ -85,7 +91,10 @@ def read_csv_rows(path: Path, required: Sequence[str], aliases: dict[str, str] |
         raise SourceError(f"{path}: cannot open ({exc})") from exc
     with handle:
         reader = csv.DictReader(handle)
-        header = [aliases.get(h, h) for h in (reader.fieldnames or [])]
+        try:
+            header = [aliases.get(h, h) for h in (reader.fieldnames or [])]
+        except UNREADABLE as exc:
+            raise SourceError(f"{path}: unreadable header ({exc})") from exc
         missing = [c for c in required if c not in header]
         if missing:
             raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'})")
@@ -93,8 +102,23 @@ def read_csv_rows(path: Path, required: Sequence[str], aliases: dict[str, str] |
         try:
             for line, row in enumerate(reader, start=2):
                 yield line, row
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+        except UNREADABLE as exc:
             raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
+
+
+def inside(root: Path, name: str) -> Path | None:
+    """`root / name` when `name` is a relative path that stays below `root` (judged on the text,
+    so a symlinked image folder still counts as inside); None for an absolute path or one that
+    climbs out with `..`: a hostile table must not make a build read, and publish, other files."""
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = Path(name.replace("\\", "/")).parts
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return None
+    return Path(root) / name
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, LabelValue, Sex, View
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
+from radcorpora.sources.base import SourceInfo, SourceScan, cell, inside, read_csv_rows
 from radcorpora.sources.errors import SourceError
 
 INFO = SourceInfo(
@@ -201,6 +201,9 @@ def _read_row(scan: ChexpertScan, dataset: Path, csv_path: Path, line: int, row:
         return
     image_id = relative_image_path(path_cell)
     ids = patient_and_study(image_id)
+    if inside(dataset, image_id) is None:
+        scan.reject(csv_path, line, "image_outside_source", f"{path_cell}: not a path inside {dataset}")
+        return
     if ids is None:
         scan.reject(csv_path, line, "unexpected_path", f"{path_cell}: no patientNNNNN/studyN components")
         return

@@ -29,7 +29,15 @@ from radcorpora.schemas.cxr import (
     StudyReport,
     View,
 )
-from radcorpora.sources.base import NotANumber, SourceInfo, SourceScan, find_file, open_text, pixels
+from radcorpora.sources.base import (
+    UNREADABLE,
+    NotANumber,
+    SourceInfo,
+    SourceScan,
+    find_file,
+    open_text,
+    pixels,
+)
 from radcorpora.sources.chexpert import LabelValueError, label_state
 from radcorpora.sources.errors import SourceError
 
@@ -201,7 +209,7 @@ def table_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list
                 if len(row) < width:
                     row = row + [""] * (width - len(row))
                 yield line, [row[i].strip() or None for i in index]
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+        except UNREADABLE as exc:
             raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import ijson
 
 from radcorpora.schemas.common import Reject
+from radcorpora.sources.base import inside
 from radcorpora.sources.errors import SourceError
 
 FILES = {
@@ -132,6 +133,11 @@ def scan_pubmedvision(source: Path, subset: str = "alignment", limit: int | None
         if pair is None or not pair[0] or not pair[1]:
             scan.rejects.append(Reject(source=where, row=str(row), reason="no_question_answer",
                                        detail=f"{record_id}: conversations lack a human and a gpt turn"))
+            continue
+        outside = [name for name in images if inside(root, name) is None]
+        if outside:
+            scan.rejects.append(Reject(source=where, row=str(row), reason="image_outside_source",
+                                       detail=f"{record_id}: {', '.join(outside[:3])} is not a path inside {root}"))
             continue
         paths = tuple(root / name for name in images)
         absent = [name for name, p in zip(images, paths) if not p.is_file()]

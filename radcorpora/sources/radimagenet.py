@@ -23,6 +23,7 @@ import yaml
 
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.taxonomy import Taxonomy, normalise_label, radimagenet_vqa_taxonomy
+from radcorpora.sources.base import UNREADABLE
 from radcorpora.sources.errors import SourceError
 
 DATASET = "RadImageNet"
@@ -266,17 +267,25 @@ def _read_split_csv(path: Path, scan: RadImageNetScan) -> list[tuple[str, int]]:
         raise SourceError(f"{path}: cannot read split CSV: {exc}") from exc
     with handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "filename" not in reader.fieldnames:
-            raise SourceError(f"{path}: missing required column `filename` (columns: {reader.fieldnames})")
-        for row_number, row in enumerate(reader, start=2):
-            filename = (row.get("filename") or "").strip().replace("\\", "/")
-            if not filename:
-                scan.rejects.append(Reject(source=str(path), row=str(row_number), reason="csv_row_without_filename"))
-                continue
-            if not filename.startswith(f"{TREE_ROOT}/"):
-                filename = f"{TREE_ROOT}/{filename.lstrip('/')}"
-            rows.append((filename, row_number))
+        try:
+            _split_rows(path, reader, scan, rows)
+        except UNREADABLE as exc:
+            raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
     return rows
+
+
+def _split_rows(path: Path, reader: csv.DictReader, scan: RadImageNetScan, rows: list[tuple[str, int]]) -> None:
+    """Append (normalised rel path, row number) per row; a row without a file name is a reject."""
+    if reader.fieldnames is None or "filename" not in reader.fieldnames:
+        raise SourceError(f"{path}: missing required column `filename` (columns: {reader.fieldnames})")
+    for row_number, row in enumerate(reader, start=2):
+        filename = (row.get("filename") or "").strip().replace("\\", "/")
+        if not filename:
+            scan.rejects.append(Reject(source=str(path), row=str(row_number), reason="csv_row_without_filename"))
+            continue
+        if not filename.startswith(f"{TREE_ROOT}/"):
+            filename = f"{TREE_ROOT}/{filename.lstrip('/')}"
+        rows.append((filename, row_number))
 
 
 def scan_radimagenet(source: Path, label_map: LabelMap | None = None, taxonomy: Taxonomy | None = None) -> RadImageNetScan:

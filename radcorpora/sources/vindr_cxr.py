@@ -35,6 +35,7 @@ from pathlib import Path
 from radcorpora.schemas.boxes import Box, BoxError
 from radcorpora.schemas.cxr import CxrImage, GroundedFinding, Split
 from radcorpora.sources.base import (
+    UNREADABLE,
     NotANumber,
     SourceInfo,
     SourceScan,
@@ -147,7 +148,7 @@ def _table(path: Path, columns: Sequence[str], optional: Sequence[str] = ()
                         continue
                     row = row + [""] * (need - len(row))
                 yield line, [cell.strip() for cell in pick(row)]
-        except (csv.Error, UnicodeDecodeError, EOFError, OSError) as exc:
+        except UNREADABLE as exc:
             raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
 
 
@@ -338,7 +339,7 @@ def _read_image_labels(scan: VinDrScan, root: Path, from_rows: dict[str, dict[st
         try:
             with open_text(path) as handle:
                 header = next(csv.reader(handle), [])
-        except (csv.Error, UnicodeDecodeError, OSError) as exc:
+        except UNREADABLE as exc:
             raise SourceError(f"{path}: unreadable header ({exc})") from exc
         header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
         columns = [h for h in header if h in KNOWN_LABELS]

@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from radcorpora.schemas.common import Reject
+from radcorpora.sources.base import inside
 from radcorpora.sources.errors import SourceError
 
 OSF_JSON = "VQA_RAD Dataset Public.json"
@@ -59,7 +61,10 @@ def read_vqa_rad_test(source: Path) -> VqaRadTest:
 def _read_parquet(root: Path, files: list[Path]) -> VqaRadTest:
     test = VqaRadTest(root=root, source_format="parquet")
     for path in files:
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"{path}: not a readable Parquet file ({exc})") from exc
         missing = {"image", "question", "answer"} - set(table.column_names)
         if missing:
             raise SourceError(f"{path}: missing column(s) {sorted(missing)}")
@@ -95,7 +100,7 @@ def _read_osf(path: Path) -> VqaRadTest:
         if not isinstance(record, dict) or not str(record.get("phrase_type", "")).startswith("test"):
             continue
         name, question, answer = record.get("image_name"), record.get("question"), record.get("answer")
-        if not isinstance(name, str) or not (images / name).is_file():
+        if not isinstance(name, str) or inside(images, name) is None or not (images / name).is_file():
             test.rejects.append(Reject(source=path.name, row=str(row), reason="image_file_missing", detail=str(name)))
             continue
         if not isinstance(question, str) or not question.strip() or answer is None or str(answer).strip() == "":
