@@ -267,3 +267,23 @@ def test_vqa_rad_parquet_cells_of_the_wrong_type_are_rejects(demo, data):
         result = read_vqa_rad_test(root)
     assert len(result.questions) + len(result.rejects) == len(rows)
     assert any(r.row == str(index) for r in result.rejects)
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "/etc/passwd", "train/patient00001/study1/../../../../x.jpg"])
+def test_chexpert_and_plus_paths_outside_the_source_are_rejects(demo, tmp_path, name):
+    """A path that leaves the source is never read: the row is a reject (outside the source, or
+    no patient/study in it once a leading slash is dropped)."""
+    reasons = {"image_outside_source", "unexpected_path"}
+    root = linked_copy(demo / "chexpert", tmp_path / "chexpert")
+    table = root / "CheXpert-v1.0-small" / "valid.csv"
+    rows = read_table(table)
+    rows[1][0] = name if name.startswith("/") else "CheXpert-v1.0-small/" + name
+    write_table(table, rows)
+    assert any(r.row == "2" and r.reason in reasons for r in scan_chexpert(root).rejects)
+    plus = linked_copy(demo / "plus", tmp_path / "plus")
+    table = plus / "df_chexpert_plus_240401.csv"
+    rows = read_table(table)
+    rows[1][rows[0].index("path_to_image")] = name
+    write_table(table, rows)
+    found = {r.reason for r in scan_chexpert_plus(plus).rejects if r.row == "2"}
+    assert found & reasons and ("image_outside_source" in found) == (".." in name and "patient" in name)

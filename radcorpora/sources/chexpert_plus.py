@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radcorpora.schemas.cxr import CHEXPERT_LABELS, CxrImage, LabelValue, Split, StudyReport
-from radcorpora.sources.base import SourceInfo, SourceScan, cell, read_csv_rows
+from radcorpora.sources.base import SourceInfo, SourceScan, cell, inside, read_csv_rows
 from radcorpora.sources.chexpert import (
     LabelValueError,
     chexpert_sex,
@@ -123,6 +123,9 @@ def scan_chexpert_plus(root: Path, label_file: str = "report_fixed") -> Chexpert
         split = SPLITS.get((cell(row, "split") or "").lower())
         if split is None:
             scan.reject(table, line, "bad_split", f"split={cell(row, 'split')!r}")
+            continue
+        if inside(root, image_id) is None:
+            scan.reject(table, line, "image_outside_source", f"{image_id}: not a path inside {root}")
             continue
         path = _image_path(root, image_id)
         if path is None:
