@@ -17,6 +17,7 @@ from radcorpora.commands import (
     evaluate,
     folder,
     leakage,
+    mix,
     publish,
     train,
 )
@@ -88,6 +89,7 @@ app.command("check")(check.check_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("publish")(publish.publish_cmd)
 app.command("leakage")(leakage.leakage_cmd)
+app.command("mix")(mix.mix_cmd)
 app.command("dpo")(dpo.dpo_cmd)
 
 

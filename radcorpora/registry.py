@@ -57,6 +57,10 @@ def spec_of_build(build: Path) -> CorpusSpec:
     from radcorpora.store.folder import BuildFolderError, read_manifest
 
     name = read_manifest(build).get("corpus")
+    if name == "mix":  # a `radcorpora mix` folder: not a registered corpus, but read like one
+        from radcorpora.mix.spec import MIX_SPEC
+
+        return MIX_SPEC
     if name not in CORPORA:
         raise BuildFolderError(f"{build}: manifest names corpus {name!r}, which this radcorpora does not know "
                                f"(known: {', '.join(sorted(CORPORA))})")
@@ -69,7 +73,8 @@ def preview(build: Path, out: Path | None = None, **options: Any) -> Any:
     from radcorpora.publish.preview import write_preview
     from radcorpora.store.folder import read_manifest
 
-    spec = CORPORA.get(read_manifest(build).get("corpus"))
+    name = read_manifest(build).get("corpus")
+    spec = spec_of_build(build) if name == "mix" else CORPORA.get(name)
     return write_preview(build, out, spec=spec.preview if spec else None, title=spec.title if spec else None,
                          **options)
 

@@ -4,7 +4,6 @@ build (or config) and an evaluation split of another. Exit 1 when any case is fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from radcorpora.commands.ui import USER_ERRORS, fail, say
-from radcorpora.ops import phash as phash_ops
-from radcorpora.ops.leakage import BuildRows, count_by_pair, find_cases
+from radcorpora.engine.executors import ExecutorSettings, map_tasks
+from radcorpora.ops.leakage import BuildRows, build_rows, count_by_pair, find_cases
+from radcorpora.ops.phash import hash_image
 from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, EVAL_SPLITS, KINDS, TRAIN_SPLITS
 from radcorpora.store.atomic import write_text
 from radcorpora.store.folder import BuildFolderError, read_manifest
@@ -23,27 +23,21 @@ from radcorpora.store.identity import load_index
 MAX_PHASH_DISTANCE = 16  # beyond this, unrelated radiographs match (and the bands get too narrow to help)
 
 
-def hash_image(data: bytes) -> tuple[str, int | None]:
-    """sha256 of the bytes, and their pHash (None: not a decodable image)."""
-    from PIL import Image
-
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        return sha, phash_ops.phash64(data)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # what Pillow raises for non-images
-        return sha, None
-
-
-def _rows(name: str, index) -> BuildRows:
-    """The index lines with each row numbered within its split, shards in order."""
-    columns = index.table.to_pydict()
-    offsets, seen = {}, {}
-    for shard in sorted(index.rows):
-        config, split = shard.split("/")[1], Path(shard).name.rsplit("-", 3)[0]
-        offsets[shard] = seen.get((config, split), 0)
-        seen[(config, split)] = offsets[shard] + index.rows[shard]
-    columns["row"] = [offsets[s] + r for s, r in zip(columns["shard"], columns["row"])]
-    return BuildRows(name, columns)
+def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str] | None = None) -> list[BuildRows]:
+    """Each build's identity index (read back, or hashed on the executor: one task per shard),
+    numbered for the join, with a line per build saying what was read and what was hashed."""
+    rows = []
+    for number, build in enumerate(builds):
+        index = load_index(build, hash_image, lambda fn, jobs: map_tasks(fn, jobs, executor))
+        read = f"{len(index.reused)} shards read from the stored index" if index.reused else ""
+        hashed = f"{len(index.indexed)} shards hashed" if index.indexed else ""
+        say(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
+        if index.undecodable:
+            say(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
+        if index.note:
+            say(f"warning: {index.note}", "yellow")
+        rows.append(build_rows(names[number] if names else str(build), index.table, index.rows))
+    return rows
 
 
 def leakage_cmd(
@@ -53,6 +47,9 @@ def leakage_cmd(
     phash_distance: int = typer.Option(DEFAULT_PHASH_DISTANCE, "--phash-distance",
                                        help=f"Largest Hamming distance of two 64-bit pHashes taken as one image "
                                             f"(0-{MAX_PHASH_DISTANCE}; default {DEFAULT_PHASH_DISTANCE})"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (or Ray tasks) hashing the images"),
+    executor: str = typer.Option("local", "--executor", help="local (processes here) or ray"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local one)"),
 ) -> None:
     """Report every patient, study and image found in a training split (train) of one build and
     an evaluation split (test, validation, benchmark) of another, or of another config of the same
@@ -72,19 +69,10 @@ def leakage_cmd(
                 raise BuildFolderError(f"{build}: given twice (also as {seen[build.resolve()]})")
             seen[build.resolve()] = build
             read_manifest(build)  # every build checked before any is hashed: a bad one fails at once
-        names = [str(b) for b in builds]
-        indexes = []
-        for build in builds:
-            index = load_index(build, hash_image)
-            indexes.append(index)
-            read = f"{len(index.reused)} shards read from the stored index" if index.reused else ""
-            hashed = f"{len(index.indexed)} shards hashed" if index.indexed else ""
-            say(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
-            if index.undecodable:
-                say(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
-            if index.note:
-                say(f"warning: {index.note}", "yellow")
-        cases = find_cases([_rows(name, index) for name, index in zip(names, indexes)], phash_distance)
+        if executor not in ("local", "ray"):
+            raise BuildFolderError(f"--executor must be local or ray, not {executor!r}")
+        settings = ExecutorSettings(name=executor, workers=workers, ray_address=ray_address)  # type: ignore[arg-type]
+        cases = find_cases(index_builds(builds, settings), phash_distance)
         write_text(report, "".join(json.dumps(c, sort_keys=True, ensure_ascii=False) + "\n" for c in cases))
     except (*USER_ERRORS, OSError) as exc:
         fail(exc)

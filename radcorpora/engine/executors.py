@@ -16,9 +16,10 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from radcorpora.store import atomic
 from radcorpora.store.state import ChunkResult, ChunkSpec, chunk_done, mark_done
@@ -90,8 +91,10 @@ def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers
             yield futures[future], future.result()
 
 
-def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings
-         ) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+@contextmanager
+def ray_runtime(settings: ExecutorSettings) -> Iterator[Any]:
+    """The `ray` module with a runtime up: the cluster at `ray_address`, or one of our own on this
+    machine (shut down again on leaving); an ExecutorError says what to do when it cannot start."""
     try:
         import ray
     except ImportError as exc:
@@ -113,6 +116,15 @@ def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings:
             raise ExecutorError(f"cannot start Ray on {where}: {exc}") from exc
         started_here = True
     try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings
+         ) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+    with ray_runtime(settings) as ray:
         remote = ray.remote(num_cpus=1, max_retries=2)(_tuned_on_node)
         refs = {remote.remote(worker, spec, out): spec for spec in pending}
         nodes = read_ray_nodes(out)  # a resumed build keeps the nodes of the chunks it skips
@@ -124,9 +136,31 @@ def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings:
                 nodes[refs[ref].chunk_id] = node
                 atomic.write_json(out / RAY_NODES_FILE, nodes)
                 yield refs[ref], result
-    finally:
-        if started_here:
-            ray.shutdown()
+
+
+def _task(fn: Callable[[Any], Any], payload: Any) -> Any:
+    keep_freed_memory()
+    return fn(payload)
+
+
+def map_tasks(fn: Callable[[Any], Any], payloads: Sequence[Any], settings: ExecutorSettings) -> Iterator[Any]:
+    """`fn(payload)` for each payload, on worker processes here or as Ray tasks, results in payload
+    order (so what is made of them does not depend on the worker count). For work that keeps no
+    state in a build folder (hashing a build's images for `radcorpora leakage`); `fn` and the
+    payloads must pickle."""
+    if settings.name == "ray" and payloads:
+        with ray_runtime(settings) as ray:
+            remote = ray.remote(num_cpus=1, max_retries=2)(_task)
+            refs = [remote.remote(fn, payload) for payload in payloads]
+            for ref in refs:
+                yield ray.get(ref)
+        return
+    if settings.workers <= 1 or len(payloads) <= 1:
+        for payload in payloads:
+            yield fn(payload)
+        return
+    with ProcessPoolExecutor(max_workers=min(settings.workers, len(payloads)), initializer=keep_freed_memory) as pool:
+        yield from pool.map(fn, payloads)
 
 
 def _python_path() -> list[str]:

@@ -27,6 +27,20 @@ class BuildRows:
     columns: dict[str, list[Any]]
 
 
+def build_rows(name: str, table: Any, rows: dict[str, int]) -> BuildRows:
+    """An identity index (IDENTITY_SCHEMA table; `rows`: shard -> its row count) with each row
+    numbered within its split, shards in order, as the report and `mix --resolve` number them."""
+    columns = table.to_pydict()
+    offsets: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for shard in sorted(rows):
+        config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+        offsets[shard] = seen.get((config, split), 0)
+        seen[(config, split)] = offsets[shard] + rows[shard]
+    columns["row"] = [offsets[s] + r for s, r in zip(columns["shard"], columns["row"])]
+    return BuildRows(name, columns)
+
+
 def _allowed(train: Loc, held_out: Loc) -> bool:
     return train[0] != held_out[0] or train[1] != held_out[1]
 

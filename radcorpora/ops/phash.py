@@ -30,6 +30,20 @@ def phash64(data: bytes) -> int:
         return int(str(imagehash.phash(image)), 16)
 
 
+def hash_image(data: bytes) -> tuple[str, int | None]:
+    """sha256 of the bytes, and their pHash (None: not a decodable image). Module-level, so a
+    worker process or a Ray task can run it."""
+    import hashlib
+
+    from PIL import Image
+
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        return sha, phash64(data)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # what Pillow raises for non-images
+        return sha, None
+
+
 def distance(a: int, b: int) -> int:
     return int(a ^ b).bit_count()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from radcorpora.schemas.identity import (
 from radcorpora.store.atomic import commit, tmp_path_for
 from radcorpora.store.folder import (
     BuildFolderError,
+    ShardRef,
     all_shards,
     iter_batches,
     open_shard,
@@ -34,6 +35,8 @@ from radcorpora.store.folder import (
 
 # encoded image -> (sha256 hex, perceptual hash or None where it does not decode)
 ImageHasher = Callable[[bytes], "tuple[str, int | None]"]
+# (task, jobs) -> the task's results in job order: the builtin `map`, or the engine's executors
+TaskMap = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
 
 
 @dataclass
@@ -85,6 +88,14 @@ def _image_columns(schema: pa.Schema) -> list[tuple[str, bool]]:
     return out
 
 
+def index_shard(job: tuple[str, str, str, str, ImageHasher]) -> tuple[pa.Table, int]:
+    """The index lines of one shard (build, config, split, shard path, hasher) as an Arrow table,
+    and its row count: one task of a (parallel) indexing run. Memory: one batch of images at a time."""
+    build, config, split, path, hasher = job
+    lines, rows = _index_shard(Path(build), ShardRef(config, split, Path(path)), hasher)
+    return pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA), rows
+
+
 def _index_shard(build: Path, shard, hasher: ImageHasher) -> tuple[list[dict[str, Any]], int]:
     """Lines of one shard and its row count."""
     schema = open_shard(shard.path).schema_arrow
@@ -122,9 +133,11 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def load_index(build: Path, hasher: ImageHasher) -> IndexResult:
+def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = None) -> IndexResult:
     """The build's identity index, from build/identity.parquet where its shards are unchanged,
-    hashing the images of the others (and storing the result back)."""
+    hashing the images of the others (and storing the result back). `map_tasks` runs the shards'
+    hashing (`index_shard`, one task per shard; `hasher` must pickle): the same lines whatever
+    runs them, since each shard's lines depend on that shard alone."""
     build = Path(build)
     manifest = read_manifest(build)
     listed = manifest.get("shards") or {}
@@ -136,6 +149,7 @@ def load_index(build: Path, hasher: ImageHasher) -> IndexResult:
     parts: list[pa.Table] = []
     result = IndexResult(table=IDENTITY_SCHEMA.empty_table(), rows={})
     new_keys: dict[str, Any] = {}
+    todo: list[tuple[str, ShardRef, dict[str, Any]]] = []
     for shard in shards:
         rel = shard.rel(build)
         stat = shard.path.stat()
@@ -148,12 +162,16 @@ def load_index(build: Path, hasher: ImageHasher) -> IndexResult:
         if stored is not None and old.get("sha256") == sha:
             result.rows[rel] = int(old["rows"])
             result.reused.append(rel)
+            new_keys[rel] = {**key, "rows": result.rows[rel]}
         else:
-            lines, count = _index_shard(build, shard, hasher)
-            parts.append(pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA))
-            result.rows[rel] = count
-            result.indexed.append(rel)
-        new_keys[rel] = {**key, "rows": result.rows[rel]}
+            todo.append((rel, shard, key))
+    jobs = [(str(build), shard.config, shard.split, str(shard.path), hasher) for _, shard, _ in todo]
+    for (rel, _, key), (part, count) in zip(todo, (map_tasks or map)(index_shard, jobs)):
+        parts.append(part)
+        result.rows[rel] = count
+        result.indexed.append(rel)
+        new_keys[rel] = {**key, "rows": count}
+    new_keys = {rel: new_keys[rel] for rel in sorted(new_keys)}
     if result.reused:
         whole = len(result.reused) == len(keys) == len(set(stored["shard"].unique().to_pylist()))
         parts.append(stored if whole else stored.filter(pc.is_in(stored["shard"], value_set=pa.array(result.reused))))
