@@ -287,3 +287,29 @@ def test_chexpert_and_plus_paths_outside_the_source_are_rejects(demo, tmp_path, 
     write_table(table, rows)
     found = {r.reason for r in scan_chexpert_plus(plus).rejects if r.row == "2"}
     assert found & reasons and ("image_outside_source" in found) == (".." in name and "patient" in name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm", "JPEG-lossy.dcm"]),
+       data=st.data())
+def test_a_cut_or_corrupted_dicom_is_a_named_dicom_error(name, data):
+    """Real DICOMs from pydicom's test data, cut or with bytes flipped: converted, or a
+    DicomError naming the file; never another exception."""
+    from pydicom.data import get_testdata_file
+
+    from radcorpora.sources.dicom import DicomError, read_dicom_image, read_dicom_size
+
+    raw = bytearray(Path(get_testdata_file(name)).read_bytes())
+    if data.draw(st.booleans(), label="cut"):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 8))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(bytes(raw))
+        for read in (read_dicom_size, lambda p: read_dicom_image(p, max_side=64)):
+            try:
+                read(path)
+            except DicomError as exc:
+                assert name in str(exc)
