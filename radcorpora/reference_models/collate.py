@@ -36,6 +36,16 @@ def to_messages(conversations: Sequence[dict[str, str]], images: Sequence[Image.
     return messages
 
 
+def conversations_of(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A row's LLaVA turns: its `conversations`, or its `prompt` and `response` as one human and one
+    gpt turn (MMRad-IVL's layout, where the response holds one `<image>` per crop)."""
+    if row.get("conversations") is not None:
+        return row["conversations"]
+    if row.get("prompt") is not None and row.get("response") is not None:
+        return [{"from": "human", "value": row["prompt"]}, {"from": "gpt", "value": row["response"]}]
+    raise TrainingError(f"row {row.get('id', '?')}: neither `conversations` nor `prompt` and `response`")
+
+
 def decode_images(row: dict[str, Any]) -> list[Image.Image]:
     raw = row.get("images") if row.get("images") is not None else [row.get("image")]
     out = []
@@ -59,30 +69,82 @@ def marks_assistant_turns(processor: Any) -> bool:
     return bool(_GENERATION_TAG.search(template if isinstance(template, str) else json.dumps(template)))
 
 
-def _rendered_length(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> int:
-    encoded = processor.apply_chat_template([messages], tokenize=True, return_dict=True,
-                                            add_generation_prompt=add_generation_prompt)
-    return len(encoded["input_ids"][0])
+def _text_ids(processor: Any, messages: list[dict[str, Any]], add_generation_prompt: bool, skip: set[int]) -> list[int]:
+    """The rendered conversation's tokens, image placeholders and their framing left out."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return [i for i in processor.tokenizer(text, add_special_tokens=False)["input_ids"] if i not in skip]
 
 
 def assistant_mask_by_prefix(processor: Any, batch_messages: Sequence[list[dict[str, Any]]],
-                             input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                             input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             row_ids: Sequence[Any] | None = None) -> torch.Tensor:
     """The assistant-token mask for templates without generation tags (most real checkpoints): each
     assistant turn spans from the end of the conversation before it plus the generation prompt to
-    the end of the conversation through it, trailing template whitespace left out."""
+    the end of the conversation through it, trailing template whitespace left out.
+
+    Spans are found among the text tokens only (image tokens set apart), so they hold whatever
+    each image expands to, which can depend on the whole row (LLaVA-OneVision gives a row of
+    several images fewer tokens per image). Each prefix must render to the tokens the whole
+    conversation starts with; a template that renders earlier turns differently (e.g. one that
+    drops past reasoning) is refused, never mislabelled."""
     mask = torch.zeros_like(input_ids)
-    left = processor.tokenizer.padding_side == "left"
+    skip = image_token_ids(processor)
     for b, messages in enumerate(batch_messages):
-        offset = input_ids.shape[1] - int(attention_mask[b].sum()) if left else 0
+        name = row_ids[b] if row_ids is not None else b
+        positions = [j for j in range(input_ids.shape[1]) if attention_mask[b, j] and int(input_ids[b, j]) not in skip]
+        present = [int(input_ids[b, j]) for j in positions]
+        full = _text_ids(processor, messages, False, skip)
+        shift = len(present) - len(full)  # tokens the processor put before the rendered text (a bos)
+        if shift < 0 or present[shift:] != full:
+            raise TrainingError(f"row {name}: the processor's tokens differ from the rendered chat template's, so its "
+                                "assistant tokens cannot be found by prefix; use a template with {% generation %} markers")
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            start = _rendered_length(processor, messages[:k], add_generation_prompt=True)
-            end = _rendered_length(processor, messages[:k + 1], add_generation_prompt=False)
-            while end > start and not processor.tokenizer.decode(input_ids[b, offset + end - 1]).strip():
+            prefix = _text_ids(processor, messages[:k], True, skip)
+            through = _text_ids(processor, messages[:k + 1], False, skip)
+            if full[:len(prefix)] != prefix or full[:len(through)] != through:
+                raise TrainingError(f"row {name}: the chat template renders the conversation up to assistant turn {k} "
+                                    "differently from the whole conversation, so its assistant tokens cannot be found "
+                                    "by prefix; use a template with {% generation %} markers")
+            start, end = len(prefix), len(through)
+            while end > start and not processor.tokenizer.decode([full[end - 1]]).strip():
                 end -= 1
-            mask[b, offset + start:offset + end] = 1
+            for p in range(start, end):
+                mask[b, positions[shift + p]] = 1
     return mask
+
+
+def image_token_ids(processor: Any) -> set[int]:
+    """Token ids that stand for image content or frame it (image/video pads, Qwen's vision start and
+    end, Idefics3's fake-around and global-image tokens and tile tags): never predicted, so never in
+    the loss, even where a corpus puts images in an assistant turn (MMRad-IVL's crops)."""
+    ids: set[Any] = {getattr(processor, name, None) for name in (
+        "image_token_id", "video_token_id", "fake_image_token_id", "global_image_token_id",
+        "vision_start_token_id", "vision_end_token_id")}
+    ids |= set(getattr(processor, "row_col_ids", None) or [])
+    vocab = processor.tokenizer.get_vocab()
+    ids |= {vocab[t] for t in ("<|vision_start|>", "<|vision_end|>") if t in vocab}
+    return {i for i in ids if isinstance(i, int) and i != processor.tokenizer.unk_token_id}
+
+
+def _check_image_parts(processor: Any, rows: Sequence[dict[str, Any]], batch_messages: Sequence[list[dict[str, Any]]]) -> None:
+    """Every image part of a message must reach the rendered text as one image placeholder: a
+    template that drops images (Qwen3-VL's renders none in assistant turns) is named with the row."""
+    token = getattr(processor, "image_token", None)
+    if not token:
+        return
+    for row, messages in zip(rows, batch_messages):
+        parts = {m["role"]: 0 for m in messages}
+        for m in messages:
+            parts[m["role"]] += sum(1 for p in m["content"] if p.get("type") == "image")
+        if not sum(parts.values()):
+            continue
+        rendered = processor.apply_chat_template(messages, tokenize=False).count(token)
+        if rendered != sum(parts.values()):
+            where = ", ".join(f"{n} in {r} turns" for r, n in parts.items() if n)
+            raise TrainingError(f"row {row.get('id', '?')}: {sum(parts.values())} image(s) ({where}) but this model's "
+                                f"chat template renders {rendered} {token}: it drops images in some turns")
 
 
 def final_turn_only(mask: torch.Tensor) -> torch.Tensor:
@@ -101,19 +163,26 @@ def final_turn_only(mask: torch.Tensor) -> torch.Tensor:
 def collate(processor: Any, rows: Sequence[dict[str, Any]], text_only: bool, max_length: int,
             loss: str = "all_assistant") -> dict[str, torch.Tensor]:
     """Tokenised batch with labels = input ids on assistant tokens, -100 elsewhere: every assistant
-    turn, or only the last where the corpus' loss intent is "final_assistant" (as the exports say)."""
-    batch_messages = [to_messages(r["conversations"], None if text_only else decode_images(r)) for r in rows]
+    turn, or only the last where the corpus' loss intent is "final_assistant" (as the exports say).
+    Image tokens are never labelled. Rows may hold several images (`images`, one per `<image>` in
+    turn order) and images in assistant turns; whatever inputs the family's processor makes
+    (Qwen's grids, Mllama's tiles and cross-attention mask, Idefics3's pixel mask) are returned."""
+    batch_messages = [to_messages(conversations_of(r), None if text_only else decode_images(r)) for r in rows]
+    if not text_only:
+        _check_image_parts(processor, rows, batch_messages)
     tagged = marks_assistant_turns(processor)
     batch = processor.apply_chat_template(batch_messages, tokenize=True, return_dict=True, return_tensors="pt",
                                           return_assistant_tokens_mask=tagged, processor_kwargs={"padding": True})
     if tagged:
         mask = batch.pop("assistant_masks")
     else:
-        mask = assistant_mask_by_prefix(processor, batch_messages, batch["input_ids"], batch["attention_mask"])
+        mask = assistant_mask_by_prefix(processor, batch_messages, batch["input_ids"], batch["attention_mask"],
+                                        [r.get("id", i) for i, r in enumerate(rows)])
     if loss == "final_assistant":
         mask = final_turn_only(mask)
     labels = batch["input_ids"].clone()
     labels[mask == 0] = -100
+    labels[torch.isin(labels, torch.tensor(sorted(image_token_ids(processor)), dtype=labels.dtype))] = -100
     batch["labels"] = labels
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     too_long = [f"{row.get('id', i)} ({n} tokens)" for i, (row, n) in enumerate(zip(rows, lengths)) if n > max_length]

@@ -9,7 +9,7 @@ saved and reloaded like any checkpoint, so every build can be checked on a CPU i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
+from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from radcorpora.store.atomic import replace_folder
@@ -60,19 +62,50 @@ class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts` with Qwen's special tokens."""
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """Qwen3-VL processor without the video processor (which requires torchvision)."""
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **_: Any):
+        # the parent sets its tokens up and hands (image, tokenizer, video) to ProcessorMixin, which
+        # keeps only the attributes this signature names: the video processor is dropped
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+
+class ImageOnlyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
+    """LLaVA-OneVision processor without the video processor (which requires torchvision)."""
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, num_image_tokens: int | None = None,
+                 vision_feature_select_strategy: str | None = None, chat_template: str | None = None,
+                 image_token: str = "<image>", video_token: str = "<video>", vision_aspect_ratio: str = "anyres_max_9",
+                 **_: Any):
+        super().__init__(image_processor, tokenizer, None, num_image_tokens=num_image_tokens,
+                         vision_feature_select_strategy=vision_feature_select_strategy, chat_template=chat_template,
+                         image_token=image_token, video_token=video_token, vision_aspect_ratio=vision_aspect_ratio)
+
+
+# model_type -> the processor class to load it with, where the family's own processor needs a
+# video processor and so torchvision (we never feed videos)
+IMAGE_ONLY_PROCESSORS: dict[str, type] = {"qwen2_5_vl": ImageOnlyQwen25VLProcessor, "qwen3_vl": ImageOnlyQwen3VLProcessor,
+                                          "llava_onevision": ImageOnlyLlavaOnevisionProcessor}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, special_tokens: Sequence[str] = SPECIAL_TOKENS,
+                    eos: str = "<|im_end|>", pad: str = "<|endoftext|>", bos: str | None = None,
+                    extra: dict[str, str] | None = None, chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` with a family's special tokens (Qwen's by default), its
+    eos/pad/bos and named extra tokens (`image_token`...), and a chat template; left padding."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                      extra_special_tokens={"image_token": "<|image_pad|>"})
-    wrapped.chat_template = CHAT_TEMPLATE
+    named = {"bos_token": bos} if bos else {}
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos, pad_token=pad, **named,
+                                      extra_special_tokens=extra if extra is not None else {"image_token": "<|image_pad|>"})
+    wrapped.chat_template = chat_template
     wrapped.padding_side = "left"  # generation appends on the right
     return wrapped
 
@@ -144,12 +177,14 @@ def resolve_model(spec: str, folder: Path, texts: Callable[[], Iterable[str]], s
 
 
 def load_processor(path: Path) -> Any:
-    """The saved processor; tiny checkpoints need the image-only class (AutoProcessor would
-    silently return just the tokenizer)."""
+    """The saved processor. Families whose processor carries a video processor (Qwen2.5-VL,
+    Qwen3-VL, LLaVA-OneVision) load through their image-only class: the video processor needs
+    torchvision, and AutoProcessor on such a folder without it fails or silently returns just the
+    tokenizer. Others (Llama-3.2-Vision, Idefics3/SmolVLM) load through AutoProcessor."""
     if (Path(path) / "config.json").exists():
-        config = AutoConfig.from_pretrained(path)
-        if config.model_type == "qwen2_5_vl" and config.text_config.hidden_size <= 256:  # a tiny checkpoint
-            return ImageOnlyQwen25VLProcessor.from_pretrained(path)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        if model_type in IMAGE_ONLY_PROCESSORS:
+            return IMAGE_ONLY_PROCESSORS[model_type].from_pretrained(path)
     return AutoProcessor.from_pretrained(path)
 
 
