@@ -18,10 +18,12 @@ pytest.importorskip("torch")
 
 from PIL import Image
 
+from radcorpora.corpora.radvlm.evaluation import EVALUATION as RADVLM
 from radcorpora.corpora.radvlm.records import RadVLMRecord
 from radcorpora.llm.session import LLMSession, LLMSettings
 from radcorpora.llm.structured import ParseError
 from radcorpora.reference_models import evaluate
+from radcorpora.reference_models.evaluate import InProcessGenerator
 from radcorpora.reference_models.judge import Judge, ScoreLineParser
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 
@@ -107,15 +109,17 @@ def test_each_turn_sees_the_models_own_earlier_answers(tiny, monkeypatch):
     _, model, processor = tiny
     rows = _rows(_record(1, 3), _record(2, 2), _record(3, 3, task="conversation_grounded"))
     calls: list[tuple[list, list]] = []
-    real = evaluate.answer_turns
+    real = InProcessGenerator(model, processor)
 
-    def recording(model_, processor_, histories, images, max_new_tokens):
-        replies = real(model_, processor_, histories, images, max_new_tokens)
-        calls.append(([list(h) for h in histories], list(images)))
-        return replies
+    class Recording:
+        name = "recording"
 
-    monkeypatch.setattr(evaluate, "answer_turns", recording)
-    metrics, samples = evaluate.evaluate_radvlm(model, processor, rows, batch_size=8, conversation_max_new_tokens=6)
+        def answer(self, histories, images, max_new_tokens):
+            replies = real.answer(histories, images, max_new_tokens)
+            calls.append(([list(h) for h in histories], list(images)))
+            return replies
+
+    metrics, samples = evaluate.evaluate(RADVLM, Recording(), rows, batch_size=8, max_new_tokens=6)
 
     # one group of three conversations, batched turn by turn: 3, 3, then the two 3-round ones
     assert [len(h) for h, _ in calls] == [3, 3, 2]
@@ -134,10 +138,10 @@ def test_each_turn_sees_the_models_own_earlier_answers(tiny, monkeypatch):
     assert metrics["conversation_conversations"] == 2 and metrics["conversation_rounds"] == 5
     assert metrics["conversation_grounded_conversations"] == 1
     assert metrics["conversation_judge"]["run"] is False and "conversation_judge_score" not in metrics
-    assert metrics["instances"] == 3 and evaluate.radvlm_primary(metrics) == "instances"
+    assert metrics["instances"] == 3 and RADVLM.primary(metrics) == "instances"
 
     calls.clear()
-    evaluate.evaluate_radvlm(model, processor, rows[:1], text_only=True, conversation_max_new_tokens=4)
+    evaluate.evaluate(RADVLM, Recording(), rows[:1], text_only=True, max_new_tokens=4)
     assert [images for _, images in calls] == [[None]] * 3  # the text-only twin: images withheld
 
 
@@ -157,11 +161,22 @@ def _judge_reply(model, system, messages):
     return "Score: 6", None
 
 
-def _fake_answers(monkeypatch):
-    def answer(model, processor, histories, images, max_new_tokens):
+class Canned:
+    """Answers every turn with "my answer K" (K: the turn's index)."""
+
+    name = "canned"
+
+    def answer(self, histories, images, max_new_tokens):
         return [f"my answer {len(h) // 2}" for h in histories]
 
-    monkeypatch.setattr(evaluate, "answer_turns", answer)
+
+def _fake_answers(monkeypatch):
+    """Canned answers from the in-process generator too (the checkpoint is still loaded for real)."""
+    monkeypatch.setattr(InProcessGenerator, "answer", Canned.answer)
+
+
+def _radvlm(rows, judge=None):
+    return evaluate.evaluate(RADVLM, Canned(), rows, judge=judge)
 
 
 def test_judge_scores_repairs_failures_and_cache(monkeypatch, tmp_path):
@@ -172,7 +187,7 @@ def test_judge_scores_repairs_failures_and_cache(monkeypatch, tmp_path):
     with FakeProviderServer(_judge_reply) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
         session = LLMSession(LLMSettings(cache_path=str(tmp_path / "cache.sqlite"), approve_credentialed=["openai"]))
-        metrics, samples = evaluate.evaluate_radvlm(None, None, rows, judge=Judge("openai:judge-model", session))
+        metrics, samples = _radvlm(rows, judge=Judge("openai:judge-model", session))
         bodies = list(server.request_bodies)
         # five conversations, plus one repair each for [no-score] and [repaired]
         assert len(bodies) == 7 and all(b["temperature"] == 0.0 for b in bodies)
@@ -181,7 +196,7 @@ def test_judge_scores_repairs_failures_and_cache(monkeypatch, tmp_path):
         assert "Round 3" in first and "Expected answer 2 for image 3" in first and "Model answer: my answer 2" in first
 
         again = LLMSession(LLMSettings(cache_path=str(tmp_path / "cache.sqlite"), approve_credentialed=["openai"]))
-        metrics2, samples2 = evaluate.evaluate_radvlm(None, None, rows, judge=Judge("openai:judge-model", again))
+        metrics2, samples2 = _radvlm(rows, judge=Judge("openai:judge-model", again))
         assert len(server.request_bodies) == 7 and again.sent == 0  # every answer, repairs too, from the cache
     assert metrics2 == metrics and samples2 == samples
 
@@ -202,7 +217,7 @@ def test_judge_scores_repairs_failures_and_cache(monkeypatch, tmp_path):
     # the grounded conversation has its own metrics
     assert metrics["conversation_grounded_judge_score"] == 9.0 and metrics["conversation_grounded_judge_failures"] == 0
     assert metrics["conversation_conversations"] == 4 and metrics["conversation_grounded_conversations"] == 1
-    assert evaluate.radvlm_primary(metrics) == "conversation_judge_score_100"
+    assert RADVLM.primary(metrics) == "conversation_judge_score_100"
     assert session.ledger.counts() == {"parse": 1}  # the failure is in the ledger too
     assert KEY not in (tmp_path / "cache.sqlite").read_bytes().decode("latin-1")
 
@@ -213,13 +228,13 @@ def test_credentialed_conversations_are_refused_by_an_unapproved_judge(monkeypat
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeProviderServer(_judge_reply) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        metrics, samples = evaluate.evaluate_radvlm(None, None, rows, judge=Judge("openai:judge-model", _session(tmp_path)))
+        metrics, samples = _radvlm(rows, judge=Judge("openai:judge-model", _session(tmp_path)))
         assert server.calls == 0  # nothing left the machine
     assert metrics["conversation_judge_failures"] == 2 and metrics["conversation_judged"] == 0
     assert metrics["conversation_judge_score"] is None and "approve-credentialed" in metrics["conversation_judge"]["error"]
     assert all(s["judge_status"] == "failed" and s["judge_error"].startswith("refused:") for s in samples)
     assert all(t["prediction"] for s in samples for t in s["turns"])  # the model's answers are kept
-    assert evaluate.radvlm_primary(metrics) == "instances"
+    assert RADVLM.primary(metrics) == "instances"
 
 
 def test_offline_judge_through_the_session(monkeypatch, tmp_path):
@@ -232,8 +247,7 @@ def test_offline_judge_through_the_session(monkeypatch, tmp_path):
         return "Close enough.\nScore: 7"
 
     session = LLMSession(LLMSettings(cache_path=str(tmp_path / "c.sqlite")), offline={"conversation_judge": responder})
-    metrics, _ = evaluate.evaluate_radvlm(None, None, _rows(_record(1, 2, licence="credentialed")),
-                                          judge=Judge("offline", session))
+    metrics, _ = _radvlm(_rows(_record(1, 2, licence="credentialed")), judge=Judge("offline", session))
     assert metrics["conversation_judge_score"] == 7.0 and seen[0].licence_class == "credentialed"
     assert seen[0].prompt_id == "radvlm/conversation-judge/v1"
 
@@ -295,9 +309,9 @@ def test_evaluate_command_on_the_conversation_config(tiny, monkeypatch, tmp_path
     # the check picks up both conversation configs, only when a judge is given
     recipe = CORPORA["radvlm"].evaluation
     judge = Judge("offline", _session(tmp_path))
-    found = judged_rows(build, recipe, evaluate.EVALUATORS["radvlm"], judge, limit=1)
+    found = judged_rows(build, recipe, judge, limit=1)
     assert {k: len(v) for k, v in found.items()} == {"conversation": 1, "conversation_grounded": 1}
-    assert judged_rows(build, recipe, evaluate.EVALUATORS["radvlm"], None) == {}
+    assert judged_rows(build, recipe, None) == {}
 
 
 def _classification(n: int) -> RadVLMRecord:

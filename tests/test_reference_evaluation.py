@@ -9,9 +9,14 @@ import pytest
 
 pytest.importorskip("torch")
 
+from radcorpora.corpora.rad_ace_cot.evaluation import EVALUATION as RAD_ACE
+from radcorpora.corpora.rad_ace_cot.evaluation import score_vqa_rad
+from radcorpora.corpora.radimagenet_vqa.evaluation import parse_letter
 from radcorpora.llm.session import LLMSession, LLMSettings
-from radcorpora.reference_models import evaluate
+from radcorpora.reference_models.evaluate import evaluate
 from radcorpora.reference_models.judge import Judge, JudgeItem
+from radcorpora.reference_models.metric_kit import text_scores
+from radcorpora.spec.evaluation import parse_closed
 from radcorpora.testing.fake_llm_server import FakeProviderServer
 
 KEY = "sk-test-reference-0123456789"
@@ -22,7 +27,7 @@ KEY = "sk-test-reference-0123456789"
     ("No, there is no nodule", "no"), ("yesterday", None), ("", None),
 ])
 def test_closed_answers_are_read_on_word_boundaries(text, expected):
-    assert evaluate.parse_closed(text) == expected
+    assert parse_closed(text) == expected
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -30,24 +35,25 @@ def test_closed_answers_are_read_on_word_boundaries(text, expected):
     ("knee", "B"), ("brain or knee", None), ("E", None), ("Because the image shows...", None),
 ])
 def test_multiple_choice_letters(text, expected):
-    assert evaluate.parse_letter(text, ["brain", "knee", "hip", "spine"]) == expected
+    assert parse_letter(text, ["brain", "knee", "hip", "spine"]) == expected
 
 
 def test_vqa_rad_answers():
-    assert evaluate.score_vqa_rad("CLOSED", "No", "There is no effusion, so no.")
-    assert not evaluate.score_vqa_rad("CLOSED", "no", "A nodule is present.")
-    assert evaluate.score_vqa_rad("OPEN", "left lung", "The lesion is in the left lung.")
-    assert not evaluate.score_vqa_rad("OPEN", "left lung", "The lesion is in the right lung.")
-    assert evaluate.score_vqa_rad("CLOSED", "left", "It is on the left side")
+    assert score_vqa_rad("CLOSED", "No", "There is no effusion, so no.")
+    assert not score_vqa_rad("CLOSED", "no", "A nodule is present.")
+    assert score_vqa_rad("OPEN", "left lung", "The lesion is in the left lung.")
+    assert not score_vqa_rad("OPEN", "left lung", "The lesion is in the right lung.")
+    assert score_vqa_rad("CLOSED", "left", "It is on the left side")
 
 
 def test_text_metrics_match_hand_computed_values():
     # ROUGE-L F1 from the longest common subsequence: "the cat sat" vs "the cat sat down" -> LCS 3,
     # P = 3/3, R = 3/4, F = 2PR/(P+R) = 6/7.
-    metrics = evaluate.text_metrics(["the cat sat", "left lung"], ["the cat sat down", "left lung"])
+    metrics = text_scores(["the cat sat", "left lung"], ["the cat sat down", "left lung"])
     assert metrics["rouge_l"] == round(100 * (6 / 7 + 1.0) / 2, 2)
-    assert evaluate.text_metrics(["a b c d e"], ["a b c d e"])["bleu"] == pytest.approx(100.0)
-    assert evaluate.text_metrics(["x y z"], ["a b c d"])["bleu"] == 0.0
+    assert metrics["per_sample"]["rouge_l"] == [round(100 * 6 / 7, 2), 100.0]
+    assert text_scores(["a b c d e"], ["a b c d e"])["bleu"] == pytest.approx(100.0)
+    assert text_scores(["x y z"], ["a b c d"])["bleu"] == 0.0
 
 
 def _judge_server(model, system, messages):
@@ -74,18 +80,22 @@ def test_rad_ace_evaluation_with_a_five_criteria_judge(monkeypatch, tmp_path):
                "malformed output, tags missing"]
     asked: list[list[str]] = []
 
-    def fake_generate(model, processor, rows_, prompts, text_only, max_new_tokens=24, batch_size=16):
-        asked.append(list(prompts))
-        return outputs
+    class Canned:
+        name = "canned"
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+        def answer(self, histories, images, max_new_tokens):
+            asked.append([h[-1]["value"] for h in histories])
+            assert all(len(h) == 1 for h in histories) and images == [None] * len(histories)
+            return [outputs[int(h[-1]["value"].startswith("<image>\nWhich")) if "malformed" not in h[-1]["value"] else 2]
+                    for h in histories]
+
     with FakeProviderServer(_judge_server) as server:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
         session = LLMSession(LLMSettings(cache_path=str(tmp_path / "cache.sqlite")))
-        metrics, samples = evaluate.evaluate_rad_ace_cot(None, None, rows, judge=Judge("openai:gpt-4o", session))
+        metrics, samples = evaluate(RAD_ACE, Canned(), rows, text_only=True, judge=Judge("openai:gpt-4o", session))
         bodies = list(server.request_bodies)
-    assert asked == [[f"<image>\n{r['question']}" for r in rows]]  # each question with its own prompt
+    assert asked == [[f"<image>\n{r['question']}" for r in rows]]  # each question with its own prompt, one batch
     # three questions, plus one repair request for the reply that was not JSON
     assert len(bodies) == 4 and all(b["temperature"] == 0.0 for b in bodies)
     assert metrics["format_rate"] == round(100 * 2 / 3, 2)
@@ -99,7 +109,7 @@ def test_rad_ace_evaluation_with_a_five_criteria_judge(monkeypatch, tmp_path):
     assert metrics["judge_score"] == round(100 * (mean - 1) / 4, 2)
     assert samples[2]["judge_error"] and "judge" not in samples[2]
     assert samples[0]["judge"]["final_answer_quality"] == 5
-    assert evaluate.EVALUATORS["rad-ace-cot"].primary(metrics) == "judge_score"
+    assert RAD_ACE.primary(metrics) == "judge_score"
     assert KEY not in (tmp_path / "cache.sqlite").read_bytes().decode("latin-1")
 
 

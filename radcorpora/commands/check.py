@@ -24,37 +24,46 @@ def check_cmd(
     cache: Path | None = CACHE,
     seed: int = typer.Option(0, "--seed", help="Seed of both training runs"),
     approve_credentialed: list[str] = APPROVE,
+    variant: list[str] = typer.Option([], "--variant", help="Train and compare only these of the corpus' variants "
+                                                           "(repeat; must hold both sides of its contrast; default: all, "
+                                                           "e.g. mmrad-ivl: crops, no-crops, text-only)"),
 ) -> None:
     """Train on the build, and on the build with images withheld; exit 0 only when the image model
     beats its text-only twin by the margin on the held-out config."""
     train_stack()
-    if not run_check_command(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed):
+    if not run_check_command(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed,
+                             variants=variant):
         raise typer.Exit(1)
 
 
 def run_check_command(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
-               eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
-               approve_credentialed: list[str] | None = None) -> bool:
+                      eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
+                      approve_credentialed: list[str] | None = None, variants: list[str] | None = None) -> bool:
     from radcorpora.engine.lifecycle import library_versions
     from radcorpora.reference_models.check import CheckConfig, run_check
 
     try:
         report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
                                                   eval_limit=eval_limit, seed=seed), _recipe(build_dir),
-                           judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions())
+                           judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions(),
+                           variants=variants)
     except _model_errors() as exc:
         fail(exc)
-    table = Table(title=f"reference check: {report['corpus']} ({report['metric']})")
-    for column in ("", "image model", "text-only twin"):
+    contrast = report["contrast"]
+    names = list(report["variants"])
+    table = Table(title=f"reference check: {report['corpus']} ({report['metric']}; {contrast['model']} vs "
+                        f"{contrast['baseline']})")
+    for column in ("", *names):
         table.add_column(column)
-    table.add_row(report["metric"], str(report["image"]["score"]), str(report["text_only"]["score"]))
-    for cell, value in report["image"]["metrics"].get("by_task_and_type", {}).items():
-        table.add_row(cell, str(value), str(report["text_only"]["metrics"]["by_task_and_type"].get(cell, "")))
+    table.add_row(report["metric"], *(str(report["variants"][n]["score"]) for n in names))
+    for cell in report["image"]["metrics"].get("by_task_and_type", {}):
+        table.add_row(cell, *(str(report["variants"][n]["metrics"].get("by_task_and_type", {}).get(cell, ""))
+                              for n in names))
     for name in report.get("judged_configs", {}):  # LLM-judged configs, beside the check (not part of it)
-        scores = [report[v].get("judged_configs", {}).get(name, {}).get("score") for v in ("image", "text_only")]
+        scores = [report["variants"][n].get("judged_configs", {}).get(name, {}).get("score") for n in names]
         table.add_row(f"{name} (judge, 0-100)", *(str(x) for x in scores))
     console.print(table)
-    say(f"reference check {'passed' if report['passed'] else 'FAILED'}: gap {report['gap']:+} points "
-        f"(margin {report['margin']}), {report['seconds']} s; report in {build_dir / 'build' / 'reference_check.json'}",
-        "green" if report["passed"] else "bold red")
+    say(f"reference check {'passed' if report['passed'] else 'FAILED'}: {contrast['model']} - {contrast['baseline']} "
+        f"gap {report['gap']:+} points (margin {report['margin']}), {report['seconds']} s; report in "
+        f"{build_dir / 'build' / 'reference_check.json'}", "green" if report["passed"] else "bold red")
     return bool(report["passed"])

@@ -1,4 +1,4 @@
-"""`radcorpora evaluate`: score a trained model with the corpus' own metrics."""
+"""`radcorpora evaluate`: score a trained model, or a served one, with the corpus' own benchmark."""
 
 from __future__ import annotations
 
@@ -9,44 +9,91 @@ from rich.console import Console
 
 from radcorpora.commands.options import APPROVE, CACHE, CONCURRENCY
 from radcorpora.commands.reference import _judge, _model_errors, _recipe, train_stack
-from radcorpora.commands.ui import fail, say
+from radcorpora.commands.ui import USER_ERRORS, fail, say
+from radcorpora.store.folder import BuildFolderError
+
+ENDPOINT_APPROVAL = "endpoint"  # --approve-credentialed endpoint: credentialed rows may go to --endpoint
 
 
 def evaluate_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
-    adapter: Path = typer.Option(..., "--adapter", help="A `radcorpora train` output folder, or a peft adapter folder"),
+    adapter: Path | None = typer.Option(None, "--adapter", help="A `radcorpora train` output folder, or a peft adapter "
+                                                                "folder (the model is loaded here)"),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server to evaluate "
+                                                                 "instead of --adapter, e.g. http://localhost:8000/v1 "
+                                                                 "(vLLM: `vllm serve MODEL`); needs --served-model. The "
+                                                                 "prompts are the in-process ones, images sent as base64 "
+                                                                 "PNG data URLs; API key from OPENAI_API_KEY (or none)"),
+    served_model: str | None = typer.Option(None, "--served-model", help="Model name the --endpoint serves"),
+    variant: str | None = typer.Option(None, "--variant", help="Which of the corpus' renderings to ask with (e.g. "
+                                                               "mmrad-ivl: crops, no-crops, text-only; default: the "
+                                                               "image model's, or text-only for a text-only run)"),
     config: str | None = typer.Option(None, "--config", help="Held-out config (default: the corpus' evaluation config)"),
     judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers, criteria, "
                                                             "conversation scores)"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N rows only"),
-    out: Path | None = typer.Option(None, "--out", help="Where metrics.json and predictions.jsonl go (default: --adapter)"),
+    out: Path | None = typer.Option(None, "--out", help="Where metrics.json and predictions.jsonl go (default: --adapter; "
+                                                        "required with --endpoint)"),
     cache: Path | None = CACHE,
     concurrency: int = CONCURRENCY,
     approve_credentialed: list[str] = APPROVE,
 ) -> None:
-    """Evaluate a trained model with the corpus' own metrics; per-sample predictions next to them."""
-    train_stack()
+    """Evaluate a trained model (--adapter) or a served one (--endpoint URL --served-model NAME) with
+    the corpus' own metrics; per-sample predictions next to them. With --endpoint, credentialed rows
+    are sent only with `--approve-credentialed endpoint`."""
+    if (adapter is None) == (endpoint is None):
+        fail(BuildFolderError("give either --adapter FOLDER or --endpoint URL --served-model NAME"))
+    if endpoint is not None and (not served_model or out is None):
+        fail(BuildFolderError("--endpoint needs --served-model NAME (the model the server serves) and --out DIR"))
+    if adapter is not None:
+        train_stack()
     from radcorpora.reference_models.data import evaluation_rows
-    from radcorpora.reference_models.evaluate import EVALUATORS
-    from radcorpora.reference_models.sft import load_trained
+    from radcorpora.reference_models.endpoint import EndpointError, EndpointGenerator
+    from radcorpora.reference_models.evaluate import InProcessGenerator, evaluate
     from radcorpora.store.atomic import write_json, write_jsonl
     from radcorpora.store.folder import read_manifest
 
+    errors = (*USER_ERRORS, EndpointError) if endpoint is not None else (*_model_errors(), EndpointError)
+    text_only = False
     try:
         recipe = _recipe(build_dir)
         rows = evaluation_rows(build_dir, recipe, config, limit)
-        model, processor, trained = load_trained(adapter)
-        text_only = bool(trained and trained.text_only)
-        render = recipe.prompt_renderer(read_manifest(build_dir)) if recipe.prompt_renderer else None
-        evaluator = EVALUATORS[recipe.evaluator]
-        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only,
-                                         judge=_judge(judge, cache, concurrency, approve_credentialed), render=render)
-    except _model_errors() as exc:
+        if endpoint is not None:
+            _credentialed_refusal(rows, approve_credentialed, endpoint)
+            generator = EndpointGenerator(endpoint, served_model or "", concurrency=concurrency)
+            target = out
+        else:
+            from radcorpora.reference_models.sft import load_trained
+
+            model, processor, trained = load_trained(adapter)
+            text_only = bool(trained and trained.text_only)
+            generator = InProcessGenerator(model, processor)
+            target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
+        try:
+            chosen = recipe.variant(variant) if variant else next(
+                (v for v in recipe.variants if not v.images), recipe.variants[0]) if text_only else recipe.variants[0]
+        except KeyError as exc:
+            raise BuildFolderError(f"--variant: {exc.args[0]}") from None
+        metrics, samples = evaluate(recipe, generator, rows, manifest=read_manifest(build_dir), variant=chosen,
+                                    text_only=True if text_only else None,
+                                    judge=_judge(judge, cache, concurrency, approve_credentialed))
+    except errors as exc:
         fail(exc)
-    target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
     write_json(target / "metrics.json", metrics)
     write_jsonl(target / "predictions.jsonl", samples)
-    primary = evaluator.primary(metrics)
-    say(f"{recipe.evaluator}: {primary} {metrics[primary]} on {len(samples)} rows"
-        f"{' (images withheld: text-only model)' if text_only else ''}; metrics and predictions in {target}")
+    primary = recipe.primary(metrics)
+    withheld = text_only or not chosen.images
+    say(f"{build_dir.name} ({chosen.name}, {generator.name}): {primary} {metrics[primary]} on {len(samples)} samples"
+        f"{' (images withheld: text-only model)' if withheld else ''}; metrics and predictions in {target}")
     Console().print_json(data=metrics)
+
+
+def _credentialed_refusal(rows, approved: list[str], endpoint: str) -> None:
+    """Credentialed rows (MIMIC and the like) leave this machine only when the user said so."""
+    if ENDPOINT_APPROVAL in (approved or []):
+        return
+    names = getattr(rows, "column_names", None)
+    lineage = rows["lineage"] if names and "lineage" in names else [r.get("lineage") for r in rows]
+    if any((entry or {}).get("licence_class") == "credentialed" for entry in lineage):
+        raise BuildFolderError(f"these rows are credentialed (data-use agreement): sending them to {endpoint} needs "
+                               f"--approve-credentialed {ENDPOINT_APPROVAL}")

@@ -156,29 +156,39 @@ def _reference_check_section(build: Path) -> list[str]:
 
 
 def reference_check_text(report: dict[str, Any]) -> str:
-    """Markdown of a `radcorpora check` report: both models, the gap, the verdict, how it was run."""
+    """Markdown of a `radcorpora check` report: every variant trained, the contrast and its gap, the
+    verdict and pass rule, how it was run."""
     image, text = report["image"], report["text_only"]
     metric, settings = report["metric"], report["settings"]
     verdict = "passed" if report["passed"] else "FAILED"
-    lines = [
-        f"`radcorpora check` {verdict}: a `{settings['model']}` model fine-tuned on `{settings['train_config']}` "
-        f"(train) scores {image['score']} {metric} on the held-out `{settings['eval_config']}` config "
-        f"({settings['eval_rows']} rows); its text-only twin, trained the same way with the images withheld, "
-        f"scores {text['score']}. Gap {report['gap']:+} points; the check asks for at least {report['margin']}.",
-        "",
-        _table(["", "image model", "text-only twin"], [
-            [metric, image["score"], text["score"]],
-            ["training steps", image["train"]["steps"], text["train"]["steps"]],
-            ["final training loss", _round(image["train"]["last_loss"]), _round(text["train"]["last_loss"])],
-        ]),
-    ]
-    table_i, table_t = image["metrics"].get("by_task_and_type"), text["metrics"].get("by_task_and_type")
-    if table_i and table_t:
-        lines += ["", _table(["task/type", "image model", "text-only twin"],
-                             [[cell, table_i[cell], table_t.get(cell, "")] for cell in table_i])]
-    lines += ["", f"Preset `{settings['preset']}` ({settings['sft']['method']}, seed {settings['sft']['seed']}); "
-              f"{report['seconds']} s in all. Metrics, settings and per-sample predictions: `build/reference_check.json` "
-              "and `build/reference_check/{image,text-only}/{metrics.json,predictions.jsonl}`."]
+    variants = report.get("variants") or {"image": image, "text-only": text}
+    contrast = report.get("contrast") or {"model": "image", "baseline": "text-only"}
+    if len(variants) == 2 and set(variants) == {"image", "text-only"}:
+        lead = (f"`radcorpora check` {verdict}: a `{settings['model']}` model fine-tuned on `{settings['train_config']}` "
+                f"(train) scores {image['score']} {metric} on the held-out `{settings['eval_config']}` config "
+                f"({settings['eval_rows']} rows); its text-only twin, trained the same way with the images withheld, "
+                f"scores {text['score']}. Gap {report['gap']:+} points; the check asks for at least {report['margin']}.")
+    else:
+        described = "; ".join(f"`{name}` ({v.get('description', '')}) scores {v['score']}" for name, v in variants.items())
+        lead = (f"`radcorpora check` {verdict}: `{settings['model']}` models fine-tuned on `{settings['train_config']}` "
+                f"(train), one per variant, evaluated on the held-out `{settings['eval_config']}` config "
+                f"({settings['eval_rows']} rows) by {metric}: {described}. Pass rule: {contrast.get('rule', '')}; "
+                f"gap `{contrast['model']}` - `{contrast['baseline']}` {report['gap']:+} points, at least "
+                f"{report['margin']} asked.")
+    names = list(variants)
+    header = ["", *("image model" if n == "image" else "text-only twin" if n == "text-only" else n for n in names)]
+    lines = [lead, "", _table(header, [
+        [metric, *(variants[n]["score"] for n in names)],
+        ["training steps", *(variants[n]["train"]["steps"] for n in names)],
+        ["final training loss", *(_round(variants[n]["train"]["last_loss"]) for n in names)],
+    ])]
+    cells = [variants[n]["metrics"].get("by_task_and_type") for n in names]
+    if all(cells) and cells:
+        lines += ["", _table(["task/type", *header[1:]], [[cell, *(c.get(cell, "") for c in cells)] for cell in cells[0]])]
+    lines += ["", (f"Preset `{settings['preset']}` ({settings['sft']['method']}, seed {settings['sft']['seed']}); "
+                   f"{report['seconds']} s in all. Metrics, settings and per-sample predictions: "
+                   f"`build/reference_check.json` and "
+                   f"`build/reference_check/{{{','.join(names)}}}/{{metrics.json,predictions.jsonl}}`.")]
     return "\n".join(lines)
 
 

@@ -1,10 +1,13 @@
 """The build check: train a reference model on a build's training split, evaluate it on the
-held-out config, do the same for a text-only twin (images withheld), and pass only when the image
-model beats the twin by the margin. A corpus whose answers do not depend on its images fails.
+held-out config, do the same for each variant the corpus declares (at least a text-only twin, images
+withheld; mmrad-ivl also a twin without its crops), and pass only when the corpus' contrast holds:
+its model variant beats its baseline variant by the margin on the primary metric. A corpus whose
+answers do not depend on its images fails.
 
-Everything lands in the build folder: `build/reference_check.json` (both models' metrics, the
-gap, settings, times), per-sample predictions under `build/reference_check/`, and a "Reference
-check" section in the dataset card. A killed check resumes its training runs when started again.
+Everything lands in the build folder: `build/reference_check.json` (every variant's metrics, the
+gaps, the pass rule, settings, times), per-sample predictions under `build/reference_check/<variant>/`,
+and a "Reference check" section in the dataset card. A killed check resumes its training runs when
+started again.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from radcorpora.reference_models.data import (
     training_examples,
     training_texts,
 )
-from radcorpora.reference_models.evaluate import EVALUATORS, Evaluator
+from radcorpora.reference_models.evaluate import InProcessGenerator, evaluate
 from radcorpora.reference_models.judge import Judge
+from radcorpora.reference_models.metric_kit import Kit
 from radcorpora.reference_models.models import resolve_model
 from radcorpora.reference_models.sft import (
     PRESETS,
@@ -39,10 +43,13 @@ from radcorpora.reference_models.sft import (
     load_trained,
     train,
 )
+from radcorpora.spec.evaluation import Variant
 from radcorpora.store.atomic import write_json, write_jsonl
-from radcorpora.store.folder import config_shards, read_manifest
+from radcorpora.store.folder import BuildFolderError, config_shards, read_manifest
 
-VARIANTS = {"image": False, "text-only": True}  # variant -> images withheld
+
+class CheckRefused(BuildFolderError):
+    """The corpus says this build cannot be checked as it was built (the message says how to build it)."""
 
 
 class CheckConfig(BaseModel):
@@ -68,72 +75,107 @@ def sft_config(config: CheckConfig, recipe: EvaluationRecipe) -> SFTConfig:
     return PRESETS[name].model_copy(update=update)
 
 
+def check_variants(recipe: EvaluationRecipe, names: Sequence[str] | None = None) -> list[Variant]:
+    """The variants to train: all the corpus declares, or the named ones (which must hold both
+    sides of its contrast)."""
+    if not names:
+        return list(recipe.variants)
+    try:
+        chosen = [recipe.variant(n) for n in dict.fromkeys(names)]
+    except KeyError as exc:
+        raise CheckRefused(f"--variant: {exc.args[0]}") from None
+    missing = [n for n in recipe.contrast if n not in {v.name for v in chosen}]
+    if missing:
+        raise CheckRefused(f"--variant: the check compares {recipe.contrast[0]} with {recipe.contrast[1]}; "
+                           f"add {', '.join(missing)}")
+    return chosen
+
+
 def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge: Judge | None = None,
-              log: Callable[[str], None] | None = None, versions: dict[str, str] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, versions: dict[str, str] | None = None,
+              variants: Sequence[str] | None = None, kit: Kit | None = None) -> dict[str, Any]:
     """Run the check and return what was written to `build/reference_check.json`."""
     build = Path(build)
     say = log or (lambda _: None)
     started_at, started = datetime.now(timezone.utc), time.time()
     corpus = corpus_of(build)
-    evaluator = EVALUATORS[recipe.evaluator]
+    manifest = read_manifest(build)
+    refusal = recipe.check_refusal(manifest) if recipe.check_refusal else None
+    if refusal:
+        raise CheckRefused(f"{build}: {refusal}")
+    chosen = check_variants(recipe, variants)
     work = _work_folder(build)
     sft = sft_config(config, recipe)
-    examples = training_examples(build, recipe)
+    examples = {v.name: training_examples(build, recipe, variant=v) for v in chosen}
     captions = alignment_examples(build, recipe)
     rows = evaluation_rows(build, recipe, limit=config.eval_limit)
-    judged = judged_rows(build, recipe, evaluator, judge, config.eval_limit)
-    render = recipe.prompt_renderer(read_manifest(build)) if recipe.prompt_renderer else None
+    judged = judged_rows(build, recipe, judge, config.eval_limit)
     base = resolve_model(config.model, work, lambda: training_texts(build, recipe), seed=config.seed)
-    say(f"reference check of {build} ({corpus}): {len(examples)} training examples, {len(rows)} held-out rows, "
-        f"model {config.model}, {sft.method} fine-tuning")
+    model_name, baseline_name = recipe.contrast
+    say(f"reference check of {build} ({corpus}): {len(examples[model_name])} training examples, {len(rows)} "
+        f"held-out rows, model {config.model}, {sft.method} fine-tuning; variants {', '.join(v.name for v in chosen)}")
     results: dict[str, Any] = {}
-    for variant, text_only in VARIANTS.items():
-        out = work / variant
+    for variant in chosen:
+        out = work / variant.name
         t0 = time.time()
-        log_variant = (lambda m, v=variant: say(f"[{v}] {m}"))
+        log_variant = (lambda m, v=variant.name: say(f"[{v}] {m}"))
+        text_only = not variant.images
         try:
-            trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
+            trained = train(base, examples[variant.name], out, sft, text_only=text_only, log=log_variant,
+                            alignment_rows=captions)
         except SettingsChanged:  # the folder holds a run with other settings: this check owns it, start over
             shutil.rmtree(out)
-            trained = train(base, examples, out, sft, text_only=text_only, log=log_variant, alignment_rows=captions)
+            trained = train(base, examples[variant.name], out, sft, text_only=text_only, log=log_variant,
+                            alignment_rows=captions)
         model, processor, _ = load_trained(out)
+        generator = InProcessGenerator(model, processor)
         t1 = time.time()
-        metrics, samples = evaluator.run(model, processor, rows, text_only=text_only, judge=judge, render=render)
+        metrics, samples = evaluate(recipe, generator, rows, manifest=manifest, variant=variant, judge=judge, kit=kit)
         write_jsonl(out / "predictions.jsonl", samples)
         write_json(out / "metrics.json", metrics)
-        primary = evaluator.primary(metrics)
-        results[variant] = {"metrics": metrics, "primary": primary, "score": metrics[primary],
-                            "train": {k: getattr(trained, k) for k in ("steps", "examples_seen", "first_loss", "last_loss",
-                                                                       "samples_per_second", "tokens_per_second")},
-                            "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
-                            "predictions": str((out / "predictions.jsonl").relative_to(build))}
-        say(f"[{variant}] {primary} {metrics[primary]}")
+        primary = recipe.primary(metrics)
+        results[variant.name] = {
+            "variant": variant.name, "description": variant.description, "images": variant.images,
+            "metrics": metrics, "primary": primary, "score": metrics[primary],
+            "train": {k: getattr(trained, k) for k in ("steps", "examples_seen", "first_loss", "last_loss",
+                                                       "samples_per_second", "tokens_per_second")},
+            "training_examples": len(examples[variant.name]),
+            "train_seconds": round(t1 - t0, 1), "eval_seconds": round(time.time() - t1, 1),
+            "predictions": str((out / "predictions.jsonl").relative_to(build))}
+        say(f"[{variant.name}] {primary} {metrics[primary]}")
         for name, extra_rows in judged.items():  # reported next to the main metrics, not part of pass/fail
             t2 = time.time()
-            extra, extra_samples = evaluator.run(model, processor, extra_rows, text_only=text_only, judge=judge,
-                                                 render=render)
+            extra, extra_samples = evaluate(recipe, generator, extra_rows, manifest=manifest, variant=variant,
+                                            judge=judge, kit=kit)
             write_jsonl(out / f"{name}_predictions.jsonl", extra_samples)
             write_json(out / f"{name}_metrics.json", extra)
-            results[variant].setdefault("judged_configs", {})[name] = {
+            results[variant.name].setdefault("judged_configs", {})[name] = {
                 "metrics": extra, "score": extra.get(f"{name}_judge_score_100"), "eval_seconds": round(time.time() - t2, 1),
                 "predictions": str((out / f"{name}_predictions.jsonl").relative_to(build))}
-            say(f"[{variant}] {name}: judge score {extra.get(f'{name}_judge_score')} / 10 "
+            say(f"[{variant.name}] {name}: judge score {extra.get(f'{name}_judge_score')} / 10 "
                 f"({extra.get(f'{name}_judge_failures')} judge failures)")
-    gap = round(results["image"]["score"] - results["text-only"]["score"], 2)
+        del model, processor, generator
+    model_result, baseline_result = results[model_name], results[baseline_name]
+    gap = _gap(model_result["score"], baseline_result["score"])
+    twin = next((v.name for v in chosen if not v.images), baseline_name)
     report = {
         "corpus": corpus,
-        "passed": gap >= config.margin,
+        "passed": gap is not None and gap >= config.margin,
         "gap": gap,
         "margin": config.margin,
-        "metric": results["image"]["primary"],
-        "image": results["image"],
-        "text_only": results["text-only"],
-        "judged_configs": {name: _judged_summary(name, results) for name in judged},
+        "metric": model_result["primary"],
+        "contrast": {"model": model_name, "baseline": baseline_name, "rule": recipe.pass_rule},
+        "gaps": {f"{model_name} - {name}": _gap(model_result["score"], r["score"])
+                 for name, r in results.items() if name != model_name},
+        "image": model_result,
+        "text_only": results[twin],
+        "variants": results,
+        "judged_configs": {name: _judged_summary(name, model_result, results[twin]) for name in judged},
         "settings": {"model": config.model, "base_checkpoint": str(base), "preset": config.preset or default_preset(
             config.model, recipe), "sft": sft.model_dump(mode="json"),
-            "train_config": recipe.train_config, "eval_config": recipe.eval_config,
+            "train_config": recipe.train_config, "eval_config": recipe.eval_config, "eval_split": recipe.eval_split,
             "eval_rows": len(rows), "judged_eval_rows": {name: len(r) for name, r in judged.items()},
-            "training_examples": len(examples),
+            "training_examples": len(examples[model_name]),
             "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0,
             "judge": judge.spec if judge else None},
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -145,21 +187,25 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
     return report
 
 
-def judged_rows(build: Path, recipe: EvaluationRecipe, evaluator: Evaluator, judge: Judge | None,
+def _gap(a: Any, b: Any) -> float | None:
+    return round(a - b, 2) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+
+
+def judged_rows(build: Path, recipe: EvaluationRecipe, judge: Judge | None,
                 limit: int | None = None) -> dict[str, Sequence[dict[str, Any]]]:
-    """config -> held-out rows of the evaluator's judged configs (radvlm's conversations) that this
+    """config -> held-out rows of the corpus' judged configs (radvlm's conversations) that this
     build has: only with a judge, since without one they have no score to report."""
     if judge is None:
         return {}
-    return {name: evaluation_rows(build, recipe, name, limit) for name in evaluator.judged_configs
+    return {name: evaluation_rows(build, recipe, name, limit) for name in recipe.judged_configs
             if name != recipe.eval_config and recipe.eval_split in config_shards(build, name)}
 
 
-def _judged_summary(name: str, results: dict[str, Any]) -> dict[str, Any]:
+def _judged_summary(name: str, image: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
     """Both models' judge scores (0-100) on one judged config, their gap and the judge failures."""
-    image, text = (results[v]["judged_configs"][name] for v in VARIANTS)
-    gap = round(image["score"] - text["score"], 2) if image["score"] is not None and text["score"] is not None else None
-    return {"metric": f"{name}_judge_score_100", "image": image["score"], "text_only": text["score"], "gap": gap,
+    image, text = image["judged_configs"][name], text["judged_configs"][name]
+    return {"metric": f"{name}_judge_score_100", "image": image["score"], "text_only": text["score"],
+            "gap": _gap(image["score"], text["score"]),
             "judge_failures": {"image": image["metrics"].get(f"{name}_judge_failures"),
                                "text_only": text["metrics"].get(f"{name}_judge_failures")}}
 

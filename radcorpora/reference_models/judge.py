@@ -1,7 +1,8 @@
 """LLM judges for evaluation, run through the LLM engine (cache, limits, retries, usage):
 rad-ace-cot's five 1-5 criteria as JSON, one request per VQA-RAD question with its own prompt;
 radimagenet-vqa's correct/incorrect verdict on open answers; radvlm's 0-10 score of a whole
-conversation, read from the last `Score: N` line of a free-text reply."""
+conversation, read from the last `Score: N` line of a free-text reply. ct-reasoning's answers are
+judged like radimagenet-vqa's open answers (correct / incorrect against the reference)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from radcorpora.llm.runner import Parser
 from radcorpora.llm.session import LLMSession
 from radcorpora.llm.structured import JsonParser, ParseError, json_schema_of
 from radcorpora.prompts.llm import load_prompt
+from radcorpora.spec.evaluation import (  # declared with the corpora that build them
+    ConversationItem,
+    JudgeItem,
+)
+
+__all__ = ["CRITERIA", "ConversationItem", "ConversationScore", "CriteriaScores", "Judge", "JudgeItem", "Judgement",
+           "OpenVerdict", "ScoreLineParser"]
 
 CRITERIA = ("clinical_relevance", "factuality", "reasoning_coherence", "completeness", "final_answer_quality")
 
@@ -34,15 +42,6 @@ class CriteriaScores(BaseModel):
 
 class OpenVerdict(BaseModel):
     correct: bool
-
-
-@dataclass
-class JudgeItem:
-    id: str
-    question: str
-    reference: str
-    prediction: str
-    licence_class: str = "public"
 
 
 class ConversationScore(BaseModel):
@@ -74,19 +73,6 @@ class ScoreLineParser:
         if not 0 <= value <= 10:
             raise ParseError(f"the score line says {last.group(1)}, outside 0 to 10")
         return ConversationScore(score=value, reason=text[:last.start()].strip())
-
-
-@dataclass
-class ConversationItem:
-    """One evaluated conversation: (question, expected answer, model answer) per round."""
-
-    id: str
-    rounds: list[tuple[str, str, str]]
-    licence_class: str = "public"
-
-    def transcript(self) -> str:
-        return "\n\n".join(f"Round {k}\nQuestion: {q}\nExpected answer: {ref}\nModel answer: {pred}"
-                            for k, (q, ref, pred) in enumerate(self.rounds, 1))
 
 
 @dataclass

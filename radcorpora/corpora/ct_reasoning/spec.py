@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from radcorpora.corpora.ct_reasoning import build
+from radcorpora.corpora.ct_reasoning.evaluation import EVALUATION
 from radcorpora.corpora.ct_reasoning.card import ct_reasoning_card
 from radcorpora.corpora.ct_reasoning.llm import STAGES
 from radcorpora.corpora.ct_reasoning.records import (
@@ -64,6 +65,7 @@ SPEC = CorpusSpec(
     card=ct_reasoning_card,
     llm_stages=STAGES,
     estimate=build.estimate,
+    evaluation=EVALUATION,
     demo=DemoSpec(write_demo, demo_settings, uses_llm=True),
     preview=PreviewSpec(plots=(PlotSpec("question focus", "focus"), PlotSpec("source", "source"))),
 )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from radcorpora.corpora.mmrad_ivl import build
+from radcorpora.corpora.mmrad_ivl.evaluation import EVALUATION
 from radcorpora.corpora.mmrad_ivl.card import mmrad_ivl_card
 from radcorpora.corpora.mmrad_ivl.export import export_mmrad_ivl_jsonl
 from radcorpora.corpora.mmrad_ivl.llm import STAGES
@@ -61,6 +62,7 @@ SPEC = CorpusSpec(
     card=mmrad_ivl_card,
     llm_stages=STAGES,
     estimate=build.estimate,
+    evaluation=EVALUATION,
     exports={"mmrad-ivl-jsonl": export_mmrad_ivl_jsonl},
     demo=DemoSpec(write_demo, demo_settings, uses_llm=True),
     preview=PreviewSpec(plots=(PlotSpec("steps per trace", "steps", "length"),

@@ -7,11 +7,11 @@ from typing import Any
 
 from radcorpora.corpora.rad_ace_cot import build as rac
 from radcorpora.corpora.rad_ace_cot import records as rac_schema
+from radcorpora.corpora.rad_ace_cot.evaluation import EVALUATION
 from radcorpora.corpora.rad_ace_cot.card import rad_ace_cot_card
 from radcorpora.corpora.rad_ace_cot.export_csv import export_rad_ace_csv
 from radcorpora.corpora.rad_ace_cot.rules import CORPUS_RULES
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption, fixed_licence
-from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PlotSpec, PreviewSpec
 
 
@@ -46,7 +46,7 @@ SPEC = CorpusSpec(
     card=rad_ace_cot_card,
     llm_stages=rac.STAGES,
     estimate=rac.estimate,
-    evaluation=EvaluationRecipe("default", "eval", "test", evaluator="rad-ace-cot", preset="rad-ace"),
+    evaluation=EVALUATION,
     exports={"rad-ace-csv": export_rad_ace_csv},
     demo=DemoSpec(_demo_rad_ace, lambda: rac.RadAceCotConfig(llm="offline", verifiers=["offline:verifier"]),
                   uses_llm=True),

@@ -7,11 +7,11 @@ from typing import Any
 
 from radcorpora.corpora.radimagenet_vqa import build as rvqa
 from radcorpora.corpora.radimagenet_vqa import records as rvqa_schema
+from radcorpora.corpora.radimagenet_vqa.evaluation import EVALUATION
 from radcorpora.corpora.radimagenet_vqa.card import radimagenet_vqa_card
 from radcorpora.corpora.radimagenet_vqa.rules import CORPUS_RULES
 from radcorpora.schemas.taxonomy import radimagenet_vqa_taxonomy
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption, fixed_licence
-from radcorpora.spec.evaluation import EvaluationRecipe
 from radcorpora.spec.preview import PlotSpec, PreviewSpec
 
 
@@ -46,9 +46,7 @@ SPEC = CorpusSpec(
     card=lambda manifest: radimagenet_vqa_card(radimagenet_vqa_taxonomy().no_pathology_answer,
                                                {c for c, splits in (manifest.get("splits") or {}).items()
                                                 if any(splits.values())}),
-    evaluation=EvaluationRecipe("instruct", "benchmark", "test", evaluator="radimagenet-vqa", preset="radimagenet-vqa",
-                                per_question=frozenset({"instruct"}), alignment_config="alignment",
-                                prompt_renderer=rvqa.prompt_renderer),
+    evaluation=EVALUATION,
     demo=DemoSpec(_demo_radimagenet, lambda: rvqa.make_settings(benchmark_images=100), check=True),
     preview=PreviewSpec(plots=(
         PlotSpec("pathology", "metadata.pathology"), PlotSpec("region", "metadata.location"),

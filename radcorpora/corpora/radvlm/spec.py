@@ -7,10 +7,10 @@ from typing import Any
 
 from radcorpora.corpora.radvlm import build as rvlm
 from radcorpora.corpora.radvlm import records as rvlm_schema
+from radcorpora.corpora.radvlm.evaluation import EVALUATION
 from radcorpora.corpora.radvlm.card import radvlm_card
 from radcorpora.corpora.radvlm.rules import CORPUS_RULES
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption
-from radcorpora.spec.evaluation import EvaluationRecipe
 
 
 def _demo_radvlm(root: Path, options: dict[str, Any]) -> dict[str, Path]:
@@ -79,8 +79,7 @@ SPEC = CorpusSpec(
     card=radvlm_card,
     llm_stages=rvlm.STAGES,
     estimate=rvlm.estimate,
-    evaluation=EvaluationRecipe("abnormality_classification", "abnormality_classification", "test", evaluator="radvlm",
-                                preset="radvlm", per_instance=frozenset(rvlm_schema.ALL_CONFIGS)),
+    evaluation=EVALUATION,
     demo=DemoSpec(_demo_radvlm, lambda: rvlm.RadVLMConfig(
         anatomical_grounding_samples=200, max_side=512, llm="offline", prior_removal="llm", conversations=40,
         conversation_test=10, grounded_test=5, verifiers=["offline:verifier"]),
