@@ -5,6 +5,7 @@ build (or config) and an evaluation split of another. Exit 1 when any case is fo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -23,7 +24,8 @@ from radcorpora.store.identity import load_index
 MAX_PHASH_DISTANCE = 16  # beyond this, unrelated radiographs match (and the bands get too narrow to help)
 
 
-def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str] | None = None) -> list[BuildRows]:
+def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str] | None = None,
+                 log: Callable[..., None] = say) -> list[BuildRows]:
     """Each build's identity index (read back, or hashed on the executor: one task per shard),
     numbered for the join, with a line per build saying what was read and what was hashed."""
     rows = []
@@ -31,11 +33,11 @@ def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str
         index = load_index(build, hash_image, lambda fn, jobs: map_tasks(fn, jobs, executor))
         read = f"{len(index.reused)} shards read from the stored index" if index.reused else ""
         hashed = f"{len(index.indexed)} shards hashed" if index.indexed else ""
-        say(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
+        log(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
         if index.undecodable:
-            say(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
+            log(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
         if index.note:
-            say(f"warning: {index.note}", "yellow")
+            log(f"warning: {index.note}", "yellow")
         rows.append(build_rows(names[number] if names else str(build), index.table, index.rows))
     return rows
 

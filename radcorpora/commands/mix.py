@@ -121,11 +121,10 @@ def mix_cmd(
             raise MixError(f"--out {out}: {what}; choose a new or empty folder (a mix folder is replaced when its "
                            "inputs or settings change)")
         paths = {key: path for path, key in builds.items()}
-        say(f"checking leakage between {len(paths)} build(s) (patients, studies, images; pHash distance <= "
-            f"{DEFAULT_PHASH_DISTANCE})")
         running = ExecutorSettings(name=executor, workers=workers)  # type: ignore[arg-type]
-        cases = find_cases(index_builds([paths[k] for k in sorted(paths)], running, names=sorted(paths)),
-                           DEFAULT_PHASH_DISTANCE)
+        lines: list[tuple[Any, ...]] = []  # shown once the mix is not refused: a refusal is one line
+        cases = find_cases(index_builds([paths[k] for k in sorted(paths)], running, names=sorted(paths),
+                                        log=lambda *line: lines.append(line)), DEFAULT_PHASH_DISTANCE)
         chosen = {(i.source, i.config) for i in items}
         relevant = [c for c in cases if (c["train"]["build"], c["train"]["config"]) in chosen]
         by_kind = Counter(c["kind"] for c in relevant)
@@ -138,6 +137,9 @@ def mix_cmd(
                 f" in {name[first['train']['build']]}:{first['train']['config']} train and "
                 f"{name[first['eval']['build']]}:{first['eval']['config']} {first['eval']['split']}; nothing written "
                 "(see `radcorpora leakage`; --resolve drop-train drops those rows, --allow-leakage keeps them)")
+        for line in lines:
+            say(*line)
+        say(f"leakage between the inputs (pHash distance <= {DEFAULT_PHASH_DISTANCE}): {len(relevant)} cases")
         drop: dict[str, set[int]] = {}
         if resolve == "drop-train":
             for case in relevant:
