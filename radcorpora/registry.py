@@ -17,6 +17,7 @@ CORPUS_PACKAGES: tuple[str, ...] = (
     "radcorpora.corpora.radvlm",
     "radcorpora.corpora.mmrad_ivl",
     "radcorpora.corpora.ct_reasoning",
+    "radcorpora.corpora.ct_reasoning.pairs",  # ct-reasoning-dpo: `radcorpora dpo ct-reasoning` writes it
 )
 
 

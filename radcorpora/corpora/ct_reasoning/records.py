@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from radcorpora.corpora.ct_reasoning.checks import leaks, out_of_order
 from radcorpora.schemas.common import Lineage
+from radcorpora.schemas.preference import PreferencePair
 from radcorpora.schemas.volume import VolumeRef, volume_rows
 from radcorpora.spec.rules import RowRules
 
@@ -63,6 +64,18 @@ class TranslationRecord(ScanFields):
     language: str = Field(pattern=r"^[a-z]{2}$")
     translation: str = Field(min_length=1)
     lineage: Lineage
+
+
+class CtPreferencePair(PreferencePair):
+    """A DPO pair on one scan (config `preference` of ct-reasoning-dpo): the report-writing prompt
+    over the scan's slices (`images`), the best and the worst candidate report by `scorer`, and
+    the scan's volume references, so a 3-D model can load the volume itself."""
+
+    source: str
+    scan_id: str
+    patient_id: str
+    volume: VolumeRef  # the scan's first volume; its slices are the row's `images`, in order
+    volumes: list[VolumeRef] = Field(min_length=1)  # every volume of the scan, without slices
 
 
 CONFIG_RECORDS: dict[str, type[BaseModel]] = {

@@ -1,0 +1,1 @@
+"""ct-reasoning-dpo: DPO preference pairs from a ct-reasoning build (spec.py)."""
