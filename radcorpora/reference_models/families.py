@@ -123,6 +123,14 @@ class Family:
     turn_end: str  # the token closing an assistant turn (trained on, and where generation stops)
     image_token: str  # what one image part of a message becomes in the rendered text
     build: Callable[[Path, list[str], int, int], Path]
+    requires: tuple[str, ...]  # transformers classes the family needs (older releases lack some)
+    template: str
+
+    def missing(self) -> list[str]:
+        """The classes this transformers release lacks, if any."""
+        import transformers
+
+        return [name for name in self.requires if not hasattr(transformers, name)]
 
 
 def _tokenizer(texts: list[str], vocab_size: int, special: Sequence[str], eos: str, pad: str, template: str,
@@ -172,7 +180,11 @@ def build_qwen2_5_vl(out: Path, texts: list[str], vocab_size: int = 600, seed: i
 def build_qwen3_vl(out: Path, texts: list[str], vocab_size: int = 600, seed: int = 0) -> Path:
     """Qwen3-VL: patch 16, interleaved M-RoPE, DeepStack features from vision block 0; 64 x 64 px images
     are 4 x 4 patches, 4 image tokens."""
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import (
+        Qwen2VLImageProcessorPil,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer(texts, vocab_size, QWEN_TOKENS, "<|im_end|>", "<|endoftext|>", QWEN3_VL_TEMPLATE,
@@ -230,7 +242,12 @@ def build_llava_onevision(out: Path, texts: list[str], vocab_size: int = 600, se
 def build_mllama(out: Path, texts: list[str], vocab_size: int = 600, seed: int = 0) -> Path:
     """Llama-3.2-Vision: images enter through cross-attention layers (here layer 1 of 3), never as
     tokens in the sequence; up to 2 tiles of 28 px per image."""
-    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+    from transformers import (
+        MllamaConfig,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
 
     torch.manual_seed(seed)
     special = ["<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|start_header_id|>",
@@ -255,7 +272,12 @@ def build_idefics3(out: Path, texts: list[str], vocab_size: int = 600, seed: int
     """Idefics3 / SmolVLM: a SigLIP tower, pixel shuffle (scale 2) into a Llama decoder; images of
     56 px, one view each (image splitting off, which a 56 px image would not need anyway):
     <fake_token_around_image><global-img> + 4 <image> tokens + <fake_token_around_image>."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     torch.manual_seed(seed)
     special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
@@ -278,13 +300,18 @@ def build_idefics3(out: Path, texts: list[str], vocab_size: int = 600, seed: int
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("qwen2_5_vl", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>", "<|image_pad|>", build_qwen2_5_vl),
-    Family("qwen3_vl", "qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>", "<|image_pad|>", build_qwen3_vl),
+    Family("qwen2_5_vl", "qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>", "<|image_pad|>", build_qwen2_5_vl,
+           ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLImageProcessorPil"), QWEN2_5_VL_TEMPLATE),
+    Family("qwen3_vl", "qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>", "<|image_pad|>", build_qwen3_vl,
+           ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen2VLImageProcessorPil"), QWEN3_VL_TEMPLATE),
     Family("llava_onevision", "llava_onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>", "<image>",
-           build_llava_onevision),
-    Family("mllama", "mllama", "meta-llama/Llama-3.2-11B-Vision-Instruct", "<|eot_id|>", "<|image|>", build_mllama),
+           build_llava_onevision, ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionImageProcessorPil"),
+           LLAVA_ONEVISION_TEMPLATE),
+    Family("mllama", "mllama", "meta-llama/Llama-3.2-11B-Vision-Instruct", "<|eot_id|>", "<|image|>", build_mllama,
+           ("MllamaForConditionalGeneration", "MllamaProcessor", "MllamaImageProcessorPil"), MLLAMA_TEMPLATE),
     Family("idefics3", "idefics3", "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>", "<image>",
-           build_idefics3),
+           build_idefics3, ("Idefics3ForConditionalGeneration", "Idefics3Processor", "Idefics3ImageProcessorPil"),
+           IDEFICS3_TEMPLATE),
 )}
 
 
@@ -293,4 +320,9 @@ def tiny_checkpoint(family: str, out: Path | str, texts: Iterable[str], seed: in
     trained on `texts`; returns the folder, ready for `--model hf:<folder>`."""
     if family not in FAMILIES:
         raise models.ModelSpecError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    if missing := FAMILIES[family].missing():
+        import transformers
+
+        raise models.ModelSpecError(f"model family {family!r} needs {', '.join(missing)}, which transformers "
+                                    f"{transformers.__version__} lacks")
     return FAMILIES[family].build(Path(out), list(texts), vocab_size, seed)

@@ -16,7 +16,10 @@ from radcorpora.reference_models.collate import to_messages
 def answer_turns(model: Any, processor: Any, histories: Sequence[Sequence[dict[str, str]]],
                  images: Sequence[Sequence[Image.Image] | None], max_new_tokens: int) -> list[str]:
     """Greedy next assistant turn for each LLaVA history (human/gpt turns ending with a human one),
-    as one left-padded batch; `images[i]` fill history i's `<image>` placeholders (None: withheld)."""
+    as one left-padded batch; `images[i]` fill history i's `<image>` placeholders (None: withheld).
+    Every family's processor inputs go to `generate` as they come (Qwen's image grids, Mllama's
+    tiles and cross-attention mask, Idefics3's pixel mask); a checkpoint whose generation config
+    names no pad token (Llama's) pads with the tokenizer's."""
     model.eval()
     device = next(model.parameters()).device
     processor.tokenizer.padding_side = "left"
@@ -24,6 +27,7 @@ def answer_turns(model: Any, processor: Any, histories: Sequence[Sequence[dict[s
     batch = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
                                           add_generation_prompt=True, processor_kwargs={"padding": True})
     batch = {k: v.to(device) for k, v in batch.items()}
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    pad = {} if model.generation_config.pad_token_id is not None else {"pad_token_id": processor.tokenizer.pad_token_id}
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **pad)
     new = output[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]

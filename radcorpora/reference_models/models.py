@@ -4,7 +4,9 @@
 trained locally on the corpus text, Qwen's special tokens and a chat template that marks
 assistant turns for assistant-only loss, and an image processor that needs no torchvision. It is
 saved and reloaded like any checkpoint, so every build can be checked on a CPU in minutes.
-`hf:<path>` loads a real checkpoint (Qwen2.5-VL, LLaVA-OneVision, Llama-3.2-Vision) from disk.
+`hf:<path>` loads a real checkpoint from disk: Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision,
+Llama-3.2-Vision (Mllama) or Idefics3/SmolVLM, each tested with a tiny checkpoint of its family
+(reference_models/families.py writes one offline).
 """
 
 from __future__ import annotations
@@ -161,9 +163,18 @@ class ModelSpecError(ValueError):
     """A `--model` value that names no usable model; the message says why."""
 
 
+# the families a `hf:PATH` checkpoint is tested with (tests/test_model_families.py builds a tiny
+# one of each with reference_models.families), by config.json model_type
+FAMILY_NAMES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL", "llava_onevision": "LLaVA-OneVision",
+                "mllama": "Llama-3.2-Vision (Mllama)", "idefics3": "Idefics3/SmolVLM"}
+MODEL_HELP = ("`tiny` (a tiny random-init Qwen2.5-VL built from the corpus) or `hf:<local checkpoint path>` of a "
+              f"{', '.join(FAMILY_NAMES.values())} checkpoint")
+
+
 def resolve_model(spec: str, folder: Path, texts: Callable[[], Iterable[str]], seed: int = 0) -> Path:
     """The checkpoint folder for `tiny` (built under `folder` on first use, its tokenizer trained on
-    `texts()`) or `hf:<local path>` (a real checkpoint already on disk)."""
+    `texts()`) or `hf:<local path>` (a checkpoint already on disk, of a model type transformers'
+    vision-language class loads; reference_models.families writes a tiny one of each tested family)."""
     if spec == "tiny":
         path = Path(folder) / "tiny-base"
         return path if (path / "config.json").exists() else build_tiny(path, texts(), seed=seed)
@@ -172,8 +183,24 @@ def resolve_model(spec: str, folder: Path, texts: Callable[[], Iterable[str]], s
         if not (path / "config.json").exists():
             raise ModelSpecError(f"--model {spec}: {path} is not a checkpoint folder (no config.json); "
                                  "download the model first, e.g. `hf download Qwen/Qwen2.5-VL-3B-Instruct --local-dir PATH`")
+        _check_family(spec, path)
         return path
-    raise ModelSpecError(f"--model {spec!r}: expected `tiny` or `hf:<local checkpoint path>`")
+    raise ModelSpecError(f"--model {spec!r}: expected {MODEL_HELP}")
+
+
+def _check_family(spec: str, path: Path) -> None:
+    """A config.json that transformers cannot read, or a model no vision-language class loads (a
+    text-only LLM), is refused here in one line rather than by a traceback mid-run."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelSpecError(f"--model {spec}: {path / 'config.json'} is not a config transformers can read "
+                             f"({str(exc).splitlines()[0]})") from None
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelSpecError(f"--model {spec}: model_type {model_type!r} is not a vision-language model "
+                             f"(tested families: {', '.join(FAMILY_NAMES.values())})")
 
 
 def load_processor(path: Path) -> Any:
