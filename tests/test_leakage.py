@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import imagehash
@@ -76,6 +77,21 @@ def row(rid: str, data: bytes, source: str, source_id: str, patient: str | None 
                         "source_split": "train"}}
 
 
+def build_demo(root: Path, names=("radimagenet-vqa", "rad-ace-cot", "radvlm", "mmrad-ivl")) -> Path:
+    """The demo builds these tests read, made as `radcorpora demo` makes them (its sources, its
+    settings, the offline LLM stand-in), without the corpora they do not read."""
+    from radcorpora.llm.session import LLMSettings
+    from radcorpora.registry import build, corpus
+
+    for name in names:
+        spec = corpus(name)
+        sources = spec.demo.write_sources(root / "sources", {"images_per_class": 5})
+        llm = LLMSettings(cache_path=str(root / "llm-cache.sqlite")) if spec.demo.uses_llm else None
+        outcome = build(name, sources, spec.demo.settings(), root / name, llm_settings=llm)
+        assert outcome.report is not None and outcome.report.valid, (name, outcome.report.summary())
+    return root
+
+
 FRONTAL = draw_cxr("leakage-frontal", findings=[(0.2, 0.3, 0.4, 0.5)])
 LATERAL = draw_cxr("leakage-lateral", lateral=True)
 
@@ -120,10 +136,7 @@ def test_namespace_table_agrees_with_radvlm():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    result = cli("demo", "--out", root, "--no-check")
-    assert result.exit_code == 0, result.output
-    return root
+    return build_demo(tmp_path_factory.mktemp("demo"))
 
 
 def test_mimic_patients_radvlm_trains_on_and_mmrad_ivl_evaluates_on(demo, monkeypatch):
@@ -260,3 +273,103 @@ def test_second_run_reads_the_stored_index_and_a_changed_shard_is_hashed_again(t
     stored = pq.read_table(b / IDENTITY_INDEX).to_pylist()
     assert {r["shard"]: r["sha256"] for r in stored}["data/default/test-00000-of-00001.parquet"] == \
         hashlib.sha256(encode(LATERAL, "JPEG")).hexdigest()
+
+
+def test_hashing_the_same_at_any_worker_count(demo, tmp_path, monkeypatch):
+    """One task per shard on the engine's executors: 1 and 2 workers index the same lines and
+    report the same cases."""
+    import shutil
+
+    from radcorpora.engine.executors import ExecutorSettings, map_tasks
+    from radcorpora.ops.phash import hash_image
+    from radcorpora.store.identity import load_index
+
+    tables = []
+    for workers in (1, 2):
+        build = shutil.copytree(demo / "radvlm", tmp_path / f"radvlm-{workers}")
+        (build / IDENTITY_INDEX).unlink(missing_ok=True)
+        settings = ExecutorSettings(workers=workers)
+        index = load_index(build, hash_image, lambda fn, jobs, s=settings: map_tasks(fn, jobs, s))
+        assert len(index.indexed) > 1 and not index.reused
+        tables.append(index.table)
+    assert tables[0].equals(tables[1]) and tables[0].num_rows > 0
+    monkeypatch.chdir(tmp_path)
+    reports = []
+    for workers in (1, 2):
+        result = cli("leakage", f"radvlm-{workers}", demo / "mmrad-ivl", "--workers", workers, "--report", f"{workers}.jsonl")
+        assert result.exit_code == 1, result.output
+        reports.append((tmp_path / f"{workers}.jsonl").read_text().replace("radvlm-2", "radvlm-1"))
+    assert reports[0] == reports[1]
+
+
+EXACT = ("patient", "study", "source_id", "sha256")
+
+
+def held_out_cases(report: Path, train_build: str, split: str) -> Counter:
+    return Counter(c["kind"] for c in report_of(report)
+                   if c["train"]["build"] == train_build and c["eval"]["split"] == split)
+
+
+def test_avoid_keeps_radvlm_training_patients_out_of_mmrad_ivl_benchmark(demo, tmp_path, monkeypatch):
+    """radvlm's `conversation` config trains on both patients the demo's mmrad-ivl benchmark
+    draws (and leaves others for a benchmark): with --avoid, none of them is drawn."""
+    import shutil
+
+    from radcorpora.corpora.avoid import training_identities
+    from radcorpora.llm.session import LLMSettings
+    from radcorpora.registry import build, corpus
+    from radcorpora.store.local_paths import read_local
+
+    monkeypatch.chdir(tmp_path)
+    radvlm = shutil.copytree(demo / "radvlm", tmp_path / "radvlm-conversation")
+    for folder in (radvlm / "data").iterdir():
+        if folder.name != "conversation":
+            shutil.rmtree(folder)
+    (radvlm / IDENTITY_INDEX).unlink(missing_ok=True)
+    name = str(radvlm.name)
+    assert cli("leakage", name, demo / "mmrad-ivl", "--report", "before.jsonl").exit_code == 1
+    before = held_out_cases(tmp_path / "before.jsonl", name, "benchmark")
+    assert before["patient"] > 0  # the pair leaks: the benchmark draws patients radvlm trains on
+    spec = corpus("mmrad-ivl")
+    avoid = training_identities(radvlm)
+    settings = spec.demo.settings().model_copy(update={"avoid": avoid})
+    outcome = build("mmrad-ivl", read_local(demo / "mmrad-ivl")["sources"], settings, tmp_path / "mmrad-ivl",
+                    llm_settings=LLMSettings(cache_path=str(demo / "llm-cache.sqlite")))
+    assert outcome.report.valid and outcome.manifest["splits"]["default"].get("benchmark", 0) > 0
+    assert cli("leakage", name, "mmrad-ivl", "--report", "after.jsonl").exit_code in (0, 1)
+    after = held_out_cases(tmp_path / "after.jsonl", name, "benchmark")
+    # no patient (hence no study or image of one) radvlm trains on; the demo's synthetic radiographs
+    # can still look alike to pHash across patients, which --avoid (patients) does not decide
+    assert {k: after[k] for k in EXACT} == {k: 0 for k in EXACT}, after
+    bench = split_rows(tmp_path / "mmrad-ivl", "default", "benchmark")
+    assert not {"mimic:" + r["subject_id"] for r in bench} & set(avoid["patients"])
+    assert outcome.manifest["fingerprint"]["config"]["avoid"]["build"] == name
+
+
+def test_avoid_keeps_a_builds_training_images_out_of_the_radimagenet_vqa_benchmark(demo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bench = split_rows(demo / "radimagenet-vqa", "benchmark", "test")
+    taken = {r["lineage"]["source_id"]: r["image"]["bytes"] for r in bench}
+    chosen = sorted(taken)[:4]  # four benchmark images some other build trains on
+    write_build(tmp_path / "other", {("default", "train"): [
+        row(f"o{k}", taken[s], "RadImageNet", s) for k, s in enumerate(chosen)]})
+    source = read_local_sources(demo / "radimagenet-vqa")["source"]
+    args = ["build", "radimagenet-vqa", "--source", source, "--benchmark-images", len({r["image"]["bytes"] for r in bench})]
+    assert cli(*args, "--out", "plain").exit_code == 0
+    assert cli("leakage", "other", "plain", "--report", "before.jsonl").exit_code == 1
+    assert held_out_cases(tmp_path / "before.jsonl", "other", "test")["source_id"] == len(chosen)
+    result = cli(*args, "--out", "avoided", "--avoid", "other")
+    assert result.exit_code == 0, result.output
+    cli("leakage", "other", "avoided", "--report", "after.jsonl")
+    after = held_out_cases(tmp_path / "after.jsonl", "other", "test")
+    assert {k: after[k] for k in EXACT} == {k: 0 for k in EXACT}, after
+    kept = {r["lineage"]["source_id"] for r in split_rows(tmp_path / "avoided", "benchmark", "test")}
+    assert kept and not kept & set(chosen)
+    bad = cli(*args, "--out", "never", "--avoid", "missing")
+    assert bad.exit_code == 2 and bad.output.strip().count("\n") == 0 and "no such build folder" in bad.output
+
+
+def read_local_sources(build: Path) -> dict:
+    from radcorpora.store.local_paths import read_local
+
+    return read_local(build)["sources"]

@@ -71,10 +71,9 @@ def train_only(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mixdemo")
-    result = cli("demo", "--out", root, "--no-check", "--images-per-class", 5)
-    assert result.exit_code == 0, result.output
-    return root
+    from test_leakage import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("mixdemo"))
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +249,6 @@ def test_every_refusal_is_one_line_exit_2(demo, tmp_path):
         ([demo / "rad-ace-cot:nope"], "has no config 'nope'"),
         ([demo / "radimagenet-vqa:benchmark"], "is not mixable: its loss intent is 'none'"),
         ([demo / "mmrad-ivl"], "is not mixable: its rows hold no LLaVA `conversations`"),
-        ([demo / "ct-reasoning"], "is not mixable: its rows hold no `image`"),
         ([demo / "rad-ace-cot", demo / "rad-ace-cot:default"], "is given twice"),
         ([tmp_path / "missing"], "no such build folder"),
         ([demo / "rad-ace-cot", "--by", "words"], "--by must be rows or tokens"),
@@ -269,3 +267,22 @@ def test_every_refusal_is_one_line_exit_2(demo, tmp_path):
         result = cli("mix", demo / "rad-ace-cot", "--allow-leakage", "--out", out)
         assert result.exit_code == 2 and message in result.output, result.output
         assert result.output.strip().count("\n") == 0
+
+
+def test_shapes_a_mix_takes():
+    import pyarrow as pa
+
+    from radcorpora.mix.plan import parse_input, shape_problem
+
+    turns = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    lineage = pa.struct([("source_id", pa.string())])
+    ok = pa.schema([("id", pa.string()), ("images", pa.list_(image)), ("conversations", turns), ("lineage", lineage)])
+    assert shape_problem(ok, "row") is None
+    volume = pa.schema([("id", pa.string()), ("volume", pa.string()), ("conversations", turns), ("lineage", lineage)])
+    assert "no `image` or `images`" in shape_problem(volume, "row")  # ct-reasoning's volume references
+    trace = pa.schema([("id", pa.string()), ("images", pa.list_(image)), ("prompt", pa.string())])
+    assert "no LLaVA `conversations`" in shape_problem(trace, "row")  # mmrad-ivl's prompt/response traces
+    assert parse_input("a/b:instruct=2.5") == (Path("a/b"), "instruct", 2.5)
+    assert parse_input("a/b") == (Path("a/b"), None, None)
+    assert parse_input("c:/x/b=1") == (Path("c:/x/b"), None, 1.0)

@@ -33,8 +33,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _licence_yaml(mix: dict[str, Any]) -> dict[str, str]:
     """The inputs' licence if they share one; else `other`, named after all of them, linking the
-    first input's terms."""
-    licences = [c.get("licence") or {} for c in (mix.get("sources") or {}).values()]
+    most restrictive input's terms."""
+    order = ("credentialed", "restricted", "public")  # the strictest input's terms first
+    strictness = {e.get("source"): order.index(e.get("licence_class", "credentialed")) for e in mix.get("inputs") or []}
+    cards = sorted((mix.get("sources") or {}).items(), key=lambda item: (strictness.get(item[0], 0), item[0]))
+    licences = [c.get("licence") or {} for _, c in cards]
     distinct = {tuple(sorted(lic.items())) for lic in licences if lic}
     if len(distinct) == 1:
         return dict(next(iter(distinct)))

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
+from radcorpora.corpora.avoid import avoided_patients
 from radcorpora.corpora.mmrad_ivl.llm import (
     STAGES,
     Reflected,
@@ -55,6 +56,7 @@ from radcorpora.schemas.boxes import Box
 from radcorpora.schemas.common import ImageData, Lineage, Reject
 from radcorpora.schemas.cxr import CxrImage, StudyReport
 from radcorpora.schemas.gemex import GemexImage
+from radcorpora.schemas.identity import patient_key
 from radcorpora.schemas.interleaved import ImageProvenance
 from radcorpora.sources.gemex import scan_gemex_thinkvg
 from radcorpora.sources.mimic_cxr import scan_mimic_cxr
@@ -262,12 +264,13 @@ def make_record(item: Reflected, groups: list, source: Source, verification: str
                         prompt_ids=prompt_ids, prompt_hashes=prompt_hashes, models=models))
 
 
-def benchmark_ids(train: dict[str, tuple[str, int]], fraction: float, seed: int
-                  ) -> tuple[set[str], dict[str, dict[str, int]]]:
+def benchmark_ids(train: dict[str, tuple[str, int]], fraction: float, seed: int,
+                  avoid: frozenset[str] = frozenset()) -> tuple[set[str], dict[str, dict[str, int]]]:
     """A seeded `fraction` of the train traces (id -> (patient, steps)), stratified by number of
     steps and patient-disjoint from train. Quotas: round(fraction x n) in all, shared out over the
     strata by largest remainder (ties: fewer steps first). Patients are taken whole, in a seeded
-    order, while every stratum they touch has quota left. Returns the ids and per-stratum counts."""
+    order, while every stratum they touch has quota left; a patient in `avoid` (namespaced,
+    `--avoid`) is never taken. Returns the ids and per-stratum counts."""
     strata: Counter = Counter(n for _, n in train.values())
     wanted = round(fraction * len(train))
     exact = {n: fraction * c for n, c in strata.items()}
@@ -278,7 +281,8 @@ def benchmark_ids(train: dict[str, tuple[str, int]], fraction: float, seed: int
     for trace_id, (patient, _) in train.items():
         patients[patient].append(trace_id)
     chosen: set[str] = set()
-    order = sorted(patients, key=lambda p: rank_key(seed, CORPUS, p, "benchmark"))
+    order = sorted((p for p in patients if patient_key("mimic-cxr", p) not in avoid),
+                   key=lambda p: rank_key(seed, CORPUS, p, "benchmark"))
     for ties in (False, True):  # first patients that fill more quota than they overshoot, then ties
         for patient in order:
             if patient in chosen or sum(max(v, 0) for v in left.values()) == 0 or (ties and len(chosen) >= wanted):
@@ -409,7 +413,8 @@ def run(prepared: Prepared, settings: MmradIvlSettings, ctx: BuildContext) -> St
                 counts["rejected_image_unusable"] += 1
 
         train = {i: (r.subject_id, len(r.steps)) for i, r in records.items() if plan.where[i].split == "train"}
-        bench, strata = benchmark_ids(train, settings.benchmark_fraction, settings.seed)
+        bench, strata = benchmark_ids(train, settings.benchmark_fraction, settings.seed,
+                                      avoided_patients(settings.avoid))
         by_split: dict[str, list[MmradIvlRecord]] = {s: [] for s in SPLITS}
         for trace_id, record in records.items():
             split = plan.where[trace_id].split

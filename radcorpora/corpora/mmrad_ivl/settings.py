@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from radcorpora.corpora.avoid import AvoidSetting, avoid_field
 from radcorpora.llm.pipeline import distinct_models, model_id
 from radcorpora.llm.request import Sampling
 from radcorpora.spec.corpus import Cli
@@ -54,6 +55,7 @@ class MmradIvlSettings(BaseModel):
     audit_sample: int = Field(500, ge=0, description="Traces (seeded sample) the fidelity judge scores 1-5 (0: none)")
     benchmark_fraction: float = Field(0.05, ge=0.0, lt=1.0,
                                       description="Share of the train traces held out as `benchmark`, stratified by steps")
+    avoid: AvoidSetting = avoid_field()  # its patients stay out of the benchmark
     expert_scores: Annotated[dict[str, int], Cli(flag="--fidelity-expert", parse=read_expert_sheet, metavar="CSV")] = \
         Field(default_factory=dict, description="The fidelity sheet with a person's expert_score filled in: the "
                                                 "manifest and card then give human/AI agreement (nothing is re-sent)")

@@ -31,6 +31,7 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     ROW_RULES,
     QuestionAnswer,
 )
+from radcorpora.corpora.avoid import AvoidSetting, avoid_field, avoided_images
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import (
     draw_index,
@@ -45,6 +46,7 @@ from radcorpora.prompts.loader import TemplateSet, load_template_set
 from radcorpora.schemas.columnar import check_table
 from radcorpora.schemas.common import Reject, Turn
 from radcorpora.schemas.features import arrow_schema_for
+from radcorpora.schemas.identity import source_key
 from radcorpora.schemas.taxonomy import Taxonomy, radimagenet_vqa_taxonomy
 from radcorpora.sources.radimagenet import (
     LabelMap,
@@ -61,6 +63,7 @@ from radcorpora.store.shards import ShardWriter, shard_relpath
 from radcorpora.store.state import ChunkResult, ChunkSpec, ShardInfo
 
 CORPUS = "radimagenet-vqa"
+CORPUS_SOURCE = "radimagenet"  # its family in schemas.identity (lineage names it "RadImageNet")
 LICENCE_CLASS = "restricted"
 TEMPLATE_SLOTS = tuple(s[0] for s in QUESTION_SLOTS) + (
     "pathology_closed_positive_normal",
@@ -92,6 +95,7 @@ class RadImageNetVQAConfig(BaseModel):
     templates_path: Annotated[str | None, Cli(flag="--templates", metavar="FILE")] = Field(
         None, description="Your own wording file (same slots as the packaged one)")
     image_check: ImageCheck = Field("crc", description="crc: PNG structure and chunk CRCs (fast); full: decode every pixel")
+    avoid: AvoidSetting = avoid_field()  # RadImageNet names no patient: its images stay out of the benchmark
 
     @model_validator(mode="after")
     def _templates_read(self) -> RadImageNetVQAConfig:
@@ -596,7 +600,10 @@ def _chunked(images: list[RadImageNetImage], size: int) -> list[list[RadImageNet
 def _benchmark_groups(test: list[RadImageNetImage], config: RadImageNetVQAConfig, per_chunk: int
                       ) -> tuple[list[tuple[list[RadImageNetImage], tuple[tuple[str, int], ...]]], dict[str, int]]:
     """Strata packed into chunks of about `per_chunk` benchmark images; each chunk carries its
-    strata's candidates in seeded rank order and the quota of each."""
+    strata's candidates in seeded rank order and the quota of each. Images of `--avoid`'s
+    training split are no candidates."""
+    avoid = avoided_images(config.avoid)
+    test = [img for img in test if source_key(CORPUS_SOURCE, img.rel_path) not in avoid] if avoid else test
     by_key = {img.key: img for img in test}
     ranked, quotas = stratified_ranked_sample(((stratum_of(i), i.key) for i in test),
                                               config.benchmark_images, config.seed, CORPUS, "benchmark")
