@@ -27,18 +27,22 @@ def check_cmd(
     variant: list[str] = typer.Option([], "--variant", help="Train and compare only these of the corpus' variants "
                                                            "(repeat; must hold both sides of its contrast; default: all, "
                                                            "e.g. mmrad-ivl: crops, no-crops, text-only)"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Cap every generated answer at N "
+                                                                                   "tokens (quick runs; default: the "
+                                                                                   "corpus' budgets)"),
 ) -> None:
     """Train on the build, and on the build with images withheld; exit 0 only when the image model
     beats its text-only twin by the margin on the held-out config."""
     train_stack()
     if not run_check_command(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed,
-                             variants=variant):
+                             variants=variant, max_new_tokens=max_new_tokens):
         raise typer.Exit(1)
 
 
 def run_check_command(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
                       eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
-                      approve_credentialed: list[str] | None = None, variants: list[str] | None = None) -> bool:
+                      approve_credentialed: list[str] | None = None, variants: list[str] | None = None,
+                      max_new_tokens: int | None = None) -> bool:
     from radcorpora.engine.lifecycle import library_versions
     from radcorpora.reference_models.check import CheckConfig, run_check
 
@@ -46,7 +50,7 @@ def run_check_command(build_dir: Path, model: str, margin: float, preset: str | 
         report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
                                                   eval_limit=eval_limit, seed=seed), _recipe(build_dir),
                            judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions(),
-                           variants=variants)
+                           variants=variants, max_new_tokens=max_new_tokens)
     except _model_errors() as exc:
         fail(exc)
     contrast = report["contrast"]

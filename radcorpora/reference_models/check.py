@@ -93,8 +93,10 @@ def check_variants(recipe: EvaluationRecipe, names: Sequence[str] | None = None)
 
 def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge: Judge | None = None,
               log: Callable[[str], None] | None = None, versions: dict[str, str] | None = None,
-              variants: Sequence[str] | None = None, kit: Kit | None = None) -> dict[str, Any]:
-    """Run the check and return what was written to `build/reference_check.json`."""
+              variants: Sequence[str] | None = None, kit: Kit | None = None,
+              max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Run the check and return what was written to `build/reference_check.json`. `variants`: a
+    subset of the corpus' (both sides of its contrast); `max_new_tokens` caps generation (quick runs)."""
     build = Path(build)
     say = log or (lambda _: None)
     started_at, started = datetime.now(timezone.utc), time.time()
@@ -130,7 +132,8 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
         model, processor, _ = load_trained(out)
         generator = InProcessGenerator(model, processor)
         t1 = time.time()
-        metrics, samples = evaluate(recipe, generator, rows, manifest=manifest, variant=variant, judge=judge, kit=kit)
+        metrics, samples = evaluate(recipe, generator, rows, manifest=manifest, variant=variant, judge=judge, kit=kit,
+                                    max_new_tokens=max_new_tokens)
         write_jsonl(out / "predictions.jsonl", samples)
         write_json(out / "metrics.json", metrics)
         primary = recipe.primary(metrics)
@@ -146,7 +149,7 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
         for name, extra_rows in judged.items():  # reported next to the main metrics, not part of pass/fail
             t2 = time.time()
             extra, extra_samples = evaluate(recipe, generator, extra_rows, manifest=manifest, variant=variant,
-                                            judge=judge, kit=kit)
+                                            judge=judge, kit=kit, max_new_tokens=max_new_tokens)
             write_jsonl(out / f"{name}_predictions.jsonl", extra_samples)
             write_json(out / f"{name}_metrics.json", extra)
             results[variant.name].setdefault("judged_configs", {})[name] = {
@@ -177,7 +180,8 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
             "eval_rows": len(rows), "judged_eval_rows": {name: len(r) for name, r in judged.items()},
             "training_examples": len(examples[model_name]),
             "alignment_examples": len(captions) if captions is not None and sft.alignment_steps else 0,
-            "judge": judge.spec if judge else None},
+            "judge": judge.spec if judge else None, "max_new_tokens": max_new_tokens,
+            "variants": [v.name for v in chosen]},
         "started_at": started_at.isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
         "versions": (versions or {}) | _train_versions(),

@@ -29,12 +29,13 @@ ReportScorer = Callable[[Sequence[str], Sequence[str]], dict[str, Any]]
 
 
 def text_scores(predictions: Sequence[str], references: Sequence[str],
-                which: Sequence[str] = ("rouge_l", "bleu"), nltk_data: str | Path | None = None) -> dict[str, Any]:
+                which: Sequence[str] = ("rouge_l", "bleu"), nltk_data: str | Path | None = None,
+                meteor: str | None = "auto") -> dict[str, Any]:
     """The asked text metrics on 0-100: `rouge_l` / `rouge_1` (F1, rouge-score, mean over samples),
     `bleu` (sacrebleu corpus BLEU-4, its default tokenisation), `bleu1`..`bleu4` (corpus BLEU-n,
     lower-cased, no smoothing, as the report-generation papers read it), `meteor` (pycocoevalcap's
-    METEOR 1.5 with java, else nltk's with WordNet on disk, else skipped). Per-sample ROUGE and METEOR
-    under `per_sample`."""
+    METEOR 1.5 with java, else nltk's with WordNet on disk, else skipped; `meteor` picks the backend,
+    None turns it off). Per-sample ROUGE and METEOR under `per_sample`."""
     unknown = sorted(set(which) - set(TEXT_METRICS))
     if unknown:
         raise ValueError(f"unknown text metric(s) {unknown} (known: {', '.join(TEXT_METRICS)})")
@@ -67,8 +68,10 @@ def text_scores(predictions: Sequence[str], references: Sequence[str],
         for n in orders:
             bleu = BLEU(max_ngram_order=n, lowercase=True, smooth_method="none")
             out[f"bleu{n}"] = round(bleu.corpus_score(predictions, [references]).score, 2)
-    if "meteor" in which:
-        corpus, samples, backend = trace_metrics.meteor_scores(predictions, references, "auto", nltk_data)
+    if "meteor" in which and meteor is None:
+        out["meteor"] = {"skipped": "METEOR turned off (metric_kit.Kit(meteor=None))"}
+    elif "meteor" in which:
+        corpus, samples, backend = trace_metrics.meteor_scores(predictions, references, meteor, nltk_data)
         out["meteor"] = round(100 * corpus, 2) if isinstance(corpus, float) else corpus
         if backend:
             out["meteor_backend"] = backend
@@ -123,7 +126,10 @@ def bertscore_model_path(model: str | Path | None = None) -> tuple[str | None, s
         from huggingface_hub import try_to_load_from_cache
     except ImportError as exc:
         return None, f"huggingface_hub not importable ({exc})"
-    cached = try_to_load_from_cache(name, "config.json")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - not a repo id either (a folder that does not exist)
+        cached = None
     if not isinstance(cached, str):
         return None, (f"BERTScore's model {name} is not on disk (set {BERTSCORE_ENV} to a local model folder, "
                       f"or download it first: `hf download {name}`)")
@@ -161,12 +167,13 @@ class Kit:
     encoder_source: str | Path | None = None
     bertscore_model: str | Path | None = None
     nltk_data: str | Path | None = None
+    meteor: str | None = "auto"  # METEOR backend: auto, pycocoevalcap (java), nltk (WordNet), None (off)
     row_images: Callable[[int], list[Any]] | None = None  # row index -> its images (set by `evaluate`)
     _encoder_reason: str | None = None
 
     def text(self, predictions: Sequence[str], references: Sequence[str],
              which: Sequence[str] = ("rouge_l", "bleu")) -> dict[str, Any]:
-        return text_scores(predictions, references, which, self.nltk_data)
+        return text_scores(predictions, references, which, self.nltk_data, self.meteor)
 
     def radeval(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
         return radeval_scores(predictions, references)
