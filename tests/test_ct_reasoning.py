@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from radcorpora import cli
 from radcorpora.corpora.ct_reasoning.checks import GATE_RULES, gate_problem, leaks, out_of_order
-from radcorpora.corpora.ct_reasoning.llm import RefineStage
+from radcorpora.corpora.ct_reasoning.llm import RefineStage, chosen_option
 from radcorpora.ops.windowing import volume_slice
 from radcorpora.registry import CORPORA
 from radcorpora.sources.abdomen_atlas import scan_abdomen_atlas
@@ -83,17 +83,25 @@ def offline_build(spec, sources, tmp_path_factory):
     return out
 
 
-def test_offline_build_rows_splits_thinking_and_slices(offline_build, reports):
+def test_offline_build_rows_splits_thinking_and_slices(offline_build, reports, sources):
     out = offline_build
     assert len(reports) == 11  # 5 CT-RATE scans (one with two reconstructions), 3 AMOS-MM, 3 AbdomenAtlas
     vqa, narratives = every(out, "vqa_thinking"), every(out, "report_thinking")
     # the stand-in asks 5 questions per report (every demo report has a sentence for the fifth); the
     # gate's verdict drops the follow-up question of reports that recommend none (its answer is not in the report)
     follow = {i for i, (_, text, _, _) in reports.items() if re.search(r"follow|advis|recommend", text, re.I)}
-    assert len(vqa) == sum(5 if i in follow else 4 for i in reports) == 49
+    # plus AMOS-MM's own multiple-choice questions (2 per case), kept as an extra question source
+    generated = [r for r in vqa if r["origin"] == "generated"]
+    assert len(generated) == sum(5 if i in follow else 4 for i in reports) == 49
+    qa = {(q.question, tuple(q.options[k] for k in "ABCD"), q.answer) for r in scan_amos_mm(sources["amos_mm"]).records
+          for q in r.questions}
+    sourced = [r for r in vqa if r["origin"] == "amos_mm_qa"]
+    assert len(sourced) == 6 and {(r["question"], tuple(r["options"]), r["correct_option"]) for r in sourced} == qa
+    assert all(chosen_option(r["answer"], r["options"]) == r["correct_option"] for r in sourced)
+    assert all(r["source"] == "amos-mm" for r in sourced) and all(not r["options"] for r in generated)
     manifest = json.loads((out / "build/manifest.json").read_text())
     assert manifest["roles"]["gate"]["rejected"] == {"verifier_inconsistent": 11 - len(follow)}
-    assert manifest["roles"]["questions"] == {"in": 11, "out": 55, "rejected": {}}
+    assert manifest["roles"]["questions"] == {"in": 11, "out": 55 + 6, "rejected": {}}
     assert manifest["licence_class"] == "restricted"
     # the sources' official splits, per config
     for config in ("vqa_thinking", "report_thinking", "report_rewrite", "translation"):
@@ -106,7 +114,7 @@ def test_offline_build_rows_splits_thinking_and_slices(offline_build, reports):
         assert "<think" not in row["answer"] and row["answer"] != row["thinking"]
         assert leaks(row["raw_thinking"]) and not leaks(row["thinking"])  # refine removed the citation
         assert row["thinking_from"] == "think_tags"
-        if row["focus"] != "follow_up" or "follow" in row["answer"].lower():  # the report's own sentence
+        if row["origin"] == "generated" and (row["focus"] != "follow_up" or "follow" in row["answer"].lower()):
             assert row["answer"][:-1].lower() in reports[f"{row['source']}/{row['scan_id']}"][1].lower()
         assert row["volume"]["sha256"] == row["lineage"]["image_sha256"]
     # slices: the N representative axial slices, windowed, exactly as sources.nifti + ops.windowing make them
@@ -290,3 +298,61 @@ def test_roles_through_the_openai_sdk_every_gate_rule_and_the_leak_detector(spec
                                             "--thinking-llm", "openai:thinker", "--questions-per-report", "4",
                                             keys=("ct_rate",)))
         assert again.exit_code == 0 and server.calls == calls  # complete: nothing sent again
+
+
+# --------------------------------------------------------------------------- volumes and validate
+
+
+def test_every_volume_referenced_and_the_same_bytes_at_any_worker_count(sources, offline_build, tmp_path):
+    """Volumes are hashed and sliced in chunks on the engine's executor: 1 and 2 workers write the
+    same shards; every reconstruction of a scan is referenced by its own sha256."""
+    import hashlib
+
+    shards = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        result = runner.invoke(cli.app, args(sources, out, tmp_path / "c.sqlite", "--llm", "offline", "--slices", "2",
+                                             "--questions-per-report", "2", "--workers", workers, keys=("ct_rate",)))
+        assert result.exit_code == 0, result.output
+        shards.append(json.loads((out / "build/manifest.json").read_text())["shards"])
+    assert shards[0] == shards[1]
+    row = next(r for r in every(offline_build, "report_thinking") if r["scan_id"] == "train_1_a")
+    root = sources["ct_rate"]
+    files = sorted(root.rglob("train_1_a_*.nii.gz"))
+    assert len(files) == 2 and [v["sha256"] for v in row["volumes"]] == [
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert row["volumes"][0] == {**row["volume"], "slices": []} and all(not v["slices"] for v in row["volumes"])
+    readable = sum((Path(found.root) / v.path).exists() for found in (
+        scan_ct_rate(sources["ct_rate"]), scan_amos_mm(sources["amos_mm"]), scan_abdomen_atlas(sources["abdomen_atlas"]))
+        for r in found.records for v in r.volumes)
+    counted = json.loads((offline_build / "build/manifest.json").read_text())["counts"]["volumes_referenced"]
+    assert counted == readable == sum(len(r["volumes"]) for r in every(offline_build, "report_thinking"))
+
+
+def test_validate_reruns_the_gate_rules_on_built_rows(offline_build, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    copy = tmp_path / "b"
+    shutil.copytree(offline_build, copy)
+    valid = runner.invoke(cli.app, ["validate", str(copy)])
+    assert valid.exit_code == 0, valid.output
+    checks = {c["name"]: c for c in json.loads((copy / "build/validation.json").read_text())["checks"]}
+    for rule in GATE_RULES:
+        assert checks[f"gate_{rule}"]["checked"] >= len(every(offline_build, "vqa_thinking"))
+        assert checks[f"gate_{rule}"]["violations"] == 0
+    shard = sorted((copy / "data/vqa_thinking").glob("train-*.parquet"))[0]
+    table = pq.read_table(shard)
+    raw = table.column("raw_thinking").to_pylist()
+    raw[0] = "Nodule. Yes."  # vacuous
+    raw[1] = raw[1] + " The lesion is stable."  # no comparison in the report: a domain contradiction
+    table = table.set_column(table.schema.get_field_index("raw_thinking"), table.schema.field("raw_thinking"),
+                             pa.array(raw, pa.string()))
+    pq.write_table(table, shard)
+    broken = runner.invoke(cli.app, ["validate", str(copy)])
+    assert broken.exit_code != 0
+    checks = {c["name"]: c for c in json.loads((copy / "build/validation.json").read_text())["checks"]}
+    assert checks["gate_vacuous_thinking"]["violations"] == 1
+    assert checks["gate_domain_contradiction"]["violations"] == 1
+    assert checks["gate_not_english"]["violations"] == 0

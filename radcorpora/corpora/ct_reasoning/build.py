@@ -29,6 +29,7 @@ from radcorpora.corpora.ct_reasoning.llm import (
     Refined,
     Report,
     ScanItems,
+    SourceQuestion,
     _question_stand_in,
     _refined_stand_in,
     _thought_stand_in,
@@ -252,6 +253,13 @@ def scan_volumes(scans: list[Scan], settings: CtReasoningSettings, ctx: BuildCon
 # --------------------------------------------------------------------------- run
 
 
+def report_item(scan: Scan) -> Report:
+    """The pipeline's input for a scan: its report and the source's own multiple-choice questions."""
+    return Report(id=scan.id, text=scan.report.text or "", source_questions=[
+        SourceQuestion(question=q.question, options=[q.options[k] for k in "ABCD"], correct=q.answer)
+        for q in scan.report.questions])
+
+
 def _source_reject(scan: Scan, reason: str, detail: str) -> Reject:
     return Reject(source=scan.report.file, row=scan.report.row, reason=reason, detail=detail)
 
@@ -289,7 +297,7 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
     volumes = {scan_id: ref for scan_id, (ref, _) in every.items()}
     counts["volumes_referenced"] = sum(len(refs) for _, refs in every.values())
     scans = {s.id: s for s in plan.scans if s.id in volumes}
-    reports = [Report(id=i, text=s.report.text or "") for i, s in scans.items()]
+    reports = [report_item(s) for s in scans.values()]
 
     graph, narrator = pipeline(settings), narrative_pipeline(settings)
     session = ctx.llm_session({**graph.offline_responders(), **narrator.offline_responders()})
@@ -336,7 +344,8 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
             t = item.thought
             rows["vqa_thinking"][scan.report.split].append(VqaThinkingRecord(
                 **base(scan, f"{scan.id}/q{t.question.index}"), question=t.question.question, focus=t.question.focus,
-                thinking=item.thinking, answer=t.answer, raw_thinking=t.thinking, thinking_from=t.thinking_from))
+                origin=t.question.origin, options=t.question.options, correct_option=t.question.correct,
+                report=group.report.text, thinking=item.thinking, answer=t.answer, raw_thinking=t.thinking, thinking_from=t.thinking_from))
         narrative: Narrative | None = told["narrative"].outputs.get(group.report.id)
         if narrative is not None:
             rows["report_thinking"][scan.report.split].append(ReportThinkingRecord(
@@ -397,7 +406,7 @@ def estimate(sources: dict[str, Path], settings: CtReasoningSettings, log) -> tu
     per question) and the narrative per scan, sized from stand-ins until items exist; outputs
     stored in --out count as done."""
     plan = read_sources(sources, settings, log)
-    reports = [Report(id=s.id, text=s.report.text or "") for s in plan.scans]
+    reports = [report_item(s) for s in plan.scans]
     graph, narrator = pipeline(settings), narrative_pipeline(settings)
     info = {"samples": len(reports), "rejected_rows": len(plan.rejects)}
 

@@ -70,11 +70,21 @@ def row_seed(seed: int, item_id: str, role: str) -> int:
 # --------------------------------------------------------------------------- items
 
 
+class SourceQuestion(BaseModel):
+    """A multiple-choice question the source ships with the scan (AMOS-MM `labels.qa`)."""
+
+    question: str
+    options: list[str]  # A-D in order
+    correct: Literal["A", "B", "C", "D"]
+
+
 class Report(BaseModel):
-    """A scan's report (the per-report pipeline's input); id = "<source>/<scan id>"."""
+    """A scan's report (the per-report pipeline's input); id = "<source>/<scan id>"; with the
+    source's own questions, asked after the generated ones (an extra question source)."""
 
     id: str
     text: str
+    source_questions: list[SourceQuestion] = Field(default_factory=list)
 
 
 class QuestionItem(BaseModel):
@@ -91,6 +101,31 @@ class Question(BaseModel):
     index: int
     question: str
     focus: Focus
+    origin: Literal["generated", "amos_mm_qa"] = "generated"
+    options: list[str] = Field(default_factory=list)
+    correct: Literal["A", "B", "C", "D"] | None = None
+
+    @property
+    def asked(self) -> str:
+        """The question as the thinking model reads it (a multiple-choice one with its options)."""
+        if not self.options:
+            return self.question
+        listed = "\n".join(f"{letter}) {text}" for letter, text in zip(LETTERS, self.options))
+        return f"{self.question}\n{listed}\nAnswer with the letter and the text of the one correct option."
+
+
+LETTERS = ("A", "B", "C", "D")
+
+
+def chosen_option(answer: str, options: list[str]) -> str | None:
+    """The option letter an answer picks: a leading "B)" / "B." / "(B)" / "B:", else the one
+    option whose text it contains; None when it names none or several."""
+    lead = re.match(r"^\s*\(?([A-D])(?:[).:]|\s|$)", answer)
+    if lead:
+        return lead.group(1)
+    named = [letter for letter, text in zip(LETTERS, options) if re.search(rf"\b{re.escape(text.lower())}\b",
+                                                                         answer.lower())]
+    return named[0] if len(named) == 1 else None
 
 
 class Thought(BaseModel):
@@ -312,8 +347,11 @@ class QuestionsStage(_Stage):
     def parse(self, row: Report, result: CallResult) -> list[Question] | Reject:
         if not result.ok:
             return _failed(row.id, result, self.role)
-        return [Question(report=row, index=i, question=" ".join(q.question.split()), focus=q.focus)
-                for i, q in enumerate(result.parsed.questions)]
+        asked = [Question(report=row, index=i, question=" ".join(q.question.split()), focus=q.focus)
+                 for i, q in enumerate(result.parsed.questions)]
+        return asked + [Question(report=row, index=len(asked) + k, question=q.question, focus="other",
+                                 origin="amos_mm_qa", options=q.options, correct=q.correct)
+                        for k, q in enumerate(row.source_questions)]
 
     @staticmethod
     def offline(request: LLMRequest) -> str:
@@ -327,10 +365,11 @@ class ThinkingStage(_Stage):
     expected_output_tokens = 1200  # reasoning models bill their thinking as output
 
     def prompt(self, row: Question) -> LLMRequest:
-        text = self.prompt_file.render(report=row.report.text, question=row.question)
+        text = self.prompt_file.render(report=row.report.text, question=row.asked)
         item = question_id(row)
         return _request(self.name, item, self.prompt_file, text, self.sampling(item),
-                        {"report": row.report.text, "question": row.question, "focus": row.focus})
+                        {"report": row.report.text, "question": row.question, "focus": row.focus,
+                         "options": json.dumps(row.options)})
 
     def parser(self) -> ThinkingParser:
         return ThinkingParser()
@@ -344,6 +383,10 @@ class ThinkingStage(_Stage):
         if not thinking:
             return Reject(source=CORPUS, row=item, reason="thinking_missing",
                           detail=f"{item}: no reasoning channel and no <think> tags")
+        if row.correct is not None and chosen_option(result.parsed["answer"], row.options) != row.correct:
+            return Reject(source=CORPUS, row=item, reason="source_answer_mismatch",
+                          detail=f"{item}: the answer {result.parsed['answer'][:60]!r} does not pick the source's "
+                                 f"option {row.correct}")
         problem = gate_problem(row.question, thinking, result.parsed["answer"], row.report.text)
         if problem is not None:
             return Reject(source=CORPUS, row=item, reason=f"gate_{problem[0]}", detail=f"{item}: {problem[1]}")
@@ -612,7 +655,12 @@ def offline_thinking(request: LLMRequest) -> str:
     report, focus, question = request.hints["report"], request.hints["focus"], request.hints["question"]
     found = _report_sentences(report)
     main = _main(report)
-    if focus == "follow_up":
+    options = json.loads(request.hints.get("options") or "[]")
+    if options:  # a source's multiple-choice question: the option whose words the report holds most
+        said = set(words(report))
+        best = max(range(len(options)), key=lambda k: (len(set(words(options[k])) & said), -k))
+        answer = f"{LETTERS[best]}) {options[best]}."
+    elif focus == "follow_up":
         answer = next((s for s in found if re.search(r"follow|advis|recommend", s, re.I)),
                       "No specific follow-up is recommended for this finding.")
     elif focus == "certainty":

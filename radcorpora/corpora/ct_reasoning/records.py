@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from radcorpora.corpora.ct_reasoning.checks import leaks, out_of_order
+from radcorpora.corpora.ct_reasoning.checks import GATE_RULES, gate_problem, leaks, out_of_order
 from radcorpora.schemas.common import Lineage
 from radcorpora.schemas.preference import PreferencePair
 from radcorpora.schemas.volume import VolumeRef, volume_rows
@@ -36,6 +36,10 @@ class ScanFields(BaseModel):
 class VqaThinkingRecord(ScanFields):
     question: str = Field(min_length=1)
     focus: Focus
+    origin: Literal["generated", "amos_mm_qa"]  # written by the questions role, or the source's own QA
+    options: list[str] = Field(default_factory=list)  # a source multiple-choice question's options, A-D in order
+    correct_option: Literal["A", "B", "C", "D"] | None = None  # its answer letter, as the source gives it
+    report: str = Field(min_length=1)  # the scan's report: what the gate judged the item against
     thinking: str = Field(min_length=1)  # refined: never refers to a report
     answer: str = Field(min_length=1)  # the final content only; never holds the thinking
     raw_thinking: str = Field(min_length=1)  # the reasoning model's own reasoning, before refinement
@@ -83,6 +87,8 @@ CONFIG_RECORDS: dict[str, type[BaseModel]] = {
     "report_rewrite": ReportRewriteRecord, "translation": TranslationRecord}
 
 ROW_NAMES = {
+    **{f"gate_{rule}": f"vqa_thinking: {text} (the quality gate's rule, re-run on raw_thinking)"
+       for rule, text in GATE_RULES.items()},
     "thinking_apart": "vqa_thinking: the answer holds no <think> tag and is not the thinking",
     "no_report_reference": "refined thinking and narrative sections never refer to a report, text or prior document",
     "narrative_order": "report_thinking: the findings rationale goes down the body in anatomical order",
@@ -97,6 +103,11 @@ def check_rows(config: str, table) -> dict[str, list[int]]:
         broken["volume_grid"] = sorted({r for rows in volume_rows(table, "volume").values() for r in rows})
     if config == "vqa_thinking":
         answers, thinking = table.column("answer").to_pylist(), table.column("thinking").to_pylist()
+        gate = zip(*(table.column(c).to_pylist() for c in ("question", "raw_thinking", "answer", "report")))
+        for row, (question, raw, answer, report) in enumerate(gate):
+            problem = gate_problem(question, raw, answer, report)
+            if problem is not None:
+                broken.setdefault(f"gate_{problem[0]}", []).append(row)
         for row, (answer, think) in enumerate(zip(answers, thinking)):
             if "<think" in answer.lower() or "</think" in answer.lower() or answer.strip() == think.strip():
                 broken.setdefault("thinking_apart", []).append(row)
