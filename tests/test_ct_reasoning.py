@@ -356,3 +356,22 @@ def test_validate_reruns_the_gate_rules_on_built_rows(offline_build, tmp_path):
     assert checks["gate_vacuous_thinking"]["violations"] == 1
     assert checks["gate_domain_contradiction"]["violations"] == 1
     assert checks["gate_not_english"]["violations"] == 0
+
+
+def test_preview_shows_the_per_role_table(offline_build, tmp_path):
+    result = runner.invoke(cli.app, ["preview", str(offline_build), "--out", str(tmp_path / "p.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "p.html").read_text()
+    section = page[page.index("<h2>Roles</h2>"):]
+    section = section[:section.index("</table>")]
+    manifest = json.loads((offline_build / "build/manifest.json").read_text())
+    stages = manifest["llm"]["pipeline"]["stages"]
+    shown = re.findall(r"<tr><td>(\w+)</td><td class=\"n\">([\d,]+)</td><td class=\"n\">([\d,]+)</td>"
+                       r"<td class=\"n\">[\d,]+</td><td class=\"n\">([\d,]+)</td><td class=\"n\">([\d,]+)</td>", section)
+    assert [r[0] for r in shown] == ["questions", "thinking", "gate", "refine", "narrative",
+                                                                "rewrite", "rewrite_judge", "translate"]
+    for role, given, sent, kept, rejected in shown:
+        figures = manifest["roles"][role]
+        assert (int(given), int(sent), int(kept), int(rejected)) == (
+            figures["in"], stages[role]["sent"], figures["out"], sum(figures["rejected"].values()))
+    assert "verifier_inconsistent: " in section and "vacuous_thinking: 0" in section

@@ -172,6 +172,8 @@ def render_preview(build: Path, *, spec: PreviewSpec | None = None, title: str |
     page.rejects(manifest, build)
     page.excluded(manifest)
     page.llm(manifest, build)
+    for table in spec.tables:
+        page.manifest_table(table, manifest)
     page.reference_check(build)
     shown = 0
     for cfg, per_split in shards.items():
@@ -928,6 +930,19 @@ class Page:
         self.add("excluded", "Left out by the method",
                  f"<p>{sum(excluded.values()):,} source rows left out by design</p>"
                  f"<table><tr><th>source</th><th>reason</th><th>rows</th></tr>{rows}</table>")
+
+    def manifest_table(self, table: Any, manifest: dict[str, Any]) -> None:
+        """A corpus' table of its manifest figures (spec.preview.ManifestTable)."""
+        rows = table.rows(manifest)
+        if not rows:
+            return
+        cell = lambda v: f'<td class="n">{v:,}</td>' if isinstance(v, int) else f"<td>{esc(v)}</td>"  # noqa: E731
+        body = (f"<table><tr>{''.join(f'<th>{esc(c)}</th>' for c in table.columns)}</tr>"
+                + "".join(f"<tr>{''.join(cell(v) for v in row)}</tr>" for row in rows) + "</table>")
+        if table.note:
+            body += f'<p class="note">{esc(table.note)}</p>'
+        anchor = re.sub(r"[^a-z0-9]+", "-", table.title.lower()).strip("-")
+        self.add(anchor, table.title, body)
 
     def llm(self, manifest: dict[str, Any], build: Path) -> None:
         llm = manifest.get("llm")

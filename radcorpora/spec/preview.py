@@ -61,12 +61,25 @@ RowRenderer = Callable[[dict[str, Any], RenderTools], str]
 
 
 @dataclass(frozen=True)
+class ManifestTable:
+    """A table of the corpus' own manifest figures on the preview page (per-role counts, say):
+    `rows(manifest)` gives the cells of each row under `columns` (text or numbers); no rows, no
+    section."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: Callable[[dict[str, Any]], list[tuple[Any, ...]]]
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class PreviewSpec:
-    """A corpus' preview: its plots (None: derived from the schema) and an optional row renderer
-    `(row, tools) -> HTML` (None: the schema-driven default)."""
+    """A corpus' preview: its plots (None: derived from the schema), an optional row renderer
+    `(row, tools) -> HTML` (None: the schema-driven default), and tables of manifest figures."""
 
     plots: tuple[PlotSpec, ...] | None = None
     render_row: RowRenderer | None = None
+    tables: tuple[ManifestTable, ...] = ()
 
 
-__all__ = ["FoundBox", "PlotSpec", "PreviewSpec", "RenderTools", "RowRenderer"]
+__all__ = ["FoundBox", "ManifestTable", "PlotSpec", "PreviewSpec", "RenderTools", "RowRenderer"]

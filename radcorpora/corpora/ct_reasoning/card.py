@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radcorpora.corpora.ct_reasoning.checks import GATE_RULES
+from radcorpora.corpora.ct_reasoning.llm import ROLES
 from radcorpora.publish.card import llm_section
 from radcorpora.sources.abdomen_atlas import INFO as ATLAS
 from radcorpora.sources.amos_mm import INFO as AMOS
@@ -38,7 +39,8 @@ def roles_section(manifest: dict[str, Any]) -> str:
     if not roles:
         return "No role figures recorded."
     lines = ["| role | items in | items out | rejected (reason: n) |", "| --- | --- | --- | --- |"]
-    for name, figures in roles.items():
+    for name in sorted(roles, key=lambda n: ROLES.index(n) if n in ROLES else len(ROLES)):
+        figures = roles[name]
         rejected = ", ".join(f"{k}: {v}" for k, v in figures.get("rejected", {}).items()) or "none"
         lines.append(f"| {name} | {figures.get('in')} | {figures.get('out')} | {rejected} |")
     rules = (roles.get("gate") or {}).get("rules") or {}
@@ -46,6 +48,28 @@ def roles_section(manifest: dict[str, Any]) -> str:
         lines.append("\nQuality gate rules that need no model (items rejected by each; they run before the LLM verdict):")
         lines += [f"- `{rule}` ({GATE_RULES[rule]}): {n}" for rule, n in rules.items() if rule in GATE_RULES]
     return "\n".join(lines)
+
+
+ROLE_COLUMNS = ("role", "items in", "requests sent", "from cache or store", "kept", "rejected", "rejected by reason")
+
+
+def role_rows(manifest: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The preview's per-role table: items each role was given, requests it sent (the rest came
+    from the answer cache or the stored outputs of an earlier run), items kept, rejects by reason
+    (the gate's no-model rules under "thinking", where they run, and again by rule name)."""
+    roles = manifest.get("roles") or {}
+    stages = ((manifest.get("llm") or {}).get("pipeline") or {}).get("stages") or {}
+    rows = []
+    for name in sorted(roles, key=lambda n: ROLES.index(n) if n in ROLES else len(ROLES)):  # pipeline order
+        figures, stage = roles[name], stages.get(name) or {}
+        rejected = figures.get("rejected") or {}
+        reasons = "; ".join(f"{k}: {v}" for k, v in rejected.items()) or "none"
+        if name == "gate" and figures.get("rules"):
+            reasons += " | no-model rules (at thinking): " + "; ".join(f"{k}: {v}" for k, v in figures["rules"].items())
+        rows.append((name, int(figures.get("in", 0)), int(stage.get("sent", 0)),
+                     int(stage.get("cached", 0)) + int(stage.get("reused", 0)), int(figures.get("out", 0)),
+                     int(sum(rejected.values())), reasons))
+    return rows
 
 
 def ct_reasoning_card(manifest: dict[str, Any]) -> CardContent:

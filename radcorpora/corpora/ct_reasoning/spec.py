@@ -7,7 +7,7 @@ from typing import Any
 
 from radcorpora.corpora.ct_reasoning import build
 from radcorpora.corpora.ct_reasoning.evaluation import EVALUATION
-from radcorpora.corpora.ct_reasoning.card import ct_reasoning_card
+from radcorpora.corpora.ct_reasoning.card import ROLE_COLUMNS, ct_reasoning_card, role_rows
 from radcorpora.corpora.ct_reasoning.llm import STAGES
 from radcorpora.corpora.ct_reasoning.records import (
     ROW_RULES,
@@ -19,7 +19,7 @@ from radcorpora.corpora.ct_reasoning.records import (
 from radcorpora.corpora.ct_reasoning.rules import CORPUS_RULES
 from radcorpora.corpora.ct_reasoning.settings import LICENCE_CLASS, CtReasoningSettings
 from radcorpora.spec.corpus import ConfigSpec, CorpusSpec, DemoSpec, SourceOption, fixed_licence
-from radcorpora.spec.preview import PlotSpec, PreviewSpec
+from radcorpora.spec.preview import ManifestTable, PlotSpec, PreviewSpec
 
 
 def write_demo(root: Path, options: dict[str, Any]) -> dict[str, Path]:
@@ -67,5 +67,9 @@ SPEC = CorpusSpec(
     estimate=build.estimate,
     evaluation=EVALUATION,
     demo=DemoSpec(write_demo, demo_settings, uses_llm=True),
-    preview=PreviewSpec(plots=(PlotSpec("question focus", "focus"), PlotSpec("source", "source"))),
+    preview=PreviewSpec(plots=(PlotSpec("question focus", "focus"), PlotSpec("question origin", "origin"),
+                               PlotSpec("source", "source")),
+                        tables=(ManifestTable("Roles", ROLE_COLUMNS, role_rows,
+                                              "Per role: items given, requests sent, items kept and rejects by "
+                                              "reason (manifest roles and llm.pipeline.stages)"),)),
 )
