@@ -15,7 +15,7 @@ from rich.table import Table
 from radcorpora.commands.ui import USER_ERRORS, fail, say
 from radcorpora.engine.executors import ExecutorSettings, map_tasks
 from radcorpora.ops.leakage import BuildRows, build_rows, count_by_pair, find_cases
-from radcorpora.ops.phash import hash_image
+from radcorpora.ops.phash import hash_image, warm
 from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, EVAL_SPLITS, KINDS, TRAIN_SPLITS
 from radcorpora.store.atomic import write_text
 from radcorpora.store.folder import BuildFolderError, read_manifest
@@ -28,6 +28,7 @@ def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str
                  log: Callable[..., None] = say) -> list[BuildRows]:
     """Each build's identity index (read back, or hashed on the executor: one task per shard),
     numbered for the join, with a line per build saying what was read and what was hashed."""
+    warm()  # before any worker forks
     rows = []
     for number, build in enumerate(builds):
         index = load_index(build, hash_image, lambda fn, jobs: map_tasks(fn, jobs, executor))

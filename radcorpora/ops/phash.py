@@ -30,6 +30,13 @@ def phash64(data: bytes) -> int:
         return int(str(imagehash.phash(image)), 16)
 
 
+def warm() -> None:
+    """Import imagehash (and scipy, Pillow) now, in the driver: worker processes forked after this
+    inherit them instead of each importing them again (a second or more apiece)."""
+    import imagehash  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+
 def hash_image(data: bytes) -> tuple[str, int | None]:
     """sha256 of the bytes, and their pHash (None: not a decodable image). Module-level, so a
     worker process or a Ray task can run it."""

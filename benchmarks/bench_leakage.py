@@ -1,0 +1,188 @@
+"""`radcorpora leakage` at scale: hashing (sha256 + imagehash pHash) on the engine's executors and
+the leakage join, next to the same hashing in a plain Python loop.
+
+Writes two builds of N small varied PNGs in all (64x64 grey: seeded random low-frequency structure
+and noise, so no two are alike, to pHash either), half a `train` build and half a `test` build, in 2,000-row shards with
+64-row row groups like the builders', lineage with MIMIC-style patient and study ids; a few
+hundred test rows share a patient, the bytes, or a JPEG re-encoding with a train row (planted
+cases). Then, each in a fresh process (for its own peak RSS):
+
+  radcorpora: `load_index` on both builds (one task per shard on the local pool, --workers W),
+              then `find_cases` (the join) at the default pHash distance;
+  plain:      for each shard, for each row, sha256 and imagehash.phash of the decoded image,
+              one process, no join.
+
+and reports images hashed per second, the join's time, the ratio (plain seconds / radcorpora
+seconds for the same hashing) and peak RSS (the driver's; the workers' largest separately), at
+two sizes. The planted cases are checked against what the join finds.
+
+    .venv/bin/python benchmarks/bench_leakage.py --images 100000 25000 --workers 2 --out bench-out/leakage
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_ROWS = 2000
+ROW_GROUP = 64
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+LINEAGE = pa.struct([("source_dataset", pa.string()), ("source_id", pa.string()), ("patient_id", pa.string()),
+                     ("study_id", pa.string()), ("source_split", pa.string())])
+SCHEMA = pa.schema([("id", pa.string()), ("image", IMAGE), ("lineage", LINEAGE)])
+PLANTED_EVERY = 500  # every 500th test row repeats a train row's patient, bytes or radiograph (as JPEG)
+
+
+def picture(k: int) -> np.ndarray:
+    """A 64x64 grey image of its own: seeded random low-frequency structure (an 8x8 field blown up
+    smoothly, which is what pHash reads, so unrelated pictures stay far apart) plus fine noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(k)
+    field = Image.fromarray(rng.uniform(30, 225, (8, 8)).astype(np.float32), mode="F")
+    img = np.asarray(field.resize((64, 64), Image.Resampling.BICUBIC)) + rng.normal(0, 6, (64, 64))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def write_builds(out: Path, images: int) -> dict[str, int]:
+    """Two builds (train, test) of images/2 rows each; returns the planted cases per kind."""
+    if out.exists():
+        shutil.rmtree(out)
+    half = images // 2
+    planted = {"patient": 0, "sha256": 0, "phash": 0}
+    for name, split, base in (("train", "train", 0), ("test", "test", half)):
+        shards = {}
+        total = -(-half // SHARD_ROWS)
+        for s in range(total):
+            rows = []
+            for k in range(s * SHARD_ROWS, min(half, (s + 1) * SHARD_ROWS)):
+                pixels, fmt, patient = picture(base + k), "PNG", f"p{10_000_000 + base + k}"
+                if split == "test" and k % PLANTED_EVERY == 0:
+                    kind = ("patient", "sha256", "phash")[(k // PLANTED_EVERY) % 3]
+                    planted[kind] += 1
+                    if kind == "patient":
+                        patient = f"p{10_000_000 + k}"  # train row k's patient, another image
+                    else:
+                        pixels, fmt = picture(k), "PNG" if kind == "sha256" else "JPEG"
+                rows.append({"id": f"{name}-{k}", "image": {"bytes": encode(pixels, fmt), "path": f"{k}.png"},
+                             "lineage": {"source_dataset": "mimic-cxr", "source_id": f"{name}-dicom-{k}",
+                                         "patient_id": patient, "study_id": f"s{name}{k}", "source_split": split}})
+            rel = f"data/default/{split}-{s:05d}-of-{total:05d}.parquet"
+            (out / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out / name / rel, row_group_size=ROW_GROUP)
+            shards[rel] = {"rows": len(rows), "sha256": hashlib.sha256((out / name / rel).read_bytes()).hexdigest()}
+        (out / name / "build").mkdir(parents=True, exist_ok=True)
+        (out / name / "build" / "manifest.json").write_text(json.dumps({"corpus": "bench", "shards": shards}))
+    return planted
+
+
+def run_radcorpora(out: Path, workers: int, report: Path) -> None:
+    from radcorpora.engine.executors import ExecutorSettings, map_tasks
+    from radcorpora.ops.leakage import build_rows, find_cases
+    from radcorpora.ops.phash import hash_image, warm
+    from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE
+    from radcorpora.store.identity import load_index
+
+    warm()  # as `radcorpora leakage` does before its workers fork (the plain loop imports first too)
+    settings = ExecutorSettings(workers=workers)
+    started = time.perf_counter()
+    rows, images = [], 0
+    for name in ("train", "test"):
+        index = load_index(out / name, hash_image, lambda fn, jobs: map_tasks(fn, jobs, settings))
+        images += index.table.num_rows
+        rows.append(build_rows(name, index.table, index.rows))
+    hashed = time.perf_counter()
+    cases = find_cases(rows, DEFAULT_PHASH_DISTANCE)
+    joined = time.perf_counter()
+    kinds: dict[str, int] = {}
+    for case in cases:
+        kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
+    report.write_text(json.dumps({
+        "images": images, "hash_s": hashed - started, "join_s": joined - hashed, "kinds": kinds,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def run_plain(out: Path, report: Path) -> None:
+    """The same hashing, the obvious way: every row of every shard, one at a time."""
+    import imagehash
+    from PIL import Image
+
+    started = time.perf_counter()
+    images = 0
+    found = []
+    for shard in sorted(out.glob("*/data/default/*.parquet")):
+        for row in pq.read_table(shard, columns=["image"]).column("image").to_pylist():
+            data = row["bytes"]
+            found.append((hashlib.sha256(data).hexdigest(), str(imagehash.phash(Image.open(io.BytesIO(data))))))
+            images += 1
+    report.write_text(json.dumps({"images": images, "hash_s": time.perf_counter() - started,
+                                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def fresh(mode: str, out: Path, workers: int) -> dict:
+    report = out / f"{mode}.json"
+    for index in out.glob("*/build/identity.parquet"):
+        index.unlink()  # hash every image again
+    subprocess.run([sys.executable, __file__, "--child", mode, "--out", str(out), "--workers", str(workers)],
+                   check=True)
+    return json.loads(report.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, nargs="+", default=[100_000, 25_000], help="Sizes to run (images in all)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/leakage"))
+    parser.add_argument("--child", choices=("radcorpora", "plain"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "radcorpora":
+        return run_radcorpora(args.out, args.workers, args.out / "radcorpora.json")
+    if args.child == "plain":
+        return run_plain(args.out, args.out / "plain.json")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.platform()}")
+    for images in args.images:
+        out = args.out / str(images)
+        started = time.perf_counter()
+        planted = write_builds(out, images)
+        print(f"\n{images:,} images written in {time.perf_counter() - started:.1f} s "
+              f"({sum(p.stat().st_size for p in out.rglob('*.parquet')) / 2**20:.0f} MiB); planted {planted}")
+        ours = fresh("radcorpora", out, args.workers)
+        plain = fresh("plain", out, args.workers)
+        assert ours["images"] == plain["images"] == images
+        found = ours["kinds"]
+        assert found.get("patient", 0) >= planted["patient"] and found.get("sha256", 0) >= planted["sha256"], found
+        assert found.get("phash", 0) >= planted["phash"], found
+        print(f"  radcorpora ({args.workers} workers): hashing {ours['hash_s']:.1f} s = "
+              f"{images / ours['hash_s']:,.0f} images/s; join {ours['join_s']:.2f} s; cases {found}; "
+              f"peak RSS {ours['rss_mib']:.0f} MiB (largest worker {ours['workers_rss_mib']:.0f} MiB)")
+        print(f"  plain loop (1 process): hashing {plain['hash_s']:.1f} s = {images / plain['hash_s']:,.0f} images/s; "
+              f"peak RSS {plain['rss_mib']:.0f} MiB")
+        print(f"  ratio (plain s / radcorpora s, hashing): {plain['hash_s'] / ours['hash_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
