@@ -34,6 +34,9 @@ RECIPE = RADIMAGENET_VQA.evaluation
 # what the template puts between the generation prompt and the answer: SmolVLM's prompt is
 # "Assistant:" and its turns "Assistant: <text>", so the model learns the space too
 LEAD = {"idefics3": " "}
+REAL_PROCESSOR = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor",
+                  "llava_onevision": "LlavaOnevisionProcessor", "mllama": "MllamaProcessor",
+                  "idefics3": "Idefics3Processor"}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,8 @@ def test_checkpoint_folders_load_as_their_family(family, checkpoints):
     training takes the prefix fallback), and the processor loads without torchvision."""
     folder = checkpoints[family]
     assert json.loads((folder / "config.json").read_text())["model_type"] == FAMILIES[family].model_type
+    # the family's own processor class is named, as in a released checkpoint
+    assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == REAL_PROCESSOR[family]
     model, processor = load_model(folder)
     assert processor.chat_template == FAMILIES[family].template
     assert not collate.marks_assistant_turns(processor)

@@ -15,6 +15,7 @@ too). They exist so every family can be trained, evaluated and checked on a CPU 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from radcorpora.reference_models import models
-from radcorpora.store.atomic import replace_folder
+from radcorpora.store.atomic import replace_folder, write_json
 
 QWEN_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -160,6 +161,11 @@ def _save(out: Path, model: Any, processor: Any, tokenizer: Any, seed: int) -> P
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
+        # name the family's own processor class, as a released checkpoint does (the image-only
+        # subclass is how models.load_processor reads it back here, by model_type)
+        real = next(c for c in type(processor).__mro__ if not c.__name__.startswith("ImageOnly")).__name__
+        config = folder / "processor_config.json"
+        write_json(config, {**json.loads(config.read_text()), "processor_class": real})
 
     return replace_folder(Path(out), write)
 
