@@ -152,7 +152,7 @@ def test_rows_are_preference_pairs_with_every_volume(from_file, cases):
 
 
 def test_skips_and_rejects_are_counted(from_file, cases):
-    path, out, _ = from_file
+    _, out, _ = from_file
     m = manifest(out)
     assert m["corpus"] == "ct-reasoning-dpo" and m["dpo"]["skipped"] == {"tie": 1, "all_zero": 1, "single_candidate": 1}
     assert m["excluded"] == {"amos-mm/single_candidate": 1, "ct-rate/all_zero": 1, "ct-rate/tie": 1}

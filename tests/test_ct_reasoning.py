@@ -342,7 +342,7 @@ def test_validate_reruns_the_gate_rules_on_built_rows(offline_build, tmp_path):
     for rule in GATE_RULES:
         assert checks[f"gate_{rule}"]["checked"] >= len(every(offline_build, "vqa_thinking"))
         assert checks[f"gate_{rule}"]["violations"] == 0
-    shard = sorted((copy / "data/vqa_thinking").glob("train-*.parquet"))[0]
+    shard = min((copy / "data/vqa_thinking").glob("train-*.parquet"))
     table = pq.read_table(shard)
     raw = table.column("raw_thinking").to_pylist()
     raw[0] = "Nodule. Yes."  # vacuous

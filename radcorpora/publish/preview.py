@@ -936,7 +936,9 @@ class Page:
         rows = table.rows(manifest)
         if not rows:
             return
-        cell = lambda v: f'<td class="n">{v:,}</td>' if isinstance(v, int) else f"<td>{esc(v)}</td>"  # noqa: E731
+        def cell(v: Any) -> str:
+            return f'<td class="n">{v:,}</td>' if isinstance(v, int) else f"<td>{esc(v)}</td>"
+
         body = (f"<table><tr>{''.join(f'<th>{esc(c)}</th>' for c in table.columns)}</tr>"
                 + "".join(f"<tr>{''.join(cell(v) for v in row)}</tr>" for row in rows) + "</table>")
         if table.note:

@@ -311,7 +311,7 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
     finally:
         session.close()
     nodes = {**result.nodes, **told.nodes}
-    for name, node in nodes.items():
+    for node in nodes.values():
         for item_id, reject in sorted(node.rejects.items()):
             scan = scans[item_id.split("/q")[0]]
             rejects.append(_source_reject(scan, reject.reason, reject.detail or item_id))
