@@ -140,7 +140,7 @@ def test_the_runner_gives_the_queries_images_and_withholds_them_for_a_text_only_
     rows = evaluation_rows(ct_build, recipe, limit=2)
     seen = Recording()
     evaluate(recipe, seen, rows, manifest=read_manifest(ct_build), kit=QUICK, max_new_tokens=5)
-    (histories, images, budget), = seen.calls
+    (_, images, budget), = seen.calls
     assert budget == 5 and [len(p) for p in images] == [2, 2]
     expected = decode([s["image"] for s in rows[0]["volume"]["slices"]])
     assert [np.asarray(a).tobytes() for a in images[0]] == [np.asarray(b).tobytes() for b in expected]

@@ -48,7 +48,7 @@ def test_check_runs_the_papers_contrast_and_the_text_only_twin(build):
     assert report["gaps"] == {"crops - no-crops": report["gap"], "crops - text-only": round(scores["crops"] - scores["text-only"], 2)}
     assert report["image"] == report["variants"]["crops"] and report["text_only"] == report["variants"]["text-only"]
     assert report["variants"]["text-only"]["images"] is False and report["settings"]["eval_split"] == "test"
-    for name, result in report["variants"].items():
+    for result in report["variants"].values():
         metrics = result["metrics"]
         assert {"report_bleu1", "report_bleu4", "report_rouge_l", "grounding_consistency", "grounded_share"} <= set(metrics)
         assert "skipped" in metrics["radgraph"] and metrics["generation_consistency"].startswith("n/a")

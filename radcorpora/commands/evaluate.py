@@ -76,7 +76,8 @@ def evaluate_cmd(
             raise BuildFolderError(f"--variant: {exc.args[0]}") from None
         metrics, samples = evaluate(recipe, generator, rows, manifest=read_manifest(build_dir), variant=chosen,
                                     text_only=True if text_only else None,
-                                    judge=_judge(judge, cache, concurrency, approve_credentialed))
+                                    judge=_judge(judge, cache, concurrency,
+                                                 [a for a in approve_credentialed or [] if a != ENDPOINT_APPROVAL]))
     except errors as exc:
         fail(exc)
     write_json(target / "metrics.json", metrics)
