@@ -19,7 +19,7 @@ from radcorpora.mix.plan import MixError, parse_input, shape_problem
 from radcorpora.mix.settings import MixInput, MixSettings
 from radcorpora.ops.leakage import find_cases
 from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, KINDS
-from radcorpora.store.folder import BuildFolderError, all_shards, open_shard, read_manifest
+from radcorpora.store.folder import all_shards, open_shard, read_manifest
 from radcorpora.store.local_paths import read_local
 
 
@@ -31,7 +31,7 @@ def _input(text: str, source: str, build: Path, manifest: dict[str, Any]) -> Mix
     config = config or spec.default_config
     if config is None:
         raise MixError(f"{text}: corpus {spec.name} has no default config; name one (BUILD:CONFIG)")
-    on_disk = sorted((manifest.get("splits") or {}))
+    on_disk = sorted(manifest.get("splits") or {})
     if config not in on_disk:
         raise MixError(f"{text}: {build} has no config {config!r} (configs: {', '.join(on_disk) or 'none'})")
     declared = spec.config(config) if config in spec.records else None

@@ -14,7 +14,13 @@ from pydantic import Field
 
 from radcorpora.schemas.identity import TRAIN_SPLITS, patient_key, source_key
 from radcorpora.spec.corpus import Cli
-from radcorpora.store.folder import BuildFolderError, all_shards, open_shard, read_columns, read_manifest
+from radcorpora.store.folder import (
+    BuildFolderError,
+    all_shards,
+    open_shard,
+    read_columns,
+    read_manifest,
+)
 
 
 def training_identities(build: Path) -> dict[str, Any]:

@@ -16,7 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from radcorpora.mix.plan import MIX_SPLITS, MixError, Unit, interleave, read_units, select, shards_of
+from radcorpora.mix.plan import (
+    MIX_SPLITS,
+    MixError,
+    Unit,
+    interleave,
+    read_units,
+    select,
+    shards_of,
+)
 from radcorpora.mix.records import MixRecord, turn_problem
 from radcorpora.mix.settings import MixInput, MixSettings
 from radcorpora.publish.views import question_example

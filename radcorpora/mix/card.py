@@ -84,9 +84,9 @@ def mix_card(manifest: dict[str, Any]) -> CardContent:
                      "between the inputs' training rows and their evaluation splits, and they were left in. Scores on "
                      "those evaluation splits after training on this mix overstate what a model does on unseen data.")
     cards = mix.get("sources") or {}
-    licence_parts = [f"Licence class of this mix: **{LICENCE_WORDS.get(strictest, strictest)}**, the most restrictive "
-                     "of its inputs' (public < restricted < credentialed). Each input's terms apply to its rows "
-                     "(the `corpus` and `config` columns say whose):"]
+    licence_parts = [(f"Licence class of this mix: **{LICENCE_WORDS.get(strictest, strictest)}**, the most "
+                      "restrictive of its inputs' (public < restricted < credentialed). Each input's terms apply to "
+                      "its rows (the `corpus` and `config` columns say whose):")]
     citations: list[str] = []
     for entry in entries:
         card = cards.get(entry.get("source")) or {}
