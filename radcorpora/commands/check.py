@@ -9,6 +9,14 @@ from rich.table import Table
 
 from radcorpora.commands.options import APPROVE, CACHE
 from radcorpora.commands.reference import _judge, _model_errors, _recipe, train_stack
+from radcorpora.commands.train import (
+    BF16,
+    GRADIENT_CHECKPOINTING,
+    LORA,
+    QLORA,
+    REPORT_TO,
+    training_settings,
+)
 from radcorpora.commands.ui import console, fail, say
 
 
@@ -30,25 +38,32 @@ def check_cmd(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Cap every generated answer at N "
                                                                                    "tokens (quick runs; default: the "
                                                                                    "corpus' budgets)"),
+    lora: bool | None = LORA,
+    qlora: bool = QLORA,
+    bf16: bool | None = BF16,
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING,
+    report_to: str = REPORT_TO,
 ) -> None:
     """Train on the build, and on the build with images withheld; exit 0 only when the image model
     beats its text-only twin by the margin on the held-out config."""
     train_stack()
     if not run_check_command(build_dir, model, margin, preset, max_steps, eval_limit, judge, cache, seed, approve_credentialed,
-                             variants=variant, max_new_tokens=max_new_tokens):
+                             variants=variant, max_new_tokens=max_new_tokens,
+                             training=(lora, qlora, bf16, gradient_checkpointing, report_to)):
         raise typer.Exit(1)
 
 
 def run_check_command(build_dir: Path, model: str, margin: float, preset: str | None = None, max_steps: int | None = None,
                       eval_limit: int | None = None, judge: str | None = None, cache: Path | None = None, seed: int = 0,
                       approve_credentialed: list[str] | None = None, variants: list[str] | None = None,
-                      max_new_tokens: int | None = None) -> bool:
+                      max_new_tokens: int | None = None, training: tuple | None = None) -> bool:
     from radcorpora.engine.lifecycle import library_versions
     from radcorpora.reference_models.check import CheckConfig, run_check
 
     try:
+        settings = training_settings(*training) if training else {}  # --lora/--full/--qlora/--bf16/...
         report = run_check(build_dir, CheckConfig(model=model, margin=margin, preset=preset, max_steps=max_steps,
-                                                  eval_limit=eval_limit, seed=seed), _recipe(build_dir),
+                                                  eval_limit=eval_limit, seed=seed, **settings), _recipe(build_dir),
                            judge=_judge(judge, cache, 8, approve_credentialed), log=say, versions=library_versions(),
                            variants=variants, max_new_tokens=max_new_tokens)
     except _model_errors() as exc:

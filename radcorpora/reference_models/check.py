@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,19 +59,28 @@ class CheckConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)
     eval_limit: int | None = Field(None, ge=1)
     seed: int = 0
+    # training settings over the preset's (None: the preset's own)
+    method: Literal["lora", "qlora", "full"] | None = None
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    report_to: str = "none"
 
 
-def default_preset(model: str, recipe: EvaluationRecipe) -> str:
-    return "tiny-check" if model == "tiny" else recipe.preset
+def default_preset(model: str, recipe: EvaluationRecipe | None) -> str:
+    return "tiny-check" if model == "tiny" or recipe is None else recipe.preset
 
 
-def sft_config(config: CheckConfig, recipe: EvaluationRecipe) -> SFTConfig:
+def sft_config(config: CheckConfig, recipe: EvaluationRecipe | None) -> SFTConfig:
+    """The preset with the command line's settings over it. `max_steps` counts every step,
+    alignment included (SFTConfig says how the alignment steps shrink in a shortened run)."""
     name = config.preset or default_preset(config.model, recipe)
     if name not in PRESETS:
         raise TrainingError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
-    update: dict[str, Any] = {"seed": config.seed}
-    if config.max_steps:
-        update["max_steps"] = config.max_steps
+    update: dict[str, Any] = {"seed": config.seed, "gradient_checkpointing": config.gradient_checkpointing,
+                              "report_to": config.report_to}
+    for key in ("max_steps", "method", "bf16"):
+        if getattr(config, key) is not None:
+            update[key] = getattr(config, key)
     return PRESETS[name].model_copy(update=update)
 
 

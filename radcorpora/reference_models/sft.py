@@ -142,10 +142,12 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def process_state() -> Any:
-    """accelerate's view of this process (one, or one of `accelerate launch`'s)."""
+    """accelerate's view of this process (one, or one of `accelerate launch`'s / torchrun's). On a
+    machine without CUDA it must be asked for CPU processes, or it sees a lone one; the Trainer's
+    own (`use_cpu`) is then this same shared state."""
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def open_run(out: Path, settings: dict[str, Any], method: str) -> TrainResult | None:
@@ -224,8 +226,10 @@ def mixed_precision(config: SFTConfig) -> bool:
     return config.bf16
 
 
-def trainer_arguments(config: SFTConfig, out: Path, total_steps: int, bf16: bool) -> dict[str, Any]:
-    """TrainingArguments of a run, common to SFT and DPO."""
+def trainer_arguments(config: SFTConfig, out: Path, total_steps: int, bf16: bool,
+                      unused_parameters: bool | None = None) -> dict[str, Any]:
+    """TrainingArguments of a run, common to SFT and DPO. `unused_parameters`: whether DDP must
+    look for parameters without gradients (a text-only run leaves the vision tower unused)."""
     return dict(
         output_dir=str(out), max_steps=total_steps, gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, lr_scheduler_type="cosine",
@@ -235,7 +239,7 @@ def trainer_arguments(config: SFTConfig, out: Path, total_steps: int, bf16: bool
         seed=config.seed, data_seed=config.seed, bf16=bf16, use_cpu=not torch.cuda.is_available(),
         **_checkpointing(config.gradient_checkpointing),
         report_to=[r.strip() for r in config.report_to.split(",") if r.strip()] or "none",
-        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_find_unused_parameters=True,
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding", ddp_find_unused_parameters=unused_parameters,
         save_only_model=False, label_names=["labels"],
     )
 
@@ -306,6 +310,17 @@ def lora_config(config: SFTConfig) -> LoraConfig:
 
 # ---- supervised fine-tuning ----
 
+def full_model(model_path: Path, resume: Path | None) -> Any:
+    """A whole model to train: the base, or the checkpoint it resumes from."""
+    if full_weights_in(resume):
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(resume, dtype=torch.float32)
+    else:
+        model = load_model(model_path)[0]
+    return model.requires_grad_(True)
+
+
 def full_weights_in(checkpoint: Path | None) -> bool:
     """Whether a checkpoint holds a whole model that `from_pretrained` reads (the Trainer's own
     loader reads a VLM's saved keys under the wrong names: transformers 5's renamed modules)."""
@@ -318,13 +333,7 @@ def _trainable(model_path: Path, config: SFTConfig, resume: Path | None) -> tupl
     checkpoint it resumes from."""
     torch.manual_seed(config.seed)
     if config.method == "full":
-        model, processor = load_model(model_path)
-        if full_weights_in(resume):
-            from transformers import AutoModelForImageTextToText
-
-            model = AutoModelForImageTextToText.from_pretrained(resume, dtype=torch.float32)
-        model.requires_grad_(True)
-        return model, processor
+        return full_model(model_path, resume), load_processor(model_path)
     model, processor = load_base(model_path, config)
     model = get_peft_model(model, lora_config(config))
     if config.gradient_checkpointing:
@@ -396,16 +405,23 @@ class _Collator:
         return collate(self.processor, item["rows"], self.text_only, self.max_length, item["loss"])
 
 
-class _PlanTrainer(Trainer):
+class WeightsLoadedFrom:
+    """Trainer mixin: skip the Trainer's own weight loading on resume where the model was already
+    read from that checkpoint (`full_weights_in`); optimiser, schedule and RNG still come from it."""
+
+    loaded_from: Path | None = None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.loaded_from is None or Path(resume_from_checkpoint) != self.loaded_from:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class _PlanTrainer(WeightsLoadedFrom, Trainer):
     """Trainer over the batch plan, in order: one planned micro-batch per loader item."""
 
     def __init__(self, *args: Any, workers: int = 0, loaded_from: Path | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.workers, self.loaded_from = workers, loaded_from
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        if self.loaded_from is None or Path(resume_from_checkpoint) != self.loaded_from:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         loader = torch.utils.data.DataLoader(self.train_dataset, batch_size=1, shuffle=False,
@@ -442,7 +458,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
     loaded_from = resume if config.method == "full" and full_weights_in(resume) else None
     try:
         arguments = TrainingArguments(per_device_train_batch_size=1, remove_unused_columns=False,
-                                      **trainer_arguments(config, out, total_steps, bf16))
+                                      **trainer_arguments(config, out, total_steps, bf16, True if text_only else None))
         trainer = _PlanTrainer(model=model, args=arguments, data_collator=_Collator(processor, text_only, config.max_length),
                                train_dataset=_PlannedBatches(plan, (rows, alignment_rows), (loss, "all_assistant")),
                                callbacks=[RunLog(out / "train_log.jsonl", log)], workers=workers,
