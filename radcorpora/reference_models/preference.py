@@ -179,7 +179,11 @@ def train_preference(model_path: Path, pairs: list[dict[str, Any]], out: Path, c
     sees the batches an uninterrupted one would. `config.dpo_beta` is DPO's beta."""
     import datasets
     from transformers import PrinterCallback
-    from trl import DPOConfig
+
+    try:
+        from trl import DPOConfig
+    except ImportError as exc:
+        raise TrainingError(f"preference training needs TRL: pip install 'radcorpora[train]' ({exc})") from None
 
     out = Path(out)
     _check(pairs, "preference training")
