@@ -28,6 +28,7 @@ from radcorpora.reference_models.sft import (
     TrainResult,
     WeightsLoadedFrom,
     finish_run,
+    fp32_trainable,
     full_model,
     full_weights_in,
     load_base,
@@ -199,7 +200,7 @@ def train_preference(model_path: Path, pairs: list[dict[str, Any]], out: Path, c
     import torch
 
     torch.manual_seed(config.seed)
-    model, processor = load_base(model_path, config)
+    model, processor = load_base(model_path, config, bf16 and config.method != "full")
     reference, peft = None, None
     if config.method == "full":
         reference, model = model, full_model(model_path, resume)  # the reference stays the untrained base
@@ -218,6 +219,7 @@ def train_preference(model_path: Path, pairs: list[dict[str, Any]], out: Path, c
                        processing_class=processor, peft_config=peft,
                        callbacks=[RunLog(out / "train_log.jsonl", log)])
         trainer.remove_callback(PrinterCallback)
+        fp32_trainable(trainer.model)
         trainer.loaded_from = resume if config.method == "full" and full_weights_in(resume) else None
     except (ValueError, ImportError, RuntimeError, TypeError) as exc:
         raise TrainingError(f"cannot set up preference training: {exc}") from None

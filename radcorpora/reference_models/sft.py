@@ -287,8 +287,12 @@ def finish_run(out: Path, result: TrainResult) -> TrainResult:
     return result
 
 
-def load_base(model_path: Path, config: SFTConfig) -> tuple[Any, Any]:
-    """(base model, processor); a 4-bit base for QLoRA, prepared for k-bit training."""
+def load_base(model_path: Path, config: SFTConfig, bf16: bool = False) -> tuple[Any, Any]:
+    """(base model, processor): the frozen base of a LoRA run in bf16 under bf16 (half the memory;
+    the trainable weights stay fp32, see `fp32_trainable`), a 4-bit base for QLoRA, prepared for
+    k-bit training; fp32 otherwise."""
+    if config.method == "lora":
+        return load_model(model_path, torch.bfloat16 if bf16 else None)
     if config.method != "qlora":
         return load_model(model_path)
     from peft import prepare_model_for_kbit_training
@@ -301,6 +305,15 @@ def load_base(model_path: Path, config: SFTConfig) -> tuple[Any, Any]:
                                                         device_map={"": process_state().local_process_index})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     return model, load_processor(model_path)
+
+
+def fp32_trainable(model: Any) -> Any:
+    """Trainable weights in fp32 over a bf16 base (peft upcasts the adapters, not the
+    `modules_to_save` copies): the optimiser never steps bf16 weights."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return model
 
 
 def lora_config(config: SFTConfig) -> LoraConfig:
@@ -327,15 +340,15 @@ def full_weights_in(checkpoint: Path | None) -> bool:
     return checkpoint is not None and (checkpoint / "config.json").exists() and any(checkpoint.glob("*.safetensors"))
 
 
-def _trainable(model_path: Path, config: SFTConfig, resume: Path | None) -> tuple[Any, Any]:
+def _trainable(model_path: Path, config: SFTConfig, resume: Path | None, bf16: bool) -> tuple[Any, Any]:
     """The model to train: a LoRA model is built the same way on a fresh start and on a resume
     (the Trainer then loads the checkpoint's adapter into it); a full one is read from the
     checkpoint it resumes from."""
     torch.manual_seed(config.seed)
     if config.method == "full":
         return full_model(model_path, resume), load_processor(model_path)
-    model, processor = load_base(model_path, config)
-    model = get_peft_model(model, lora_config(config))
+    model, processor = load_base(model_path, config, bf16)
+    model = fp32_trainable(get_peft_model(model, lora_config(config)))
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, processor
@@ -454,7 +467,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
     steps = step_split(config, len(rows), len(alignment_rows), processes)
     plan = _plan(config, (len(rows), len(alignment_rows)), steps, processes)
     total_steps = len(plan) // (config.grad_accum * processes)
-    model, processor = _trainable(model_path, config, resume)
+    model, processor = _trainable(model_path, config, resume, bf16)
     loaded_from = resume if config.method == "full" and full_weights_in(resume) else None
     try:
         arguments = TrainingArguments(per_device_train_batch_size=1, remove_unused_columns=False,
