@@ -165,30 +165,47 @@ def test_train_command_on_dpo_output(tmp_path):
     assert nothing.exit_code == 2 and "neither a build folder" in nothing.output
 
 
-def test_preference_pair_rows_become_trl_rows(tmp_path):
-    """A build's preference config holds PreferencePair rows (LLaVA turns, `<image>` placeholders)."""
+def test_preference_build_rows_train_through_the_command(tmp_path):
+    """A build whose config has loss intent "preference" (ct-reasoning-dpo's `preference`) holds
+    PreferencePair rows (LLaVA turns, `<image>` placeholders): read as TRL rows, and trained on
+    by `radcorpora train BUILD` without naming the config."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from radcorpora.schemas.common import ImageData, Lineage, Turn
     from radcorpora.schemas.interleaved import ImageProvenance
     from radcorpora.schemas.preference import PreferencePair
+    from radcorpora.store.atomic import write_json
 
-    images = [_png(1), _png(2)]
-    pair = PreferencePair(
-        id="p1", images=[ImageData(bytes=b, path=f"{i}.png") for i, b in enumerate(images)],
-        image_provenance=[ImageProvenance(source_sha256=hashlib.sha256(b).hexdigest()) for b in images],
-        prompt=[Turn(**{"from": "human", "value": "<image>\n<image>\nCompare the two slices."})],
-        chosen=Turn(**{"from": "gpt", "value": "The nodule grew."}), rejected=Turn(**{"from": "gpt", "value": "No change."}),
-        chosen_score=0.8, rejected_score=0.2, scorer="rougeL",
-        lineage=Lineage(source_dataset="x", source_id="1", source_split="train", licence_class="public",
-                        image_sha256=hashlib.sha256(images[0]).hexdigest()))
-    shard = tmp_path / "train-00000-of-00001.parquet"
-    pq.write_table(pa.Table.from_pylist([pair.model_dump(by_alias=True)]), shard)
-    (row,) = preference.read_parquet_pairs([shard])
+    def pair(i: int) -> PreferencePair:
+        images = [_png(2 * i), _png(2 * i + 1)]
+        return PreferencePair(
+            id=f"p{i}", images=[ImageData(bytes=b, path=f"{k}.png") for k, b in enumerate(images)],
+            image_provenance=[ImageProvenance(source_sha256=hashlib.sha256(b).hexdigest()) for b in images],
+            prompt=[Turn(**{"from": "human", "value": "<image>\n<image>\nCompare the two slices."})],
+            chosen=Turn(**{"from": "gpt", "value": FINDINGS[i]}), rejected=Turn(**{"from": "gpt", "value": WRONG[i]}),
+            chosen_score=0.8, rejected_score=0.2, scorer="rougeL",
+            lineage=Lineage(source_dataset="x", source_id=str(i), source_split="train", licence_class="public",
+                            image_sha256=hashlib.sha256(images[0]).hexdigest()))
+
+    build = tmp_path / "build"
+    shard = build / "data/preference/train-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([pair(i).model_dump(by_alias=True) for i in range(3)]), shard)
+    write_json(build / "build/manifest.json", {"corpus": "ct-reasoning-dpo"})
+
+    row = preference.read_parquet_pairs([shard])[0]
     assert row["prompt"] == [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
                                                           {"type": "text", "text": "Compare the two slices."}]}]
-    assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": "The nodule grew."}]}]
+    assert row["chosen"] == [{"role": "assistant", "content": [{"type": "text", "text": FINDINGS[0]}]}]
     assert [np.asarray(i).shape for i in row["images"]] == [(56, 56, 3)] * 2
-    (text_only,) = preference.read_parquet_pairs([shard], text_only=True)
+    text_only = preference.read_parquet_pairs([shard], text_only=True)[0]
     assert "images" not in text_only and [b["type"] for b in text_only["prompt"][0]["content"]] == ["text"]
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(build), "--model", "tiny", "--out", str(out), "--max-steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "3 pairs" in result.output and "(preference)" in result.output
+    trained = json.loads((out / "train_result.json").read_text())
+    assert trained["objective"] == "dpo" and trained["steps"] == 1
+    assert trained["first_loss"] == pytest.approx(math.log(2), abs=1e-4)

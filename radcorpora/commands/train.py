@@ -61,7 +61,7 @@ def train_cmd(
         if not (build_dir / MANIFEST).exists():
             return _train_preference_files(build_dir, check, out, text_only)
         spec = spec_of_build(build_dir)
-        trained = config or (spec.evaluation.train_config if spec.evaluation else None)
+        trained = config or (spec.evaluation.train_config if spec.evaluation else _preference_config(spec))
         if trained in spec.records and spec.config(trained).loss == "preference":
             return _train_preference_build(build_dir, trained, check, out, text_only)
         recipe = _recipe(build_dir)
@@ -89,6 +89,12 @@ def training_settings(lora: bool | None, qlora: bool, bf16: bool | None, gradien
     method = "qlora" if qlora else None if lora is None else "lora" if lora else "full"
     mixed_precision(SFTConfig(method=method or "lora", bf16=bf16))
     return {"method": method, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing, "report_to": report_to}
+
+
+def _preference_config(spec) -> str | None:
+    """A corpus without a training recipe (ct-reasoning-dpo) trains on its one preference config."""
+    found = [c.name for c in spec.configs if c.loss == "preference"]
+    return found[0] if len(found) == 1 else None
 
 
 def _resolve(make):
