@@ -342,8 +342,10 @@ def test_avoid_keeps_radvlm_training_patients_out_of_mmrad_ivl_benchmark(demo, t
     # can still look alike to pHash across patients, which --avoid (patients) does not decide
     assert {k: after[k] for k in EXACT} == {k: 0 for k in EXACT}, after
     bench = split_rows(tmp_path / "mmrad-ivl", "default", "benchmark")
-    assert not {"mimic:" + r["subject_id"] for r in bench} & set(avoid["patients"])
-    assert outcome.manifest["fingerprint"]["config"]["avoid"]["build"] == name
+    assert not {"mimic:" + r["subject_id"] for r in bench} & set(avoid.patients)
+    recorded = outcome.manifest["fingerprint"]["config"]["avoid"]
+    assert recorded["build"] == name and recorded["patient_count"] == len(avoid.patients) > 0
+    assert "patients" not in recorded and len(recorded["sha256"]) == 64  # the lists stay out of the manifest
 
 
 def test_avoid_keeps_a_builds_training_images_out_of_the_radimagenet_vqa_benchmark(demo, tmp_path, monkeypatch):
@@ -373,3 +375,19 @@ def read_local_sources(build: Path) -> dict:
     from radcorpora.store.local_paths import read_local
 
     return read_local(build)["sources"]
+
+
+def test_avoid_lists_stay_out_of_the_manifest_and_in_local_json():
+    """The manifest (pushed) keeps only the digest and counts of --avoid's ids; build/local.json
+    (never pushed) keeps the lists, and a setting read back without them is refused, not emptied."""
+    from radcorpora.corpora.avoid import AvoidList
+
+    avoid = AvoidList.of("radvlm-demo", {"mimic:p1", "mimic:p2"}, {"mimic-cxr:a.jpg"})
+    public = avoid.model_dump(mode="json")
+    assert "patients" not in public and public["patient_count"] == 2 and public["image_count"] == 1
+    local = avoid.model_dump(mode="json", context={"local": True})
+    assert local["patients"] == ["mimic:p1", "mimic:p2"] and AvoidList.model_validate(local) == avoid
+    with pytest.raises(ValueError, match="give --avoid BUILD again"):
+        AvoidList.model_validate(public)
+    other = AvoidList.of("radvlm-demo", {"mimic:p1", "mimic:p3"}, {"mimic-cxr:a.jpg"})
+    assert other.model_dump(mode="json")["sha256"] != public["sha256"]  # the fingerprint follows the ids

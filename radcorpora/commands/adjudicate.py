@@ -33,8 +33,9 @@ def adjudicate_apply_cmd(
         previous = read_decisions(build_dir / DECISIONS_FILE) if (build_dir / DECISIONS_FILE).exists() else {}
         queue_ids = {entry.id for entry in read_queue(build_dir / QUEUE_FILE)} | set(previous)
         decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
-        config = spec.settings.model_validate({**manifest["fingerprint"]["config"], "decisions": decisions})
-        local = read_local(build_dir)  # absolute paths on this machine (never pushed)
+        local = read_local(build_dir)  # absolute paths and settings in full, on this machine (never pushed)
+        config = spec.settings.model_validate({**(local.get("settings") or manifest["fingerprint"]["config"]),
+                                               "decisions": decisions})
         if not local.get("sources"):
             raise BuildFolderError(f"{build_dir}: {LOCAL_FILE} is missing: adjudicate on the machine that built it")
         sources = {k: Path(v) for k, v in local["sources"].items()}

@@ -106,15 +106,18 @@ def local_reject(reject: Reject, local: LocalPaths) -> Reject:
 
 
 def portable_manifest(manifest: dict[str, Any], sources: dict[str, Path], out: Path,
-                      local: LocalPaths) -> dict[str, Any]:
+                      local: LocalPaths, settings: BaseModel | None = None) -> dict[str, Any]:
     """The manifest as pushed: no absolute local path (sources by folder name, files relative to
     their source folder, the answer cache by file name); the absolute ones go to build/local.json
-    for `adjudicate apply` on this machine."""
+    for `adjudicate apply` on this machine, with the settings in full (a setting may keep part of
+    itself out of the manifest, e.g. `--avoid`'s id lists: `model_dump` with context "local")."""
     llm = manifest.get("llm") if isinstance(manifest.get("llm"), dict) else {}
     write_local(out, {"sources": {k: str(Path(v).resolve()) for k, v in sources.items()},
                       "llm_cache": llm.get("cache_path"),
                       # as computed, local paths included: what a rerun here is compared with
-                      "fingerprint": manifest["fingerprint"]})
+                      "fingerprint": manifest["fingerprint"],
+                      **({"settings": settings.model_dump(mode="json", context={"local": True})}
+                         if settings is not None else {})})
     command = local.command(manifest["build"]["command"])
 
     def walk(value: Any) -> Any:
@@ -280,7 +283,7 @@ def finish(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, out:
         "files": sorted({REJECTS_FILE, *output.files}),
     }
     manifest["storage"] = storage_report(out, counts.get("source_image_bytes", 0))
-    manifest = portable_manifest(manifest, sources, out, local)
+    manifest = portable_manifest(manifest, sources, out, local, settings)
     phases = dict(phases or {})
     mark = time.time()
     sync_files(p for p in (out / rel for rel in shards) if p not in (synced or set()))  # durable before the manifest
