@@ -24,9 +24,9 @@ from radcorpora.reference_models.collate import TrainingError
 from radcorpora.reference_models.sft import (
     WEIGHTS,
     RunLog,
+    RunTrainer,
     SFTConfig,
     TrainResult,
-    WeightsLoadedFrom,
     finish_run,
     fp32_trainable,
     full_model,
@@ -243,7 +243,7 @@ def train_preference(model_path: Path, pairs: list[dict[str, Any]], out: Path, c
 def _dpo_trainer_class() -> type:
     from trl import DPOTrainer
 
-    class PreferenceTrainer(WeightsLoadedFrom, DPOTrainer):
+    class PreferenceTrainer(RunTrainer, DPOTrainer):
         """DPOTrainer that resumes full runs from our checkpoint reading, and writes no model card
         into the run folder."""
 
