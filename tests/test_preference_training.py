@@ -1,8 +1,8 @@
 """Preference (DPO) training of the tiny model through TRL's DPOTrainer: the first loss is ln 2
 (policy = reference), the trained model's implicit reward prefers the chosen answers (computed
 here from log-probabilities, not by TRL), a killed full run with images resumes to the same
-weights (the reference stays the untrained base), and `radcorpora train` reads `radcorpora dpo`'s
-TRL JSONL and a build's PreferencePair rows."""
+weights (the reference stays the untrained base), and `radcorpora train` reads TRL preference
+JSONL (as `radcorpora export --format trl` writes it) and a preference build's PreferencePair rows."""
 
 from __future__ import annotations
 
@@ -128,26 +128,26 @@ def test_killed_full_dpo_run_with_images_resumes_to_the_same_weights(tiny, tmp_p
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def _dpo_folder(folder):
-    """What `radcorpora dpo` writes: trl/preference-train.jsonl with images under trl/images/."""
-    (folder / "trl/images").mkdir(parents=True)
+def _trl_folder(folder):
+    """What `radcorpora export PREFERENCE_BUILD --format trl` writes: preference-train.jsonl, images/."""
+    (folder / "images").mkdir(parents=True)
     lines = []
     for i in range(4):
         data = _png(i)
         name = f"images/{hashlib.sha256(data).hexdigest()}.png"
-        (folder / "trl" / name).write_bytes(data)
+        (folder / name).write_bytes(data)
         lines.append(json.dumps({
             "id": f"scan-{i}", "images": [name], "chosen_score": 0.9, "rejected_score": 0.1,
             "prompt": [{"role": "user", "content": [{"type": "image", "text": None},
                                                     {"type": "text", "text": f"Report the finding {i}."}]}],
             "chosen": [{"role": "assistant", "content": [{"type": "text", "text": FINDINGS[i]}]}],
             "rejected": [{"role": "assistant", "content": [{"type": "text", "text": WRONG[i]}]}]}))
-    (folder / "trl/preference-train.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "preference-train.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def test_train_command_on_dpo_output(tmp_path):
-    source = _dpo_folder(tmp_path / "dpo")
+def test_train_command_on_trl_preference_jsonl(tmp_path):
+    source = _trl_folder(tmp_path / "trl")
     out = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(source), "--model", "tiny", "--out", str(out), "--max-steps", "2"])
@@ -157,11 +157,12 @@ def test_train_command_on_dpo_output(tmp_path):
     assert trained["objective"] == "dpo" and trained["steps"] == 2 and trained["config"]["method"] == "full"
     assert (out / "tiny-base/config.json").exists() and (out / "model/config.json").exists()
 
-    jsonl = source / "trl/preference-train.jsonl"
+    jsonl = source / "preference-train.jsonl"
     jsonl.write_text(jsonl.read_text().splitlines()[0] + "\n{\"prompt\": []}\n")
     bad = runner.invoke(app, ["train", str(source), "--model", "tiny", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "preference-train.jsonl:2" in bad.output
-    nothing = runner.invoke(app, ["train", str(tmp_path), "--model", "tiny", "--out", str(tmp_path / "y")])
+    (tmp_path / "empty").mkdir()
+    nothing = runner.invoke(app, ["train", str(tmp_path / "empty"), "--model", "tiny", "--out", str(tmp_path / "y")])
     assert nothing.exit_code == 2 and "neither a build folder" in nothing.output
 
 

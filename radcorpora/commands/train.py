@@ -1,8 +1,10 @@
 """`radcorpora train`: fine-tune a reference model on a build (needs the [train] extra).
 
 Supervised fine-tuning on the build's training config, or preference (DPO) training where that
-config's loss intent is "preference", or where the argument is TRL preference JSONL (a file, or
-`radcorpora dpo`'s output folder). Runs under `accelerate launch -m radcorpora train ...` too."""
+config's loss intent is "preference" (`radcorpora dpo`'s ct-reasoning-dpo builds), or where the
+argument is TRL preference JSONL (a file, or a folder holding preference-train.jsonl, as
+`radcorpora export --format trl` writes). Runs under `accelerate launch -m radcorpora train ...`
+too (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ REPORT_TO = typer.Option("none", "--report-to", help="Trackers for TrainingArgum
 
 
 def train_cmd(
-    build_dir: Path = typer.Argument(..., help="A build folder, or TRL preference JSONL (a file, or `radcorpora dpo`'s "
-                                               "output folder)"),
+    build_dir: Path = typer.Argument(..., help="A build folder (a preference config trains with DPO), or TRL preference "
+                                               "JSONL: a file, or a folder with preference-train.jsonl"),
     model: str = typer.Option(..., "--model", help="tiny, or hf:<local checkpoint path>"),
     out: Path = typer.Option(..., "--out", help="Output folder (weights, training log, checkpoints)"),
     config: str | None = typer.Option(None, "--config", help="Config to train on (default: the corpus' training config)"),
@@ -125,7 +127,7 @@ def _train_preference_files(source: Path, check, out: Path, text_only: bool) -> 
     path = preference_source(source)
     if path is None:
         raise BuildFolderError(f"{source}: neither a build folder ({MANIFEST}) nor TRL preference JSONL "
-                               "(a .jsonl file, or `radcorpora dpo`'s output folder with trl/preference-train.jsonl)")
+                               "(a .jsonl file, or a folder with preference-train.jsonl)")
     pairs = read_trl_jsonl(path, text_only)
     settings = _preference_settings(check, str(path))
     base = _resolve(lambda: resolve_model(check.model, out, lambda: pair_texts(pairs), seed=check.seed))

@@ -5,8 +5,9 @@ killed run resumes from, `train_result.json`, weights in `adapter/` (LoRA) or `m
 Pairs are TRL's preference format: `prompt` (messages), `chosen` and `rejected` (one assistant
 message each), optional `images` (the prompt's `{"type": "image"}` blocks, in order). They come
 from a build config whose loss intent is "preference" (PreferencePair rows: LLaVA turns with
-`<image>` placeholders) or from TRL preference JSONL, such as `radcorpora dpo`'s
-`trl/preference-train.jsonl` (image paths relative to the file).
+`<image>` placeholders; `radcorpora dpo`'s ct-reasoning-dpo builds) or from TRL preference JSONL,
+such as the `preference-train.jsonl` that `radcorpora export BUILD --format trl` writes (image
+paths relative to the file).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from radcorpora.reference_models.sft import (
     trainer_arguments,
 )
 
-TRL_FILE = "preference-{split}.jsonl"  # radcorpora dpo's TRL export, under OUT/trl/
+TRL_FILE = "preference-{split}.jsonl"  # `radcorpora export --format trl` of a preference build
 
 
 def _blocks(text: str, with_images: bool) -> list[dict[str, Any]]:
@@ -142,8 +143,8 @@ def read_parquet_pairs(files: Iterable[Path], text_only: bool = False) -> list[d
 
 def preference_source(path: Path, split: str = "train") -> Path | None:
     """What `radcorpora train` reads pairs from when given `path` that is not a build: a TRL
-    preference JSONL file, `radcorpora dpo`'s output folder (its trl/preference-SPLIT.jsonl), or
-    a folder holding exactly one `*SPLIT*.jsonl`. None where there is none."""
+    preference JSONL file, a folder holding preference-SPLIT.jsonl (or trl/preference-SPLIT.jsonl),
+    or a folder holding exactly one `*SPLIT*.jsonl`. None where there is none."""
     path = Path(path)
     if path.is_file() and path.suffix == ".jsonl":
         return path
