@@ -1,8 +1,11 @@
 """Training throughput of a reference model: samples/s, tokens/s and peak memory.
 
 CPU (default): the tiny offline model on the demo radimagenet-vqa build, as `radcorpora check`
-trains it. `--model qwen2.5-vl-3b-shape`: one LoRA step at a time of a random-init model with
-Qwen2.5-VL-3B's configuration (no download), for a GPU.
+trains it (`sft.train`: transformers' Trainer over the batch plan; no alignment rows, so every
+step is a question step). `--model qwen2.5-vl-3b-shape`: bare LoRA steps (no Trainer, no
+collation) of a random-init model with Qwen2.5-VL-3B's configuration (no download), for a GPU;
+benchmarks/bench_train_gpu.py measures the same shape through `sft.train` next to TRL's
+SFTTrainer.
 
     python benchmarks/bench_reference_train.py --steps 100 --json out.json
     python benchmarks/bench_reference_train.py --model qwen2.5-vl-3b-shape --steps 20 --batch-size 2

@@ -175,3 +175,16 @@ def test_two_processes_under_torchrun(demo_build, tmp_path):
     assert [line["step"] for line in logged] == [3]  # tiny-lora logs every 10 steps and the last; one writer
     assert (done.stdout + done.stderr).count("trained: 3 steps") == 1
     assert (out / "adapter/adapter_model.safetensors").exists() and not list(out.glob("*.partial"))
+
+
+def test_check_settings_go_over_the_preset():
+    from radcorpora.reference_models.check import CheckConfig, sft_config
+
+    plain = sft_config(CheckConfig(), RECIPE)
+    assert plain == sft.PRESETS["tiny-check"].model_copy(update={"seed": 0})  # the tiny model's preset, untouched
+    over = sft_config(CheckConfig(max_steps=40, method="lora", bf16=True, gradient_checkpointing=True,
+                                  report_to="wandb", seed=3), RECIPE)
+    assert (over.max_steps, over.method, over.bf16, over.gradient_checkpointing, over.report_to, over.seed) == \
+        (40, "lora", True, True, "wandb", 3)
+    assert over.learning_rate == sft.PRESETS["tiny-check"].learning_rate
+    assert sft_config(CheckConfig(model="hf:/x"), RECIPE) == sft.PRESETS[RECIPE.preset].model_copy(update={"seed": 0})
