@@ -26,8 +26,8 @@ import torch
 
 
 def demo_build(folder: Path) -> Path:
-    from radcorpora.demo.radimagenet import write_demo_radimagenet
     from radcorpora.corpora.radimagenet_vqa.build import make_settings
+    from radcorpora.demo.radimagenet import write_demo_radimagenet
     from radcorpora.registry import build
 
     write_demo_radimagenet(folder / "source", images_per_class=12)
