@@ -18,11 +18,12 @@ from radcorpora.commands.train import (
     training_settings,
 )
 from radcorpora.commands.ui import console, fail, say
+from radcorpora.reference_models.model_families import MODEL_HELP
 
 
 def check_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder"),
-    model: str = typer.Option("tiny", "--model", help="tiny, or hf:<local checkpoint path>"),
+    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     margin: float = typer.Option(5.0, "--margin", help="Points the image model must beat the text-only twin by"),
     preset: str | None = typer.Option(None, "--preset", help="Training preset (default: tiny-check for tiny)"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimiser steps"),

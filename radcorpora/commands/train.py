@@ -14,6 +14,7 @@ import typer
 
 from radcorpora.commands.reference import _loss_intent, _model_errors, _recipe, train_stack
 from radcorpora.commands.ui import fail, say
+from radcorpora.reference_models.model_families import MODEL_HELP
 from radcorpora.registry import spec_of_build
 from radcorpora.store.folder import MANIFEST, BuildFolderError
 
@@ -30,7 +31,7 @@ REPORT_TO = typer.Option("none", "--report-to", help="Trackers for TrainingArgum
 def train_cmd(
     build_dir: Path = typer.Argument(..., help="A build folder (a preference config trains with DPO), or TRL preference "
                                                "JSONL: a file, or a folder with preference-train.jsonl"),
-    model: str = typer.Option(..., "--model", help="tiny, or hf:<local checkpoint path>"),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder (weights, training log, checkpoints)"),
     config: str | None = typer.Option(None, "--config", help="Config to train on (default: the corpus' training config)"),
     preset: str | None = typer.Option(None, "--preset", help="rad-ace | radimagenet-vqa | radvlm | tiny-check | "

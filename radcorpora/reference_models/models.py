@@ -30,6 +30,7 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from radcorpora.reference_models.model_families import FAMILY_NAMES, MODEL_HELP
 from radcorpora.store.atomic import replace_folder
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -165,12 +166,6 @@ class ModelSpecError(ValueError):
 
 # the families a `hf:PATH` checkpoint is tested with (tests/test_model_families.py builds a tiny
 # one of each with reference_models.families), by config.json model_type
-FAMILY_NAMES = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL", "llava_onevision": "LLaVA-OneVision",
-                "mllama": "Llama-3.2-Vision (Mllama)", "idefics3": "Idefics3/SmolVLM"}
-MODEL_HELP = ("`tiny` (a tiny random-init Qwen2.5-VL built from the corpus) or `hf:<local checkpoint path>` of a "
-              f"{', '.join(FAMILY_NAMES.values())} checkpoint")
-
-
 def resolve_model(spec: str, folder: Path, texts: Callable[[], Iterable[str]], seed: int = 0) -> Path:
     """The checkpoint folder for `tiny` (built under `folder` on first use, its tokenizer trained on
     `texts()`) or `hf:<local path>` (a checkpoint already on disk, of a model type transformers'
