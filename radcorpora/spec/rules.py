@@ -23,18 +23,28 @@ class UndeclaredRule(ValueError):
 @dataclass(frozen=True)
 class RowRules:
     """`names`: rule -> what it checks. `check(config, table)` returns, for the rules a batch
-    breaks, the batch's row numbers that break them (rules it does not name passed)."""
+    breaks, the batch's row numbers that break them (rules it does not name passed). `configs`:
+    rule -> the configs it applies to (a rule not named applies to every config), so a rule's
+    `checked` count is the rows it was checked on, not every row of the build."""
 
     names: Mapping[str, str]
     check: Callable[[str, Any], Mapping[str, list[int]]]
+    configs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def applies(self, rule: str, config: str) -> bool:
+        return rule not in self.configs or config in self.configs[rule]
 
     def findings(self, config: str, table: Any) -> dict[str, list[int]]:
-        """Every declared rule -> the rows of `table` breaking it (empty when it holds)."""
+        """Every declared rule that applies to `config` -> the rows of `table` breaking it (empty
+        when it holds)."""
         broken = dict(self.check(config, table)) if table.num_rows else {}
         undeclared = sorted(set(broken) - set(self.names))
         if undeclared:
             raise UndeclaredRule(f"row rule(s) {', '.join(undeclared)} reported but not declared")
-        return {name: sorted(int(r) for r in broken.get(name, ())) for name in self.names}
+        outside = sorted(r for r in broken if not self.applies(r, config))
+        if outside:
+            raise UndeclaredRule(f"row rule(s) {', '.join(outside)} reported on {config!r}, which they do not apply to")
+        return {name: sorted(int(r) for r in broken.get(name, ())) for name in self.names if self.applies(name, config)}
 
 
 @dataclass(frozen=True)
