@@ -167,6 +167,22 @@ def _lines(builds: list[BuildRows]) -> _Lines:
     return _Lines(every, role, group, table.drop_columns(["id"]), table["id"])
 
 
+def _numbered(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Each value (no nulls) as the number of its distinct value, and for each number the place of
+    a value that has it. By sorting: a hash table of 400k sha256 strings (dictionary_encode,
+    group_by) holds ~150 MB, the sort ~40 MB."""
+    if len(values) == 0:
+        return pa.array([], pa.int64()), np.zeros(0, np.int64)
+    order = pc.sort_indices(values).to_numpy()
+    ordered = values.take(order)
+    new = np.ones(len(values), dtype=bool)
+    new[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
+    del ordered
+    numbers = np.empty(len(values), dtype=np.int64)
+    numbers[order] = np.cumsum(new) - 1
+    return pa.array(numbers), order[new]
+
+
 def _sides(lines: _Lines, table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
     """Distinct (key, loc) of the training lines and of the evaluation lines."""
     distinct = table.group_by([key, "loc"], use_threads=False).aggregate([])
@@ -186,7 +202,7 @@ def _rows_of(lines: _Lines, table: pa.Table, on: list[str], wanted: pa.Table) ->
     if wanted.num_rows == 0:
         return {}
     hit = table.select([*on, "row", "line"]).join(wanted.select(on).group_by(on, use_threads=False).aggregate([]),
-                                                 keys=on, join_type="left semi")
+                                                 keys=on, join_type="left semi", use_threads=False)
     hit = hit.group_by([*on, "row"], use_threads=False).aggregate([("line", "min")])
     hit = hit.sort_by([(c, "ascending") for c in on] + [("row", "ascending")])
     ids = lines.ids.take(hit["line_min"]).to_pylist()
@@ -203,21 +219,30 @@ def _exact(lines: _Lines, kind: str) -> list[tuple[tuple, dict[str, Any]]]:
     source = t["source_dataset"]
     value = t["sha256" if kind == "sha256" else {"patient": "patient_id", "study": "study_id",
                                                   "source_id": "source_id"}[kind]]
-    keys = identity_keys(kind, source, value)
-    table = pa.table({"key": keys, "loc": t["loc"], "row": t["row"], "line": t["line"]}).filter(pc.is_valid(keys))
+    keys = _flat(value) if kind == "sha256" else identity_keys(kind, source, value)
+    valid = pc.fill_null(pc.not_equal(keys, ""), False)  # no key: null or empty
+    # each distinct key as a number (group-by and join on integers hold far less memory than on
+    # strings); the strings are looked up again for the cases found
+    keys = keys.filter(valid)
+    numbers, place = _numbered(keys)
+    table = pa.table({"key": numbers, "loc": t["loc"].filter(valid), "row": t["row"].filter(valid),
+                      "line": t["line"].filter(valid)})
+    del valid
     train, held_out = _sides(lines, table, "key")
     pairs = train.rename_columns(["key", "tloc"]).join(held_out.rename_columns(["key", "eloc"]), keys="key",
-                                                       join_type="inner")
+                                                       join_type="inner", use_threads=False)
     pairs = _compared(lines, pairs)
     wanted = pa.concat_tables([pairs.select(["key", "tloc"]).rename_columns(["key", "loc"]),
                                pairs.select(["key", "eloc"]).rename_columns(["key", "loc"])])
     rows = _rows_of(lines, table, ["key", "loc"], wanted)
     order = list(KINDS).index(kind)
     out = []
-    for key, tloc, eloc in zip(pairs["key"].to_pylist(), pairs["tloc"].to_pylist(), pairs["eloc"].to_pylist()):
+    names = keys.take(pa.array(place[pairs["key"].to_numpy()])).to_pylist()
+    for name, code, tloc, eloc in zip(names, pairs["key"].to_pylist(), pairs["tloc"].to_pylist(),
+                                      pairs["eloc"].to_pylist()):
         tl, el = lines.locs[tloc], lines.locs[eloc]
-        out.append(((order, tl, el, key), {"kind": kind, "train": (tl, key, rows[(key, tloc)]),
-                                           "eval": (el, key, rows[(key, eloc)])}))
+        out.append(((order, tl, el, name), {"kind": kind, "train": (tl, name, rows[(code, tloc)]),
+                                            "eval": (el, name, rows[(code, eloc)])}))
     return out
 
 
@@ -229,8 +254,22 @@ def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]
     t = lines.table
     ok = pc.and_(pc.is_valid(t["phash"]), pc.fill_null(pc.not_equal(t["sha256"], ""), False))
     table = t.select(["phash", "sha256", "loc", "row", "line"]).filter(ok)
-    per = table.group_by(["phash", "loc"], use_threads=False).aggregate(
-        [("sha256", "count_distinct"), ("sha256", "min")]).rename_columns(["phash", "loc", "n", "one"])
+    image, _ = _numbered(t["sha256"].filter(ok).combine_chunks())  # each distinct image as a number
+    table = t.select(["phash", "loc", "row", "line"]).filter(ok).append_column("image", image)
+    # per (hash, loc): distinct images and the least, by one sort (numpy: no hash tables)
+    ph, loc, img = (table[c].to_numpy() for c in ("phash", "loc", "image"))
+    order = np.lexsort((img, loc, ph))
+    ph, loc, img = ph[order], loc[order], img[order]
+    del order
+    group = np.ones(len(ph), dtype=bool)
+    group[1:] = (ph[1:] != ph[:-1]) | (loc[1:] != loc[:-1])
+    other = group.copy()
+    other[1:] |= img[1:] != img[:-1]
+    starts = np.flatnonzero(group)
+    per = pa.table({"phash": ph[starts], "loc": loc[starts],
+                    "n": np.add.reduceat(other.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64),
+                    "one": img[starts]})
+    del ph, loc, img, group, other
     train_mask = pa.array(lines.role[per["loc"].to_numpy()])
     train, held_out = per.filter(train_mask), per.filter(pc.invert(train_mask))
     train_hashes = np.unique(train["phash"].to_numpy())
@@ -238,8 +277,10 @@ def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]
     i, j, d = near_pairs(train_hashes, eval_hashes, max_distance)
     pairs = pa.table({"thash": pa.array(train_hashes[i], pa.uint64()), "ehash": pa.array(eval_hashes[j], pa.uint64()),
                       "distance": pa.array(d, pa.int64())})
-    pairs = pairs.join(train.rename_columns(["thash", "tloc", "tn", "tone"]), keys="thash", join_type="inner")
-    pairs = pairs.join(held_out.rename_columns(["ehash", "eloc", "en", "eone"]), keys="ehash", join_type="inner")
+    pairs = pairs.join(train.rename_columns(["thash", "tloc", "tn", "tone"]), keys="thash", join_type="inner",
+                       use_threads=False)
+    pairs = pairs.join(held_out.rename_columns(["ehash", "eloc", "en", "eone"]), keys="ehash", join_type="inner",
+                       use_threads=False)
     pairs = _compared(lines, pairs)
     same = pc.and_(pc.and_(pc.equal(pairs["tn"], 1), pc.equal(pairs["en"], 1)), pc.equal(pairs["tone"], pairs["eone"]))
     pairs = pairs.filter(pc.invert(same))
@@ -249,8 +290,8 @@ def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]
         side = pairs.select([f"{me}hash", f"{me}loc", f"{far}n", f"{far}one"]).rename_columns(
             ["phash", "loc", "far_n", "far_one"])
         side = side.group_by(["phash", "loc", "far_n", "far_one"], use_threads=False).aggregate([])
-        hit = table.join(side, keys=["phash", "loc"], join_type="inner")
-        keep = pc.or_(pc.greater(hit["far_n"], 1), pc.not_equal(hit["sha256"], hit["far_one"]))
+        hit = table.join(side, keys=["phash", "loc"], join_type="inner", use_threads=False)
+        keep = pc.or_(pc.greater(hit["far_n"], 1), pc.not_equal(hit["image"], hit["far_one"]))
         sides.append(hit.filter(keep))
     rows = [_rows_of(lines, hit, ["phash", "loc", "far_n", "far_one"], hit) for hit in sides]
     order = list(KINDS).index("phash")
