@@ -391,3 +391,164 @@ def test_avoid_lists_stay_out_of_the_manifest_and_in_local_json():
         AvoidList.model_validate(public)
     other = AvoidList.of("radvlm-demo", {"mimic:p1", "mimic:p3"}, {"mimic-cxr:a.jpg"})
     assert other.model_dump(mode="json")["sha256"] != public["sha256"]  # the fingerprint follows the ids
+
+
+# -- the columnar join (issue 24 item 4) against the obvious per-line reading ----------------------
+
+
+@pytest.mark.parametrize("max_distance,tolerance", [(6, 1), (6, 2), (3, 1), (10, 1), (16, 2), (0, 0)])
+def test_multi_probe_bands_find_what_all_pairs_find(max_distance, tolerance):
+    rng = random.Random(100 + max_distance)
+    left = [rng.getrandbits(64) for _ in range(250)]
+    right = [rng.getrandbits(64) for _ in range(150)]
+    for k in range(150):
+        flipped = left[k]
+        for bit in rng.sample(range(64), k % 18):
+            flipped ^= 1 << bit
+        right.append(flipped)
+    i, j, d = near_pairs(np.array(left, dtype=np.uint64), np.array(right, dtype=np.uint64), max_distance, tolerance)
+    got = [(int(a), int(b), int(c)) for a, b, c in zip(i, j, d)]
+    want = sorted((a, b, (x ^ y).bit_count()) for a, x in enumerate(left) for b, y in enumerate(right)
+                  if (x ^ y).bit_count() <= max_distance)
+    assert got == want and len(want) > 0
+
+
+def test_band_scheme_widens_with_the_number_of_hashes():
+    from radcorpora.ops.phash import choose_tolerance
+
+    assert choose_tolerance(500, 500, 6) == 0  # 7 exact 9-bit bands: few candidates at this size
+    assert choose_tolerance(50_000, 50_000, 6) == 1  # n^2 / 80 candidates would dominate: 16-bit bands, 1 flip
+
+
+def test_keys_column_wise_are_the_schema_functions_keys():
+    """Arrow's regexes (RE2) and Python's differ on Unicode digits and whitespace, `$` before a final
+    newline, case folding: the column-wise keys must still be the scalar functions' own."""
+    import pyarrow as pa
+
+    from radcorpora.ops.leakage import identity_keys
+    from radcorpora.schemas.identity import patient_key, source_key, study_key
+
+    sources = ["mimic-cxr", "MIMIC-CXR ", "chexpert-plus", "vindr-cxr", None, "", "Unknown-Set", "gemex"]
+    values = ["p10000032", "s50414267", "10000032", "mimic:p123", "chexpert:patient9", "nowhere:p1", "p12a",
+              "  p77  ", "mimic:p99\n", "p\u0661\u0662", "x/1.JPG", "train/patient3/view1_frontal.jpeg", "a.png.png",
+              "b.DICOM", "c.tif", "d.TIFF ", "e.jpg\n", "", None, "mimic: s42", "é.png", "pé", "MIMIC:p5", "-:x",
+              "p123\u00a0", "a:b:c", "x.jpgx", "weird\tid"]
+    pairs = [(s, v) for s in sources for v in values]
+    column_source = pa.array([s for s, _ in pairs], pa.string())
+    column_value = pa.array([v for _, v in pairs], pa.string())
+    for kind, scalar in (("patient", patient_key), ("study", study_key), ("source_id", source_key)):
+        got = identity_keys(kind, column_source, column_value).to_pylist()
+        assert got == [scalar(s, v) for s, v in pairs], kind
+
+
+def _reference_cases(builds, max_distance):
+    """The join read line by line, as the definition says (the pre-columnar implementation)."""
+    from collections import defaultdict
+
+    from radcorpora.schemas.identity import KINDS, patient_key, source_key, split_role, study_key
+
+    exact = {k: {"train": defaultdict(lambda: defaultdict(set)), "eval": defaultdict(lambda: defaultdict(set))}
+             for k in EXACT}
+    near = {"train": defaultdict(lambda: defaultdict(lambda: defaultdict(set))),
+            "eval": defaultdict(lambda: defaultdict(lambda: defaultdict(set)))}
+    ids = {}
+    for number, (name, lines) in enumerate(builds):
+        for line in lines:
+            role = split_role(line["split"])
+            if role is None:
+                continue
+            loc, r, source = (number, line["config"], line["split"]), line["row"], line["source_dataset"]
+            ids[(loc, r)] = line["id"]
+            keys = {"patient": patient_key(source, line["patient_id"]), "study": study_key(source, line["study_id"]),
+                    "source_id": source_key(source, line["source_id"]), "sha256": line["sha256"]}
+            for kind, key in keys.items():
+                if key:
+                    exact[kind][role][key][loc].add(r)
+            if line["phash"] is not None and line["sha256"]:
+                near[role][line["phash"]][loc][line["sha256"]].add(r)
+
+    def side(loc, key, rows):
+        rows = sorted(rows)
+        return {"build": builds[loc[0]][0], "config": loc[1], "split": loc[2], "key": key, "rows": rows,
+                "ids": [ids[(loc, r)] for r in rows]}
+
+    def allowed(a, b):
+        return a[0] != b[0] or a[1] != b[1]
+
+    cases = []
+    for order, kind in enumerate(EXACT):
+        for key in exact[kind]["train"].keys() & exact[kind]["eval"].keys():
+            for tloc, trows in exact[kind]["train"][key].items():
+                for eloc, erows in exact[kind]["eval"][key].items():
+                    if allowed(tloc, eloc):
+                        cases.append(((order, tloc, eloc, key),
+                                      {"kind": kind, "train": side(tloc, key, trows), "eval": side(eloc, key, erows)}))
+    for a, tside in near["train"].items():
+        for b, eside in near["eval"].items():
+            d = (a ^ b).bit_count()
+            if d > max_distance:
+                continue
+            for tloc, tshas in tside.items():
+                for eloc, eshas in eside.items():
+                    if not allowed(tloc, eloc):
+                        continue
+                    trows = {r for s, rows in tshas.items() if set(eshas) - {s} for r in rows}
+                    erows = {r for s, rows in eshas.items() if set(tshas) - {s} for r in rows}
+                    if trows and erows:
+                        cases.append(((list(KINDS).index("phash"), tloc, eloc, f"{a:016x}{b:016x}"),
+                                      {"kind": "phash", "distance": d, "train": side(tloc, f"{a:016x}", trows),
+                                       "eval": side(eloc, f"{b:016x}", erows)}))
+    return [c for _, c in sorted(cases, key=lambda item: item[0])]
+
+
+def _random_index(seed: int, shards: int) -> tuple[list[dict], dict[str, int]]:
+    """An identity index drawn from small pools, so every kind collides across builds, configs and
+    splits: several images a row, rows without images, images shared by rows, pHashes a few bits
+    apart with the same and with other bytes, ids that need the schema's Python functions."""
+    rng = random.Random(seed)
+    patients = ["p100", "p101", "mimic:p102", "chexpert:pa", "103", " p104 ", "p\u0661", "", None]
+    sources = ["mimic-cxr", "mimic-cxr-jpg", "chexpert", "chexpert-plus", "vindr-cxr", None]
+    base = [rng.getrandbits(64) for _ in range(6)]
+    lines, rows = [], {}
+    for s in range(shards):
+        config, split = rng.choice(["a", "b"]), rng.choice(["train", "train", "test", "validation", "dev"])
+        shard = f"data/{config}/{split}-{s:05d}-of-{shards:05d}.parquet"
+        rows[shard] = rng.randint(1, 8)
+        for r in range(rows[shard]):
+            row = {"shard": shard, "config": config, "split": split, "row": r, "id": f"{seed}-{s}-{r}",
+                   "source_dataset": rng.choice(sources), "source_id": rng.choice(["x/1.jpg", "x/1.PNG", "y", None]),
+                   "patient_id": rng.choice(patients), "study_id": rng.choice(["s1", "s2", "3", None])}
+            for place in range(rng.choice([0, 1, 1, 2])):
+                image = rng.randrange(12)
+                phash = None if image == 11 else base[image % 6] ^ (1 << rng.randrange(64) if rng.random() < 0.3 else 0)
+                lines.append({**row, "image": place, "sha256": f"{image:064x}" if image != 10 else "", "phash": phash})
+            if not any(line["row"] == r and line["shard"] == shard for line in lines):
+                lines.append({**row, "image": -1, "sha256": None, "phash": None})
+    return lines, rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_columnar_join_gives_the_line_by_line_cases(seed):
+    """Random indexes of three builds: the same cases, in the same order, as the definition read one
+    line at a time, at several pHash distances."""
+    import pyarrow as pa
+
+    from radcorpora.ops.leakage import build_rows, find_cases
+    from radcorpora.schemas.identity import IDENTITY_SCHEMA
+
+    builds, numbered = [], []
+    for b in range(3):
+        lines, rows = _random_index(seed * 10 + b, shards=6)
+        table = pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA)
+        numbered.append(build_rows(f"build{b}", table, rows))
+        # the reference numbers rows within a split itself: shards in order
+        offsets, seen = {}, {}
+        for shard in sorted(rows):
+            config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+            offsets[shard] = seen.get((config, split), 0)
+            seen[(config, split)] = offsets[shard] + rows[shard]
+        builds.append((f"build{b}", [{**line, "row": offsets[line["shard"]] + line["row"]} for line in lines]))
+    for distance in (0, 2, 6):
+        want = _reference_cases(builds, distance)
+        assert {c["kind"] for c in want} >= {"patient", "sha256", "phash"}, want
+        assert find_cases(numbered, distance) == want
