@@ -12,11 +12,17 @@ cases). Then, each in a fresh process (for its own peak RSS):
   plain:      for each shard, for each row, sha256 and imagehash.phash of the decoded image,
               one process, no join.
 
+  join:       the join alone on the stored index (read back, no hashing), in a process of its own,
+              for the current code and, with --before REV, for ops/leakage.py + ops/phash.py as
+              they were at git revision REV (the same index, the same machine load);
+  ship:       what partitioning the join across the executors would cost at least: the index
+              split by key hash into --workers parts and sent to the local pool (nothing joined).
+
 and reports images hashed per second, the join's time, the ratio (plain seconds / radcorpora
 seconds for the same hashing) and peak RSS (the driver's; the workers' largest separately), at
 two sizes. The planted cases are checked against what the join finds.
 
-    .venv/bin/python benchmarks/bench_leakage.py --images 100000 25000 --workers 2 --out bench-out/leakage
+    .venv/bin/python benchmarks/bench_leakage.py --images 100000 25000 --workers 2 --before 6cff651
 """
 
 from __future__ import annotations
@@ -125,6 +131,64 @@ def run_radcorpora(out: Path, workers: int, report: Path) -> None:
         "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
+def _old_join(rev: str, into: Path):
+    """find_cases and build_rows as they were at `rev` (ops/leakage.py and the ops/phash.py it used)."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("leakage", "phash"):
+        text = subprocess.run(["git", "show", f"{rev}:radcorpora/ops/{name}.py"], check=True, capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+        (into / f"before_{name}.py").write_text(text.replace("from radcorpora.ops.phash import", "from before_phash import"))
+    sys.path.insert(0, str(into))
+    import before_leakage
+
+    return before_leakage.build_rows, before_leakage.find_cases
+
+
+def run_join(out: Path, report: Path, rev: str | None) -> None:
+    """The join alone, on the index `run_radcorpora` stored (read back: no image is decoded)."""
+    from radcorpora.ops.phash import hash_image
+    from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE
+    from radcorpora.store.identity import load_index
+
+    if rev:
+        build_rows, find_cases = _old_join(rev, out / "before-code")
+    else:
+        from radcorpora.ops.leakage import build_rows, find_cases
+    indexes = [load_index(out / name, hash_image) for name in ("train", "test")]
+    assert not any(index.indexed for index in indexes)
+    rss_index = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    cases = find_cases([build_rows(name, index.table, index.rows) for name, index in zip(("train", "test"), indexes)],
+                       DEFAULT_PHASH_DISTANCE)
+    report.write_text(json.dumps({"join_s": time.perf_counter() - started, "cases": len(cases),
+                                  "digest": hashlib.sha256(json.dumps(cases, sort_keys=True).encode()).hexdigest(),
+                                  "rss_index_mib": rss_index,
+                                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _received(part) -> int:
+    return part.num_rows
+
+
+def run_ship(out: Path, report: Path, workers: int) -> None:
+    """The least a partitioned join pays: the stored index split by hash into `workers` parts,
+    pickled to the local pool and back (a row count); no joining."""
+    import pyarrow.compute as pc
+
+    from radcorpora.engine.executors import ExecutorSettings, map_tasks
+
+    table = pa.concat_tables([pq.read_table(out / name / "build" / "identity.parquet").replace_schema_metadata(None)
+                              for name in ("train", "test")])
+    started = time.perf_counter()
+    # by the pHash (an image's sha256 and ids would need their own pass: this is the least)
+    part = pc.fill_null(table["phash"], 0).to_numpy() % np.uint64(workers)
+    parts = [table.filter(pa.array(part == k)) for k in range(workers)]
+    split = time.perf_counter()
+    sent = sum(map_tasks(_received, parts, ExecutorSettings(workers=workers)))
+    assert sent == table.num_rows
+    report.write_text(json.dumps({"split_s": split - started, "ship_s": time.perf_counter() - split}))
+
+
 def run_plain(out: Path, report: Path) -> None:
     """The same hashing, the obvious way: every row of every shard, one at a time."""
     import imagehash
@@ -142,12 +206,13 @@ def run_plain(out: Path, report: Path) -> None:
                                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def fresh(mode: str, out: Path, workers: int) -> dict:
-    report = out / f"{mode}.json"
-    for index in out.glob("*/build/identity.parquet"):
-        index.unlink()  # hash every image again
-    subprocess.run([sys.executable, __file__, "--child", mode, "--out", str(out), "--workers", str(workers)],
-                   check=True)
+def fresh(mode: str, out: Path, workers: int, before: str | None = None) -> dict:
+    report = out / f"{mode}{'-before' if before else ''}.json"
+    if mode in ("radcorpora", "plain"):
+        for index in out.glob("*/build/identity.parquet"):
+            index.unlink()  # hash every image again
+    subprocess.run([sys.executable, __file__, "--child", mode, "--out", str(out), "--workers", str(workers),
+                    *(["--before", before] if before else [])], check=True)
     return json.loads(report.read_text())
 
 
@@ -156,12 +221,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[100_000, 25_000], help="Sizes to run (images in all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-out/leakage"))
-    parser.add_argument("--child", choices=("radcorpora", "plain"), help=argparse.SUPPRESS)
+    parser.add_argument("--before", help="Also time the join as it was at this git revision (e.g. 6cff651)")
+    parser.add_argument("--child", choices=("radcorpora", "plain", "join", "ship"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "radcorpora":
         return run_radcorpora(args.out, args.workers, args.out / "radcorpora.json")
     if args.child == "plain":
         return run_plain(args.out, args.out / "plain.json")
+    if args.child == "join":
+        return run_join(args.out, args.out / f"join{'-before' if args.before else ''}.json", args.before)
+    if args.child == "ship":
+        return run_ship(args.out, args.out / "ship.json", args.workers)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}")
     for images in args.images:
@@ -171,6 +241,9 @@ def main() -> None:
         print(f"\n{images:,} images written in {time.perf_counter() - started:.1f} s "
               f"({sum(p.stat().st_size for p in out.rglob('*.parquet')) / 2**20:.0f} MiB); planted {planted}")
         ours = fresh("radcorpora", out, args.workers)
+        join = fresh("join", out, args.workers)  # on the index the radcorpora run stored
+        old = fresh("join", out, args.workers, args.before) if args.before else None
+        ship = fresh("ship", out, args.workers)
         plain = fresh("plain", out, args.workers)
         assert ours["images"] == plain["images"] == images
         found = ours["kinds"]
@@ -182,6 +255,14 @@ def main() -> None:
         print(f"  plain loop (1 process): hashing {plain['hash_s']:.1f} s = {images / plain['hash_s']:,.0f} images/s; "
               f"peak RSS {plain['rss_mib']:.0f} MiB")
         print(f"  ratio (plain s / radcorpora s, hashing): {plain['hash_s'] / ours['hash_s']:.2f}x")
+        print(f"  join alone (stored index read back): {join['join_s']:.2f} s, {join['cases']} cases; peak RSS "
+              f"{join['rss_mib']:.0f} MiB ({join['rss_index_mib']:.0f} MiB with the index read, before joining)")
+        if old:
+            same = "the same cases" if old["digest"] == join["digest"] else "OTHER CASES"
+            print(f"  join at {args.before}: {old['join_s']:.2f} s, {old['cases']} cases ({same}); peak RSS "
+                  f"{old['rss_mib']:.0f} MiB ({old['rss_index_mib']:.0f} MiB with the index read)")
+        print(f"  partitioning the join over {args.workers} workers would cost at least: split {ship['split_s']:.2f} s"
+              f" + shipping the parts {ship['ship_s']:.2f} s (nothing joined yet)")
 
 
 if __name__ == "__main__":
