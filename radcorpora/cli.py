@@ -21,15 +21,16 @@ from radcorpora.commands import (
     publish,
     train,
 )
-from radcorpora.commands.corpus import register_corpus_commands
+from radcorpora.commands.corpus import CorpusGroup, EstimateGroup
 from radcorpora.engine.executors import keep_freed_memory
 from radcorpora.registry import CORPORA, register
 
 app = typer.Typer(help="Build, validate and publish radiology vision-language corpora.", no_args_is_help=True,
                   context_settings={"max_content_width": 80}, rich_markup_mode=None)
-build_app = typer.Typer(help="Build a corpus from upstream sources.", no_args_is_help=True)
+# one command per registered corpus, generated from its spec when used (commands/corpus.py)
+build_app = typer.Typer(cls=CorpusGroup, help="Build a corpus from upstream sources.", no_args_is_help=True)
 app.add_typer(build_app, name="build")
-estimate_app = typer.Typer(help="Estimate a build's LLM requests, tokens, cost and time (sends nothing).",
+estimate_app = typer.Typer(cls=EstimateGroup, help="Estimate a build's LLM requests, tokens, cost and time (sends nothing).",
                            no_args_is_help=True)
 app.add_typer(estimate_app, name="estimate")
 adjudicate_app = typer.Typer(help="Human adjudication of verifier disagreements.", no_args_is_help=True)
@@ -70,14 +71,11 @@ def corpora_cmd() -> None:
         out.print(table)
 
 
-register_corpus_commands(build_app, estimate_app, list(CORPORA.values()))
-
-
 def add_corpus(spec) -> None:
     """A corpus declared outside radcorpora (a plugin, a test) made a full citizen: registered,
-    with its generated `build` and `estimate` commands."""
+    so `build` and `estimate` generate its commands as they do ours."""
     register(spec)
-    register_corpus_commands(build_app, estimate_app, [spec])
+
 
 adjudicate_app.command("apply")(adjudicate.adjudicate_apply_cmd)
 app.command("export")(folder.export_cmd)

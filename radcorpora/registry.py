@@ -1,38 +1,116 @@
-"""The corpus registry: one line per corpus package (radcorpora/corpora/<name>/spec.py holds its
-`SPEC`). The CLI, `validate`, `publish`, `estimate`, `check` and the exports read it. Adding a
-corpus is one new folder plus one line here (docs/adding-a-corpus.md).
+"""The corpus registry: one line per corpus, its name and package (radcorpora/corpora/<name>/spec.py
+holds its `SPEC`). The CLI, `validate`, `publish`, `estimate`, `check` and the exports read it.
+Adding a corpus is one new folder plus one line here (docs/adding-a-corpus.md). Packages are
+imported when a spec is first asked for, so a command imports only the corpora it uses.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from radcorpora.spec.corpus import CorpusSpec
+if TYPE_CHECKING:
+    from radcorpora.spec.corpus import CorpusSpec
 
-CORPUS_PACKAGES: tuple[str, ...] = (
-    "radcorpora.corpora.radimagenet_vqa",
-    "radcorpora.corpora.rad_ace_cot",
-    "radcorpora.corpora.radvlm",
-    "radcorpora.corpora.mmrad_ivl",
-    "radcorpora.corpora.ct_reasoning",
-    "radcorpora.corpora.ct_reasoning.pairs",  # ct-reasoning-dpo: `radcorpora dpo ct-reasoning` writes it
-)
+# corpus name -> its package. The name is here so that `radcorpora build NAME` imports NAME's
+# package only (a spec imports its corpus' builders: all of them cost ~0.25 s of every command);
+# loading a spec checks that it declares the same name.
+CORPUS_PACKAGES: dict[str, str] = {
+    "radimagenet-vqa": "radcorpora.corpora.radimagenet_vqa",
+    "rad-ace-cot": "radcorpora.corpora.rad_ace_cot",
+    "radvlm": "radcorpora.corpora.radvlm",
+    "mmrad-ivl": "radcorpora.corpora.mmrad_ivl",
+    "ct-reasoning": "radcorpora.corpora.ct_reasoning",
+    "ct-reasoning-dpo": "radcorpora.corpora.ct_reasoning.pairs",  # `radcorpora dpo ct-reasoning` writes it
+}
+
+
+def load_spec(package: str) -> CorpusSpec:
+    """The `SPEC` of a corpus package (its `spec` module, imported now)."""
+    return importlib.import_module(f"{package}.spec").SPEC
 
 
 def load_specs(packages: tuple[str, ...]) -> dict[str, CorpusSpec]:
     """name -> spec, from each package's `spec.SPEC` (registered in the order given)."""
     specs: dict[str, CorpusSpec] = {}
     for package in packages:
-        spec = importlib.import_module(f"{package}.spec").SPEC
+        spec = load_spec(package)
         if spec.name in specs:
             raise ValueError(f"{package}: corpus name {spec.name!r} is registered twice")
         specs[spec.name] = spec
     return specs
 
 
-CORPORA: dict[str, CorpusSpec] = load_specs(CORPUS_PACKAGES)
+def declared_summary(package: str) -> str | None:
+    """The `summary="..."` of `SPEC = CorpusSpec(...)` in the package's spec.py, read without
+    running it (what `radcorpora build --help` lists); None where it is not a plain string."""
+    found = importlib.util.find_spec(f"{package}.spec")
+    if found is None or not found.origin or not found.origin.endswith(".py"):
+        return None
+    try:
+        tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SPEC" for t in node.targets)
+                and isinstance(node.value, ast.Call)):
+            for keyword in node.value.keywords:
+                if keyword.arg == "summary":
+                    value = keyword.value
+                    return value.value if isinstance(value, ast.Constant) and isinstance(value.value, str) else None
+    return None
+
+
+class Registry(MutableMapping[str, "CorpusSpec"]):
+    """name -> spec, in registration order. A corpus' package is imported the first time its spec
+    is asked for (`CORPORA[name]`, `.values()`); its name, membership and order need no import."""
+
+    def __init__(self, packages: dict[str, str]) -> None:
+        self._entries: dict[str, str | CorpusSpec] = dict(packages)  # a package not yet loaded, or its spec
+
+    def __getitem__(self, name: str) -> CorpusSpec:
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            spec = load_spec(entry)
+            if spec.name != name:
+                raise ValueError(f"{entry}: its spec declares corpus {spec.name!r}, registered as {name!r}")
+            self._entries[name] = entry = spec
+        return entry
+
+    def __setitem__(self, name: str, spec: CorpusSpec) -> None:
+        self._entries[name] = spec
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def loaded(self, name: str) -> bool:
+        return not isinstance(self._entries.get(name), str)
+
+    def summary(self, name: str) -> str:
+        """A corpus' one-line summary, without importing its package where its spec.py states it
+        as a plain string."""
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            declared = declared_summary(entry)
+            if declared is not None:
+                return declared
+        return self[name].summary
+
+
+CORPORA: Registry = Registry(CORPUS_PACKAGES)
 
 
 def register(spec: CorpusSpec) -> CorpusSpec:

@@ -3,7 +3,11 @@ option per source (`SourceOption`) and per settings field (its `Field` descripti
 its `Cli` metadata the flag and how the text reads), plus the engine's options (output folder,
 executor, overwrite) and, for a corpus with LLM stages, the LLM client's. `estimate` takes exactly
 `build`'s options (`--out` optional) and `--json`: a build command becomes its estimate by
-changing the verb."""
+changing the verb.
+
+The `build` and `estimate` groups (CorpusGroup) make a corpus' command the first time it is run
+or its help is shown, so `radcorpora build radimagenet-vqa` imports that corpus alone; their
+listings read names and summaries from the registry without importing a corpus."""
 
 from __future__ import annotations
 
@@ -12,15 +16,19 @@ import json
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from radcorpora.commands.ui import USER_ERRORS, command_line, console, fail, print_summary, say
+from radcorpora.registry import CORPORA
 from radcorpora.spec.corpus import Cli, CorpusSpec, cli_of
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -251,13 +259,90 @@ def corpus_command(spec: CorpusSpec, mode: str) -> Callable[..., None]:
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {}
     command.__name__ = f"{mode}_{spec.name.replace('-', '_')}"
-    command.__doc__ = spec.summary if mode == "build" else (
-        f"Dry run of {spec.name}'s LLM stages with `build {spec.name}`'s options: requests to send and already "
-        "cached, tokens, cost online vs batch, time under the limits. Reads the sources; sends nothing.")
+    command.__doc__ = command_help(spec.name, spec.summary, mode)
     return command
 
 
-def register_corpus_commands(build_app: typer.Typer, estimate_app: typer.Typer, specs: list[CorpusSpec]) -> None:
-    for spec in specs:
-        build_app.command(spec.name)(corpus_command(spec, "build"))
-        estimate_app.command(spec.name)(corpus_command(spec, "estimate"))
+def command_help(name: str, summary: str, mode: str) -> str:
+    """The help text of `build NAME` (the corpus' summary) or `estimate NAME`."""
+    return summary if mode == "build" else (
+        f"Dry run of {name}'s LLM stages with `build {name}`'s options: requests to send and already "
+        "cached, tokens, cost online vs batch, time under the limits. Reads the sources; sends nothing.")
+
+
+class CorpusCommands(MutableMapping[str, click.Command]):
+    """A CorpusGroup's `commands`: the commands added to it, then one per registered corpus,
+    generated from its spec on first use. While `listing`, a corpus not yet imported stands as a
+    command with its help only (what a listing shows)."""
+
+    def __init__(self, added: MutableMapping[str, click.Command], generate: Callable[[str], click.Command],
+                 mode: str) -> None:
+        self.added, self.generate, self.mode = added, generate, mode
+        self.generated: dict[str, click.Command] = {}
+        self.listing = False
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name in self.added:
+            return self.added[name]
+        if name in self.generated:
+            return self.generated[name]
+        if name not in CORPORA:
+            raise KeyError(name)
+        if self.listing and not CORPORA.loaded(name):
+            return TyperCommand(name=name, help=command_help(name, CORPORA.summary(name), self.mode))
+        self.generated[name] = command = self.generate(name)
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self.added[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.added[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.added, *(n for n in CORPORA if n not in self.added)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.added or name in CORPORA
+
+
+class CorpusGroup(TyperGroup):
+    """`radcorpora build` (or `estimate`): a subcommand per registered corpus."""
+
+    mode = "build"
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = CorpusCommands(self.commands, self.generate, self.mode)
+
+    def generate(self, name: str) -> click.Command:
+        """The command, as `Typer.command(name)` would register it (pretty_exceptions_short: the app's default)."""
+        from typer.main import get_command_from_info
+        from typer.models import CommandInfo
+
+        return get_command_from_info(CommandInfo(name=name, callback=corpus_command(CORPORA[name], self.mode)),
+                                     pretty_exceptions_short=True, rich_markup_mode=self.rich_markup_mode)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with self.listing():
+            super().format_help(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        with self.listing():
+            return super().shell_complete(ctx, incomplete)
+
+    @contextmanager
+    def listing(self) -> Iterator[None]:
+        commands = typing.cast(CorpusCommands, self.commands)
+        commands.listing = True
+        try:
+            yield
+        finally:
+            commands.listing = False
+
+
+class EstimateGroup(CorpusGroup):
+    mode = "estimate"
