@@ -48,7 +48,10 @@ def load_specs(packages: tuple[str, ...]) -> dict[str, CorpusSpec]:
 def declared_summary(package: str) -> str | None:
     """The `summary="..."` of `SPEC = CorpusSpec(...)` in the package's spec.py, read without
     running it (what `radcorpora build --help` lists); None where it is not a plain string."""
-    found = importlib.util.find_spec(f"{package}.spec")
+    try:
+        found = importlib.util.find_spec(f"{package}.spec")
+    except ImportError:  # no such package: importing it says so, where that is asked for
+        return None
     if found is None or not found.origin or not found.origin.endswith(".py"):
         return None
     try:
