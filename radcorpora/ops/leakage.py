@@ -66,9 +66,9 @@ def build_rows(name: str, table: pa.Table, rows: dict[str, int]) -> BuildRows:
     locs = sorted(set(zip(configs, splits)))
     loc_of_shard = np.array([locs.index(cs) for cs in zip(configs, splits)], dtype=np.int32)
     offset_of_shard = np.array([offsets[s] for s in shards], dtype=np.int64)
-    numbered = table["row"].to_numpy() + offset_of_shard[codes]
+    numbered = table["row"].to_numpy() + offset_of_shard[codes]  # a chunked column: one numpy copy
     columns = {"loc": pa.array(loc_of_shard[codes]), "row": pa.array(numbered)}
-    columns.update({c: table[c].combine_chunks() for c in _COLUMNS[2:]})
+    columns.update({c: table[c] for c in _COLUMNS[2:]})  # the index's own buffers, not copies
     return BuildRows(name, locs, pa.table(columns))
 
 
@@ -156,9 +156,9 @@ def _lines(builds: list[BuildRows]) -> _Lines:
         local = np.array([number_of.get((number, c, s), -1) for c, s in build.locs] + [-1], dtype=np.int32)
         loc = local[build.table["loc"].to_numpy(zero_copy_only=False)] if build.table.num_rows else \
             np.zeros(0, np.int32)
-        part = build.table.set_column(0, "loc", pa.array(loc)).filter(pa.array(loc >= 0))
-        parts.append(part)
-    table = pa.concat_tables(parts).combine_chunks() if parts else None
+        part = build.table.set_column(0, "loc", pa.array(loc))
+        parts.append(part if (loc >= 0).all() else part.filter(pa.array(loc >= 0)))
+    table = pa.concat_tables(parts) if parts else None  # chunks: the builds' buffers, not a copy
     if table is None:
         table = pa.table({c: pa.array([], pa.int64()) for c in _COLUMNS})
     table = table.append_column("line", pa.array(np.arange(table.num_rows, dtype=np.int64)))

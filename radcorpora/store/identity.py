@@ -133,6 +133,19 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def _in_order(table: pa.Table) -> bool:
+    """Whether the lines are sorted by (shard, row, image) already (column-wise, no copy of the index)."""
+    if table.num_rows < 2:
+        return True
+    n = table.num_rows
+    shard, row, image = (table[c] for c in ("shard", "row", "image"))
+    a = [c.slice(0, n - 1) for c in (shard, row, image)]
+    b = [c.slice(1) for c in (shard, row, image)]
+    after = pc.or_(pc.less(a[0], b[0]), pc.and_(pc.equal(a[0], b[0]), pc.or_(
+        pc.less(a[1], b[1]), pc.and_(pc.equal(a[1], b[1]), pc.less_equal(a[2], b[2])))))
+    return bool(pc.all(after).as_py())
+
+
 def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = None) -> IndexResult:
     """The build's identity index, from build/identity.parquet where its shards are unchanged,
     hashing the images of the others (and storing the result back). `map_tasks` runs the shards'
@@ -175,8 +188,9 @@ def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = Non
     if result.reused:
         whole = len(result.reused) == len(keys) == len(set(stored["shard"].unique().to_pylist()))
         parts.append(stored if whole else stored.filter(pc.is_in(stored["shard"], value_set=pa.array(result.reused))))
-    table = pa.concat_tables(parts).sort_by([("shard", "ascending"), ("row", "ascending"), ("image", "ascending")])
-    table = table.replace_schema_metadata(None).combine_chunks()
+    table = pa.concat_tables(parts).replace_schema_metadata(None)
+    if not _in_order(table):  # parts come in shard order, each in (row, image) order: sorting copies the index
+        table = table.sort_by([("shard", "ascending"), ("row", "ascending"), ("image", "ascending")])
     result.table = table
     result.undecodable = int(table["phash"].null_count) - int(pc.sum(
         pc.equal(table["image"], -1)).as_py() or 0)
