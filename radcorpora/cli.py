@@ -96,10 +96,16 @@ def run() -> None:
     spares the interpreter's last full collection over every loaded module's objects (pyarrow,
     pandas, ...), a seventh of a second of every command; the OS reclaims the memory anyway.
     Like the build's worker processes, this process keeps freed heap for reuse (a one-worker
-    build reads its images here)."""
+    build reads its images here). A `build` process also tells pyarrow there is no pandas
+    (engine.lifecycle.pyarrow_without_pandas)."""
     import gc
+    import sys
 
     keep_freed_memory()
+    if sys.argv[1:2] == ["build"]:
+        from radcorpora.engine.lifecycle import pyarrow_without_pandas
+
+        pyarrow_without_pandas()  # the build process ends with its build: pandas is never needed
     try:
         app()
     finally:

@@ -103,3 +103,44 @@ def test_unknown_corpus_is_one_line_and_exit_2():
     result = CliRunner().invoke(cli.app, ["build", "radimagenet"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "No such command 'radimagenet'. Did you mean 'radimagenet-vqa'?" in result.output
+
+
+CONSOLE_BUILD = """
+import atexit, sys
+atexit.register(lambda: print("pandas imported:", "pandas" in sys.modules, file=sys.stderr))
+from radcorpora.cli import run
+run()
+"""
+
+
+def test_console_build_imports_no_pandas_and_writes_the_same_bytes(demo_source, demo_build, tmp_path):
+    """The console script's `build` tells pyarrow there is no pandas (never imported, in the
+    driver or the forked workers); the shards are byte-identical to an in-process build's."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", CONSOLE_BUILD, "build", "radimagenet-vqa", "--source", str(demo_source),
+                           "--out", str(out), "--benchmark-images", "20", "--images-per-shard", "40", "--workers", "2"],
+                          check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pandas imported: False" in done.stderr
+    shards = sorted(p.relative_to(demo_build) for p in (demo_build / "data").rglob("*.parquet"))
+    assert len(shards) > 3 and shards == sorted(p.relative_to(out) for p in (out / "data").rglob("*.parquet"))
+    assert all((out / p).read_bytes() == (demo_build / p).read_bytes() for p in shards)
+
+
+PANDAS_LATER = """
+import sys
+from radcorpora.engine.lifecycle import pyarrow_without_pandas
+import pyarrow as pa
+assert pyarrow_without_pandas()
+pa.array([{"a": 1}, {"a": None}]); pa.table({"x": ["a", "b"]})
+assert "pandas" not in sys.modules
+import pandas  # an explicit import works, and so does pyarrow's own use of pandas
+assert pa.table({"x": [1, 2]}).to_pandas()["x"].tolist() == [1, 2]
+assert not pyarrow_without_pandas()  # pandas imported: nothing to do
+print("ok")
+"""
+
+
+def test_pandas_still_works_after_pyarrow_was_told_there_is_none():
+    done = subprocess.run([sys.executable, "-c", PANDAS_LATER], check=False, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -155,11 +155,48 @@ def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
     return {"source_image_bytes": source_bytes, "output_bytes": per_config}
 
 
-# Modules every build ends up importing: pandas (0.3 s; pyarrow imports it on its first `pa.array`
-# of Python objects, in the driver and in each worker) and huggingface_hub's card data (the
-# dataset card's YAML). Imported in a thread while the scan runs (which waits on the file system
-# much of the time); see warm_imports. Validation reads shards without `pyarrow.dataset`.
-WARM_IMPORTS = ("pandas", "huggingface_hub.repocard_data")
+# Modules every build ends up importing: pandas (0.2-0.3 s; pyarrow imports it on its first `pa.array`
+# of Python objects, in the driver and in each worker, to recognise pandas objects), pyarrow's
+# pandas glue and numpy.ma (each chunk worker imported them on its first chunk: `pa.array` of a
+# numpy array looks at `np.ma`), and huggingface_hub's card data (the dataset card's YAML).
+# Imported in a thread while the scan runs (which waits on the file system much of the time); see
+# warm_imports. Validation reads shards without `pyarrow.dataset`.
+WARM_IMPORTS = ("pandas", "pyarrow.pandas_compat", "numpy.ma", "huggingface_hub.repocard_data")
+PANDAS_IMPORTS = ("pandas", "pyarrow.pandas_compat")
+_pandas_refused = False
+
+
+class _RefusePandas:
+    """A meta path finder that answers `import pandas` with ModuleNotFoundError."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:  # None: ask the next finder
+        if name == "pandas":
+            raise ModuleNotFoundError("radcorpora: pandas is not used by this process", name="pandas")
+
+
+def pyarrow_without_pandas() -> bool:
+    """Let pyarrow find no pandas in this process, so no build pays for importing it (the wait
+    for it was a tenth of a second before the first chunk of a 5k-image build; each forked worker
+    inherits the answer). pyarrow asks once, on its first conversion, and only to recognise pandas
+    objects given to `pa.array`, which radcorpora never does; an explicit `import pandas` later
+    works, and so does pyarrow's `to_pandas`, which asks again. For the console script's `build`,
+    a process that ends with its build (cli.run); never a Python caller's process. Returns False,
+    changing nothing, when pandas is already imported."""
+    global _pandas_refused
+    import sys
+
+    import pyarrow as pa
+
+    if "pandas" in sys.modules:
+        return False
+    sys.meta_path.insert(0, _RefusePandas)  # type: ignore[arg-type]
+    try:
+        pa.array([0])  # pyarrow looks for pandas here (`pa.array([], pa.null())` does not look)
+    finally:
+        sys.meta_path.remove(_RefusePandas)  # type: ignore[arg-type]
+    _pandas_refused = True
+    return True
 
 
 def warm_imports() -> threading.Thread:
@@ -168,6 +205,8 @@ def warm_imports() -> threading.Thread:
     lock held forever in the child; after the join, forked workers inherit the modules free."""
     def run() -> None:
         for name in WARM_IMPORTS:
+            if _pandas_refused and name in PANDAS_IMPORTS:
+                continue
             try:
                 importlib.import_module(name)
             except ImportError:  # optional here: whoever needs it raises its own error later
