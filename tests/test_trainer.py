@@ -158,13 +158,21 @@ def test_train_command_flags_reach_the_run(demo_build, tmp_path):
     assert again.exit_code == 2 and "other settings" in again.output
 
 
-def test_two_processes_under_torchrun(demo_build, tmp_path):
-    """`accelerate launch`'s multi-process path is torchrun; on a CPU machine accelerate runs gloo."""
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    # on a machine without GPUs, `--cpu --num_processes 2` starts one process; --multi_gpu starts two on gloo
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_under_torchrun(demo_build, tmp_path, launcher):
+    """The same entry point under `accelerate launch` and torchrun: two CPU processes on gloo."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(29500 + os.getpid() % 1000), "-m", "radcorpora", "train", str(demo_build), "--model",
-                           "tiny", "--out", str(out), "--preset", "tiny-lora", "--max-steps", "3"],
+    port = str(29500 + (os.getpid() + len(launcher)) % 1000)
+    done = subprocess.run([sys.executable, *LAUNCHERS[launcher], port, "-m", "radcorpora", "train", str(demo_build),
+                           "--model", "tiny", "--out", str(out), "--preset", "tiny-lora", "--max-steps", "3"],
                           check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "train_result.json").read_text())
