@@ -169,11 +169,12 @@ def test_train_and_evaluate_by_cli(family, checkpoints, demo_build, tmp_path):
     assert len(predictions) == 5 and json.loads((out / "metrics.json").read_text())
 
 
-def test_check_command_on_a_family_checkpoint(checkpoints, demo_build, tmp_path):
-    """`radcorpora check --model hf:...` end to end on the cheapest family (both variants trained
-    and evaluated; a margin no random model can miss, so the exit code is the check's plumbing)."""
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_check_command_on_a_family_checkpoint(checkpoints, demo_build, tmp_path, family):
+    """`radcorpora check --model hf:...` end to end on every family (both variants trained and
+    evaluated; a margin no random model can miss, so the exit code is the check's plumbing)."""
     build = copy_tree(demo_build, tmp_path / "build")
-    model = f"hf:{checkpoints['idefics3']}"
+    model = f"hf:{checkpoints[family]}"
     result = CliRunner().invoke(app, ["check", str(build), "--model", model, "--max-steps", "1", "--eval-limit", "4",
                                       "--margin", "-1000"])
     assert result.exit_code == 0, result.output
