@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_leakage import build_demo  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from test_leakage import build_demo
+from typer.testing import CliRunner
 
-from radcorpora.cli import app  # noqa: E402
+from radcorpora.cli import app
 
 
 def test_check_on_rad_ace_cot(tmp_path):
