@@ -348,3 +348,14 @@ def test_runner_module_keeps_no_torch_at_import():
     top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert not {"torch", "radcorpora.reference_models.generation"} & top  # an endpoint run needs no torch
+
+
+def test_a_credentialed_build_is_refused_for_an_endpoint_even_without_row_lineage():
+    from radcorpora.commands.evaluate import _credentialed_refusal
+    from radcorpora.store.folder import BuildFolderError
+
+    rows = [{"id": "a"}, {"id": "b", "lineage": None}]
+    with pytest.raises(BuildFolderError, match="--approve-credentialed endpoint"):
+        _credentialed_refusal(rows, [], "http://x/v1", {"licence_class": "credentialed"})
+    _credentialed_refusal(rows, [], "http://x/v1", {"licence_class": "public"})  # nothing says credentialed
+    _credentialed_refusal(rows, ["endpoint"], "http://x/v1", {"licence_class": "credentialed"})  # approved

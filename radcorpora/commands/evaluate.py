@@ -59,7 +59,7 @@ def evaluate_cmd(
         recipe = _recipe(build_dir)
         rows = evaluation_rows(build_dir, recipe, config, limit)
         if endpoint is not None:
-            _credentialed_refusal(rows, approve_credentialed, endpoint)
+            _credentialed_refusal(rows, approve_credentialed, endpoint, read_manifest(build_dir))
             generator = EndpointGenerator(endpoint, served_model or "", concurrency=concurrency)
             target = out
         else:
@@ -89,12 +89,14 @@ def evaluate_cmd(
     Console().print_json(data=metrics)
 
 
-def _credentialed_refusal(rows, approved: list[str], endpoint: str) -> None:
-    """Credentialed rows (MIMIC and the like) leave this machine only when the user said so."""
+def _credentialed_refusal(rows, approved: list[str], endpoint: str, manifest: dict | None = None) -> None:
+    """Credentialed rows (MIMIC and the like) leave this machine only when the user said so: a row
+    whose lineage says so, or any row of a build whose manifest says so."""
     if ENDPOINT_APPROVAL in (approved or []):
         return
     names = getattr(rows, "column_names", None)
     lineage = rows["lineage"] if names and "lineage" in names else [r.get("lineage") for r in rows]
-    if any((entry or {}).get("licence_class") == "credentialed" for entry in lineage):
+    if (manifest or {}).get("licence_class") == "credentialed" or any(
+            (entry or {}).get("licence_class") == "credentialed" for entry in lineage):
         raise BuildFolderError(f"these rows are credentialed (data-use agreement): sending them to {endpoint} needs "
                                f"--approve-credentialed {ENDPOINT_APPROVAL}")
