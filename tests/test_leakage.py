@@ -552,3 +552,65 @@ def test_columnar_join_gives_the_line_by_line_cases(seed):
         want = _reference_cases(builds, distance)
         assert {c["kind"] for c in want} >= {"patient", "sha256", "phash"}, want
         assert find_cases(numbered, distance) == want
+
+
+@pytest.mark.parametrize("part_lines", [1, 5, 40])
+@pytest.mark.parametrize("seed", range(3))
+def test_join_in_parts_gives_the_cases_of_one_part(seed, part_lines, tmp_path):
+    """Memory flat in the images: the join partitions each kind by key (pHashes by band) and joins
+    a part at a time. Tiny parts (many spilled files, each pHash copied to several parts, pairs met
+    in several parts) give the line-by-line definition's cases, from tables and from index files."""
+    from radcorpora.ops.leakage import build_rows, find_cases
+    from radcorpora.schemas.identity import IDENTITY_SCHEMA
+
+    builds, numbered = [], []
+    for b in range(3):
+        lines, rows = _random_index(seed * 10 + b + 100, shards=8)
+        table = pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA)
+        path = tmp_path / f"index{b}.parquet"
+        pq.write_table(table, path, row_group_size=7)  # read back in batches across row groups
+        numbered.append(build_rows(f"build{b}", path if b % 2 else table, rows))
+        offsets, seen = {}, {}
+        for shard in sorted(rows):
+            config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+            offsets[shard] = seen.get((config, split), 0)
+            seen[(config, split)] = offsets[shard] + rows[shard]
+        builds.append((f"build{b}", [{**line, "row": offsets[line["shard"]] + line["row"]} for line in lines]))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    for distance in (0, 3, 6):
+        want = _reference_cases(builds, distance)
+        assert find_cases(numbered, distance, part_lines=part_lines, spill=spill) == want
+        assert not list(spill.iterdir())  # the spilled parts are gone
+
+
+def test_string_hash_depends_on_the_bytes_only():
+    """A key's part must not depend on the batch it came in: the same strings hash the same from
+    a slice, a chunked column, string or large_string, with empty and non-ASCII values."""
+    from radcorpora.ops.leakage import _string_hash
+
+    values = ["mimic:10000032", "", "chexpert:patient00001", "p\u0661", "x" * 300, "mimic:10000032", "a", "b"]
+    whole = _string_hash(pa.array(values))
+    assert whole[0] == whole[5] and len(set(whole.tolist())) == 7
+    assert (_string_hash(pa.array(["pad", *values]).slice(1)) == whole).all()
+    assert (_string_hash(pa.chunked_array([values[:3], values[3:]])) == whole).all()
+    assert (_string_hash(pa.array(values, pa.large_string())) == whole).all()
+    assert (_string_hash(pa.array(values[3:])) == whole[3:]).all()
+
+
+def test_read_only_build_is_indexed_without_storing(tmp_path, monkeypatch):
+    """A build whose index cannot be written is still compared: the index goes to a temporary
+    file, read the same way, and the run says it was not stored."""
+    import radcorpora.store.identity as identity
+
+    pixels = draw_cxr(np.random.default_rng(5))
+    write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(pixels, "PNG"), "mimic-cxr", "x/1", "p1")]})
+    write_build(tmp_path / "b", {("default", "test"): [row("b0", encode(pixels, "PNG"), "mimic-cxr", "x/2", "p2")]})
+    (tmp_path / "blocked").write_text("a file, so nothing can be made under it")
+    monkeypatch.setattr(identity, "tmp_path_for", lambda path: tmp_path / "blocked" / path.name)
+    monkeypatch.chdir(tmp_path)
+    result = cli("leakage", "a", "b")
+    assert result.exit_code == 1, result.output
+    assert "not stored" in result.output
+    assert [c["kind"] for c in report_of(tmp_path / "leakage.jsonl")] == ["sha256"]
+    assert not (tmp_path / "b" / IDENTITY_INDEX).exists()

@@ -34,12 +34,12 @@ def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str
         index = load_index(build, hash_image, lambda fn, jobs: map_tasks(fn, jobs, executor))
         read = f"{len(index.reused)} shards read from the stored index" if index.reused else ""
         hashed = f"{len(index.indexed)} shards hashed" if index.indexed else ""
-        log(f"{build}: {len(index.table)} images; " + ", ".join(p for p in (read, hashed) if p))
+        log(f"{build}: {index.lines} images; " + ", ".join(p for p in (read, hashed) if p))
         if index.undecodable:
             log(f"warning: {build}: {index.undecodable} images do not decode; compared by sha256 only", "yellow")
         if index.note:
             log(f"warning: {index.note}", "yellow")
-        rows.append(build_rows(names[number] if names else str(build), index.table, index.rows))
+        rows.append(build_rows(names[number] if names else str(build), index.path, index.rows, keep=index))
     return rows
 
 

@@ -2,20 +2,30 @@
 (or config) and an evaluation split of another. Exact identities (namespaced patient, study and
 source image ids, image sha256) are joined on (key, location) as Arrow tables (group-by and hash
 join, no Python object per index line); near-duplicate images by pHash through the neighbour
-search of ops.phash on numpy arrays. Python objects are made only for the cases found: the
-driver's memory follows the index (about 100-200 B a line), not one dict per row. Within one
-build only different configs are compared (a config's own splits are the builder's business)."""
+search of ops.phash on numpy arrays. Python objects are made only for the cases found.
+
+Memory stays flat in the number of images: the builds' indexes are read a batch at a time and
+each kind of identity is partitioned by its key (a hash of it; for pHashes, of each band, since
+two hashes within the distance agree exactly on at least one of distance + 1 bands) into parts
+of about PART_LINES lines, spilled to a temporary folder, then joined one part at a time. A key's
+lines all land in one part, so the parts' cases together are the whole join's (a pHash pair is
+reported only by the part of the first band the two agree on). Within one build only different
+configs are compared (a config's own splits are the builder's business)."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from radcorpora.ops.phash import near_pairs
+from radcorpora.ops.phash import bands, near_pairs
 from radcorpora.schemas.identity import (
     FAMILY,
     KINDS,
@@ -28,48 +38,55 @@ from radcorpora.schemas.identity import (
 
 Loc = tuple[int, str, str]  # (build number, config, split)
 EXACT_KINDS = ("patient", "study", "source_id", "sha256")
-_COLUMNS = ["loc", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
+PART_LINES = 1 << 17  # lines joined at once (a part's join holds ~0.5 KB a line at its peak)
+MAX_PARTS = 256  # spill files open at once, per kind; past PART_LINES x MAX_PARTS lines parts grow
+BATCH_LINES = 1 << 16  # index lines read at a time
+_READ = ["shard", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
 
 
 @dataclass(frozen=True)
 class BuildRows:
-    """One build's index lines as Arrow: `table` holds `loc` (an index into `locs`, its (config,
-    split)), `row` (numbered within its split, shards in order) and the identity columns of
-    IDENTITY_SCHEMA; the shard, config and split strings are not kept per line."""
+    """One build's identity index as the join reads it: its (config, split) locations (from the
+    shard names), each shard's first row number within its split (shards in order), and its lines
+    in batches (IDENTITY_SCHEMA columns), read again for each kind of identity."""
 
     name: str
     locs: list[tuple[str, str]]
-    table: pa.Table
+    offsets: dict[str, int]
+    lines: int
+    batches: Callable[[list[str]], Iterator[pa.RecordBatch]]
+    keep: Any = None  # what must live while `batches` is read (a temporary index file's folder)
 
 
-def build_rows(name: str, table: pa.Table, rows: dict[str, int]) -> BuildRows:
-    """An identity index (IDENTITY_SCHEMA table; `rows`: shard -> its row count) with each row
-    numbered within its split, shards in order, as the report and `mix --resolve` number them.
-    Per shard work in Python (offsets, config and split), per line only Arrow and numpy."""
+def _where(shard: str) -> tuple[str, str]:
+    """(config, split) of a shard name: data/<config>/<split>-NNNNN-of-NNNNN.parquet."""
+    return shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+
+
+def build_rows(name: str, index: pa.Table | Path | str, rows: dict[str, int], keep: Any = None) -> BuildRows:
+    """A build's identity index (an IDENTITY_SCHEMA table, or the Parquet file holding one;
+    `rows`: shard -> its row count) with each row numbered within its split, shards in order, as
+    the report and `mix --resolve` number them."""
     offsets: dict[str, int] = {}
     seen: dict[tuple[str, str], int] = {}
     for shard in sorted(rows):
-        config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
-        offsets[shard] = seen.get((config, split), 0)
-        seen[(config, split)] = offsets[shard] + rows[shard]
-    if table.num_rows == 0:
-        empty = pa.table({"loc": pa.array([], pa.int32()), "row": pa.array([], pa.int64())})
-        for column in _COLUMNS[2:]:
-            empty = empty.append_column(column, pa.array([], table.schema.field(column).type))
-        return BuildRows(name, [], empty)
-    shard = pc.dictionary_encode(table["shard"].combine_chunks())
-    codes = shard.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    shards = shard.dictionary.to_pylist()
-    _, first = np.unique(codes, return_index=True)  # a line of each shard: its config and split columns
-    configs = table["config"].take(pa.array(first)).to_pylist()
-    splits = table["split"].take(pa.array(first)).to_pylist()
-    locs = sorted(set(zip(configs, splits)))
-    loc_of_shard = np.array([locs.index(cs) for cs in zip(configs, splits)], dtype=np.int32)
-    offset_of_shard = np.array([offsets[s] for s in shards], dtype=np.int64)
-    numbered = table["row"].to_numpy() + offset_of_shard[codes]  # a chunked column: one numpy copy
-    columns = {"loc": pa.array(loc_of_shard[codes]), "row": pa.array(numbered)}
-    columns.update({c: table[c] for c in _COLUMNS[2:]})  # the index's own buffers, not copies
-    return BuildRows(name, locs, pa.table(columns))
+        where = _where(shard)
+        offsets[shard] = seen.get(where, 0)
+        seen[where] = offsets[shard] + rows[shard]
+    if isinstance(index, pa.Table):
+        table = index
+        lines = table.num_rows
+
+        def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
+            return iter(table.select(columns).to_batches(max_chunksize=BATCH_LINES))
+    else:
+        path = Path(index)
+        lines = pq.ParquetFile(path).metadata.num_rows
+
+        def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
+            return pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=columns)
+
+    return BuildRows(name, sorted(seen), offsets, lines, batches, keep)
 
 
 # -- keys, a column at a time --------------------------------------------------------------------
@@ -130,41 +147,140 @@ def identity_keys(kind: str, source: pa.Array, value: pa.Array) -> pa.Array:
     return keys
 
 
-# -- the join ------------------------------------------------------------------------------------
+# -- where lines are, and a batch of them at a time ---------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Lines:
-    """All builds' index lines in a training or evaluation split, as Arrow columns: `loc` numbers
-    the locations in sorted (build, config, split) order; `line` indexes `ids`."""
+class _Places:
+    """Every build's training and evaluation locations, numbered in sorted (build, config, split)
+    order."""
 
     locs: list[Loc]
     role: np.ndarray  # per loc: True = train, False = eval
     group: np.ndarray  # per loc: (build, config) number; two locs may be compared when theirs differ
-    table: pa.Table  # loc, row, line, source_dataset, source_id, patient_id, study_id, sha256, phash
-    ids: pa.Array
 
 
-def _lines(builds: list[BuildRows]) -> _Lines:
+def _places(builds: list[BuildRows]) -> _Places:
     every = sorted({(number, config, split) for number, build in enumerate(builds) for config, split in build.locs
                     if split_role(split) is not None})
-    number_of = {loc: k for k, loc in enumerate(every)}
-    groups = {(b, c) for b, c, _ in every}
-    group_of = {g: k for k, g in enumerate(sorted(groups))}
-    parts = []
+    groups = sorted({(b, c) for b, c, _ in every})
+    group_of = {g: k for k, g in enumerate(groups)}
+    return _Places(every, np.array([split_role(s) == "train" for _, _, s in every], dtype=bool),
+                   np.array([group_of[(b, c)] for b, c, _ in every], dtype=np.int64))
+
+
+def _stream(builds: list[BuildRows], places: _Places, columns: list[str]) -> Iterator[pa.Table]:
+    """Every build's lines at a training or evaluation location, a batch at a time: `loc` (its
+    number in `places`), `row` (numbered within its split) and `columns`. Python works per shard
+    name in a batch, not per line."""
+    number_of = {loc: k for k, loc in enumerate(places.locs)}
     for number, build in enumerate(builds):
-        local = np.array([number_of.get((number, c, s), -1) for c, s in build.locs] + [-1], dtype=np.int32)
-        loc = local[build.table["loc"].to_numpy(zero_copy_only=False)] if build.table.num_rows else \
-            np.zeros(0, np.int32)
-        part = build.table.set_column(0, "loc", pa.array(loc))
-        parts.append(part if (loc >= 0).all() else part.filter(pa.array(loc >= 0)))
-    table = pa.concat_tables(parts) if parts else None  # chunks: the builds' buffers, not a copy
-    if table is None:
-        table = pa.table({c: pa.array([], pa.int64()) for c in _COLUMNS})
-    table = table.append_column("line", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    role = np.array([split_role(s) == "train" for _, _, s in every], dtype=bool)
-    group = np.array([group_of[(b, c)] for b, c, _ in every], dtype=np.int64)
-    return _Lines(every, role, group, table.drop_columns(["id"]), table["id"])
+        for batch in build.batches(["shard", "row", *columns]):
+            if not batch.num_rows:
+                continue
+            shard = pc.dictionary_encode(pc.fill_null(batch.column(0), ""))
+            names = shard.dictionary.to_pylist()
+            loc_of = np.array([number_of.get((number, *_where(n)), -1) if n.count("/") >= 2 else -1
+                               for n in names], dtype=np.int32)
+            offset_of = np.array([build.offsets.get(n, 0) for n in names], dtype=np.int64)
+            codes = shard.indices.to_numpy(zero_copy_only=False)
+            loc = loc_of[codes]
+            row = batch.column(1).to_numpy(zero_copy_only=False) + offset_of[codes]
+            table = pa.table({"loc": loc, "row": row, **{c: batch.column(c) for c in columns}})
+            keep = loc >= 0
+            yield table if keep.all() else table.filter(pa.array(keep))
+
+
+# -- parts ---------------------------------------------------------------------------------------
+
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads any uint64 values evenly (numpy's uint64 products wrap)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX[0]
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX[1]
+    return x ^ (x >> np.uint64(31))
+
+
+def _string_hash(values: pa.Array) -> np.ndarray:
+    """A 64-bit polynomial hash of each string's bytes (no nulls), computed on the Arrow buffers:
+    a key's part, the same in every batch and run."""
+    values = _flat(values).cast(pa.large_binary())
+    n = len(values)
+    if not n:
+        return np.zeros(0, np.uint64)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + n + 1]
+    data = values.buffers()[2]
+    body = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    starts = offsets[:-1] - offsets[0]
+    place = np.arange(len(body), dtype=np.int64) - np.repeat(starts, lengths)
+    powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, _MIX[2], dtype=np.uint64))
+    terms = np.append(body.astype(np.uint64) * powers[place], np.uint64(0))  # a last 0: reduceat's bound
+    out = np.add.reduceat(terms, starts) if len(body) else np.zeros(n, np.uint64)
+    out[lengths == 0] = 0
+    return _mix(out + lengths.astype(np.uint64))
+
+
+def _band_part(phash: np.ndarray, band: int, spec: list[tuple[int, int]], parts: int) -> np.ndarray:
+    """The part holding the hashes whose band `band` has this value."""
+    shift, width = spec[band]
+    value = (phash >> np.uint64(shift)) & np.uint64((1 << width) - 1 if width < 64 else (1 << 64) - 1)
+    salt = np.uint64(((band + 1) * int(_MIX[2])) % (1 << 64))
+    return (_mix(value + salt) % np.uint64(parts)).astype(np.int64)
+
+
+def _part_count(lines: int, copies: int, part_lines: int) -> int:
+    return 1 if lines <= part_lines else min(MAX_PARTS, -(-lines * copies // part_lines))
+
+
+class _Spill:
+    """Lines partitioned into `parts`: one part stays in memory; more go to one Arrow IPC stream
+    file per part under `folder`, read back (memory-mapped) and deleted one at a time."""
+
+    def __init__(self, folder: Path, parts: int):
+        self.folder, self.parts = folder, parts
+        self._memory: list[pa.Table] = []
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+
+    def add(self, table: pa.Table, part: np.ndarray | None) -> None:
+        if not table.num_rows:
+            return
+        if self.parts == 1:
+            self._memory.append(table)
+            return
+        order = np.argsort(part, kind="stable")
+        table, part = table.take(pa.array(order)), part[order]
+        bounds = np.searchsorted(part, np.arange(self.parts + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            writer = self._writers.get(int(k))
+            if writer is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                writer = self._writers[int(k)] = pa.ipc.new_stream(str(self.folder / f"{k:05d}.arrow"), table.schema)
+            writer.write_table(table.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])))
+
+    def tables(self) -> Iterator[tuple[int, pa.Table]]:
+        if self.parts == 1:
+            if self._memory:
+                yield 0, pa.concat_tables(self._memory)
+            self._memory = []
+            return
+        for writer in self._writers.values():
+            writer.close()
+        for k in sorted(self._writers):
+            path = self.folder / f"{k:05d}.arrow"
+            with pa.memory_map(str(path)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            yield k, table
+            del table
+            path.unlink()
+        self._writers = {}
+
+
+# -- the join ------------------------------------------------------------------------------------
 
 
 def _numbered(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -183,79 +299,122 @@ def _numbered(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pa.array(numbers), order[new]
 
 
-def _sides(lines: _Lines, table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
+def _sides(places: _Places, table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
     """Distinct (key, loc) of the training lines and of the evaluation lines."""
     distinct = table.group_by([key, "loc"], use_threads=False).aggregate([])
-    train = pa.array(lines.role[distinct["loc"].to_numpy()])
+    train = pa.array(places.role[distinct["loc"].to_numpy()])
     return distinct.filter(train), distinct.filter(pc.invert(train))
 
 
-def _compared(lines: _Lines, pairs: pa.Table) -> pa.Table:
+def _compared(places: _Places, pairs: pa.Table) -> pa.Table:
     """The (train loc, eval loc) pairs that count: another build, or another config of one."""
-    keep = lines.group[pairs["tloc"].to_numpy()] != lines.group[pairs["eloc"].to_numpy()]
+    keep = places.group[pairs["tloc"].to_numpy()] != places.group[pairs["eloc"].to_numpy()]
     return pairs.filter(pa.array(keep))
 
 
-def _rows_of(lines: _Lines, table: pa.Table, on: list[str], wanted: pa.Table) -> dict[tuple, tuple[list, list]]:
-    """(on values...) -> (rows sorted, their ids) for the lines of `table` matching `wanted` on `on`:
-    Python objects for the reported lines only."""
+def _rows_of(ids: pa.Array, table: pa.Table, on: list[str], wanted: pa.Table) -> dict[tuple, tuple[list, list]]:
+    """(on values...) -> (rows sorted, their ids) for the lines of `table` matching `wanted` on `on`
+    (`line` indexes `ids`): Python objects for the reported lines only."""
     if wanted.num_rows == 0:
         return {}
     hit = table.select([*on, "row", "line"]).join(wanted.select(on).group_by(on, use_threads=False).aggregate([]),
                                                  keys=on, join_type="left semi", use_threads=False)
     hit = hit.group_by([*on, "row"], use_threads=False).aggregate([("line", "min")])
     hit = hit.sort_by([(c, "ascending") for c in on] + [("row", "ascending")])
-    ids = lines.ids.take(hit["line_min"]).to_pylist()
+    names = ids.take(hit["line_min"]).to_pylist()
     out: dict[tuple, tuple[list, list]] = {}
-    for values in zip(*(hit[c].to_pylist() for c in on), hit["row"].to_pylist(), ids):
-        rows, names = out.setdefault(tuple(values[:-2]), ([], []))
+    for values in zip(*(hit[c].to_pylist() for c in on), hit["row"].to_pylist(), names):
+        rows, found = out.setdefault(tuple(values[:-2]), ([], []))
         rows.append(values[-2])
-        names.append(values[-1])
+        found.append(values[-1])
     return out
 
 
-def _exact(lines: _Lines, kind: str) -> list[tuple[tuple, dict[str, Any]]]:
-    t = lines.table
-    source = t["source_dataset"]
-    value = t["sha256" if kind == "sha256" else {"patient": "patient_id", "study": "study_id",
-                                                  "source_id": "source_id"}[kind]]
-    keys = _flat(value) if kind == "sha256" else identity_keys(kind, source, value)
-    valid = pc.fill_null(pc.not_equal(keys, ""), False)  # no key: null or empty
+_VALUE = {"patient": "patient_id", "study": "study_id", "source_id": "source_id", "sha256": "sha256"}
+
+
+def _exact(builds: list[BuildRows], places: _Places, kind: str, spill: Path,
+           part_lines: int) -> list[tuple[tuple, dict[str, Any]]]:
+    """The cases of one exact kind: keys computed a batch at a time and spilled by their hash."""
+    value = _VALUE[kind]
+    parts = _Spill(spill / kind, _part_count(sum(b.lines for b in builds), 1, part_lines))
+    columns = ["id", value] if kind == "sha256" else ["id", "source_dataset", value]
+    for batch in _stream(builds, places, columns):
+        keys = _flat(batch[value]) if kind == "sha256" else identity_keys(kind, batch["source_dataset"], batch[value])
+        valid = pc.fill_null(pc.not_equal(keys, ""), False)  # no key: null or empty
+        lines = pa.table({"key": keys, "loc": batch["loc"], "row": batch["row"], "id": batch["id"]}).filter(valid)
+        parts.add(lines, (_string_hash(lines["key"]) % np.uint64(parts.parts)).astype(np.int64)
+                  if parts.parts > 1 else None)
+    out = []
+    for _, lines in parts.tables():
+        out += _exact_part(places, lines, kind)
+    return out
+
+
+def _exact_part(places: _Places, lines: pa.Table, kind: str) -> list[tuple[tuple, dict[str, Any]]]:
     # each distinct key as a number (group-by and join on integers hold far less memory than on
     # strings); the strings are looked up again for the cases found
-    keys = keys.filter(valid)
+    keys = lines["key"].combine_chunks()
     numbers, place = _numbered(keys)
-    table = pa.table({"key": numbers, "loc": t["loc"].filter(valid), "row": t["row"].filter(valid),
-                      "line": t["line"].filter(valid)})
-    del valid
-    train, held_out = _sides(lines, table, "key")
+    table = pa.table({"key": numbers, "loc": lines["loc"], "row": lines["row"],
+                      "line": pa.array(np.arange(lines.num_rows, dtype=np.int64))})
+    train, held_out = _sides(places, table, "key")
     pairs = train.rename_columns(["key", "tloc"]).join(held_out.rename_columns(["key", "eloc"]), keys="key",
                                                        join_type="inner", use_threads=False)
-    pairs = _compared(lines, pairs)
+    pairs = _compared(places, pairs)
     wanted = pa.concat_tables([pairs.select(["key", "tloc"]).rename_columns(["key", "loc"]),
                                pairs.select(["key", "eloc"]).rename_columns(["key", "loc"])])
-    rows = _rows_of(lines, table, ["key", "loc"], wanted)
+    rows = _rows_of(lines["id"].combine_chunks(), table, ["key", "loc"], wanted)
     order = list(KINDS).index(kind)
     out = []
     names = keys.take(pa.array(place[pairs["key"].to_numpy()])).to_pylist()
     for name, code, tloc, eloc in zip(names, pairs["key"].to_pylist(), pairs["tloc"].to_pylist(),
                                       pairs["eloc"].to_pylist()):
-        tl, el = lines.locs[tloc], lines.locs[eloc]
+        tl, el = places.locs[tloc], places.locs[eloc]
         out.append(((order, tl, el, name), {"kind": kind, "train": (tl, name, rows[(code, tloc)]),
                                             "eval": (el, name, rows[(code, eloc)])}))
     return out
 
 
-def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]]:
-    """Near-duplicate cases: a pair of pHashes within the distance, at a training and an evaluation
-    location, where some image on each side has other bytes than some image on the other (the
-    same bytes are sha256's case). Per (hash, loc): how many distinct images, and the only one
-    where there is one; a side's rows are those whose image differs from the other side's only one."""
-    t = lines.table
-    ok = pc.and_(pc.is_valid(t["phash"]), pc.fill_null(pc.not_equal(t["sha256"], ""), False))
-    table = t.select(["phash", "sha256", "loc", "row", "line"]).filter(ok)
-    image, _ = _numbered(t["sha256"].filter(ok).combine_chunks())  # each distinct image as a number
-    table = t.select(["phash", "loc", "row", "line"]).filter(ok).append_column("image", image)
+def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Path,
+          part_lines: int) -> list[tuple[tuple, dict[str, Any]]]:
+    """Near-duplicate cases. Two pHashes within the distance agree exactly on at least one of
+    distance + 1 bands, so each line is spilled to the part of each of its bands' values; a part
+    then holds every line of each hash in it, and a pair is kept only by the part of the first
+    band the two hashes agree on (each pair once)."""
+    spec = bands(max_distance, 0)
+    parts = _Spill(spill / "phash", _part_count(sum(b.lines for b in builds), len(spec), part_lines))
+    for batch in _stream(builds, places, ["id", "sha256", "phash"]):
+        ok = pc.and_(pc.is_valid(batch["phash"]), pc.fill_null(pc.not_equal(batch["sha256"], ""), False))
+        lines = batch.filter(ok)
+        if parts.parts == 1 or not lines.num_rows:
+            parts.add(lines, None)
+            continue
+        phash = lines["phash"].to_numpy()
+        owners: list[np.ndarray] = []
+        for band in range(len(spec)):
+            own = _band_part(phash, band, spec, parts.parts)
+            first = np.ones(len(own), dtype=bool)  # a part gets a line once, however many bands lead there
+            for earlier in owners:
+                first &= own != earlier
+            owners.append(own)
+            parts.add(lines.filter(pa.array(first)), own[first])
+    out = []
+    for number, lines in parts.tables():
+        out += _near_part(places, lines, max_distance, spec, (number, parts.parts))
+    return out
+
+
+def _near_part(places: _Places, lines: pa.Table, max_distance: int, spec: list[tuple[int, int]],
+               part: tuple[int, int]) -> list[tuple[tuple, dict[str, Any]]]:
+    """Near-duplicate cases within one part: a pair of pHashes within the distance, at a training
+    and an evaluation location, where some image on each side has other bytes than some image on
+    the other (the same bytes are sha256's case). Per (hash, loc): how many distinct images, and
+    the only one where there is one; a side's rows are those whose image differs from the other
+    side's only one."""
+    image, _ = _numbered(lines["sha256"].combine_chunks())  # each distinct image as a number
+    table = pa.table({"phash": lines["phash"], "loc": lines["loc"], "row": lines["row"],
+                      "line": pa.array(np.arange(lines.num_rows, dtype=np.int64)), "image": image})
     # per (hash, loc): distinct images and the least, by one sort (numpy: no hash tables)
     ph, loc, img = (table[c].to_numpy() for c in ("phash", "loc", "image"))
     order = np.lexsort((img, loc, ph))
@@ -270,21 +429,34 @@ def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]
                     "n": np.add.reduceat(other.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64),
                     "one": img[starts]})
     del ph, loc, img, group, other
-    train_mask = pa.array(lines.role[per["loc"].to_numpy()])
+    train_mask = pa.array(places.role[per["loc"].to_numpy()])
     train, held_out = per.filter(train_mask), per.filter(pc.invert(train_mask))
     train_hashes = np.unique(train["phash"].to_numpy())
     eval_hashes = np.unique(held_out["phash"].to_numpy())
     i, j, d = near_pairs(train_hashes, eval_hashes, max_distance)
-    pairs = pa.table({"thash": pa.array(train_hashes[i], pa.uint64()), "ehash": pa.array(eval_hashes[j], pa.uint64()),
+    a, b = train_hashes[i], eval_hashes[j]
+    number, count = part
+    if count > 1:  # keep the pairs whose first agreeing band leads here
+        agree = np.stack([((a ^ b) >> np.uint64(shift)) & np.uint64((1 << width) - 1 if width < 64 else (1 << 64) - 1)
+                          for shift, width in spec]) == 0
+        first = np.argmax(agree, axis=0)
+        owner = np.full(len(a), -1, dtype=np.int64)
+        for band in range(len(spec)):
+            at = first == band
+            owner[at] = _band_part(a[at], band, spec, count)
+        mine = owner == number
+        a, b, d = a[mine], b[mine], d[mine]
+    pairs = pa.table({"thash": pa.array(a, pa.uint64()), "ehash": pa.array(b, pa.uint64()),
                       "distance": pa.array(d, pa.int64())})
     pairs = pairs.join(train.rename_columns(["thash", "tloc", "tn", "tone"]), keys="thash", join_type="inner",
                        use_threads=False)
     pairs = pairs.join(held_out.rename_columns(["ehash", "eloc", "en", "eone"]), keys="ehash", join_type="inner",
                        use_threads=False)
-    pairs = _compared(lines, pairs)
+    pairs = _compared(places, pairs)
     same = pc.and_(pc.and_(pc.equal(pairs["tn"], 1), pc.equal(pairs["en"], 1)), pc.equal(pairs["tone"], pairs["eone"]))
     pairs = pairs.filter(pc.invert(same))
     # a side's rows: its lines whose image is not the far side's only image
+    ids = lines["id"].combine_chunks()
     sides = []
     for me, far in (("t", "e"), ("e", "t")):
         side = pairs.select([f"{me}hash", f"{me}loc", f"{far}n", f"{far}one"]).rename_columns(
@@ -293,27 +465,30 @@ def _near(lines: _Lines, max_distance: int) -> list[tuple[tuple, dict[str, Any]]
         hit = table.join(side, keys=["phash", "loc"], join_type="inner", use_threads=False)
         keep = pc.or_(pc.greater(hit["far_n"], 1), pc.not_equal(hit["image"], hit["far_one"]))
         sides.append(hit.filter(keep))
-    rows = [_rows_of(lines, hit, ["phash", "loc", "far_n", "far_one"], hit) for hit in sides]
+    rows = [_rows_of(ids, hit, ["phash", "loc", "far_n", "far_one"], hit) for hit in sides]
     order = list(KINDS).index("phash")
     out = []
-    for a, b, dist, tloc, eloc, tn, tone, en, eone in zip(*(pairs[c].to_pylist() for c in (
+    for a_, b_, dist, tloc, eloc, tn, tone, en, eone in zip(*(pairs[c].to_pylist() for c in (
             "thash", "ehash", "distance", "tloc", "eloc", "tn", "tone", "en", "eone"))):
-        tl, el = lines.locs[tloc], lines.locs[eloc]
-        tkey, ekey = f"{a:016x}", f"{b:016x}"
+        tl, el = places.locs[tloc], places.locs[eloc]
+        tkey, ekey = f"{a_:016x}", f"{b_:016x}"
         out.append(((order, tl, el, tkey + ekey), {"kind": "phash", "distance": int(dist),
-                                                   "train": (tl, tkey, rows[0][(a, tloc, en, eone)]),
-                                                   "eval": (el, ekey, rows[1][(b, eloc, tn, tone)])}))
+                                                   "train": (tl, tkey, rows[0][(a_, tloc, en, eone)]),
+                                                   "eval": (el, ekey, rows[1][(b_, eloc, tn, tone)])}))
     return out
 
 
-def find_cases(builds: list[BuildRows], max_distance: int) -> list[dict[str, Any]]:
-    """One dict per (kind, key, training side, evaluation side), sorted by kind, then sides."""
-    lines = _lines(builds)
+def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PART_LINES,
+               spill: Path | None = None) -> list[dict[str, Any]]:
+    """One dict per (kind, key, training side, evaluation side), sorted by kind, then sides. Parts
+    past the first are spilled under `spill` (default: the system's temporary folder)."""
+    places = _places(builds)
     found: list[tuple[tuple, dict[str, Any]]] = []
-    if lines.table.num_rows:
-        for kind in EXACT_KINDS:
-            found += _exact(lines, kind)
-        found += _near(lines, max_distance)
+    if places.locs and any(b.lines for b in builds):
+        with tempfile.TemporaryDirectory(prefix="radcorpora-leakage-", dir=spill) as folder:
+            for kind in EXACT_KINDS:
+                found += _exact(builds, places, kind, Path(folder), part_lines)
+            found += _near(builds, places, max_distance, Path(folder), part_lines)
     found.sort(key=lambda item: item[0])
 
     def side(where: tuple[Loc, str, tuple[list, list]]) -> dict[str, Any]:

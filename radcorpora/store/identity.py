@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,6 +36,7 @@ from radcorpora.store.folder import (
     read_manifest,
 )
 
+BATCH_LINES = 1 << 16  # index lines read or written at a time
 # encoded image -> (sha256 hex, perceptual hash or None where it does not decode)
 ImageHasher = Callable[[bytes], "tuple[str, int | None]"]
 # (task, jobs) -> the task's results in job order: the builtin `map`, or the engine's executors
@@ -41,13 +45,27 @@ TaskMap = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
 
 @dataclass
 class IndexResult:
-    table: pa.Table  # IDENTITY_SCHEMA
+    """What `load_index` found. The lines stay on disk (`path`: the stored index, or a temporary
+    copy where the build is read-only) and are read in batches, so indexing a build holds one
+    batch of lines, not the whole index."""
+
+    path: Path  # IDENTITY_SCHEMA lines, sorted by (shard, row, image)
+    lines: int
     rows: dict[str, int]  # shard -> rows in it (to number rows within a split)
     reused: list[str] = field(default_factory=list)  # shards read back from the stored index
     indexed: list[str] = field(default_factory=list)  # shards whose images were hashed this run
     undecodable: int = 0  # images without a perceptual hash
     stored: bool = True  # False: the index could not be written (a read-only build)
     note: str = ""
+    spill: Any = None  # the temporary folder holding `path` where it could not be stored
+
+    def batches(self, columns: list[str] | None = None, batch_size: int = BATCH_LINES) -> Iterator[pa.RecordBatch]:
+        return pq.ParquetFile(self.path).iter_batches(batch_size=batch_size, columns=columns)
+
+    @property
+    def table(self) -> pa.Table:
+        """Every line at once (small builds and tests; the join reads `batches`)."""
+        return pq.read_table(self.path).replace_schema_metadata(None)
 
 
 def _file_sha256(path: Path) -> str:
@@ -58,19 +76,32 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stored(path: Path) -> tuple[pa.Table | None, dict[str, Any]]:
-    """The stored index and its per-shard keys; (None, {}) when absent, unreadable or of another
-    version (then it is rebuilt: it is a cache)."""
+def _stored(path: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The stored index (when readable, of this version and sorted by shard) and its per-shard
+    keys; (None, {}) otherwise (then it is rebuilt: it is a cache). Reads the footer and the shard
+    column only."""
     if not path.exists():
         return None, {}
     try:
-        table = pq.read_table(path)
-        meta = json.loads((table.schema.metadata or {}).get(IDENTITY_META, b"{}"))
+        schema = pq.read_schema(path)
+        meta = json.loads((pq.ParquetFile(path).metadata.metadata or {}).get(IDENTITY_META, b"{}"))
+        if meta.get("version") != IDENTITY_VERSION or not schema.remove_metadata().equals(IDENTITY_SCHEMA):
+            return None, {}
+        last = ""
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=["shard"]):
+            shards = batch.column(0)
+            if len(shards) and (shards.null_count or not _ascending(shards) or shards[0].as_py() < last):
+                return None, {}
+            last = shards[len(shards) - 1].as_py() if len(shards) else last
     except (OSError, pa.ArrowException, ValueError):
         return None, {}
-    if meta.get("version") != IDENTITY_VERSION or not table.schema.remove_metadata().equals(IDENTITY_SCHEMA):
-        return None, {}
-    return table, meta.get("shards") or {}
+    return path, meta.get("shards") or {}
+
+
+def _ascending(values: pa.Array) -> bool:
+    if len(values) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(values.slice(0, len(values) - 1), values.slice(1))).as_py())
 
 
 def _image_columns(schema: pa.Schema) -> list[tuple[str, bool]]:
@@ -133,34 +164,92 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _in_order(table: pa.Table) -> bool:
-    """Whether the lines are sorted by (shard, row, image) already (column-wise, no copy of the index)."""
-    if table.num_rows < 2:
-        return True
-    n = table.num_rows
-    shard, row, image = (table[c] for c in ("shard", "row", "image"))
-    a = [c.slice(0, n - 1) for c in (shard, row, image)]
-    b = [c.slice(1) for c in (shard, row, image)]
-    after = pc.or_(pc.less(a[0], b[0]), pc.and_(pc.equal(a[0], b[0]), pc.or_(
-        pc.less(a[1], b[1]), pc.and_(pc.equal(a[1], b[1]), pc.less_equal(a[2], b[2])))))
-    return bool(pc.all(after).as_py())
+def _runs(path: Path) -> Iterator[tuple[str, pa.Table]]:
+    """(shard, its lines) of a stored index in file order, a batch at a time (a shard's lines may
+    come as several runs)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES):
+        table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+        shards = table["shard"].combine_chunks()
+        if not len(shards):
+            continue
+        change = np.flatnonzero(pc.not_equal(shards.slice(1), shards.slice(0, len(shards) - 1)).to_numpy(
+            zero_copy_only=False)) + 1
+        bounds = [0, *change.tolist(), len(shards)]
+        for lo, hi in pairwise(bounds):
+            yield shards[lo].as_py(), table.slice(lo, hi - lo)
+
+
+def _merged(stored: Path | None, reused: set[str], fresh: Iterator[tuple[str, pa.Table]]) -> Iterator[pa.Table]:
+    """The lines of every shard in shard order: the reused shards' from the stored index (sorted by
+    shard), the others' as `fresh` yields them (also in shard order), merged as they come."""
+    pending = next(fresh, None)
+    for shard, run in _runs(stored) if stored is not None and reused else ():
+        while pending is not None and pending[0] < shard:
+            yield pending[1]
+            pending = next(fresh, None)
+        if shard in reused:
+            yield run
+    while pending is not None:
+        yield pending[1]
+        pending = next(fresh, None)
+
+
+class _IndexWriter:
+    """Lines to a Parquet file in row groups of BATCH_LINES (a shard's lines are small: buffered
+    until a row group fills), counting lines and undecodable images on the way."""
+
+    def __init__(self, path: Path):
+        self.path, self.lines, self.undecodable = path, 0, 0
+        self._writer = pq.ParquetWriter(path, IDENTITY_SCHEMA)
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+
+    def write(self, part: pa.Table) -> None:
+        self.lines += part.num_rows
+        self.undecodable += int(part["phash"].null_count) - int(pc.sum(pc.equal(part["image"], -1)).as_py() or 0)
+        self._buffer.append(part)
+        self._buffered += part.num_rows
+        if self._buffered >= BATCH_LINES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=BATCH_LINES)
+        self._buffer, self._buffered = [], 0
+
+    def close(self, meta: dict[bytes, str]) -> None:
+        self._flush()
+        self._writer.add_key_value_metadata(meta)
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _count_undecodable(path: Path) -> int:
+    out = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=["image", "phash"]):
+        out += int(batch.column(1).null_count) - int(pc.sum(pc.equal(batch.column(0), -1)).as_py() or 0)
+    return out
 
 
 def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = None) -> IndexResult:
     """The build's identity index, from build/identity.parquet where its shards are unchanged,
     hashing the images of the others (and storing the result back). `map_tasks` runs the shards'
     hashing (`index_shard`, one task per shard; `hasher` must pickle): the same lines whatever
-    runs them, since each shard's lines depend on that shard alone."""
+    runs them, since each shard's lines depend on that shard alone. The new index is written as
+    it is merged, a row group at a time: memory does not grow with the build."""
     build = Path(build)
     manifest = read_manifest(build)
     listed = manifest.get("shards") or {}
-    shards = all_shards(build)
+    shards = sorted(all_shards(build), key=lambda shard: shard.rel(build))
     if not shards:
         raise BuildFolderError(f"{build}: no data shards under {build / 'data'}")
     path = build / IDENTITY_INDEX
     stored, keys = _stored(path)
-    parts: list[pa.Table] = []
-    result = IndexResult(table=IDENTITY_SCHEMA.empty_table(), rows={})
+    rows: dict[str, int] = {}
+    reused: list[str] = []
     new_keys: dict[str, Any] = {}
     todo: list[tuple[str, ShardRef, dict[str, Any]]] = []
     for shard in shards:
@@ -173,34 +262,51 @@ def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = Non
             sha = _file_sha256(shard.path)  # the file itself decides when the stat or manifest disagree
         key = {"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         if stored is not None and old.get("sha256") == sha:
-            result.rows[rel] = int(old["rows"])
-            result.reused.append(rel)
-            new_keys[rel] = {**key, "rows": result.rows[rel]}
+            rows[rel] = int(old["rows"])
+            reused.append(rel)
+            new_keys[rel] = {**key, "rows": rows[rel]}
         else:
             todo.append((rel, shard, key))
+    result = IndexResult(path=path, lines=0, rows=rows, reused=reused)
+    if stored is not None and not todo and new_keys == keys:  # unchanged: read as it is
+        result.lines = pq.ParquetFile(path).metadata.num_rows
+        result.undecodable = _count_undecodable(path)
+        return result
     jobs = [(str(build), shard.config, shard.split, str(shard.path), hasher) for _, shard, _ in todo]
-    for (rel, _, key), (part, count) in zip(todo, (map_tasks or map)(index_shard, jobs)):
-        parts.append(part)
-        result.rows[rel] = count
-        result.indexed.append(rel)
-        new_keys[rel] = {**key, "rows": count}
-    new_keys = {rel: new_keys[rel] for rel in sorted(new_keys)}
-    if result.reused:
-        whole = len(result.reused) == len(keys) == len(set(stored["shard"].unique().to_pylist()))
-        parts.append(stored if whole else stored.filter(pc.is_in(stored["shard"], value_set=pa.array(result.reused))))
-    table = pa.concat_tables(parts).replace_schema_metadata(None)
-    if not _in_order(table):  # parts come in shard order, each in (row, image) order: sorting copies the index
-        table = table.sort_by([("shard", "ascending"), ("row", "ascending"), ("image", "ascending")])
-    result.table = table
-    result.undecodable = int(table["phash"].null_count) - int(pc.sum(
-        pc.equal(table["image"], -1)).as_py() or 0)
-    if result.indexed or set(keys) != set(new_keys) or any(keys[k] != new_keys[k] for k in keys):
-        meta = {IDENTITY_META: json.dumps({"version": IDENTITY_VERSION, "shards": new_keys}, sort_keys=True)}
+
+    def fresh() -> Iterator[tuple[str, pa.Table]]:
+        for (rel, _, key), (part, count) in zip(todo, (map_tasks or map)(index_shard, jobs)):
+            rows[rel] = count
+            result.indexed.append(rel)
+            new_keys[rel] = {**key, "rows": count}
+            yield rel, part
+
+    tmp = tmp_path_for(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _IndexWriter(tmp)
+    except OSError as exc:  # a read-only build: the index goes to a temporary folder instead
+        result.stored, result.note = False, f"{path}: not stored ({exc.strerror or exc})"
+        result.spill = tempfile.TemporaryDirectory(prefix="radcorpora-identity-")
+        tmp = Path(result.spill.name) / "identity.parquet"
+        writer = _IndexWriter(tmp)
+    try:
+        for part in _merged(stored, set(reused), fresh()):
+            writer.write(part)
+        meta = {IDENTITY_META: json.dumps({"version": IDENTITY_VERSION,
+                                           "shards": {rel: new_keys[rel] for rel in sorted(new_keys)}},
+                                          sort_keys=True)}
+        writer.close(meta)
+    except BaseException:
+        writer.abort()
+        raise
+    result.lines, result.undecodable = writer.lines, writer.undecodable
+    if result.stored:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tmp_path_for(path)
-            pq.write_table(table.replace_schema_metadata(meta), tmp)
             commit(tmp, path, durable=False)
         except OSError as exc:
             result.stored, result.note = False, f"{path}: not stored ({exc.strerror or exc})"
+            result.path = tmp  # still there: read from it (the next run indexes again)
+    else:
+        result.path = tmp
     return result
