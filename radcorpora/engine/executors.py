@@ -40,23 +40,30 @@ class ExecutorSettings:
     ray_address: str | None = None
 
 
-M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter number
+M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
 KEEP_FREED_BYTES = 256 << 20
+HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit
 
 
 def keep_freed_memory() -> bool:
     """Let this process keep up to KEEP_FREED_BYTES of freed heap instead of handing it back to
-    the OS. By default glibc trims its heap as soon as 128 KB at the top is free, so each slice
-    of images a chunk reads (~32 MB, freed before the next slice) is faulted in again page by
-    page: that cost a third of the time spent reading a 32 KB image. Called in each worker
-    process as it starts, and by the command line for its own process; a Python caller's
+    the OS, and take blocks up to HEAP_BLOCKS_UP_TO from that heap. By default glibc trims its
+    heap as soon as 128 KB at the top is free, so each slice of images a chunk reads (~32 MB,
+    freed before the next slice) was faulted in again page by page: that cost a third of the
+    time spent reading a 32 KB image. Setting the trim threshold also stops glibc from raising
+    its mmap threshold as it goes, so every block of 128 KB or more (the ~1 MB Parquet pages a
+    shard writer hands to its hashing file) got fresh mmapped pages, faulted in and unmapped
+    again: ~16k page faults per 64 MB shard, the most of a worker's system time; with blocks up
+    to 32 MB from the heap a worker's first chunk faults ~4k pages, not ~35k. Called in each
+    worker process as it starts, and by the command line for its own process; a Python caller's
     process is left as it is. Returns False where the C library has no `mallopt` (macOS, Windows)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+    return bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)) and bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO))
 
 
 def _tuned(worker: ChunkWorker, spec: ChunkSpec, out: Path) -> ChunkResult:

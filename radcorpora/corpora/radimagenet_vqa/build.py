@@ -21,8 +21,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field, model_validator
 
+from radcorpora.corpora.avoid import AvoidSetting, avoid_field, avoided_images
 from radcorpora.corpora.radimagenet_vqa.records import (
     CONFIG_RECORDS,
     CONTENT_TYPE_OF_TASK,
@@ -31,7 +33,6 @@ from radcorpora.corpora.radimagenet_vqa.records import (
     ROW_RULES,
     QuestionAnswer,
 )
-from radcorpora.corpora.avoid import AvoidSetting, avoid_field, avoided_images
 from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.ops.sampling import (
     draw_index,
@@ -316,29 +317,6 @@ def instruct_turns(image: RadImageNetImage, questions: list[dict[str, Any]], ctx
     return turns
 
 
-# --------------------------------------------------------------------------- reading images
-
-
-class ImageReadError(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-
-
-def read_image_bytes(image: RadImageNetImage, check: ImageCheck) -> tuple[bytes, source_index.Entry]:
-    """The file's bytes exactly as stored, after checking that they are a readable image, and
-    its source-index entry (from the same open)."""
-    try:
-        data, entry = source_index.read_file(image.path)
-    except OSError as exc:
-        raise ImageReadError("unreadable_file", str(exc)) from exc
-    try:
-        check_image(data, check)
-    except ImageCheckError as exc:
-        raise ImageReadError("image_does_not_decode", str(exc)) from exc
-    return data, entry
-
-
 # --------------------------------------------------------------------------- chunks (the columnar path)
 
 
@@ -358,26 +336,29 @@ def _context(payload: ChunkPayload) -> Context:
                    payload.region_weights, payload.pathology_weights)
 
 
-def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> list[tuple[RadImageNetImage, bytes, str]]:
-    """Each image read, checked and hashed once: (image, bytes, sha256). Benchmark chunks walk each
-    stratum's candidates in seeded rank order and take the first `quota` readable ones, so an
-    unreadable image is replaced by the next in its stratum and the mix holds."""
-    taken: list[tuple[RadImageNetImage, bytes, str]] = []
+def _images_of(payload: ChunkPayload, result: ChunkResult, counts: Counter, block: source_index.FileBlock
+               ) -> ImageSlice:
+    """Each image read, checked and hashed once. Benchmark chunks walk each stratum's candidates
+    in seeded rank order and take the first `quota` readable ones, so an unreadable image is
+    replaced by the next in its stratum and the mix holds; the taken images come back in key order."""
+    taken: list[tuple[RadImageNetImage, str]] = []
     check = payload.config.image_check
     quotas = dict(payload.quotas)
     per_stratum: Counter = Counter()
+    block.start()
     for image in payload.images:
         stratum = stratum_of(image)
         if payload.quotas and per_stratum[stratum] >= quotas.get(stratum, 0):
             counts["test_images_not_sampled"] += 1
             continue
-        item = _read_checked(image, check, result)
-        if item is None:
+        digest = _read_checked(image, check, result, block)
+        if digest is None:
             continue
         per_stratum[stratum] += 1
-        taken.append(item)
-    taken.sort(key=lambda item: item[0].key)
-    return taken
+        taken.append((image, digest))
+    order = sorted(range(len(taken)), key=lambda i: taken[i][0].key)
+    data = block.binary_array().take(pa.array(order, pa.int64()))  # a copy in key order: the block is free again
+    return ImageSlice([taken[i][0] for i in order], [taken[i][1] for i in order], data)
 
 
 def _struct(dtype: pa.DataType, arrays: list[pa.Array]) -> pa.StructArray:
@@ -396,37 +377,38 @@ def _turns(dtype: pa.DataType, values: list[str], per_row: int, rows: int) -> pa
     return _lists(dtype, _struct(turn, [roles, pa.array(values, pa.string())]), per_row, rows)
 
 
-def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, bytes, str]], ctx: Context
-                  ) -> dict[str, pa.RecordBatch]:
+def chunk_batches(payload: ChunkPayload, part: ImageSlice, ctx: Context) -> dict[str, pa.RecordBatch]:
     """The chunk's rows of each config as Arrow record batches, built column by column from plain
-    values (no per-row objects); the image column is built once and shared by the configs that
-    embed it. Same values as the record models (`make_questions`, `make_caption`, ...)."""
+    values (no per-row objects); the image column is built once, over the bytes as read, and
+    shared by the configs that embed it. Same values as the record models (`make_questions`,
+    `make_caption`, ...)."""
+    images = part.images
     n = len(images)
     nq = len(QUESTION_SLOTS)
     schemas = {cfg: arrow_schema_for(CONFIG_RECORDS[cfg]) for cfg in payload.shards}
     any_schema = next(iter(schemas.values()))
-    keys = [image.key for image, _, _ in images]
+    keys = [image.key for image in images]
     # per image
-    image_col = _struct(any_schema.field("image").type, [pa.array([d for _, d, _ in images], pa.binary()),
-                                                         pa.array([os.path.basename(i.path) for i, _, _ in images], pa.string())])
-    abnormal = pa.array([i.is_abnormal for i, _, _ in images], pa.bool_())
-    location = pa.array([i.region for i, _, _ in images], pa.string())
-    modality = pa.array([i.modality for i, _, _ in images], pa.string())
-    pathology = pa.array([i.pathology for i, _, _ in images], pa.string())
+    image_col = _struct(any_schema.field("image").type, [part.data,
+                                                         pa.array([os.path.basename(i.path) for i in images], pa.string())])
+    abnormal = pa.array([i.is_abnormal for i in images], pa.bool_())
+    location = pa.array([i.region for i in images], pa.string())
+    modality = pa.array([i.modality for i in images], pa.string())
+    pathology = pa.array([i.pathology for i in images], pa.string())
     lineage_type = any_schema.field("lineage").type
     one_each = pa.array(np.arange(n + 1, dtype=np.int32))
     lineage = _struct(lineage_type, [
         pa.array(["RadImageNet"] * n, pa.string()),
-        pa.array([i.rel_path for i, _, _ in images], pa.string()),
-        pa.array([i.split for i, _, _ in images], pa.string()),
+        pa.array([i.rel_path for i in images], pa.string()),
+        pa.array([i.split for i in images], pa.string()),
         pa.array([LICENCE_CLASS] * n, pa.string()),
-        pa.array([digest for _, _, digest in images], pa.string()),
+        pa.array(part.digests, pa.string()),
         pa.ListArray.from_arrays(one_each, pa.array([ctx.templates.id] * n, pa.string())),
         pa.ListArray.from_arrays(one_each, pa.array([ctx.templates.content_hash] * n, pa.string())),
         pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string())),
     ])
     # per question (nine per image, slot order), and the turns
-    questions = [question_values(image, ctx) for image, _, _ in images]
+    questions = [question_values(image, ctx) for image in images]
     flat = [q for qs in questions for q in qs]
     columns = list(zip(*flat)) if flat else [()] * len(QUESTION_VALUES)
     text, choices, answer, qtype, content, correct, qid, subject = columns
@@ -450,7 +432,7 @@ def chunk_batches(payload: ChunkPayload, images: list[tuple[RadImageNetImage, by
     if "alignment" in schemas:
         schema = schemas["alignment"]
         caption = []
-        for image, _, _ in images:
+        for image in images:
             caption += [t["value"] for t in caption_turns(image, ctx)]
         labels = _struct(schema.field("metadata").type, [abnormal, location, modality, pathology])
         batches["alignment"] = pa.RecordBatch.from_arrays(
@@ -504,40 +486,81 @@ def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str,
 SLICE_IMAGES = 1024
 
 
-def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResult) -> tuple[RadImageNetImage, bytes, str] | None:
-    """(image, bytes, sha256), or None with the reject recorded."""
+@dataclass(frozen=True)
+class ImageSlice:
+    """Readable images of a chunk in key order, with each one's sha256 and its bytes exactly as
+    read (a binary array: the image column's data as it is)."""
+
+    images: list[RadImageNetImage]
+    digests: list[str]
+    data: pa.BinaryArray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def part(self, start: int, stop: int) -> ImageSlice:
+        return ImageSlice(self.images[start:stop], self.digests[start:stop], self.data.slice(start, stop - start))
+
+
+def _read_checked(image: RadImageNetImage, check: ImageCheck, result: ChunkResult, block: source_index.FileBlock
+                  ) -> str | None:
+    """Read the image into `block` and check it: its sha256 (the file kept in the block), or None
+    with the reject recorded."""
     try:
-        data, entry = read_image_bytes(image, check)
-    except ImageReadError as exc:
-        result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason=exc.reason, detail=str(exc)))
+        data, entry = block.read(image.path)
+    except OSError as exc:
+        result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason="unreadable_file", detail=str(exc)))
         result.sources[image.path] = source_index.entry_for(image.path, None)
         return None
+    try:
+        with data:
+            check_image(data, check)
+    except ImageCheckError as exc:
+        result.rejects.append(Reject(source=image.rel_path, row=image.rel_path, reason="image_does_not_decode",
+                                     detail=str(exc)))
+        result.sources[image.path] = entry
+        return None
+    block.keep()
     result.sources[image.path] = entry
     result.checked["images_decode"] = result.checked.get("images_decode", 0) + 1  # checked as it was read
-    return image, data, entry[2]
+    return entry[2]
 
 
-def _image_slices(payload: ChunkPayload, result: ChunkResult, counts: Counter
-                  ) -> Iterator[list[tuple[RadImageNetImage, bytes, str]]]:
-    """The chunk's readable images in key order, SLICE_IMAGES at a time, each read once. Benchmark
-    chunks first choose their images (`_images_of`: which candidates are taken depends on which
-    are readable); train and validation chunks are read as they are written."""
-    if payload.quotas:
-        taken = _images_of(payload, result, counts)
-        for start in range(0, len(taken), SLICE_IMAGES):
-            yield taken[start:start + SLICE_IMAGES]
-        return
-    check = payload.config.image_check
-    part: list[tuple[RadImageNetImage, bytes, str]] = []
-    for image in sorted(payload.images, key=lambda i: i.key):
-        item = _read_checked(image, check, result)
-        if item is not None:
-            part.append(item)
-            if len(part) == SLICE_IMAGES:
-                yield part
-                part = []
-    if part:
-        yield part
+def _image_slices(payload: ChunkPayload, result: ChunkResult, counts: Counter) -> Iterator[ImageSlice]:
+    """The chunk's readable images in key order, SLICE_IMAGES at a time, each read once, into one
+    block of memory the slices share (source_index.FileBlock: a slice's image column is that block,
+    and the block is reused once the slice is written). Benchmark chunks first choose their images
+    (`_images_of`: which candidates are taken depends on which are readable); train and validation
+    chunks are read as they are written."""
+    block = _FREE_BLOCKS.pop() if _FREE_BLOCKS else source_index.FileBlock(SLICE_IMAGES * (48 << 10))
+    try:
+        if payload.quotas:
+            taken = _images_of(payload, result, counts, block)
+            for start in range(0, len(taken), SLICE_IMAGES):
+                yield taken.part(start, start + SLICE_IMAGES)
+            return
+        check = payload.config.image_check
+        images: list[RadImageNetImage] = []
+        digests: list[str] = []
+        block.start()
+        for image in sorted(payload.images, key=lambda i: i.key):
+            digest = _read_checked(image, check, result, block)
+            if digest is not None:
+                images.append(image)
+                digests.append(digest)
+                if len(images) == SLICE_IMAGES:
+                    yield ImageSlice(images, digests, block.binary_array())
+                    images, digests = [], []
+                    block.start()
+        if images:
+            yield ImageSlice(images, digests, block.binary_array())
+    finally:
+        _FREE_BLOCKS.append(block)  # the next chunk in this process reads into the same memory
+
+
+# A worker process' read blocks between its chunks (one per chunk it runs at once); `run` empties
+# it, so a build run in the caller's own process (one worker) keeps no block afterwards.
+_FREE_BLOCKS: list[source_index.FileBlock] = []
 
 
 def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
@@ -562,7 +585,8 @@ def build_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
                 writers[cfg].write_table(pa.Table.from_batches([batch]))
                 rows[cfg] += batch.num_rows
             counts[f"images_{payload.split}"] += len(part)
-            counts["source_image_bytes"] += sum(len(data) for _, data, _ in part)
+            counts["source_image_bytes"] += pc.sum(pc.binary_length(part.data)).as_py() or 0
+            del batches, batch, part  # nothing of this slice stays alive: the next one reuses its memory
         for cfg, rel in payload.shards.items():
             result.shards[rel] = ShardInfo(rows=rows[cfg], sha256=writers[cfg].close(), bytes=writers[cfg].size)
     except BaseException:
@@ -677,7 +701,10 @@ def prepare(sources: dict[str, Path], config: RadImageNetVQAConfig, log) -> Prep
 def run(prepared: Prepared, config: RadImageNetVQAConfig, ctx: BuildContext) -> StageOutput:
     plan: Plan = prepared.plan
     scan = plan.scan
-    results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
+    try:
+        results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
+    finally:
+        _FREE_BLOCKS.clear()
     counts: Counter = Counter(scan.counts)
     warnings = list(scan.warnings)
     taken = sum(r.counts.get("images_test", 0) for r in results)
