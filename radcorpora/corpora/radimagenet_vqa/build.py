@@ -11,6 +11,7 @@ import gc
 import hashlib
 import os
 import random
+import sys
 from bisect import bisect
 from collections import Counter
 from collections.abc import Iterator
@@ -458,9 +459,41 @@ def chunk_batches(payload: ChunkPayload, part: ImageSlice, ctx: Context) -> dict
         fields = question_arrays(pa.struct([schema.field(c) for c in ("question", "choices", "answer",
                                                                      "question_type", "metadata", "subject")]))
         ids = pa.array([f"{key}#{q}" for key, q in zip(np.repeat(np.array(keys, dtype=object), nq), qid)], pa.string())
-        batches["benchmark"] = pa.RecordBatch.from_arrays(
-            [image_col.take(per_question), ids, *fields, lineage.take(per_question)], schema=schema)
+        names = image_col.field(1).take(per_question)
+        images = _struct(image_col.type, [_repeat_each(part.data, nq), names])  # = image_col.take(per_question)
+        batches["benchmark"] = pa.RecordBatch.from_arrays([images, ids, *fields, lineage.take(per_question)],
+                                                          schema=schema)
     return batches
+
+
+def _repeat_each(values: pa.BinaryArray, times: int) -> pa.BinaryArray:
+    """Each value `times` times in a row (`values.take(np.repeat(range(n), times))`, the same
+    array), written into memory this process keeps for the next call: the benchmark's image
+    column holds each image once per question (9 x ~32 MB per slice), and fresh memory of that
+    size for every slice cost more than the copy (faulted in page by page, handed back on free)."""
+    if values.null_count or len(values) == 0:
+        return values.take(pa.array(np.repeat(np.arange(len(values)), times)))
+    offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
+    data = np.frombuffer(values.buffers()[2], np.uint8)
+    lengths = np.diff(offsets)
+    total = int(lengths.sum()) * times
+    if total > np.iinfo(np.int32).max:
+        return values.take(pa.array(np.repeat(np.arange(len(values)), times)))
+    block = _REPEAT_MEMORY.pop() if _REPEAT_MEMORY else np.empty(0, np.uint8)
+    if len(block) < total or sys.getrefcount(block) > 2:  # too small, or an array made from it is alive
+        block = np.empty(max(total, len(block)), np.uint8)
+    position = 0
+    for start, length in zip(offsets[:-1].tolist(), lengths.tolist()):
+        block[position:position + length * times].reshape(times, length)[:] = data[start:start + length]
+        position += length * times
+    repeated_offsets = np.zeros(len(values) * times + 1, np.int32)
+    np.cumsum(np.repeat(lengths, times), out=repeated_offsets[1:])
+    _REPEAT_MEMORY.append(block)
+    return pa.Array.from_buffers(pa.binary(), len(values) * times,
+                                 [None, pa.py_buffer(repeated_offsets), pa.py_buffer(block[:total])])
+
+
+_REPEAT_MEMORY: list[np.ndarray] = []  # `_repeat_each`'s block between calls (emptied by `run`, as _FREE_BLOCKS)
 
 
 def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str, result: ChunkResult,
@@ -479,11 +512,15 @@ def check_chunk_table(config: str, table: pa.Table | pa.RecordBatch, where: str,
 
 
 # Images read, generated, checked and written at a time. A multiple of the shards' 64-row row
-# groups (and 9 x 1024 benchmark rows is too), so a shard holds the same row groups, byte for byte,
-# as one write of the whole chunk would give; a worker holds ~32 MB of images, not a whole
-# chunk's (64 MB at the default --images-per-shard, more with a larger one). Smaller slices cost
-# more than they save: each batch's checks and write have a fixed cost of ~15 ms.
+# groups, so a shard holds the same row groups, byte for byte, as one write of the whole chunk
+# would give; a worker holds ~32 MB of images, not a whole chunk's (64 MB at the default
+# --images-per-shard, more with a larger one). Smaller slices cost more than they save: each
+# batch's checks have a fixed cost of ~2.5 ms per config, and the memory is reused slice after slice.
 SLICE_IMAGES = 1024
+# Benchmark rows repeat their image once per question: 9 x 128 = 1152 rows (18 row groups) hold
+# ~36 MB of image column where 1024 images held ~290 MB (each worker faults its memory in once:
+# a 250-image benchmark chunk in one slice cost ~0.11 s of CPU, in two ~0.08 s).
+BENCHMARK_SLICE_IMAGES = 128
 
 
 @dataclass(frozen=True)
@@ -536,8 +573,8 @@ def _image_slices(payload: ChunkPayload, result: ChunkResult, counts: Counter) -
     try:
         if payload.quotas:
             taken = _images_of(payload, result, counts, block)
-            for start in range(0, len(taken), SLICE_IMAGES):
-                yield taken.part(start, start + SLICE_IMAGES)
+            for start in range(0, len(taken), BENCHMARK_SLICE_IMAGES):
+                yield taken.part(start, start + BENCHMARK_SLICE_IMAGES)
             return
         check = payload.config.image_check
         images: list[RadImageNetImage] = []
@@ -705,6 +742,7 @@ def run(prepared: Prepared, config: RadImageNetVQAConfig, ctx: BuildContext) -> 
         results = ctx.run_chunks(plan.chunks, build_chunk, CORPUS)
     finally:
         _FREE_BLOCKS.clear()
+        _REPEAT_MEMORY.clear()
     counts: Counter = Counter(scan.counts)
     warnings = list(scan.warnings)
     taken = sum(r.counts.get("images_test", 0) for r in results)
