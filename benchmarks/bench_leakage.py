@@ -53,6 +53,18 @@ SCHEMA = pa.schema([("id", pa.string()), ("image", IMAGE), ("lineage", LINEAGE)]
 PLANTED_EVERY = 500  # every 500th test row repeats a train row's patient, bytes or radiograph (as JPEG)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (getrusage's ru_maxrss keeps
+    the peak of the process that forked us, so a child of a big parent would report the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def picture(k: int) -> np.ndarray:
     """A 64x64 grey image of its own: seeded random low-frequency structure (an 8x8 field blown up
     smoothly, which is what pHash reads, so unrelated pictures stay far apart) plus fine noise."""
@@ -117,8 +129,8 @@ def run_radcorpora(out: Path, workers: int, report: Path) -> None:
     rows, images = [], 0
     for name in ("train", "test"):
         index = load_index(out / name, hash_image, lambda fn, jobs: map_tasks(fn, jobs, settings))
-        images += index.table.num_rows
-        rows.append(build_rows(name, index.table, index.rows))
+        images += index.lines
+        rows.append(build_rows(name, index.path, index.rows, keep=index))
     hashed = time.perf_counter()
     cases = find_cases(rows, DEFAULT_PHASH_DISTANCE)
     joined = time.perf_counter()
@@ -127,7 +139,7 @@ def run_radcorpora(out: Path, workers: int, report: Path) -> None:
         kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
     report.write_text(json.dumps({
         "images": images, "hash_s": hashed - started, "join_s": joined - hashed, "kinds": kinds,
-        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mib": peak_rss_mib(),
         "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
@@ -156,14 +168,14 @@ def run_join(out: Path, report: Path, rev: str | None) -> None:
         from radcorpora.ops.leakage import build_rows, find_cases
     indexes = [load_index(out / name, hash_image) for name in ("train", "test")]
     assert not any(index.indexed for index in indexes)
-    rss_index = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_index = peak_rss_mib()
     started = time.perf_counter()
-    cases = find_cases([build_rows(name, index.table, index.rows) for name, index in zip(("train", "test"), indexes)],
-                       DEFAULT_PHASH_DISTANCE)
+    cases = find_cases([build_rows(name, index.path, index.rows, keep=index)
+                        for name, index in zip(("train", "test"), indexes)], DEFAULT_PHASH_DISTANCE)
     report.write_text(json.dumps({"join_s": time.perf_counter() - started, "cases": len(cases),
                                   "digest": hashlib.sha256(json.dumps(cases, sort_keys=True).encode()).hexdigest(),
                                   "rss_index_mib": rss_index,
-                                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                                  "rss_mib": peak_rss_mib()}))
 
 
 def _received(part) -> int:
@@ -189,6 +201,95 @@ def run_ship(out: Path, report: Path, workers: int) -> None:
     report.write_text(json.dumps({"split_s": split - started, "ship_s": time.perf_counter() - split}))
 
 
+def write_synthetic(out: Path, lines: int) -> dict[str, dict[str, int]]:
+    """Two identity index files (train, test) of lines/2 lines each, as `load_index` stores them,
+    without images: MIMIC-style ids, random sha256 and uniform random pHashes; every 500th test line
+    repeats a train line's patient, bytes or (3 bits off) pHash. Returns each build's shard rows."""
+    from radcorpora.schemas.identity import IDENTITY_SCHEMA
+
+    out.mkdir(parents=True, exist_ok=True)
+    half = lines // 2
+    rng = np.random.default_rng(lines)
+    train_hash = rng.integers(0, 2**63, half, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    rows_of = {}
+    for name, split, base in (("train", "train", 0), ("test", "test", half)):
+        k = np.arange(half)
+        patient = [f"p{10_000_000 + base + i}" for i in range(half)]
+        sha = [f"{base + i:064x}" for i in range(half)]
+        phash = train_hash.copy() if split == "train" else \
+            rng.integers(0, 2**63, half, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+        if split == "test":
+            for i in range(0, half, PLANTED_EVERY):
+                kind = (i // PLANTED_EVERY) % 3
+                if kind == 0:
+                    patient[i] = f"p{10_000_000 + i}"
+                elif kind == 1:
+                    sha[i], phash[i] = f"{i:064x}", train_hash[i]
+                else:
+                    phash[i] = train_hash[i] ^ np.uint64(0b10101)
+        shard = [f"data/default/{split}-{i // SHARD_ROWS:05d}-of-{-(-half // SHARD_ROWS):05d}.parquet" for i in range(half)]
+        table = pa.table({
+            "shard": shard, "config": ["default"] * half, "split": [split] * half,
+            "row": pa.array(k % SHARD_ROWS, pa.int64()), "id": [f"{name}-{i}" for i in range(half)],
+            "image": pa.array(np.zeros(half, np.int32)), "source_dataset": ["mimic-cxr"] * half,
+            "source_id": [f"{name}-dicom-{i}" for i in range(half)], "patient_id": patient,
+            "study_id": [f"s{name}{i}" for i in range(half)], "sha256": sha, "phash": pa.array(phash, pa.uint64()),
+        }, schema=IDENTITY_SCHEMA)
+        pq.write_table(table, out / f"{name}.parquet", row_group_size=1 << 16)
+        rows_of[name] = {s: int(n) for s, n in zip(*np.unique(shard, return_counts=True))}
+    (out / "rows.json").write_text(json.dumps(rows_of))
+    return rows_of
+
+
+def run_synthetic_join(out: Path, report: Path, rev: str | None) -> None:
+    """The join alone over the synthetic index files: now (read in batches), or as it was at `rev`
+    (the index files read whole, as that code took them)."""
+    from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE
+
+    rows_of = json.loads((out / "rows.json").read_text())
+    rss_start = peak_rss_mib()
+    started = time.perf_counter()
+    if rev:
+        build_rows, find_cases = _old_join(rev, out / "before-code")
+        indexes = [pq.read_table(out / f"{name}.parquet") for name in ("train", "test")]
+    else:
+        from radcorpora.ops.leakage import build_rows, find_cases
+
+        indexes = [out / f"{name}.parquet" for name in ("train", "test")]
+    cases = find_cases([build_rows(name, index, rows_of[name]) for name, index in zip(("train", "test"), indexes)],
+                       DEFAULT_PHASH_DISTANCE)
+    kinds: dict[str, int] = {}
+    for case in cases:
+        kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
+    report.write_text(json.dumps({"join_s": time.perf_counter() - started, "kinds": kinds, "rss_start_mib": rss_start,
+                                  "digest": hashlib.sha256(json.dumps(cases, sort_keys=True).encode()).hexdigest(),
+                                  "rss_mib": peak_rss_mib()}))
+
+
+def synthetic(args: argparse.Namespace) -> None:
+    """Join alone on synthetic indexes of growing size, now and (--before REV) as it was."""
+    from radcorpora.ops.leakage import HASH_BLOCK, PART_LINES
+
+    print(f"synthetic indexes (no images), join alone (index read included); parts of {PART_LINES:,} lines, "
+          f"pHash blocks of {HASH_BLOCK:,}")
+    for lines in args.synthetic:
+        out = args.out / f"synthetic-{lines}"
+        write_synthetic(out, lines)
+        results = {}
+        for label, rev in (("now", None), (f"at {args.before}", args.before)):
+            if label != "now" and not rev:
+                continue
+            report = out / f"join-{rev or 'now'}.json"
+            subprocess.run([sys.executable, __file__, "--child", "synthetic", "--out", str(out),
+                            *(["--before", rev] if rev else [])], check=True)
+            results[label] = json.loads(report.read_text())
+        digests = {r["digest"] for r in results.values()}
+        same = "" if len(results) == 1 else " (the same cases)" if len(digests) == 1 else " (OTHER CASES)"
+        for label, r in results.items():
+            print(f"  {lines:>10,} lines, {label}: join {r['join_s']:.2f} s, peak RSS {r['rss_mib']:.0f} MiB "
+                  f"({r['rss_start_mib']:.0f} at start), cases {r['kinds']}{same}")
+
+
 def run_plain(out: Path, report: Path) -> None:
     """The same hashing, the obvious way: every row of every shard, one at a time."""
     import imagehash
@@ -203,7 +304,7 @@ def run_plain(out: Path, report: Path) -> None:
             found.append((hashlib.sha256(data).hexdigest(), str(imagehash.phash(Image.open(io.BytesIO(data))))))
             images += 1
     report.write_text(json.dumps({"images": images, "hash_s": time.perf_counter() - started,
-                                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                                  "rss_mib": peak_rss_mib()}))
 
 
 def fresh(mode: str, out: Path, workers: int, before: str | None = None) -> dict:
@@ -222,8 +323,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-out/leakage"))
     parser.add_argument("--before", help="Also time the join as it was at this git revision (e.g. 6cff651)")
-    parser.add_argument("--child", choices=("radcorpora", "plain", "join", "ship"), help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic", type=int, nargs="*", default=[],
+                        help="Also (or, with --images 0, only) join synthetic indexes of these many lines")
+    parser.add_argument("--child", choices=("radcorpora", "plain", "join", "ship", "synthetic"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "synthetic":
+        return run_synthetic_join(args.out, args.out / f"join-{args.before or 'now'}.json", args.before)
     if args.child == "radcorpora":
         return run_radcorpora(args.out, args.workers, args.out / "radcorpora.json")
     if args.child == "plain":
@@ -234,7 +339,9 @@ def main() -> None:
         return run_ship(args.out, args.out / "ship.json", args.workers)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.platform()}")
-    for images in args.images:
+    if args.synthetic:
+        synthetic(args)
+    for images in (n for n in args.images if n):
         out = args.out / str(images)
         started = time.perf_counter()
         planted = write_builds(out, images)

@@ -396,8 +396,13 @@ def test_avoid_lists_stay_out_of_the_manifest_and_in_local_json():
 # -- the columnar join (issue 24 item 4) against the obvious per-line reading ----------------------
 
 
+@pytest.mark.parametrize("block", [1 << 16, 7])
 @pytest.mark.parametrize("max_distance,tolerance", [(6, 1), (6, 2), (3, 1), (10, 1), (16, 2), (0, 0)])
-def test_multi_probe_bands_find_what_all_pairs_find(max_distance, tolerance):
+def test_multi_probe_bands_find_what_all_pairs_find(max_distance, tolerance, block, monkeypatch):
+    """Every pair within the distance, whatever the band scheme, probing in one block or many."""
+    import radcorpora.ops.phash as phash
+
+    monkeypatch.setattr(phash, "_BLOCK", block)
     rng = random.Random(100 + max_distance)
     left = [rng.getrandbits(64) for _ in range(250)]
     right = [rng.getrandbits(64) for _ in range(150)]
@@ -554,12 +559,13 @@ def test_columnar_join_gives_the_line_by_line_cases(seed):
         assert find_cases(numbered, distance) == want
 
 
-@pytest.mark.parametrize("part_lines", [1, 5, 40])
+@pytest.mark.parametrize("part_lines,hash_block", [(1, 1), (5, 3), (40, 1 << 20)])
 @pytest.mark.parametrize("seed", range(3))
-def test_join_in_parts_gives_the_cases_of_one_part(seed, part_lines, tmp_path):
-    """Memory flat in the images: the join partitions each kind by key (pHashes by band) and joins
-    a part at a time. Tiny parts (many spilled files, each pHash copied to several parts, pairs met
-    in several parts) give the line-by-line definition's cases, from tables and from index files."""
+def test_join_in_parts_gives_the_cases_of_one_part(seed, part_lines, hash_block, tmp_path):
+    """Memory flat in the images: the join partitions each exact kind by a hash of its key and
+    joins a part at a time, and searches pHashes block against block. Tiny parts and blocks (many
+    spilled files, one line or hash each at 1) give the line-by-line definition's cases, from
+    tables and from index files read in batches."""
     from radcorpora.ops.leakage import build_rows, find_cases
     from radcorpora.schemas.identity import IDENTITY_SCHEMA
 
@@ -580,7 +586,7 @@ def test_join_in_parts_gives_the_cases_of_one_part(seed, part_lines, tmp_path):
     spill.mkdir()
     for distance in (0, 3, 6):
         want = _reference_cases(builds, distance)
-        assert find_cases(numbered, distance, part_lines=part_lines, spill=spill) == want
+        assert find_cases(numbered, distance, part_lines=part_lines, spill=spill, hash_block=hash_block) == want
         assert not list(spill.iterdir())  # the spilled parts are gone
 
 

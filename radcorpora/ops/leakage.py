@@ -4,13 +4,13 @@ source image ids, image sha256) are joined on (key, location) as Arrow tables (g
 join, no Python object per index line); near-duplicate images by pHash through the neighbour
 search of ops.phash on numpy arrays. Python objects are made only for the cases found.
 
-Memory stays flat in the number of images: the builds' indexes are read a batch at a time and
-each kind of identity is partitioned by its key (a hash of it; for pHashes, of each band, since
-two hashes within the distance agree exactly on at least one of distance + 1 bands) into parts
-of about PART_LINES lines, spilled to a temporary folder, then joined one part at a time. A key's
-lines all land in one part, so the parts' cases together are the whole join's (a pHash pair is
-reported only by the part of the first band the two agree on). Within one build only different
-configs are compared (a config's own splits are the builder's business)."""
+Memory stays flat in the number of images: the builds' indexes are read a batch at a time; each
+exact kind is partitioned by a hash of its key into parts of about PART_LINES lines, spilled to a
+temporary folder and joined one part at a time (a key's lines all land in one part, so the parts'
+cases together are the whole join's). pHashes are not partitioned by key (near ones differ): the
+neighbour search takes each side's distinct hashes (8 bytes a hash) in blocks of HASH_BLOCK, block
+against block, and only the lines of the hashes in a pair found are read again. Within one build
+only different configs are compared (a config's own splits are the builder's business)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from radcorpora.ops.phash import bands, near_pairs
+from radcorpora.ops.phash import near_pairs
 from radcorpora.schemas.identity import (
     FAMILY,
+    INDEX_BATCH_LINES,
     KINDS,
     family,
+    index_batches,
     patient_key,
     source_key,
     split_role,
@@ -40,7 +42,7 @@ Loc = tuple[int, str, str]  # (build number, config, split)
 EXACT_KINDS = ("patient", "study", "source_id", "sha256")
 PART_LINES = 1 << 17  # lines joined at once (a part's join holds ~0.5 KB a line at its peak)
 MAX_PARTS = 256  # spill files open at once, per kind; past PART_LINES x MAX_PARTS lines parts grow
-BATCH_LINES = 1 << 16  # index lines read at a time
+HASH_BLOCK = 1 << 18  # distinct pHashes of a side searched at once (2 MB; ~20 MB with the search's arrays)
 _READ = ["shard", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
 
 
@@ -78,13 +80,13 @@ def build_rows(name: str, index: pa.Table | Path | str, rows: dict[str, int], ke
         lines = table.num_rows
 
         def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
-            return iter(table.select(columns).to_batches(max_chunksize=BATCH_LINES))
+            return iter(table.select(columns).to_batches(max_chunksize=INDEX_BATCH_LINES))
     else:
         path = Path(index)
         lines = pq.ParquetFile(path).metadata.num_rows
 
         def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
-            return pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=columns)
+            return index_batches(path, columns)
 
     return BuildRows(name, sorted(seen), offsets, lines, batches, keep)
 
@@ -206,31 +208,26 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _string_hash(values: pa.Array) -> np.ndarray:
-    """A 64-bit polynomial hash of each string's bytes (no nulls), computed on the Arrow buffers:
-    a key's part, the same in every batch and run."""
+    """A 64-bit hash of each string (no nulls) from its length and its first, middle and last 8
+    bytes, gathered from the Arrow buffers: the same for a key in every batch and run (so its
+    part is), and spread enough for ids, which differ at their ends or middles."""
     values = _flat(values).cast(pa.large_binary())
     n = len(values)
     if not n:
         return np.zeros(0, np.uint64)
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + n + 1]
     data = values.buffers()[2]
-    body = np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    starts = offsets[:-1] - offsets[0]
-    place = np.arange(len(body), dtype=np.int64) - np.repeat(starts, lengths)
-    powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, _MIX[2], dtype=np.uint64))
-    terms = np.append(body.astype(np.uint64) * powers[place], np.uint64(0))  # a last 0: reduceat's bound
-    out = np.add.reduceat(terms, starts) if len(body) else np.zeros(n, np.uint64)
-    out[lengths == 0] = 0
-    return _mix(out + lengths.astype(np.uint64))
-
-
-def _band_part(phash: np.ndarray, band: int, spec: list[tuple[int, int]], parts: int) -> np.ndarray:
-    """The part holding the hashes whose band `band` has this value."""
-    shift, width = spec[band]
-    value = (phash >> np.uint64(shift)) & np.uint64((1 << width) - 1 if width < 64 else (1 << 64) - 1)
-    salt = np.uint64(((band + 1) * int(_MIX[2])) % (1 << 64))
-    return (_mix(value + salt) % np.uint64(parts)).astype(np.int64)
+    body = np.frombuffer(data, dtype=np.uint8) if data is not None and len(data) else np.zeros(1, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    lengths = ends - starts
+    out = lengths.astype(np.uint64)
+    step = np.arange(8, dtype=np.int64)
+    for first in (starts, starts + np.maximum(lengths - 8, 0) // 2, np.maximum(ends - 8, starts)):
+        at = first[:, None] + step
+        octets = np.where(at < ends[:, None], body[np.minimum(at, len(body) - 1)], 0).astype(np.uint64)
+        word = (octets << (step.astype(np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
+        out = _mix(out ^ word)
+    return out
 
 
 def _part_count(lines: int, copies: int, part_lines: int) -> int:
@@ -377,41 +374,87 @@ def _exact_part(places: _Places, lines: pa.Table, kind: str) -> list[tuple[tuple
 
 
 def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Path,
-          part_lines: int) -> list[tuple[tuple, dict[str, Any]]]:
-    """Near-duplicate cases. Two pHashes within the distance agree exactly on at least one of
-    distance + 1 bands, so each line is spilled to the part of each of its bands' values; a part
-    then holds every line of each hash in it, and a pair is kept only by the part of the first
-    band the two hashes agree on (each pair once)."""
-    spec = bands(max_distance, 0)
-    parts = _Spill(spill / "phash", _part_count(sum(b.lines for b in builds), len(spec), part_lines))
+          hash_block: int) -> list[tuple[tuple, dict[str, Any]]]:
+    """Near-duplicate cases, in three passes over the lines: the distinct pHashes of each side (8
+    bytes a hash: all the neighbour search needs; past `hash_block` of them, in blocks spilled to
+    disk and searched block against block), the pairs within the distance, then the lines of the
+    hashes in a pair only (what the cases report)."""
+    sides = {role: _HashBlocks(spill / f"phash-{role}", hash_block) for role in ("train", "eval")}
+    for batch in _stream(builds, places, ["sha256", "phash"]):
+        hashes, train = _hashed(places, batch)
+        sides["train"].add(hashes[train])
+        sides["eval"].add(hashes[~train])
+    found = []
+    for left in sides["train"].blocks():
+        for right in sides["eval"].blocks():
+            i, j, _ = near_pairs(left, right, max_distance)
+            found.append(np.stack([left[i], right[j]], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.uint64)
+    if not len(pairs):
+        return []
+    a, b = pairs[:, 0], pairs[:, 1]
+    wanted = pa.array(np.union1d(a, b), pa.uint64())
+    parts = []
     for batch in _stream(builds, places, ["id", "sha256", "phash"]):
-        ok = pc.and_(pc.is_valid(batch["phash"]), pc.fill_null(pc.not_equal(batch["sha256"], ""), False))
-        lines = batch.filter(ok)
-        if parts.parts == 1 or not lines.num_rows:
-            parts.add(lines, None)
-            continue
-        phash = lines["phash"].to_numpy()
-        owners: list[np.ndarray] = []
-        for band in range(len(spec)):
-            own = _band_part(phash, band, spec, parts.parts)
-            first = np.ones(len(own), dtype=bool)  # a part gets a line once, however many bands lead there
-            for earlier in owners:
-                first &= own != earlier
-            owners.append(own)
-            parts.add(lines.filter(pa.array(first)), own[first])
-    out = []
-    for number, lines in parts.tables():
-        out += _near_part(places, lines, max_distance, spec, (number, parts.parts))
-    return out
+        wanted_here = pc.fill_null(pc.is_in(batch["phash"], value_set=wanted), False)
+        parts.append(batch.filter(pc.and_(_with_phash(batch), wanted_here)))
+    return _near_cases(places, pa.concat_tables(parts), a, b, np.bitwise_count(a ^ b).astype(np.int64))
 
 
-def _near_part(places: _Places, lines: pa.Table, max_distance: int, spec: list[tuple[int, int]],
-               part: tuple[int, int]) -> list[tuple[tuple, dict[str, Any]]]:
-    """Near-duplicate cases within one part: a pair of pHashes within the distance, at a training
-    and an evaluation location, where some image on each side has other bytes than some image on
-    the other (the same bytes are sha256's case). Per (hash, loc): how many distinct images, and
-    the only one where there is one; a side's rows are those whose image differs from the other
-    side's only one."""
+class _HashBlocks:
+    """The distinct hashes of one side, gathered a batch at a time: in memory up to `size` of
+    them, past that in sorted blocks of `size` on disk (a hash may then sit in two blocks: its
+    pairs are found twice and counted once)."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size = folder, size
+        self._held: list[np.ndarray] = []
+        self._count = 0
+        self._files: list[Path] = []
+
+    def add(self, hashes: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        self._held.append(np.unique(hashes))
+        self._count += len(self._held[-1])
+        if len(self._held) > 16 or self._count > self.size:  # merge the batches' lists
+            self._held = [np.unique(np.concatenate(self._held))]
+            self._count = len(self._held[0])
+        while self._count > self.size:
+            whole = self._held[0]
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._files.append(self.folder / f"{len(self._files):05d}.npy")
+            np.save(self._files[-1], whole[:self.size])
+            self._held = [whole[self.size:]]
+            self._count = len(self._held[0])
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        for path in self._files:
+            yield np.load(path)
+        held = np.unique(np.concatenate(self._held)) if self._held else np.zeros(0, np.uint64)
+        if len(held) or not self._files:
+            yield held
+
+
+def _with_phash(batch: pa.Table) -> pa.Array:
+    """Lines with a pHash and an image's sha256 (an undecodable image is compared by sha256 only)."""
+    return pc.and_(pc.is_valid(batch["phash"]), pc.fill_null(pc.not_equal(batch["sha256"], ""), False))
+
+
+def _hashed(places: _Places, batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The pHashes of a batch's lines that have one and an image's sha256, and whether each line is
+    at a training location."""
+    lines = batch.select(["phash", "loc"]).filter(_with_phash(batch))
+    return lines["phash"].to_numpy(), places.role[lines["loc"].to_numpy()]
+
+
+def _near_cases(places: _Places, lines: pa.Table, a: np.ndarray, b: np.ndarray,
+                d: np.ndarray) -> list[tuple[tuple, dict[str, Any]]]:
+    """The cases of the pHash pairs (a: training side's hash, b: evaluation side's, d: distance)
+    from every line of those hashes: a pair at a training and an evaluation location, where some
+    image on each side has other bytes than some image on the other (the same bytes are sha256's
+    case). Per (hash, loc): how many distinct images, and the only one where there is one; a
+    side's rows are those whose image differs from the other side's only one."""
     image, _ = _numbered(lines["sha256"].combine_chunks())  # each distinct image as a number
     table = pa.table({"phash": lines["phash"], "loc": lines["loc"], "row": lines["row"],
                       "line": pa.array(np.arange(lines.num_rows, dtype=np.int64)), "image": image})
@@ -431,21 +474,6 @@ def _near_part(places: _Places, lines: pa.Table, max_distance: int, spec: list[t
     del ph, loc, img, group, other
     train_mask = pa.array(places.role[per["loc"].to_numpy()])
     train, held_out = per.filter(train_mask), per.filter(pc.invert(train_mask))
-    train_hashes = np.unique(train["phash"].to_numpy())
-    eval_hashes = np.unique(held_out["phash"].to_numpy())
-    i, j, d = near_pairs(train_hashes, eval_hashes, max_distance)
-    a, b = train_hashes[i], eval_hashes[j]
-    number, count = part
-    if count > 1:  # keep the pairs whose first agreeing band leads here
-        agree = np.stack([((a ^ b) >> np.uint64(shift)) & np.uint64((1 << width) - 1 if width < 64 else (1 << 64) - 1)
-                          for shift, width in spec]) == 0
-        first = np.argmax(agree, axis=0)
-        owner = np.full(len(a), -1, dtype=np.int64)
-        for band in range(len(spec)):
-            at = first == band
-            owner[at] = _band_part(a[at], band, spec, count)
-        mine = owner == number
-        a, b, d = a[mine], b[mine], d[mine]
     pairs = pa.table({"thash": pa.array(a, pa.uint64()), "ehash": pa.array(b, pa.uint64()),
                       "distance": pa.array(d, pa.int64())})
     pairs = pairs.join(train.rename_columns(["thash", "tloc", "tn", "tone"]), keys="thash", join_type="inner",
@@ -479,16 +507,17 @@ def _near_part(places: _Places, lines: pa.Table, max_distance: int, spec: list[t
 
 
 def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PART_LINES,
-               spill: Path | None = None) -> list[dict[str, Any]]:
+               spill: Path | None = None, hash_block: int = HASH_BLOCK) -> list[dict[str, Any]]:
     """One dict per (kind, key, training side, evaluation side), sorted by kind, then sides. Parts
-    past the first are spilled under `spill` (default: the system's temporary folder)."""
+    past the first, and pHash blocks past the first, are spilled under `spill` (default: the
+    system's temporary folder)."""
     places = _places(builds)
     found: list[tuple[tuple, dict[str, Any]]] = []
     if places.locs and any(b.lines for b in builds):
         with tempfile.TemporaryDirectory(prefix="radcorpora-leakage-", dir=spill) as folder:
             for kind in EXACT_KINDS:
                 found += _exact(builds, places, kind, Path(folder), part_lines)
-            found += _near(builds, places, max_distance, Path(folder), part_lines)
+            found += _near(builds, places, max_distance, Path(folder), hash_block)
     found.sort(key=lambda item: item[0])
 
     def side(where: tuple[Loc, str, tuple[list, list]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 
 BITS = 64
 _CHUNK = 1 << 18  # candidate pairs compared at once (memory: ~15 MB of index arrays at most)
+_BLOCK = 1 << 16  # probing hashes handled at once (memory: a few MB whatever the count)
 _DENSE_BITS = 20  # bands this wide or narrower are looked up in a table of all their values
 
 
@@ -111,32 +112,35 @@ def near_pairs(left: np.ndarray, right: np.ndarray, max_distance: int,
         for shift, width in bands(max_distance, tolerance):
             mask = np.uint64((1 << width) - 1)
             lkey = (left >> np.uint64(shift)) & mask
-            rkey = (right >> np.uint64(shift)) & mask
             order = np.argsort(lkey, kind="stable")
-            sorted_keys = lkey[order]
             dense = width <= _DENSE_BITS  # a table of every band value: one lookup per probe
             if dense:
-                counts = np.bincount(sorted_keys.astype(np.int64), minlength=1 << width)
+                counts = np.bincount(lkey.astype(np.int64), minlength=1 << width)
                 starts = np.cumsum(counts) - counts
-            for flip in _flips(width, tolerance):
-                probe = rkey ^ np.uint64(flip)
-                if dense:
-                    index = probe.astype(np.int64)
-                    start, count = starts[index], counts[index]
-                else:
-                    start = np.searchsorted(sorted_keys, probe, side="left")
-                    count = np.searchsorted(sorted_keys, probe, side="right") - start
-                for lo, hi in _chunks(count):
-                    n = count[lo:hi]
-                    if not n.sum():
-                        continue
-                    j = np.repeat(np.arange(lo, hi), n)
-                    first = np.repeat(start[lo:hi], n)
-                    offset = np.arange(len(j)) - np.repeat(np.cumsum(n) - n, n)
-                    i = order[first + offset]
-                    d = np.bitwise_count(left[i] ^ right[j])
-                    keep = d <= max_distance
-                    found.append(i[keep].astype(np.int64) * len(right) + j[keep])
+            else:
+                sorted_keys = lkey[order]
+            del lkey
+            for block in range(0, len(right), _BLOCK):  # the probing side a block at a time: memory
+                rkey = (right[block:block + _BLOCK] >> np.uint64(shift)) & mask
+                for flip in _flips(width, tolerance):
+                    probe = rkey ^ np.uint64(flip)
+                    if dense:
+                        index = probe.astype(np.int64)
+                        start, count = starts[index], counts[index]
+                    else:
+                        start = np.searchsorted(sorted_keys, probe, side="left")
+                        count = np.searchsorted(sorted_keys, probe, side="right") - start
+                    for lo, hi in _chunks(count):
+                        n = count[lo:hi]
+                        if not n.sum():
+                            continue
+                        j = np.repeat(np.arange(lo, hi), n) + block
+                        first = np.repeat(start[lo:hi], n)
+                        offset = np.arange(len(j)) - np.repeat(np.cumsum(n) - n, n)
+                        i = order[first + offset]
+                        d = np.bitwise_count(left[i] ^ right[j])
+                        keep = d <= max_distance
+                        found.append(i[keep].astype(np.int64) * len(right) + j[keep])
     if not found:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty

@@ -6,8 +6,11 @@ Also the shape of a build's stored identity index (build/identity.parquet)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 # source_dataset (lower case, as lineage names it) -> family namespace. Sources that re-annotate
 # another archive's images share its namespace: their patient, study and image ids are the same.
@@ -36,6 +39,17 @@ DEFAULT_PHASH_DISTANCE = 6  # of 64 bits: a PNG and a JPEG (quality 90) of one r
 IDENTITY_INDEX = "build/identity.parquet"
 IDENTITY_META = b"radcorpora.identity"
 IDENTITY_VERSION = 1
+INDEX_BATCH_LINES = 1 << 16  # index lines read or written at a time (the stored index's row groups)
+
+
+def index_batches(path: Path, columns: list[str] | None = None,
+                  batch_size: int = INDEX_BATCH_LINES) -> Iterator[pa.RecordBatch]:
+    """An index file's lines a row group at a time (in batches of at most `batch_size`), so
+    reading a long index holds one row group: pyarrow's iter_batches over a whole file kept
+    ~11 B a line it had read (measured with pyarrow 26: 3.2M lines, +30-40 MiB)."""
+    source = pq.ParquetFile(path)
+    for group in range(source.metadata.num_row_groups):
+        yield from source.read_row_group(group, columns=columns, use_threads=False).to_batches(max_chunksize=batch_size)
 IDENTITY_SCHEMA = pa.schema([
     ("shard", pa.string()),  # data/<config>/<split>-NNNNN-of-NNNNN.parquet
     ("config", pa.string()),

@@ -25,6 +25,8 @@ from radcorpora.schemas.identity import (
     IDENTITY_META,
     IDENTITY_SCHEMA,
     IDENTITY_VERSION,
+    INDEX_BATCH_LINES,
+    index_batches,
 )
 from radcorpora.store.atomic import commit, tmp_path_for
 from radcorpora.store.folder import (
@@ -36,7 +38,6 @@ from radcorpora.store.folder import (
     read_manifest,
 )
 
-BATCH_LINES = 1 << 16  # index lines read or written at a time
 # encoded image -> (sha256 hex, perceptual hash or None where it does not decode)
 ImageHasher = Callable[[bytes], "tuple[str, int | None]"]
 # (task, jobs) -> the task's results in job order: the builtin `map`, or the engine's executors
@@ -59,8 +60,9 @@ class IndexResult:
     note: str = ""
     spill: Any = None  # the temporary folder holding `path` where it could not be stored
 
-    def batches(self, columns: list[str] | None = None, batch_size: int = BATCH_LINES) -> Iterator[pa.RecordBatch]:
-        return pq.ParquetFile(self.path).iter_batches(batch_size=batch_size, columns=columns)
+    def batches(self, columns: list[str] | None = None,
+                batch_size: int = INDEX_BATCH_LINES) -> Iterator[pa.RecordBatch]:
+        return index_batches(self.path, columns, batch_size)
 
     @property
     def table(self) -> pa.Table:
@@ -88,7 +90,7 @@ def _stored(path: Path) -> tuple[Path | None, dict[str, Any]]:
         if meta.get("version") != IDENTITY_VERSION or not schema.remove_metadata().equals(IDENTITY_SCHEMA):
             return None, {}
         last = ""
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=["shard"]):
+        for batch in index_batches(path, ["shard"]):
             shards = batch.column(0)
             if len(shards) and (shards.null_count or not _ascending(shards) or shards[0].as_py() < last):
                 return None, {}
@@ -167,7 +169,7 @@ def _text(value: Any) -> str | None:
 def _runs(path: Path) -> Iterator[tuple[str, pa.Table]]:
     """(shard, its lines) of a stored index in file order, a batch at a time (a shard's lines may
     come as several runs)."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES):
+    for batch in index_batches(path):
         table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
         shards = table["shard"].combine_chunks()
         if not len(shards):
@@ -195,7 +197,7 @@ def _merged(stored: Path | None, reused: set[str], fresh: Iterator[tuple[str, pa
 
 
 class _IndexWriter:
-    """Lines to a Parquet file in row groups of BATCH_LINES (a shard's lines are small: buffered
+    """Lines to a Parquet file in row groups of INDEX_BATCH_LINES (a shard's lines are small: buffered
     until a row group fills), counting lines and undecodable images on the way."""
 
     def __init__(self, path: Path):
@@ -209,12 +211,12 @@ class _IndexWriter:
         self.undecodable += int(part["phash"].null_count) - int(pc.sum(pc.equal(part["image"], -1)).as_py() or 0)
         self._buffer.append(part)
         self._buffered += part.num_rows
-        if self._buffered >= BATCH_LINES:
+        if self._buffered >= INDEX_BATCH_LINES:
             self._flush()
 
     def _flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=BATCH_LINES)
+            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=INDEX_BATCH_LINES)
         self._buffer, self._buffered = [], 0
 
     def close(self, meta: dict[bytes, str]) -> None:
@@ -229,7 +231,7 @@ class _IndexWriter:
 
 def _count_undecodable(path: Path) -> int:
     out = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_LINES, columns=["image", "phash"]):
+    for batch in index_batches(path, ["image", "phash"]):
         out += int(batch.column(1).null_count) - int(pc.sum(pc.equal(batch.column(0), -1)).as_py() or 0)
     return out
 
