@@ -193,12 +193,10 @@ def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> Vali
     nine = report.check("benchmark_nine_questions", RULES["benchmark_nine_questions"])
     bench_strata: Counter = Counter()
     if rows is not None and rows.num_rows:
-        _nine_questions(rows, nine)
-        first = rows.filter(pc.equal(rows.column("question_id"), QUESTION_IDS[0]))
-        per_stratum = first.group_by(["location", "pathology"], use_threads=False).aggregate([([], "count_all")])
-        for location, pathology, n in zip(*(per_stratum.column(c).to_pylist()
-                                            for c in ("location", "pathology", "count_all"))):
-            bench_strata[f"{location}|{pathology}"] += n
+        slot = _nine_questions(rows, nine)
+        first = rows.filter(pa.array(slot == 0))
+        for location, pathology in zip(first.column("location").to_pylist(), first.column("pathology").to_pylist()):
+            bench_strata[f"{location}|{pathology}"] += 1
     _check_stratification(manifest, bench_strata, report)
     report.stats.update({"benchmark_images": sum(bench_strata.values())})
     return report
@@ -207,32 +205,36 @@ def _corpus_rules(build: Path, report: ValidationReport, manifest: dict) -> Vali
 BENCHMARK_LABELS = ["metadata.question_id", "metadata.location", "metadata.pathology"]
 
 
-def _nine_questions(rows, nine) -> None:
+def _nine_questions(rows, nine):
     """`benchmark_nine_questions` over the benchmark's (source_id, question_id) rows: an image
-    passes when it has nine rows, nine distinct ids, all of QUESTION_IDS; each image counts as
-    checked, and an image that fails is reported (sorted by source, its ids counted in row
-    order) as a row-by-row count would report it."""
+    passes when its rows hold each of QUESTION_IDS once and nothing else. Counted with numpy on
+    the columns (Arrow's group-by would import pyarrow.dataset); each image counts as checked, and
+    an image that fails is reported (sorted by source, its ids counted in row order) as a
+    row-by-row count would report it. Returns each row's slot in QUESTION_IDS (-1: none)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     sources, qids = rows.column("source_id"), rows.column("question_id")
-    known = pc.fill_null(pc.is_in(qids, value_set=pa.array(QUESTION_IDS, pa.string())), False)
-    per_source = pa.table({"source": sources, "qid": qids, "known": known}).group_by(
-        "source", use_threads=False).aggregate([([], "count_all"), ("qid", "count_distinct", pc.CountOptions("all")),
-                                                ("known", "all")])
-    whole = pc.and_(pc.and_(pc.equal(per_source.column("count_all"), len(QUESTION_IDS)),
-                            pc.equal(per_source.column("qid_count_distinct"), len(QUESTION_IDS))),
-                    per_source.column("known_all"))
-    broken = set(per_source.column("source").filter(pc.invert(whole)).to_pylist())
-    nine.checked += per_source.num_rows - len(broken)
-    if not broken:
-        return
-    per_id: dict[str, Counter] = defaultdict(Counter)
-    for source, qid in zip(sources.to_pylist(), qids.to_pylist()):
-        if source in broken:
-            per_id[source][qid] += 1
-    for source, counts in sorted(per_id.items()):
-        nine.expect(dict(counts) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(counts)}")
+    encoded = pc.dictionary_encode(sources.combine_chunks())  # a missing source id: one more image
+    source_code = pc.fill_null(encoded.indices, len(encoded.dictionary)).to_numpy()
+    slot = pc.fill_null(pc.index_in(qids, value_set=pa.array(QUESTION_IDS, pa.string())), -1).to_numpy()
+    images = int(source_code.max()) + 1
+    seen = np.zeros(images, np.int64)  # a bit per slot seen
+    np.bitwise_or.at(seen, source_code, np.left_shift(1, np.maximum(slot, 0)))
+    per_image = np.bincount(source_code, minlength=images)
+    odd = np.bincount(source_code, weights=slot < 0, minlength=images) > 0
+    whole = (per_image == len(QUESTION_IDS)) & (seen == (1 << len(QUESTION_IDS)) - 1) & ~odd
+    nine.checked += int(whole.sum())
+    if not whole.all():
+        broken = set(np.flatnonzero(~whole).tolist())
+        per_id: dict[str, Counter] = defaultdict(Counter)
+        for code, source, qid in zip(source_code.tolist(), sources.to_pylist(), qids.to_pylist()):
+            if code in broken:
+                per_id[source][qid] += 1
+        for source, counts in sorted(per_id.items()):
+            nine.expect(dict(counts) == dict.fromkeys(QUESTION_IDS, 1), f"{source}: questions {dict(counts)}")
+    return slot
 
 
 CORPUS_RULES = CorpusRules({name: RULES[name] for name in ("split_disjoint", "benchmark_nine_questions",
