@@ -87,13 +87,18 @@ def read_ray_nodes(out: Path) -> dict[str, str]:
         return {}
 
 
-def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers: int) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers: int,
+           on_started: Callable[[], None]) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
     if workers <= 1 or len(pending) <= 1:
+        on_started()
         for spec in pending:
             yield spec, worker(spec, out)
         return
     with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=keep_freed_memory) as pool:
         futures = {pool.submit(worker, spec, out): spec for spec in pending}
+        # A pool that forks starts all its workers on the first submit (it never forks again);
+        # one that spawns or uses a forkserver forks nothing from this process.
+        on_started()
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -129,11 +134,12 @@ def ray_runtime(settings: ExecutorSettings) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings
-         ) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
+def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings,
+         on_started: Callable[[], None]) -> Iterator[tuple[ChunkSpec, ChunkResult]]:
     with ray_runtime(settings) as ray:
         remote = ray.remote(num_cpus=1, max_retries=2)(_tuned_on_node)
         refs = {remote.remote(worker, spec, out): spec for spec in pending}
+        on_started()
         nodes = read_ray_nodes(out)  # a resumed build keeps the nodes of the chunks it skips
         waiting = list(refs)
         while waiting:
@@ -177,9 +183,11 @@ def _python_path() -> list[str]:
 
 
 def run_chunks(specs: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings: ExecutorSettings,
-               on_done: Callable[[ChunkSpec, ChunkResult], None] | None = None) -> list[ChunkResult]:
+               on_done: Callable[[ChunkSpec, ChunkResult], None] | None = None,
+               on_started: Callable[[], None] | None = None) -> list[ChunkResult]:
     """Run every chunk not already done; results come back in spec order. `on_done` is called
-    for finished and for already-done chunks (progress)."""
+    for finished and for already-done chunks (progress); `on_started` once no more worker
+    process will be forked from this one (the caller may start threads then)."""
     results: dict[str, ChunkResult] = {}
     pending: list[ChunkSpec] = []
     for spec in specs:
@@ -190,8 +198,9 @@ def run_chunks(specs: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, setti
                 on_done(spec, done)
         else:
             pending.append(spec)
-    stream = _ray(pending, worker, out, settings) if settings.name == "ray" and pending else \
-        _local(pending, worker, out, settings.workers)
+    started = on_started or (lambda: None)
+    stream = _ray(pending, worker, out, settings, started) if settings.name == "ray" and pending else \
+        _local(pending, worker, out, settings.workers, started)
     for spec, result in stream:
         mark_done(out, result)
         results[spec.chunk_id] = result

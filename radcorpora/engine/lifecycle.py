@@ -158,10 +158,13 @@ def storage_report(out: Path, source_bytes: int) -> dict[str, Any]:
 # Modules every build ends up importing: pandas (0.2-0.3 s; pyarrow imports it on its first `pa.array`
 # of Python objects, in the driver and in each worker, to recognise pandas objects), pyarrow's
 # pandas glue and numpy.ma (each chunk worker imported them on its first chunk: `pa.array` of a
-# numpy array looks at `np.ma`), and huggingface_hub's card data (the dataset card's YAML).
-# Imported in a thread while the scan runs (which waits on the file system much of the time); see
-# warm_imports. Validation reads shards without `pyarrow.dataset`.
-WARM_IMPORTS = ("pandas", "pyarrow.pandas_compat", "numpy.ma", "huggingface_hub.repocard_data")
+# numpy array looks at `np.ma`): imported in a thread while the scan runs (which waits on the file
+# system much of the time), so forked workers inherit them; see warm_imports. huggingface_hub's card
+# data (the dataset card's YAML, ~20 ms) only the driver needs, at the end: imported once every
+# worker has forked, while the chunks run, not in the scan's way. Validation reads shards without
+# `pyarrow.dataset`.
+WARM_IMPORTS = ("pandas", "pyarrow.pandas_compat", "numpy.ma")
+DRIVER_IMPORTS = ("huggingface_hub.repocard_data",)
 PANDAS_IMPORTS = ("pandas", "pyarrow.pandas_compat")
 _pandas_refused = False
 
@@ -199,12 +202,12 @@ def pyarrow_without_pandas() -> bool:
     return True
 
 
-def warm_imports() -> threading.Thread:
-    """Import WARM_IMPORTS in a background thread. Joined before any worker process starts: a
+def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> threading.Thread:
+    """Import `names` in a background thread. Joined before any worker process starts: a
     fork while another thread is halfway through an import could leave that module's import
     lock held forever in the child; after the join, forked workers inherit the modules free."""
     def run() -> None:
-        for name in WARM_IMPORTS:
+        for name in names:
             if _pandas_refused and name in PANDAS_IMPORTS:
                 continue
             try:
@@ -229,7 +232,7 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     for warning in glob_warnings(out):
         say(f"warning: {warning}")
     progress = progress or BuildProgress(disable=True)
-    warming = warm_imports()
+    warming = [warm_imports()]  # each joined before any fork and before `finish`
     scanning = progress.start("scanning sources", None)
 
     def say_while_scanning(message: str) -> None:
@@ -261,10 +264,16 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
             progress.advance(task, spec.size)
             syncer.submit(out / rel for rel in result.shards)  # flush to disk while other chunks compute
 
-        warming.join()  # before any worker forks
+        for thread in warming:
+            thread.join()  # before any worker forks
+
+        def started() -> None:  # every worker has forked: the driver's own imports may run now
+            if len(warming) == 1:
+                warming.append(warm_imports(DRIVER_IMPORTS))
+
         gc.freeze()  # the plan lives through the chunks: collections here and in forked workers skip it
         try:
-            return run_chunks(specs, worker, out, executor, on_done=done)
+            return run_chunks(specs, worker, out, executor, on_done=done, on_started=started)
         finally:
             gc.unfreeze()
             progress.stop(task)
@@ -281,7 +290,8 @@ def run_build(spec: CorpusSpec, sources: dict[str, Path], settings: BaseModel, o
     finally:
         synced = syncer.wait()
     phases["stages"] = round(time.time() - stages_started, 2)
-    warming.join()  # finish may fork validation workers; a corpus without chunks never joined it
+    for thread in warming:
+        thread.join()  # finish may fork validation workers; a corpus without chunks never joined it
     manifest, report = finish(spec, sources, settings, out, fingerprint, output, executor, command, started, progress,
                               phases, synced, allow_empty)
     return BuildOutcome(out, state, manifest, report, round(time.time() - started, 2))
