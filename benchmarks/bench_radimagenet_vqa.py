@@ -9,11 +9,14 @@ and `import datasets` a user's script pays too (the build's own time has always 
 start-up). Neither counts reading the texts from our build, a stand-in for the user's own generation.
 
     python benchmarks/bench_radimagenet_vqa.py --images 20000 --work /tmp/bench
+    python benchmarks/bench_radimagenet_vqa.py --images 5000 --work /tmp/bench --before 2ed90c8
 `build_start_up_seconds`: the build command's own start (`build radimagenet-vqa --help`, best of 3).
-Peak RSS is the first build's, measured via resource.getrusage(RUSAGE_CHILDREN) before any
-`datasets` run (that figure is a maximum over every child waited for).
+Peak RSS is the larger of the two builds' (each build process and its workers, from `wait4`).
 The build and the `datasets` way run twice each in A B B A order, the durable copy before and
-after: figures are the means, each run is listed under `runs_in_order`.
+after: figures are the means, each run is listed under `runs_in_order`. With `--before REV` the
+radcorpora package as it was at that git revision (`git archive`, byte-compiled) builds the same
+tree twice as well, side by side: now, before, datasets, datasets, before, now; its figures are
+under `before`. `load_average` is the machine's 1-minute load when the runs start and end.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import struct
 import subprocess
@@ -83,14 +85,31 @@ def warm(root: Path) -> None:
                     pass
 
 
-def timed(cmd: list[str], source: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of a child command that reads `source` (warmed first)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def timed(cmd: list[str], source: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB: the largest of the process and the children it waited for,
+    from wait4) of a child command that reads `source` (warmed first)."""
     warm(source)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
-    return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, cmd)
+    return wall, usage.ru_maxrss
+
+
+def code_at(rev: str, into: Path) -> Path:
+    """The radcorpora package as it was at git revision `rev`, byte-compiled, under `into`: a
+    PYTHONPATH that builds with it (the same interpreter and libraries as now)."""
+    repo = Path(__file__).resolve().parent.parent
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "radcorpora"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into / "radcorpora")], check=True,
+                   stdout=subprocess.DEVNULL)
+    return into
 
 
 FLOOR = """
@@ -131,6 +150,14 @@ for config, rows in texts.items():
     ds.to_parquet(str(out / f"{config}.parquet"))
 print(f"write {time.perf_counter() - start:.3f}")
 """
+
+
+def shard_bytes(build: Path) -> dict[str, str]:
+    """Each data file's sha256, by path in the build."""
+    import hashlib
+
+    return {str(p.relative_to(build)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((build / "data").rglob("*.parquet"))}
 
 
 def profile_breakdown(source: Path, out: Path) -> dict[str, float]:
@@ -176,7 +203,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image-check", choices=("crc", "full"), default="crc")
     parser.add_argument("--profile", action="store_true", help="also run once in-process under cProfile (breakdown)")
+    parser.add_argument("--before", metavar="REV", help="also build with radcorpora as it was at this git revision")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     work = args.work / str(args.images)
     shutil.rmtree(work, ignore_errors=True)
     source = work / "src"
@@ -195,10 +224,15 @@ def main() -> None:
         shutil.rmtree(target)
         return wall
 
-    def build(out: Path) -> tuple[float, int]:
+    before_env = None
+    if args.before:
+        code = code_at(args.before, work / "before-code")
+        before_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+
+    def build(out: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
         return timed([sys.executable, "-c", "from radcorpora.cli import run; run()", "build", "radimagenet-vqa",
                       "--source", str(source), "--out", str(out), "--workers", str(args.workers),
-                      "--image-check", args.image_check], source)
+                      "--image-check", args.image_check], source, env)
 
     def datasets_way(build_out: Path) -> tuple[float, float]:
         """(the write alone, the write plus interpreter start and `import datasets`): the
@@ -213,14 +247,14 @@ def main() -> None:
         said = dict(line.split() for line in naive.stdout.strip().splitlines() if line.startswith(("read ", "write ")))
         return float(said["write"]), process_wall - float(said["read"])
 
-    def start_up() -> float:
+    def start_up(env: dict[str, str] | None = None) -> float:
         """The build command's fixed start: `build radimagenet-vqa --help` (interpreter, imports,
         the generated command), best of three."""
         walls = []
         for _ in range(3):
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", "from radcorpora.cli import run; run()", "build", "radimagenet-vqa",
-                            "--help"], check=True, stdout=subprocess.DEVNULL)
+                            "--help"], check=True, stdout=subprocess.DEVNULL, env=env)
             walls.append(time.perf_counter() - started)
         return min(walls)
 
@@ -233,8 +267,14 @@ def main() -> None:
     subprocess.run(["sync"], check=False)
     out = work / "out"
     first_build, peak_kib = build(out)
+    old_builds: list[tuple[float, int]] = []
+    if before_env:
+        old_builds.append(build(work / "out-before", before_env))
     naive = [datasets_way(out), datasets_way(out)]
-    second_build, _ = build(work / "out-again")  # its peak RSS would include the datasets runs' (a max over children)
+    if before_env:
+        old_builds.append(build(work / "out-before-again", before_env))
+    second_build, second_peak_kib = build(work / "out-again")
+    peak_kib = max(peak_kib, second_peak_kib)
     copies.append(copy())
     builds = [first_build, second_build]
     build_wall = sum(builds) / 2
@@ -269,10 +309,24 @@ def main() -> None:
         },
         "whole_build_over_source": round(sum(storage.values()) / source_bytes, 3),
         "valid": manifest["validation"]["valid"],
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "workers": args.workers,
         "image_check": args.image_check,
     }
+    if before_env:
+        old_wall = sum(w for w, _ in old_builds) / 2
+        same = all((work / d / "build/manifest.json").exists() for d in ("out-before", "out-before-again"))
+        result["before"] = {
+            "revision": args.before,
+            "builds_in_order": [round(w, 2) for w, _ in old_builds],
+            "build_seconds": round(old_wall, 2),
+            "build_start_up_seconds": round(start_up(before_env), 3),
+            "datasets_way_over_build": round(datasets_wall / old_wall, 2),
+            "datasets_way_with_start_over_build": round(datasets_with_start / old_wall, 2),
+            "peak_rss_mib": round(max(k for _, k in old_builds) / 1024, 1),
+            "shards_identical_to_now": same and shard_bytes(work / "out-before") == shard_bytes(out),
+        }
+    result["load_average"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     if args.profile:
         result["breakdown_one_worker_profiled"] = profile_breakdown(source, work / "profiled")
     print(json.dumps(result, indent=2))
