@@ -85,12 +85,12 @@ def warm(root: Path) -> None:
                     pass
 
 
-def timed(cmd: list[str], source: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
+def timed(cmd: list[str], source: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB: the largest of the process and the children it waited for,
     from wait4) of a child command that reads `source` (warmed first)."""
     warm(source)
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -229,10 +229,12 @@ def main() -> None:
         code = code_at(args.before, work / "before-code")
         before_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
 
+    # Builds run in the work folder: `python -c` puts its working folder first on sys.path, so a
+    # run from the repository would import the checkout's radcorpora whatever PYTHONPATH says.
     def build(out: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
         return timed([sys.executable, "-c", "from radcorpora.cli import run; run()", "build", "radimagenet-vqa",
                       "--source", str(source), "--out", str(out), "--workers", str(args.workers),
-                      "--image-check", args.image_check], source, env)
+                      "--image-check", args.image_check], source, env, cwd=work)
 
     def datasets_way(build_out: Path) -> tuple[float, float]:
         """(the write alone, the write plus interpreter start and `import datasets`): the
@@ -254,7 +256,7 @@ def main() -> None:
         for _ in range(3):
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", "from radcorpora.cli import run; run()", "build", "radimagenet-vqa",
-                            "--help"], check=True, stdout=subprocess.DEVNULL, env=env)
+                            "--help"], check=True, stdout=subprocess.DEVNULL, env=env, cwd=work)
             walls.append(time.perf_counter() - started)
         return min(walls)
 
@@ -318,6 +320,8 @@ def main() -> None:
         same = all((work / d / "build/manifest.json").exists() for d in ("out-before", "out-before-again"))
         result["before"] = {
             "revision": args.before,
+            "package": subprocess.run([sys.executable, "-c", "import radcorpora; print(radcorpora.__file__)"],
+                                      check=True, env=before_env, cwd=work, capture_output=True, text=True).stdout.strip(),
             "builds_in_order": [round(w, 2) for w, _ in old_builds],
             "build_seconds": round(old_wall, 2),
             "build_start_up_seconds": round(start_up(before_env), 3),
