@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from radcorpora.ops.phash import near_pairs
+from radcorpora.ops.phash import choose_tolerance, near_pairs
 from radcorpora.schemas.identity import (
     FAMILY,
     INDEX_BATCH_LINES,
@@ -41,8 +41,9 @@ from radcorpora.schemas.identity import (
 Loc = tuple[int, str, str]  # (build number, config, split)
 EXACT_KINDS = ("patient", "study", "source_id", "sha256")
 PART_LINES = 1 << 17  # lines joined at once (a part's join holds ~0.5 KB a line at its peak)
-MAX_PARTS = 256  # spill files open at once, per kind; past PART_LINES x MAX_PARTS lines parts grow
-HASH_BLOCK = 1 << 18  # distinct pHashes of a side searched at once (2 MB; ~20 MB with the search's arrays)
+MAX_PARTS = 256  # parts of a kind; past PART_LINES x MAX_PARTS lines (33M) parts grow
+MAX_OPEN = 512  # spill files open at once: the kinds share a pass over the index while they fit
+HASH_BLOCK = 1 << 20  # distinct pHashes of a side searched at once (8 MB; ~60 MB with the search's arrays)
 _READ = ["shard", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
 
 
@@ -209,24 +210,25 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def _string_hash(values: pa.Array) -> np.ndarray:
     """A 64-bit hash of each string (no nulls) from its length and its first, middle and last 8
-    bytes, gathered from the Arrow buffers: the same for a key in every batch and run (so its
-    part is), and spread enough for ids, which differ at their ends or middles."""
+    bytes, read straight from the Arrow buffers (one gather each, through an overlapping view of
+    the bytes): the same for a key in every batch and run, so its part is; spread enough for ids,
+    which differ at their ends or middles."""
     values = _flat(values).cast(pa.large_binary())
     n = len(values)
     if not n:
         return np.zeros(0, np.uint64)
     offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + n + 1]
     data = values.buffers()[2]
-    body = np.frombuffer(data, dtype=np.uint8) if data is not None and len(data) else np.zeros(1, np.uint8)
-    starts, ends = offsets[:-1], offsets[1:]
-    lengths = ends - starts
+    body = np.frombuffer(data, dtype=np.uint8)[:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
+    padded = np.concatenate([body, np.zeros(8, np.uint8)])
+    words = np.ndarray(shape=(len(body) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # words[k]: bytes k..k+7
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    short = lengths < 8
+    keep = np.where(short, (np.uint64(1) << (lengths.astype(np.uint64) * np.uint64(8))) - np.uint64(1),
+                    np.uint64(0xFFFFFFFFFFFFFFFF))
     out = lengths.astype(np.uint64)
-    step = np.arange(8, dtype=np.int64)
-    for first in (starts, starts + np.maximum(lengths - 8, 0) // 2, np.maximum(ends - 8, starts)):
-        at = first[:, None] + step
-        octets = np.where(at < ends[:, None], body[np.minimum(at, len(body) - 1)], 0).astype(np.uint64)
-        word = (octets << (step.astype(np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
-        out = _mix(out ^ word)
+    for at in (starts, starts + np.maximum(lengths - 8, 0) // 2, np.maximum(starts + lengths - 8, starts)):
+        out = _mix(out ^ (words[at] & keep))
     return out
 
 
@@ -330,21 +332,30 @@ def _rows_of(ids: pa.Array, table: pa.Table, on: list[str], wanted: pa.Table) ->
 _VALUE = {"patient": "patient_id", "study": "study_id", "source_id": "source_id", "sha256": "sha256"}
 
 
-def _exact(builds: list[BuildRows], places: _Places, kind: str, spill: Path,
+def _exact(builds: list[BuildRows], places: _Places, spill: Path,
            part_lines: int) -> list[tuple[tuple, dict[str, Any]]]:
-    """The cases of one exact kind: keys computed a batch at a time and spilled by their hash."""
-    value = _VALUE[kind]
-    parts = _Spill(spill / kind, _part_count(sum(b.lines for b in builds), 1, part_lines))
-    columns = ["id", value] if kind == "sha256" else ["id", "source_dataset", value]
-    for batch in _stream(builds, places, columns):
-        keys = _flat(batch[value]) if kind == "sha256" else identity_keys(kind, batch["source_dataset"], batch[value])
-        valid = pc.fill_null(pc.not_equal(keys, ""), False)  # no key: null or empty
-        lines = pa.table({"key": keys, "loc": batch["loc"], "row": batch["row"], "id": batch["id"]}).filter(valid)
-        parts.add(lines, (_string_hash(lines["key"]) % np.uint64(parts.parts)).astype(np.int64)
-                  if parts.parts > 1 else None)
+    """The cases of the exact kinds: keys computed a batch at a time and spilled by their hash,
+    as many kinds a pass over the index as MAX_OPEN spill files allow (all four up to 128 parts)."""
+    parts = _part_count(sum(b.lines for b in builds), 1, part_lines)
+    per_pass = max(1, MAX_OPEN // parts)
     out = []
-    for _, lines in parts.tables():
-        out += _exact_part(places, lines, kind)
+    for first in range(0, len(EXACT_KINDS), per_pass):
+        kinds = EXACT_KINDS[first:first + per_pass]
+        spills = {kind: _Spill(spill / kind, parts) for kind in kinds}
+        columns = sorted({"id", "source_dataset", *(_VALUE[kind] for kind in kinds)})
+        for batch in _stream(builds, places, columns):
+            for kind in kinds:
+                value = _VALUE[kind]
+                keys = _flat(batch[value]) if kind == "sha256" else \
+                    identity_keys(kind, batch["source_dataset"], batch[value])
+                valid = pc.fill_null(pc.not_equal(keys, ""), False)  # no key: null or empty
+                lines = pa.table({"key": keys, "loc": batch["loc"], "row": batch["row"], "id": batch["id"]})
+                lines = lines.filter(valid)
+                spills[kind].add(lines, (_string_hash(lines["key"]) % np.uint64(parts)).astype(np.int64)
+                                 if parts > 1 else None)
+        for kind in kinds:
+            for _, lines in spills[kind].tables():
+                out += _exact_part(places, lines, kind)
     return out
 
 
@@ -385,9 +396,11 @@ def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Pa
         sides["train"].add(hashes[train])
         sides["eval"].add(hashes[~train])
     found = []
+    # one band scheme for every block pair, chosen for the whole search (its work is their sum)
+    tolerance = choose_tolerance(sides["train"].total, sides["eval"].total, max_distance)
     for left in sides["train"].blocks():
         for right in sides["eval"].blocks():
-            i, j, _ = near_pairs(left, right, max_distance)
+            i, j, _ = near_pairs(left, right, max_distance, tolerance)
             found.append(np.stack([left[i], right[j]], axis=1))
     pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.uint64)
     if not len(pairs):
@@ -411,6 +424,7 @@ class _HashBlocks:
         self._held: list[np.ndarray] = []
         self._count = 0
         self._files: list[Path] = []
+        self._saved = 0  # hashes in the blocks on disk
 
     def add(self, hashes: np.ndarray) -> None:
         if not len(hashes):
@@ -425,8 +439,13 @@ class _HashBlocks:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._files.append(self.folder / f"{len(self._files):05d}.npy")
             np.save(self._files[-1], whole[:self.size])
+            self._saved += self.size
             self._held = [whole[self.size:]]
             self._count = len(self._held[0])
+
+    @property
+    def total(self) -> int:
+        return self._saved + (len(self._held[0]) if len(self._held) == 1 else sum(len(h) for h in self._held))
 
     def blocks(self) -> Iterator[np.ndarray]:
         for path in self._files:
@@ -515,8 +534,7 @@ def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PAR
     found: list[tuple[tuple, dict[str, Any]]] = []
     if places.locs and any(b.lines for b in builds):
         with tempfile.TemporaryDirectory(prefix="radcorpora-leakage-", dir=spill) as folder:
-            for kind in EXACT_KINDS:
-                found += _exact(builds, places, kind, Path(folder), part_lines)
+            found += _exact(builds, places, Path(folder), part_lines)
             found += _near(builds, places, max_distance, Path(folder), hash_block)
     found.sort(key=lambda item: item[0])
 
