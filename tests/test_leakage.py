@@ -532,6 +532,16 @@ def _random_index(seed: int, shards: int) -> tuple[list[dict], dict[str, int]]:
     return lines, rows
 
 
+def _numbered_within_splits(lines: list[dict], rows: dict[str, int]) -> list[dict]:
+    """The reference numbers rows within a split itself: shards in order."""
+    offsets, seen = {}, {}
+    for shard in sorted(rows):
+        config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
+        offsets[shard] = seen.get((config, split), 0)
+        seen[(config, split)] = offsets[shard] + rows[shard]
+    return [{**line, "row": offsets[line["shard"]] + line["row"]} for line in lines]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_columnar_join_gives_the_line_by_line_cases(seed):
     """Random indexes of three builds: the same cases, in the same order, as the definition read one
@@ -546,13 +556,7 @@ def test_columnar_join_gives_the_line_by_line_cases(seed):
         lines, rows = _random_index(seed * 10 + b, shards=6)
         table = pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA)
         numbered.append(build_rows(f"build{b}", table, rows))
-        # the reference numbers rows within a split itself: shards in order
-        offsets, seen = {}, {}
-        for shard in sorted(rows):
-            config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
-            offsets[shard] = seen.get((config, split), 0)
-            seen[(config, split)] = offsets[shard] + rows[shard]
-        builds.append((f"build{b}", [{**line, "row": offsets[line["shard"]] + line["row"]} for line in lines]))
+        builds.append((f"build{b}", _numbered_within_splits(lines, rows)))
     for distance in (0, 2, 6):
         want = _reference_cases(builds, distance)
         assert {c["kind"] for c in want} >= {"patient", "sha256", "phash"}, want
@@ -576,12 +580,7 @@ def test_join_in_parts_gives_the_cases_of_one_part(seed, part_lines, hash_block,
         path = tmp_path / f"index{b}.parquet"
         pq.write_table(table, path, row_group_size=7)  # read back in batches across row groups
         numbered.append(build_rows(f"build{b}", path if b % 2 else table, rows))
-        offsets, seen = {}, {}
-        for shard in sorted(rows):
-            config, split = shard.split("/")[1], shard.rsplit("/", 1)[-1].rsplit("-", 3)[0]
-            offsets[shard] = seen.get((config, split), 0)
-            seen[(config, split)] = offsets[shard] + rows[shard]
-        builds.append((f"build{b}", [{**line, "row": offsets[line["shard"]] + line["row"]} for line in lines]))
+        builds.append((f"build{b}", _numbered_within_splits(lines, rows)))
     spill = tmp_path / "spill"
     spill.mkdir()
     for distance in (0, 3, 6):
