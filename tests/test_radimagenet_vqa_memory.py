@@ -88,3 +88,22 @@ def test_slice_sizes_do_not_change_a_byte(demo_source, tmp_path, monkeypatch):
 
     bench = pq.ParquetFile(tmp_path / "sliced" / "data" / "benchmark" / "test-00000-of-00001.parquet")
     assert bench.metadata.num_rows == 160 * 9 and bench.metadata.num_row_groups == 160 * 9 // 64 + 1
+
+
+def test_wording_is_parsed_once_per_file_version(tmp_path):
+    """load_templates keeps the parsed wording per file version: the same object while the file
+    is unchanged, the new wording once it is edited (its size or mtime changed)."""
+    from radcorpora.prompts.loader import packaged_text
+
+    default = build.RadImageNetVQAConfig()
+    assert build.load_templates(default) is build.load_templates(default)
+    _, text = packaged_text(build.__package__, "radimagenet_vqa")
+    mine = tmp_path / "wording.yaml"
+    mine.write_text(text, encoding="utf-8")
+    config = build.RadImageNetVQAConfig(templates_path=str(mine))
+    first = build.load_templates(config)
+    assert build.load_templates(config) is first
+    assert "\nid: " in text
+    mine.write_text(text.replace("\nid: ", "\nid: edited-", 1), encoding="utf-8")
+    os.utime(mine, ns=(1, 1))  # a new version even where the clock did not move
+    assert build.load_templates(config).id.startswith("edited-") and build.load_templates(config) is not first

@@ -16,6 +16,7 @@ from bisect import bisect
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,8 +120,19 @@ class Context:
 
 
 def load_templates(config: RadImageNetVQAConfig) -> TemplateSet:
+    """The wording: the packaged file or the user's, parsed once per process and file version
+    (a build asks for it in its settings, its scan, each chunk and its end: ~3 ms of YAML each
+    time). Workers forked from the build inherit the version its fingerprint was made from."""
     path = Path(config.templates_path) if config.templates_path else None
-    return load_template_set("radimagenet_vqa", path, TEMPLATE_SLOTS, PLACEHOLDERS, package=__package__)
+    version = source_index.stat_key(path) if path is not None else None
+    return _template_set(str(path) if path is not None else None, version)
+
+
+@lru_cache(maxsize=8)
+def _template_set(path: str | None, version: tuple[int, int] | None) -> TemplateSet:
+    """`version`: the file's (size, mtime_ns), so an edited file is read again."""
+    return load_template_set("radimagenet_vqa", Path(path) if path is not None else None, TEMPLATE_SLOTS, PLACEHOLDERS,
+                             package=__package__)
 
 
 # --------------------------------------------------------------------------- generation
