@@ -107,3 +107,35 @@ def test_wording_is_parsed_once_per_file_version(tmp_path):
     mine.write_text(text.replace("\nid: ", "\nid: edited-", 1), encoding="utf-8")
     os.utime(mine, ns=(1, 1))  # a new version even where the clock did not move
     assert build.load_templates(config).id.startswith("edited-") and build.load_templates(config) is not first
+
+
+WORKER_FAULTS = """
+import resource, sys
+from radcorpora.engine.executors import keep_freed_memory, worker_memory
+tuned = worker_memory() if sys.argv[1] == "worker" else keep_freed_memory()
+blocks = [bytearray(1 << 20) for _ in range(4)]  # a heap that has held 1 MB blocks
+del blocks
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    block = bytearray(1 << 20)  # a Parquet page's size: written, freed, asked for again
+    del block
+print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_worker_processes_take_megabyte_blocks_from_the_kept_heap():
+    """A worker reuses freed 1 MB blocks (no page faults); the command line's own process keeps
+    glibc's mmap for them (each block faulted in afresh: ~256 faults a block)."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    faults = {}
+    for kind in ("worker", "command line"):
+        done = subprocess.run([sys.executable, "-c", WORKER_FAULTS, kind], capture_output=True, text=True, check=True)
+        tuned, count = done.stdout.split()
+        assert tuned == "True"
+        faults[kind] = int(count)
+    assert faults["worker"] < 200 < 50 * 200 < faults["command line"], faults

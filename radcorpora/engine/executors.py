@@ -46,29 +46,38 @@ KEEP_FREED_BYTES = 256 << 20
 HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(worker: bool = False) -> bool:
     """Let this process keep up to KEEP_FREED_BYTES of freed heap instead of handing it back to
-    the OS, and take blocks up to HEAP_BLOCKS_UP_TO from that heap. By default glibc trims its
-    heap as soon as 128 KB at the top is free, so each slice of images a chunk reads (~32 MB,
-    freed before the next slice) was faulted in again page by page: that cost a third of the
-    time spent reading a 32 KB image. Setting the trim threshold also stops glibc from raising
-    its mmap threshold as it goes, so every block of 128 KB or more (the ~1 MB Parquet pages a
-    shard writer hands to its hashing file) got fresh mmapped pages, faulted in and unmapped
-    again: ~16k page faults per 64 MB shard, the most of a worker's system time; with blocks up
-    to 32 MB from the heap a worker's first chunk faults ~4k pages, not ~35k. Called in each
-    worker process as it starts, and by the command line for its own process; a Python caller's
-    process is left as it is. Returns False where the C library has no `mallopt` (macOS, Windows)."""
+    the OS. By default glibc trims its heap as soon as 128 KB at the top is free, so each slice
+    of images a chunk reads (~32 MB, freed before the next slice) was faulted in again page by
+    page: that cost a third of the time spent reading a 32 KB image. Called by the command line
+    for its own process; a Python caller's process is left as it is.
+
+    A `worker` (a process that runs chunks or tasks: `worker_memory`) also takes blocks up to
+    HEAP_BLOCKS_UP_TO from that heap. Setting the trim threshold stops glibc from raising its
+    mmap threshold as it goes, so every block of 128 KB or more (the ~1 MB Parquet pages a shard
+    writer hands to its hashing file) got fresh mmapped pages, faulted in and unmapped again:
+    ~16k page faults per 64 MB shard, most of a worker's system time; with blocks up to 32 MB
+    from the heap a worker's first chunk faults ~4k pages, not ~35k. Only in workers, which live
+    for one build: a long-lived process (training) keeps glibc's own choice for large blocks.
+    Returns False where the C library has no `mallopt` (macOS, Windows)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)) and bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO))
+    kept = bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+    return kept and bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)) if worker else kept
+
+
+def worker_memory() -> bool:
+    """`keep_freed_memory` for a worker process (the pools' initializer, each Ray task)."""
+    return keep_freed_memory(worker=True)
 
 
 def _tuned(worker: ChunkWorker, spec: ChunkSpec, out: Path) -> ChunkResult:
     """A chunk in a process that did not fork from the driver (a Ray worker)."""
-    keep_freed_memory()
+    worker_memory()
     return worker(spec, out)
 
 
@@ -94,7 +103,7 @@ def _local(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, workers
         for spec in pending:
             yield spec, worker(spec, out)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=keep_freed_memory) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=worker_memory) as pool:
         futures = {pool.submit(worker, spec, out): spec for spec in pending}
         # A pool that forks starts all its workers on the first submit (it never forks again);
         # one that spawns or uses a forkserver forks nothing from this process.
@@ -152,7 +161,7 @@ def _ray(pending: Sequence[ChunkSpec], worker: ChunkWorker, out: Path, settings:
 
 
 def _task(fn: Callable[[Any], Any], payload: Any) -> Any:
-    keep_freed_memory()
+    worker_memory()
     return fn(payload)
 
 
@@ -172,7 +181,7 @@ def map_tasks(fn: Callable[[Any], Any], payloads: Sequence[Any], settings: Execu
         for payload in payloads:
             yield fn(payload)
         return
-    with ProcessPoolExecutor(max_workers=min(settings.workers, len(payloads)), initializer=keep_freed_memory) as pool:
+    with ProcessPoolExecutor(max_workers=min(settings.workers, len(payloads)), initializer=worker_memory) as pool:
         yield from pool.map(fn, payloads)
 
 
