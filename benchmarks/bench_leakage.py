@@ -244,7 +244,7 @@ def write_synthetic(out: Path, lines: int) -> dict[str, dict[str, int]]:
     return rows_of
 
 
-def run_synthetic_join(out: Path, report: Path, rev: str | None) -> None:
+def run_synthetic_join(out: Path, report: Path, rev: str | None, workers: int = 1) -> None:
     """The join alone over the synthetic index files: now (read in batches), or as it was at `rev`
     (the index files read whole, as that code took them)."""
     from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE
@@ -259,8 +259,15 @@ def run_synthetic_join(out: Path, report: Path, rev: str | None) -> None:
         from radcorpora.ops.leakage import build_rows, find_cases
 
         indexes = [out / f"{name}.parquet" for name in ("train", "test")]
-    cases = find_cases([build_rows(name, index, rows_of[name]) for name, index in zip(("train", "test"), indexes)],
-                       DEFAULT_PHASH_DISTANCE)
+    builds = [build_rows(name, index, rows_of[name]) for name, index in zip(("train", "test"), indexes)]
+    if workers > 1:  # the join's parts and pHash block pairs on the local pool, as `leakage --workers N`
+        from radcorpora.engine.executors import ExecutorSettings, map_tasks
+
+        pool = ExecutorSettings(workers=workers)
+        cases = find_cases(builds, DEFAULT_PHASH_DISTANCE, map_tasks=lambda fn, jobs: map_tasks(fn, jobs, pool),
+                           workers=workers)
+    else:
+        cases = find_cases(builds, DEFAULT_PHASH_DISTANCE)
     kinds: dict[str, int] = {}
     for case in cases:
         kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
@@ -279,12 +286,12 @@ def synthetic(args: argparse.Namespace) -> None:
         out = args.out / f"synthetic-{lines}"
         write_synthetic(out, lines)
         results = {}
-        for label, rev in (("now", None), (f"at {args.before}", args.before)):
-            if label != "now" and not rev:
-                continue
-            report = out / f"join-{rev or 'now'}.json"
-            subprocess.run([sys.executable, __file__, "--child", "synthetic", "--out", str(out),
-                            *(["--before", rev] if rev else [])], check=True)
+        runs = [("now", None, 1)] + ([(f"now, {args.workers} workers", None, args.workers)] if args.workers > 1 else [])
+        runs += [(f"at {args.before}", args.before, 1)] if args.before else []
+        for label, rev, workers in runs:
+            report = out / f"join-{rev or 'now'}-{workers}.json"
+            subprocess.run([sys.executable, __file__, "--child", "synthetic", "--out", str(out), "--workers",
+                            str(workers), *(["--before", rev] if rev else [])], check=True)
             results[label] = json.loads(report.read_text())
         digests = {r["digest"] for r in results.values()}
         same = "" if len(results) == 1 else " (the same cases)" if len(digests) == 1 else " (OTHER CASES)"
@@ -331,7 +338,8 @@ def main() -> None:
     parser.add_argument("--child", choices=("radcorpora", "plain", "join", "ship", "synthetic"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "synthetic":
-        return run_synthetic_join(args.out, args.out / f"join-{args.before or 'now'}.json", args.before)
+        return run_synthetic_join(args.out, args.out / f"join-{args.before or 'now'}-{args.workers}.json", args.before,
+                                  args.workers)
     if args.child == "radcorpora":
         return run_radcorpora(args.out, args.workers, args.out / "radcorpora.json")
     if args.child == "plain":

@@ -400,7 +400,7 @@ def test_avoid_lists_stay_out_of_the_manifest_and_in_local_json():
 @pytest.mark.parametrize("max_distance,tolerance", [(6, 1), (6, 2), (3, 1), (10, 1), (16, 2), (0, 0)])
 def test_multi_probe_bands_find_what_all_pairs_find(max_distance, tolerance, block, monkeypatch):
     """Every pair within the distance, whatever the band scheme, probing in one block or many."""
-    import radcorpora.ops.phash as phash
+    from radcorpora.ops import phash
 
     monkeypatch.setattr(phash, "_BLOCK", block)
     rng = random.Random(100 + max_distance)
@@ -606,7 +606,7 @@ def test_string_hash_depends_on_the_bytes_only():
 def test_read_only_build_is_indexed_without_storing(tmp_path, monkeypatch):
     """A build whose index cannot be written is still compared: the index goes to a temporary
     file, read the same way, and the run says it was not stored."""
-    import radcorpora.store.identity as identity
+    from radcorpora.store import identity
 
     pixels = draw_cxr(np.random.default_rng(5))
     write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(pixels, "PNG"), "mimic-cxr", "x/1", "p1")]})
@@ -619,3 +619,26 @@ def test_read_only_build_is_indexed_without_storing(tmp_path, monkeypatch):
     assert "not stored" in result.output
     assert [c["kind"] for c in report_of(tmp_path / "leakage.jsonl")] == ["sha256"]
     assert not (tmp_path / "b" / IDENTITY_INDEX).exists()
+
+
+def test_join_parts_on_worker_processes_give_the_same_cases(tmp_path, monkeypatch):
+    """The spilled parts and pHash block pairs run as tasks on the local pool (2 processes, as
+    `radcorpora leakage --workers 2` runs them): the same cases as joined here, one after another."""
+    from radcorpora.engine.executors import ExecutorSettings, map_tasks
+    from radcorpora.ops import leakage
+    from radcorpora.ops.leakage import build_rows, find_cases
+    from radcorpora.schemas.identity import IDENTITY_SCHEMA
+
+    builds, numbered = [], []
+    for b in range(3):
+        lines, rows = _random_index(200 + b, shards=8)
+        numbered.append(build_rows(f"build{b}", pa.Table.from_pylist(lines, schema=IDENTITY_SCHEMA), rows))
+        builds.append((f"build{b}", _numbered_within_splits(lines, rows)))
+    pool = ExecutorSettings(workers=2)
+    want = _reference_cases(builds, 6)
+    assert {c["kind"] for c in want} >= {"patient", "sha256", "phash"}
+    on_pool = {"map_tasks": lambda fn, jobs: map_tasks(fn, jobs, pool), "workers": 2}
+    assert find_cases(numbered, 6, part_lines=4, hash_block=3, spill=tmp_path, **on_pool) == want
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(leakage, "MIN_PROBES", 2)  # one block pair, its probing side cut in two tasks
+    assert find_cases(numbered, 6, spill=tmp_path, **on_pool) == want

@@ -43,6 +43,14 @@ def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str
     return rows
 
 
+def join_builds(builds: list[BuildRows], phash_distance: int, workers: int) -> list[dict]:
+    """The leakage cases of indexed builds; the join's spilled parts and pHash block pairs run on
+    `workers` processes of this machine (they read the parts from its temporary folder, so not on
+    Ray whatever hashed the images)."""
+    local = ExecutorSettings(name="local", workers=workers)
+    return find_cases(builds, phash_distance, map_tasks=lambda fn, jobs: map_tasks(fn, jobs, local), workers=workers)
+
+
 def leakage_cmd(
     builds: list[Path] = typer.Argument(..., metavar="BUILD [BUILD ...]", help="Build folders to compare"),
     report: Path = typer.Option(Path("leakage.jsonl"), "--report",
@@ -50,7 +58,9 @@ def leakage_cmd(
     phash_distance: int = typer.Option(DEFAULT_PHASH_DISTANCE, "--phash-distance",
                                        help=f"Largest Hamming distance of two 64-bit pHashes taken as one image "
                                             f"(0-{MAX_PHASH_DISTANCE}; default {DEFAULT_PHASH_DISTANCE})"),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (or Ray tasks) hashing the images"),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Worker processes (or Ray tasks) hashing the images; the join's parts run on as "
+                                     "many processes here"),
     executor: str = typer.Option("local", "--executor", help="local (processes here) or ray"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local one)"),
 ) -> None:
@@ -75,7 +85,7 @@ def leakage_cmd(
         if executor not in ("local", "ray"):
             raise BuildFolderError(f"--executor must be local or ray, not {executor!r}")
         settings = ExecutorSettings(name=executor, workers=workers, ray_address=ray_address)  # type: ignore[arg-type]
-        cases = find_cases(index_builds(builds, settings), phash_distance)
+        cases = join_builds(index_builds(builds, settings), phash_distance, workers)
         write_text(report, "".join(json.dumps(c, sort_keys=True, ensure_ascii=False) + "\n" for c in cases))
     except (*USER_ERRORS, OSError) as exc:
         fail(exc)

@@ -15,7 +15,7 @@ only different configs are compared (a config's own splits are the builder's bus
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,12 @@ from radcorpora.schemas.identity import (
 )
 
 Loc = tuple[int, str, str]  # (build number, config, split)
+# (task, jobs) -> the task's results in job order: the builtin `map`, or the engine's executors
+TaskMap = Callable[[Callable[[Any], Any], list[Any]], Iterable[Any]]
 EXACT_KINDS = ("patient", "study", "source_id", "sha256")
 PART_LINES = 1 << 17  # lines joined at once (a part's join holds ~0.5 KB a line at its peak)
 MAX_PARTS = 256  # parts of a kind; past PART_LINES x MAX_PARTS lines (33M) parts grow
+MIN_PROBES = 1 << 16  # probing hashes worth a task of their own (a task sorts the left side again)
 MAX_OPEN = 512  # spill files open at once: the kinds share a pass over the index while they fit
 HASH_BLOCK = 1 << 20  # distinct pHashes of a side searched at once (8 MB; ~60 MB with the search's arrays)
 _READ = ["shard", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
@@ -261,22 +264,24 @@ class _Spill:
                 writer = self._writers[int(k)] = pa.ipc.new_stream(str(self.folder / f"{k:05d}.arrow"), table.schema)
             writer.write_table(table.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])))
 
-    def tables(self) -> Iterator[tuple[int, pa.Table]]:
-        if self.parts == 1:
-            if self._memory:
-                yield 0, pa.concat_tables(self._memory)
-            self._memory = []
-            return
+    def held(self) -> pa.Table | None:
+        """The lines of a single part (kept in memory), or None when spilled or empty."""
+        table = pa.concat_tables(self._memory) if self._memory else None
+        self._memory = []
+        return table
+
+    def files(self) -> list[Path]:
+        """The spilled parts' files, written out (each is read by `read_part`)."""
         for writer in self._writers.values():
             writer.close()
-        for k in sorted(self._writers):
-            path = self.folder / f"{k:05d}.arrow"
-            with pa.memory_map(str(path)) as source:
-                table = pa.ipc.open_stream(source).read_all()
-            yield k, table
-            del table
-            path.unlink()
+        paths = [self.folder / f"{k:05d}.arrow" for k in sorted(self._writers)]
         self._writers = {}
+        return paths
+
+
+def read_part(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
 
 
 # -- the join ------------------------------------------------------------------------------------
@@ -332,8 +337,8 @@ def _rows_of(ids: pa.Array, table: pa.Table, on: list[str], wanted: pa.Table) ->
 _VALUE = {"patient": "patient_id", "study": "study_id", "source_id": "source_id", "sha256": "sha256"}
 
 
-def _exact(builds: list[BuildRows], places: _Places, spill: Path,
-           part_lines: int) -> list[tuple[tuple, dict[str, Any]]]:
+def _exact(builds: list[BuildRows], places: _Places, spill: Path, part_lines: int,
+           run: TaskMap) -> list[tuple[tuple, dict[str, Any]]]:
     """The cases of the exact kinds: keys computed a batch at a time and spilled by their hash,
     as many kinds a pass over the index as MAX_OPEN spill files allow (all four up to 128 parts)."""
     parts = _part_count(sum(b.lines for b in builds), 1, part_lines)
@@ -353,10 +358,24 @@ def _exact(builds: list[BuildRows], places: _Places, spill: Path,
                 lines = lines.filter(valid)
                 spills[kind].add(lines, (_string_hash(lines["key"]) % np.uint64(parts)).astype(np.int64)
                                  if parts > 1 else None)
+        jobs = []
         for kind in kinds:
-            for _, lines in spills[kind].tables():
-                out += _exact_part(places, lines, kind)
+            held = spills[kind].held()
+            if held is not None:
+                out += _exact_part(places, held, kind)
+            jobs += [(places, path, kind) for path in spills[kind].files()]
+        for found in run(_exact_task, jobs):
+            out += found
     return out
+
+
+def _exact_task(job: tuple[_Places, Path, str]) -> list[tuple[tuple, dict[str, Any]]]:
+    """One spilled part's cases: a task for the executors (module level, so it pickles). The part
+    file is deleted once read."""
+    places, path, kind = job
+    lines = read_part(path)
+    path.unlink()
+    return _exact_part(places, lines, kind)
 
 
 def _exact_part(places: _Places, lines: pa.Table, kind: str) -> list[tuple[tuple, dict[str, Any]]]:
@@ -384,8 +403,8 @@ def _exact_part(places: _Places, lines: pa.Table, kind: str) -> list[tuple[tuple
     return out
 
 
-def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Path,
-          hash_block: int) -> list[tuple[tuple, dict[str, Any]]]:
+def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Path, hash_block: int,
+          run: TaskMap, split: int) -> list[tuple[tuple, dict[str, Any]]]:
     """Near-duplicate cases, in three passes over the lines: the distinct pHashes of each side (8
     bytes a hash: all the neighbour search needs; past `hash_block` of them, in blocks spilled to
     disk and searched block against block), the pairs within the distance, then the lines of the
@@ -395,13 +414,15 @@ def _near(builds: list[BuildRows], places: _Places, max_distance: int, spill: Pa
         hashes, train = _hashed(places, batch)
         sides["train"].add(hashes[train])
         sides["eval"].add(hashes[~train])
-    found = []
     # one band scheme for every block pair, chosen for the whole search (its work is their sum)
     tolerance = choose_tolerance(sides["train"].total, sides["eval"].total, max_distance)
-    for left in sides["train"].blocks():
-        for right in sides["eval"].blocks():
-            i, j, _ = near_pairs(left, right, max_distance, tolerance)
-            found.append(np.stack([left[i], right[j]], axis=1))
+    lefts, rights = sides["train"].blocks(), sides["eval"].blocks()
+    if len(lefts) * len(rights) < split and isinstance(rights[0], np.ndarray) and len(rights[0]) >= 2 * MIN_PROBES:
+        # one block pair: the probing side in `split` pieces, each searched against the whole left
+        pieces = min(split, len(rights[0]) // MIN_PROBES)
+        rights = np.array_split(rights[0], pieces)
+    jobs = [(left, right, max_distance, tolerance) for left in lefts for right in rights]
+    found = list(run(_pairs_task, jobs) if len(jobs) > 1 else map(_pairs_task, jobs))
     pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.uint64)
     if not len(pairs):
         return []
@@ -447,12 +468,25 @@ class _HashBlocks:
     def total(self) -> int:
         return self._saved + (len(self._held[0]) if len(self._held) == 1 else sum(len(h) for h in self._held))
 
-    def blocks(self) -> Iterator[np.ndarray]:
-        for path in self._files:
-            yield np.load(path)
+    def blocks(self) -> list[np.ndarray | Path]:
+        """The blocks: one array when they fit in one, else files (each read by its task)."""
         held = np.unique(np.concatenate(self._held)) if self._held else np.zeros(0, np.uint64)
-        if len(held) or not self._files:
-            yield held
+        self._held = []
+        if not self._files:
+            return [held]
+        if len(held):
+            self._files.append(self.folder / f"{len(self._files):05d}.npy")
+            np.save(self._files[-1], held)
+        return list(self._files)
+
+
+def _pairs_task(job: tuple[np.ndarray | Path, np.ndarray | Path, int, int]) -> np.ndarray:
+    """The (training hash, evaluation hash) pairs within the distance of one block pair: a task
+    for the executors."""
+    left, right, max_distance, tolerance = job
+    left, right = (np.load(side) if isinstance(side, Path) else side for side in (left, right))
+    i, j, _ = near_pairs(left, right, max_distance, tolerance)
+    return np.stack([left[i], right[j]], axis=1)
 
 
 def _with_phash(batch: pa.Table) -> pa.Array:
@@ -526,16 +560,21 @@ def _near_cases(places: _Places, lines: pa.Table, a: np.ndarray, b: np.ndarray,
 
 
 def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PART_LINES,
-               spill: Path | None = None, hash_block: int = HASH_BLOCK) -> list[dict[str, Any]]:
+               spill: Path | None = None, hash_block: int = HASH_BLOCK,
+               map_tasks: TaskMap | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """One dict per (kind, key, training side, evaluation side), sorted by kind, then sides. Parts
     past the first, and pHash blocks past the first, are spilled under `spill` (default: the
-    system's temporary folder)."""
+    system's temporary folder) and joined as tasks by `map_tasks` (default: one after another
+    here; give it processes on this machine, which read the spilled files), `workers` of them at
+    once (a single pHash block pair is then cut into as many tasks)."""
+    run = map_tasks or map
     places = _places(builds)
     found: list[tuple[tuple, dict[str, Any]]] = []
     if places.locs and any(b.lines for b in builds):
         with tempfile.TemporaryDirectory(prefix="radcorpora-leakage-", dir=spill) as folder:
-            found += _exact(builds, places, Path(folder), part_lines)
-            found += _near(builds, places, max_distance, Path(folder), hash_block)
+            found += _exact(builds, places, Path(folder), part_lines, run)
+            found += _near(builds, places, max_distance, Path(folder), hash_block, run,
+                           workers if map_tasks else 1)
     found.sort(key=lambda item: item[0])
 
     def side(where: tuple[Loc, str, tuple[list, list]]) -> dict[str, Any]:
