@@ -273,7 +273,8 @@ def run_synthetic_join(out: Path, report: Path, rev: str | None, workers: int = 
         kinds[case["kind"]] = kinds.get(case["kind"], 0) + 1
     report.write_text(json.dumps({"join_s": time.perf_counter() - started, "kinds": kinds, "rss_start_mib": rss_start,
                                   "digest": hashlib.sha256(json.dumps(cases, sort_keys=True).encode()).hexdigest(),
-                                  "rss_mib": peak_rss_mib()}))
+                                  "rss_mib": peak_rss_mib(),
+                                  "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
 def synthetic(args: argparse.Namespace) -> None:
@@ -296,8 +297,9 @@ def synthetic(args: argparse.Namespace) -> None:
         digests = {r["digest"] for r in results.values()}
         same = "" if len(results) == 1 else " (the same cases)" if len(digests) == 1 else " (OTHER CASES)"
         for label, r in results.items():
+            workers = f", largest worker {r['workers_rss_mib']:.0f} MiB" if r.get("workers_rss_mib") else ""
             print(f"  {lines:>10,} lines, {label}: join {r['join_s']:.2f} s, peak RSS {r['rss_mib']:.0f} MiB "
-                  f"({r['rss_start_mib']:.0f} at start), cases {r['kinds']}{same}")
+                  f"({r['rss_start_mib']:.0f} at start{workers}), cases {r['kinds']}{same}")
 
 
 def run_plain(out: Path, report: Path) -> None:
