@@ -47,14 +47,14 @@ MAX_PARTS = 256  # parts of a kind; past PART_LINES x MAX_PARTS lines (33M) part
 MIN_PROBES = 1 << 16  # probing hashes worth a task of their own (a task sorts the left side again)
 MAX_OPEN = 512  # spill files open at once: the kinds share a pass over the index while they fit
 HASH_BLOCK = 1 << 20  # distinct pHashes of a side searched at once (8 MB; ~60 MB with the search's arrays)
-_READ = ["shard", "row", "id", "source_dataset", "source_id", "patient_id", "study_id", "sha256", "phash"]
 
 
 @dataclass(frozen=True)
 class BuildRows:
     """One build's identity index as the join reads it: its (config, split) locations (from the
     shard names), each shard's first row number within its split (shards in order), and its lines
-    in batches (IDENTITY_SCHEMA columns), read again for each kind of identity."""
+    in batches (IDENTITY_SCHEMA columns): the join reads them three times (exact keys, pHashes,
+    the lines of the pHash pairs found)."""
 
     name: str
     locs: list[tuple[str, str]]
