@@ -642,3 +642,47 @@ def test_join_parts_on_worker_processes_give_the_same_cases(tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
     monkeypatch.setattr(leakage, "MIN_PROBES", 2)  # one block pair, its probing side cut in two tasks
     assert find_cases(numbered, 6, spill=tmp_path, **on_pool) == want
+
+
+def _damaged(kind: str, path: Path) -> None:
+    """Spoil a stored identity index the ways a cache meets: cut short, overwritten, another
+    version, another shape, lines out of shard order."""
+    from radcorpora.schemas.identity import IDENTITY_META
+
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"PAR1 not really" * 50)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        table = pq.read_table(path)
+        meta = json.loads(pq.ParquetFile(path).metadata.metadata[IDENTITY_META])
+        if kind == "other_version":
+            meta["version"] = 999
+        elif kind == "other_shape":
+            table = table.drop_columns(["phash"])
+        elif kind == "unsorted":  # the second shard's lines first
+            table = table.take(pa.array(list(range(table.num_rows))[::-1]))
+        pq.write_table(table.replace_schema_metadata({IDENTITY_META: json.dumps(meta)}), path)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "other_version", "other_shape", "unsorted"])
+def test_a_damaged_stored_index_is_rebuilt(kind, tmp_path, monkeypatch):
+    """The stored index is a cache: whatever happened to it, the next run hashes the images
+    again (no traceback, no stale answer), reports the same cases and stores a sound index."""
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "a", {("default", "train"): [row("a0", encode(FRONTAL, "JPEG"), "chexpert", "x/1.jpg"),
+                                                        row("a1", encode(LATERAL), "chexpert", "x/2.jpg")]})
+    b = write_build(tmp_path / "b", {("default", "test"): [row("b0", encode(FRONTAL), "padchest", "y")],
+                                     ("default", "validation"): [row("b1", encode(LATERAL), "padchest", "z")]})
+    first = cli("leakage", "a", "b")
+    assert first.exit_code == 1, first.output
+    want = (tmp_path / "leakage.jsonl").read_text()
+    stored = pq.read_table(b / IDENTITY_INDEX)
+    _damaged(kind, b / IDENTITY_INDEX)
+    again = cli("leakage", "a", "b")
+    assert again.exit_code == 1 and "b: 2 images; 2 shards hashed" in again.output, again.output
+    assert (tmp_path / "leakage.jsonl").read_text() == want
+    assert pq.read_table(b / IDENTITY_INDEX).equals(stored)
