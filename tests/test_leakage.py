@@ -686,3 +686,39 @@ def test_a_damaged_stored_index_is_rebuilt(kind, tmp_path, monkeypatch):
     assert again.exit_code == 1 and "b: 2 images; 2 shards hashed" in again.output, again.output
     assert (tmp_path / "leakage.jsonl").read_text() == want
     assert pq.read_table(b / IDENTITY_INDEX).equals(stored)
+
+
+def test_join_parts_as_ray_tasks_give_the_local_report(tmp_path, monkeypatch):
+    """`leakage --executor ray`: one Ray runtime hashes both builds and runs the join's parts and
+    pHash block pairs as Ray tasks, sent the parts' contents (a node may not see this machine's
+    temporary folder): the same report as the local run."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'radcorpora[ray]')")
+    from radcorpora.ops import leakage
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(11)  # three unrelated pictures (far apart in pHash), each as JPEG and PNG
+    pictures = [Image.fromarray(np.kron(rng.uniform(0, 255, (8, 8)), np.ones((16, 16))).astype(np.uint8))
+                for _ in range(3)]
+    write_build(tmp_path / "a", {("default", "train"): [
+        row(f"a{k}", encode(p, "JPEG"), "mimic-cxr", f"x/{k}", f"p{k}") for k, p in enumerate(pictures)]})
+    write_build(tmp_path / "b", {("default", "test"): [
+        row(f"b{k}", encode(p), "mimic-cxr", f"y/{k}", f"p{k + 1}") for k, p in enumerate(pictures)]})
+    local = cli("leakage", "a", "b", "--report", "local.jsonl")
+    assert local.exit_code == 1, local.output
+    monkeypatch.setattr(leakage, "PART_LINES", 1)  # every line its own spilled part
+    monkeypatch.setattr(leakage, "HASH_BLOCK", 1)  # every pHash its own block
+    sent = []
+
+    def inline(job):
+        sent.append(job)
+        return leakage.inline(job)
+
+    monkeypatch.setattr("radcorpora.commands.leakage.inline", inline)
+    on_ray = cli("leakage", "a", "b", "--executor", "ray", "--workers", "2", "--report", "ray.jsonl")
+    assert on_ray.exit_code == 1, on_ray.output
+    parts = [job for job in sent if len(job) == 3]  # (places, part file, kind)
+    pairs = [job for job in sent if len(job) == 4]  # (left block, right block, distance, tolerance)
+    assert len(parts) >= 6 and len(pairs) == 3 * 3, (len(parts), len(pairs))  # spilled: many parts, 3x3 blocks
+    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+    kinds = {c["kind"] for c in report_of(tmp_path / "ray.jsonl")}
+    assert {"patient", "phash"} <= kinds, kinds

@@ -5,16 +5,18 @@ build (or config) and an evaluation split of another. Exit 1 when any case is fo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from radcorpora.commands.ui import USER_ERRORS, fail, say
-from radcorpora.engine.executors import ExecutorSettings, map_tasks
-from radcorpora.ops.leakage import BuildRows, build_rows, count_by_pair, find_cases
+from radcorpora.engine.executors import ExecutorSettings, map_tasks, ray_runtime
+from radcorpora.ops.leakage import BuildRows, build_rows, count_by_pair, find_cases, inline
 from radcorpora.ops.phash import hash_image, warm
 from radcorpora.schemas.identity import DEFAULT_PHASH_DISTANCE, EVAL_SPLITS, KINDS, TRAIN_SPLITS
 from radcorpora.store.atomic import write_text
@@ -43,12 +45,23 @@ def index_builds(builds: list[Path], executor: ExecutorSettings, names: list[str
     return rows
 
 
-def join_builds(builds: list[BuildRows], phash_distance: int, workers: int) -> list[dict]:
-    """The leakage cases of indexed builds; the join's spilled parts and pHash block pairs run on
-    `workers` processes of this machine (they read the parts from its temporary folder, so not on
-    Ray whatever hashed the images)."""
-    local = ExecutorSettings(name="local", workers=workers)
-    return find_cases(builds, phash_distance, map_tasks=lambda fn, jobs: map_tasks(fn, jobs, local), workers=workers)
+def join_builds(builds: list[BuildRows], phash_distance: int, executor: ExecutorSettings) -> list[dict]:
+    """The leakage cases of indexed builds. The join's spilled parts and pHash block pairs are
+    tasks: on the local pool they read the parts from this machine's temporary folder; on Ray
+    they are sent the parts' contents (a node may not see that folder), a few in flight at once."""
+    on_ray = executor.name == "ray"
+
+    def run(fn: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
+        if on_ray:
+            return map_tasks(fn, jobs, executor, prepare=inline, window=2 * max(1, executor.workers))
+        return map_tasks(fn, jobs, executor)
+
+    return find_cases(builds, phash_distance, map_tasks=run, workers=executor.workers)
+
+
+def executor_runtime(executor: ExecutorSettings) -> AbstractContextManager:
+    """One Ray runtime for the whole command (hashing each build, then the join), not one each."""
+    return ray_runtime(executor) if executor.name == "ray" else nullcontext()
 
 
 def leakage_cmd(
@@ -59,8 +72,7 @@ def leakage_cmd(
                                        help=f"Largest Hamming distance of two 64-bit pHashes taken as one image "
                                             f"(0-{MAX_PHASH_DISTANCE}; default {DEFAULT_PHASH_DISTANCE})"),
     workers: int = typer.Option(1, "--workers", min=1,
-                                help="Worker processes (or Ray tasks) hashing the images; the join's parts run on as "
-                                     "many processes here"),
+                                help="Worker processes (or Ray tasks) hashing the images and joining the parts"),
     executor: str = typer.Option("local", "--executor", help="local (processes here) or ray"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (default: a local one)"),
 ) -> None:
@@ -85,7 +97,8 @@ def leakage_cmd(
         if executor not in ("local", "ray"):
             raise BuildFolderError(f"--executor must be local or ray, not {executor!r}")
         settings = ExecutorSettings(name=executor, workers=workers, ray_address=ray_address)  # type: ignore[arg-type]
-        cases = join_builds(index_builds(builds, settings), phash_distance, workers)
+        with executor_runtime(settings):
+            cases = join_builds(index_builds(builds, settings), phash_distance, settings)
         write_text(report, "".join(json.dumps(c, sort_keys=True, ensure_ascii=False) + "\n" for c in cases))
     except (*USER_ERRORS, OSError) as exc:
         fail(exc)

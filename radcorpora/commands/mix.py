@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from radcorpora.commands.leakage import index_builds, join_builds
+from radcorpora.commands.leakage import executor_runtime, index_builds, join_builds
 from radcorpora.commands.ui import USER_ERRORS, command_line, fail, print_summary, say
 from radcorpora.mix.plan import MixError, parse_input, shape_problem
 from radcorpora.mix.settings import MixInput, MixSettings
@@ -122,8 +122,9 @@ def mix_cmd(
         paths = {key: path for path, key in builds.items()}
         running = ExecutorSettings(name=executor, workers=workers)  # type: ignore[arg-type]
         lines: list[tuple[Any, ...]] = []  # shown once the mix is not refused: a refusal is one line
-        cases = join_builds(index_builds([paths[k] for k in sorted(paths)], running, names=sorted(paths),
-                                         log=lambda *line: lines.append(line)), DEFAULT_PHASH_DISTANCE, workers)
+        with executor_runtime(running):
+            cases = join_builds(index_builds([paths[k] for k in sorted(paths)], running, names=sorted(paths),
+                                             log=lambda *line: lines.append(line)), DEFAULT_PHASH_DISTANCE, running)
         chosen = {(i.source, i.config) for i in items}
         relevant = [c for c in cases if (c["train"]["build"], c["train"]["config"]) in chosen]
         by_kind = Counter(c["kind"] for c in relevant)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -165,17 +166,24 @@ def _task(fn: Callable[[Any], Any], payload: Any) -> Any:
     return fn(payload)
 
 
-def map_tasks(fn: Callable[[Any], Any], payloads: Sequence[Any], settings: ExecutorSettings) -> Iterator[Any]:
+def map_tasks(fn: Callable[[Any], Any], payloads: Sequence[Any], settings: ExecutorSettings,
+              prepare: Callable[[Any], Any] | None = None, window: int | None = None) -> Iterator[Any]:
     """`fn(payload)` for each payload, on worker processes here or as Ray tasks, results in payload
     order (so what is made of them does not depend on the worker count). For work that keeps no
-    state in a build folder (hashing a build's images for `radcorpora leakage`); `fn` and the
-    payloads must pickle."""
+    state in a build folder (hashing a build's images, the leakage join's parts); `fn` and the
+    payloads must pickle. On Ray, `prepare` turns each payload into what is sent (e.g. a local
+    file's contents, for nodes that cannot read it) just before it is submitted, and at most
+    `window` tasks are in flight (default: all), so the prepared payloads are not all held at once."""
     if settings.name == "ray" and payloads:
         with ray_runtime(settings) as ray:
             remote = ray.remote(num_cpus=1, max_retries=2)(_task)
-            refs = [remote.remote(fn, payload) for payload in payloads]
-            for ref in refs:
-                yield ray.get(ref)
+            pending: deque = deque()
+            for payload in payloads:
+                pending.append(remote.remote(fn, prepare(payload) if prepare else payload))
+                if window and len(pending) >= window:
+                    yield ray.get(pending.popleft())
+            while pending:
+                yield ray.get(pending.popleft())
         return
     if settings.workers <= 1 or len(payloads) <= 1:
         for payload in payloads:

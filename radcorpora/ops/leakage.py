@@ -369,13 +369,32 @@ def _exact(builds: list[BuildRows], places: _Places, spill: Path, part_lines: in
     return out
 
 
-def _exact_task(job: tuple[_Places, Path, str]) -> list[tuple[tuple, dict[str, Any]]]:
+def _exact_task(job: tuple[_Places, Path | pa.Table, str]) -> list[tuple[tuple, dict[str, Any]]]:
     """One spilled part's cases: a task for the executors (module level, so it pickles). The part
-    file is deleted once read."""
-    places, path, kind = job
-    lines = read_part(path)
-    path.unlink()
+    file is deleted once read (`inline` may have read it already)."""
+    places, part, kind = job
+    if isinstance(part, Path):
+        lines = read_part(part)
+        part.unlink()
+    else:
+        lines = part
     return _exact_part(places, lines, kind)
+
+
+def inline(job: tuple) -> tuple:
+    """A join task's job with its spilled files' contents in place of their paths (a part file is
+    deleted once read): for executors whose workers cannot read this machine's temporary folder
+    (Ray nodes)."""
+    out = []
+    for item in job:
+        if isinstance(item, Path) and item.suffix == ".arrow":
+            table = read_part(item).combine_chunks()  # a copy: the mapping is closed with the file
+            item.unlink()
+            item = table
+        elif isinstance(item, Path):
+            item = np.load(item)
+        out.append(item)
+    return tuple(out)
 
 
 def _exact_part(places: _Places, lines: pa.Table, kind: str) -> list[tuple[tuple, dict[str, Any]]]:
@@ -559,8 +578,8 @@ def _near_cases(places: _Places, lines: pa.Table, a: np.ndarray, b: np.ndarray,
     return out
 
 
-def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PART_LINES,
-               spill: Path | None = None, hash_block: int = HASH_BLOCK,
+def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int | None = None,
+               spill: Path | None = None, hash_block: int | None = None,
                map_tasks: TaskMap | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """One dict per (kind, key, training side, evaluation side), sorted by kind, then sides. Parts
     past the first, and pHash blocks past the first, are spilled under `spill` (default: the
@@ -568,6 +587,7 @@ def find_cases(builds: list[BuildRows], max_distance: int, part_lines: int = PAR
     here; give it processes on this machine, which read the spilled files), `workers` of them at
     once (a single pHash block pair is then cut into as many tasks)."""
     run = map_tasks or map
+    part_lines, hash_block = part_lines or PART_LINES, hash_block or HASH_BLOCK
     places = _places(builds)
     found: list[tuple[tuple, dict[str, Any]]] = []
     if places.locs and any(b.lines for b in builds):
