@@ -235,8 +235,9 @@ def _string_hash(values: pa.Array) -> np.ndarray:
     return out
 
 
-def _part_count(lines: int, copies: int, part_lines: int) -> int:
-    return 1 if lines <= part_lines else min(MAX_PARTS, -(-lines * copies // part_lines))
+def _part_count(lines: int, part_lines: int) -> int:
+    """Parts of about `part_lines` lines (one, kept in memory, when all fit)."""
+    return 1 if lines <= part_lines else min(MAX_PARTS, -(-lines // part_lines))
 
 
 class _Spill:
@@ -341,7 +342,7 @@ def _exact(builds: list[BuildRows], places: _Places, spill: Path, part_lines: in
            run: TaskMap) -> list[tuple[tuple, dict[str, Any]]]:
     """The cases of the exact kinds: keys computed a batch at a time and spilled by their hash,
     as many kinds a pass over the index as MAX_OPEN spill files allow (all four up to 128 parts)."""
-    parts = _part_count(sum(b.lines for b in builds), 1, part_lines)
+    parts = _part_count(sum(b.lines for b in builds), part_lines)
     per_pass = max(1, MAX_OPEN // parts)
     out = []
     for first in range(0, len(EXACT_KINDS), per_pass):
