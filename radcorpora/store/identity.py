@@ -208,7 +208,7 @@ class _IndexWriter:
 
     def write(self, part: pa.Table) -> None:
         self.lines += part.num_rows
-        self.undecodable += int(part["phash"].null_count) - int(pc.sum(pc.equal(part["image"], -1)).as_py() or 0)
+        self.undecodable += _undecodable(part["image"], part["phash"])
         self._buffer.append(part)
         self._buffered += part.num_rows
         if self._buffered >= INDEX_BATCH_LINES:
@@ -229,11 +229,13 @@ class _IndexWriter:
         self.path.unlink(missing_ok=True)
 
 
+def _undecodable(image: pa.Array | pa.ChunkedArray, phash: pa.Array | pa.ChunkedArray) -> int:
+    """Lines of an image without a pHash (a line for a row without images has none either)."""
+    return int(phash.null_count) - int(pc.sum(pc.equal(image, -1)).as_py() or 0)
+
+
 def _count_undecodable(path: Path) -> int:
-    out = 0
-    for batch in index_batches(path, ["image", "phash"]):
-        out += int(batch.column(1).null_count) - int(pc.sum(pc.equal(batch.column(0), -1)).as_py() or 0)
-    return out
+    return sum(_undecodable(batch.column(0), batch.column(1)) for batch in index_batches(path, ["image", "phash"]))
 
 
 def load_index(build: Path, hasher: ImageHasher, map_tasks: TaskMap | None = None) -> IndexResult:
