@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from PIL import Image
 
 from radcorpora.reference_models.collate import TrainingError
 from radcorpora.reference_models.sft import (
-    WEIGHTS,
     RunLog,
     RunTrainer,
     SFTConfig,
@@ -39,7 +37,7 @@ from radcorpora.reference_models.sft import (
     open_run,
     process_state,
     resume_point,
-    save_weights,
+    run_and_save,
     trainer_arguments,
 )
 
@@ -224,13 +222,7 @@ def train_preference(model_path: Path, pairs: list[dict[str, Any]], out: Path, c
         trainer.loaded_from = resume if config.method == "full" and full_weights_in(resume) else None
     except (ValueError, ImportError, RuntimeError, TypeError) as exc:
         raise TrainingError(f"cannot set up preference training: {exc}") from None
-    started = time.time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.time() - started
-    save_weights(trainer, processor, out / WEIGHTS[config.method], with_processor=config.method == "full")
-    step = trainer.state.global_step
-    done_before = int(resume.name.split("-")[1]) if resume else 0
-    tokens_now = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    seconds, step, done_before, tokens_now = run_and_save(trainer, processor, out, config.method, resume)
     first_loss, last_loss = losses(trainer)
     result = TrainResult(out=str(out), method=config.method, base_model=settings["base_model"], text_only=text_only,
                          steps=step, examples_seen=step * per_step, seconds=round(seconds, 2), first_loss=first_loss,

@@ -484,16 +484,10 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
         trainer.remove_callback(PrinterCallback)  # our log lines instead of its dicts
     except (ValueError, ImportError, RuntimeError) as exc:  # e.g. an unknown or uninstalled --report-to
         raise TrainingError(f"cannot set up training: {exc}") from None
-    started = time.time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.time() - started
-    save_weights(trainer, processor, out / WEIGHTS[config.method], with_processor=config.method == "full")
-    step = trainer.state.global_step
-    done_before = int(resume.name.split("-")[1]) if resume else 0
+    seconds, step, done_before, tokens_now = run_and_save(trainer, processor, out, config.method, resume)
     micro = config.grad_accum * processes
     seen = sum(len(m) for m in plan[:step * micro])
     seen_now = seen - sum(len(m) for m in plan[:done_before * micro])
-    tokens_now = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     first_loss, last_loss = losses(trainer)
     result = TrainResult(out=str(out), method=config.method, base_model=settings["base_model"], text_only=text_only,
                          steps=step, examples_seen=seen, seconds=round(seconds, 2), first_loss=first_loss,
@@ -501,6 +495,20 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
                          tokens_per_second=round(tokens_now / seconds, 1) if seconds else 0.0, config=config,
                          alignment_steps=steps[0], processes=processes)
     return finish_run(out, result)
+
+
+def run_and_save(trainer: Any, processor: Any, out: Path, method: str, resume: Path | None
+                 ) -> tuple[float, int, int, int]:
+    """Train (from the `resume` checkpoint where given) and save the weights; then this process's
+    seconds, the steps in all, the steps done before it, and the input tokens it saw itself (for
+    the rates in TrainResult)."""
+    started = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.time() - started
+    save_weights(trainer, processor, out / WEIGHTS[method], with_processor=method == "full")
+    done_before = int(resume.name.split("-")[1]) if resume else 0
+    tokens = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    return seconds, trainer.state.global_step, done_before, tokens
 
 
 def load_trained(folder: Path, dtype: torch.dtype | None = None) -> tuple[Any, Any, TrainResult | None]:
