@@ -112,6 +112,14 @@ def scan_or_source_error(scan: Callable[[Path], object], root: Path, damaged: Pa
         return None
 
 
+def source_copy(demo: Path, reader: str, tmp: Path) -> Path:
+    """The reader's demo source linked into `tmp` (MIMIC-CXR with its reports beside it)."""
+    root = linked_copy(demo / READERS[reader][0], tmp / READERS[reader][0])
+    if reader == "mimic-cxr":
+        linked_copy(demo / "mimic-reports", tmp / "mimic-reports")
+    return root
+
+
 def accounted(reader: str, result: object, tables: dict[str, int]) -> None:
     """Every data row of the tables a reader's records come from is kept or rejected (with a
     reason); the other tables (splits, labels, patients) may only add rejects."""
@@ -124,12 +132,10 @@ def accounted(reader: str, result: object, tables: dict[str, int]) -> None:
 @FUZZ
 @given(reader=st.sampled_from(sorted(READERS)), data=st.data())
 def test_a_hostile_cell_is_a_counted_reject_or_a_named_error(demo, reader, data):
-    folder, scan, names = READERS[reader]
+    _, scan, names = READERS[reader]
     name = data.draw(st.sampled_from(names))
     with tempfile.TemporaryDirectory() as tmp:
-        root = linked_copy(demo / folder, Path(tmp) / folder)
-        if reader == "mimic-cxr":
-            linked_copy(demo / "mimic-reports", Path(tmp) / "mimic-reports")
+        root = source_copy(demo, reader, Path(tmp))
         path = root / name
         if not path.exists():
             return
@@ -155,12 +161,10 @@ def read_csv_rows_safely(path: Path) -> list[list[str]]:
 @FUZZ
 @given(reader=st.sampled_from(sorted(READERS)), data=st.data())
 def test_a_cut_or_corrupted_table_is_a_named_error_or_counted_rows(demo, reader, data):
-    folder, scan, names = READERS[reader]
+    _, scan, names = READERS[reader]
     name = data.draw(st.sampled_from(names))
     with tempfile.TemporaryDirectory() as tmp:
-        root = linked_copy(demo / folder, Path(tmp) / folder)
-        if reader == "mimic-cxr":
-            linked_copy(demo / "mimic-reports", Path(tmp) / "mimic-reports")
+        root = source_copy(demo, reader, Path(tmp))
         path = root / name
         if not path.exists():
             return
