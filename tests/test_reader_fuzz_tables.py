@@ -317,3 +317,36 @@ def test_a_cut_or_corrupted_dicom_is_a_named_dicom_error(name, data):
                 read(path)
             except DicomError as exc:
                 assert name in str(exc)
+
+
+def test_a_name_no_file_can_have_is_a_counted_reject(demo, tmp_path):
+    """Found by the fuzz test above: a split-CSV cell longer than any file name made `Path.exists`
+    raise (ENAMETOOLONG); it is a `csv_row_without_file` reject like any missing image."""
+    root = source_copy(demo, "radimagenet", tmp_path)
+    path = root / "RadiologyAI_train.csv"
+    rows = read_table(path)
+    rows[1][0] = "radiology_ai/" + "a" * 4000
+    write_table(path, rows)
+    scan = scan_radimagenet(root)
+    missing = [r for r in scan.rejects if r.reason == "csv_row_without_file"]
+    assert len(missing) == 1 and missing[0].row == "2" and "a" * 100 in missing[0].detail
+
+
+@pytest.mark.parametrize("cut", [152, 136])
+def test_a_dicom_cut_inside_an_element_is_a_dicom_error(tmp_path, cut):
+    """Found by the DICOM fuzz test: CT_small.dcm cut inside its file meta (pydicom's struct.error)
+    or with a length that does not fit its VR (BytesLengthException) is a named DicomError."""
+    from pydicom.data import get_testdata_file
+
+    from radcorpora.sources.dicom import DicomError, read_dicom_image, read_dicom_size
+
+    raw = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    if cut == 152:
+        raw = raw[:cut]
+    else:
+        raw[cut] = 1  # the meta group length's value becomes one its VR cannot hold
+    path = tmp_path / "CT_small.dcm"
+    path.write_bytes(bytes(raw))
+    for read in (read_dicom_size, lambda p: read_dicom_image(p, max_side=64)):
+        with pytest.raises(DicomError, match="CT_small.dcm"):
+            read(path)

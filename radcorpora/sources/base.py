@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import math
+import os
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -104,6 +105,18 @@ def read_csv_rows(path: Path, required: Sequence[str], aliases: dict[str, str] |
                 yield line, row
         except UNREADABLE as exc:
             raise SourceError(f"{path}: unreadable after line {reader.line_num} ({exc})") from exc
+
+
+def is_file(path: Path) -> bool:
+    """Whether a path a table names is a regular file. False, not an error, for a name no file can
+    have (a component past the file system's limit, a NUL byte): `Path.is_file` raises there, and
+    a hostile cell must end as a counted reject, not a traceback."""
+    return os.path.isfile(path)
+
+
+def present(path: Path) -> bool:
+    """`is_file`'s twin for anything at the path (file or folder)."""
+    return os.path.exists(path)
 
 
 def inside(root: Path, name: str) -> Path | None:

@@ -28,6 +28,7 @@ from radcorpora.sources.base import (
     SourceInfo,
     SourceScan,
     cell,
+    is_file,
     number,
     pixels,
     read_csv_rows,
@@ -189,7 +190,7 @@ def scan_chest_imagenome(root: Path, mimic_root: Path, image_sizes: Mapping[str,
                                                           f"({exc.detail})")
             continue
         image_path = mimic_jpg_path(base, row["path"] or "")
-        if not image_path.is_file():
+        if not is_file(image_path):
             scan.reject(path, line, "image_file_missing", f"{image_path} does not exist")
             continue
         try:

@@ -10,6 +10,7 @@ original pixel grid (Columns x Rows), the frame the source's boxes are stated in
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,18 @@ from PIL import Image
 
 from radcorpora.sources.errors import SourceError
 
-# What pydicom and its pixel decoders raise for damaged, truncated or pixel-less files.
+# What pydicom and its pixel decoders raise for damaged, truncated or pixel-less files (a file
+# cut inside an element's length field: struct.error from its element reader).
 _PYDICOM_FAILURES = (OSError, EOFError, ValueError, KeyError, AttributeError, TypeError, IndexError,
-                     RuntimeError, NotImplementedError, MemoryError)
+                     RuntimeError, NotImplementedError, MemoryError, struct.error)
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """_PYDICOM_FAILURES and pydicom's own errors (an element whose length does not fit its VR;
+    not a DICOM file), which derive from Exception only. pydicom is imported when first read."""
+    import pydicom.errors
+
+    return _PYDICOM_FAILURES + (pydicom.errors.InvalidDicomError, pydicom.errors.BytesLengthException)
 
 
 class DicomError(SourceError):
@@ -45,7 +55,7 @@ def read_dicom_size(path: Path) -> tuple[int, int]:
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
         columns, rows = dataset.get("Columns"), dataset.get("Rows")
-    except _PYDICOM_FAILURES + (pydicom.errors.InvalidDicomError,) as exc:
+    except _failures() as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
     if not columns or not rows:
         raise DicomError(f"{path}: DICOM header has no Rows/Columns (no image in this file)")
@@ -59,7 +69,7 @@ def _pixels(path: Path):
 
     try:
         dataset = pydicom.dcmread(path)
-    except _PYDICOM_FAILURES + (pydicom.errors.InvalidDicomError,) as exc:
+    except _failures() as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         raise DicomError(f"{path}: DICOM file holds no pixel data")
@@ -73,7 +83,7 @@ def _pixels(path: Path):
             return np.asarray(array), dataset, True
         array = apply_modality_lut(array, dataset)
         array = apply_voi_lut(array, dataset)
-    except _PYDICOM_FAILURES as exc:
+    except _failures() as exc:
         raise DicomError(f"{path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     return np.asarray(array), dataset, False
 

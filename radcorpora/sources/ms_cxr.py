@@ -27,6 +27,7 @@ from radcorpora.sources.base import (
     SourceScan,
     cell,
     image_size,
+    is_file,
     number,
     pixels,
     read_csv_rows,
@@ -175,7 +176,7 @@ def _image(scan: MsCxrScan, table: Path, line: int, row: dict, dicom_id: str, re
             scan.reject(table, line, "no_split", f"{dicom_id}: no split column and no MIMIC-CXR split for it")
             return None
     path = mimic_jpg_path(base, rel)
-    if not path.is_file():
+    if not is_file(path):
         scan.reject(table, line, "image_file_missing", f"{path} does not exist")
         return None
     size = mimic_sizes.get(dicom_id)

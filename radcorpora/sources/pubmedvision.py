@@ -18,7 +18,7 @@ from typing import Any
 import ijson
 
 from radcorpora.schemas.common import Reject
-from radcorpora.sources.base import inside
+from radcorpora.sources.base import inside, is_file
 from radcorpora.sources.errors import SourceError
 
 FILES = {
@@ -140,7 +140,7 @@ def scan_pubmedvision(source: Path, subset: str = "alignment", limit: int | None
                                        detail=f"{record_id}: {', '.join(outside[:3])} is not a path inside {root}"))
             continue
         paths = tuple(root / name for name in images)
-        absent = [name for name, p in zip(images, paths) if not p.is_file()]
+        absent = [name for name, p in zip(images, paths) if not is_file(p)]
         if absent:
             scan.rejects.append(Reject(source=where, row=str(row), reason="image_file_missing",
                                        detail=f"{record_id}: {', '.join(absent[:3])}"))

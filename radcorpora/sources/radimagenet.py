@@ -23,7 +23,7 @@ import yaml
 
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.taxonomy import Taxonomy, normalise_label, radimagenet_vqa_taxonomy
-from radcorpora.sources.base import UNREADABLE
+from radcorpora.sources.base import UNREADABLE, present
 from radcorpora.sources.errors import SourceError
 
 DATASET = "RadImageNet"
@@ -367,7 +367,7 @@ def scan_radimagenet(source: Path, label_map: LabelMap | None = None, taxonomy: 
                                            detail=f"{rel} listed in {', '.join(splits)}"))
                 continue
             if rel not in files:
-                if (root / rel).exists():
+                if present(root / rel):
                     continue  # present but rejected above (location / not an image)
                 scan.rejects.append(Reject(source=first[1], row=str(first[2]), reason="csv_row_without_file",
                                            detail=f"{rel} does not exist"))
