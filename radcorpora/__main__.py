@@ -1,5 +1,5 @@
 """`python -m radcorpora`: the same command line as the `radcorpora` script."""
 
-from radcorpora.cli import run
+from radcorpora.console import main
 
-run()
+main()

@@ -32,7 +32,8 @@ LAYERS: dict[str, set[str]] = {
     "commands": BASE | {"sources", "ops", "prompts", "store", "llm", "spec", "demo", "validators", "publish",
                         "corpora", "reference_models", "engine", "registry", "mix"},
     "cli": {"registry", "engine", "commands"},
-    "__main__": {"cli"},
+    "console": {"cli"},
+    "__main__": {"console"},
     "__init__": set(),
 }
 

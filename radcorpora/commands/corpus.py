@@ -309,6 +309,16 @@ class CorpusCommands(MutableMapping[str, click.Command]):
         return name in self.added or name in CORPORA
 
 
+# What a corpus' command needs wired in from this layer before it runs (the dpo corpus' `hf:`
+# sampler imports reference_models, which no corpus may): corpus name -> set-up callables, run when
+# its `build` or `estimate` command is made.
+COMMAND_SETUP: dict[str, list[Callable[[], None]]] = {}
+
+
+def on_corpus_command(name: str, setup: Callable[[], None]) -> None:
+    COMMAND_SETUP.setdefault(name, []).append(setup)
+
+
 class CorpusGroup(TyperGroup):
     """`radcorpora build` (or `estimate`): a subcommand per registered corpus."""
 
@@ -323,6 +333,8 @@ class CorpusGroup(TyperGroup):
         from typer.main import get_command_from_info
         from typer.models import CommandInfo
 
+        for setup in COMMAND_SETUP.get(name, ()):
+            setup()
         return get_command_from_info(CommandInfo(name=name, callback=corpus_command(CORPORA[name], self.mode)),
                                      pretty_exceptions_short=True, rich_markup_mode=self.rich_markup_mode)
 

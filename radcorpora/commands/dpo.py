@@ -5,24 +5,38 @@ per scan, scored against the scan's report) written as a build of `ct-reasoning-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from radcorpora.commands.corpus import on_corpus_command
 from radcorpora.commands.ui import USER_ERRORS, fail, say
-from radcorpora.corpora.ct_reasoning import dpo
 
-CORPORA = {"ct-reasoning": dpo.CORPUS}  # the corpus whose build gives the cases -> the pairs' corpus
+if TYPE_CHECKING:
+    from radcorpora.corpora.ct_reasoning.dpo import Candidates, Case, DpoSettings
+
+# the corpus whose build gives the cases -> the pairs' corpus (ct_reasoning.dpo.CORPUS, named here
+# so that the command line does not import that module until a dpo command runs)
+CORPORA = {"ct-reasoning": "ct-reasoning-dpo"}
 
 
-def _hf_sampler(path: str, cases: dict[str, dpo.Case], settings: dpo.DpoSettings) -> tuple[dpo.Candidates, Any]:
+def _hf_sampler(path: str, cases: dict[str, Case], settings: DpoSettings) -> tuple[Candidates, Any]:
     """`--sampler hf:PATH`: imported only when used (torch and transformers take seconds)."""
     from radcorpora.reference_models.sampler import sample_local
 
     return sample_local(path, cases, settings)
 
 
-dpo.register_sampler("hf", _hf_sampler)  # the layer that may import reference_models wires it
+def wire_samplers() -> None:
+    """The `hf:` sampler, wired in by the layer that may import reference_models: before the dpo
+    command or `build ct-reasoning-dpo` runs."""
+    from radcorpora.corpora.ct_reasoning import dpo
+
+    dpo.register_sampler("hf", _hf_sampler)
+
+
+for _pairs in CORPORA.values():
+    on_corpus_command(_pairs, wire_samplers)
 
 
 def dpo_cmd(
@@ -53,11 +67,13 @@ def dpo_cmd(
     from pydantic import ValidationError
 
     from radcorpora.commands.corpus import run_build_command
+    from radcorpora.corpora.ct_reasoning import dpo
     from radcorpora.llm.session import LLMSettings
     from radcorpora.registry import corpus as spec_of
 
     flags = {"n": "--n", "retries": "--retries", "temperature": "--temperature", "max_tokens": "--max-tokens",
              "metric": "--metric", "sampler": "--sampler", "seed": "--seed"}
+    wire_samplers()
     try:
         if corpus not in CORPORA:
             raise dpo.DpoError(f"dpo supports {', '.join(CORPORA)}, not {corpus!r}")

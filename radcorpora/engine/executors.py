@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+
 from radcorpora.store import atomic
 from radcorpora.store.state import ChunkResult, ChunkSpec, chunk_done, mark_done
 
@@ -61,6 +63,13 @@ def keep_freed_memory(worker: bool = False) -> bool:
     ~16k page faults per 64 MB shard, most of a worker's system time; with blocks up to 32 MB
     from the heap a worker's first chunk faults ~4k pages, not ~35k. Only in workers, which live
     for one build: a long-lived process (training) keeps glibc's own choice for large blocks.
+
+    Arrow's buffers (Parquet pages, `take` results, built columns) come from that same heap too:
+    pyarrow's default pool on Linux, mimalloc, hands freed pages back to the OS milliseconds after
+    they are freed, so a worker faulted in fresh, zeroed pages for nearly every buffer it asked
+    for (the kernel zeroing pages was a fifth of a 5k-image build's CPU). A pool chosen with
+    ARROW_DEFAULT_MEMORY_POOL is left as it is.
+
     Returns False where the C library has no `mallopt` (macOS, Windows)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -68,7 +77,11 @@ def keep_freed_memory(worker: bool = False) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     kept = bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
-    return kept and bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)) if worker else kept
+    if kept and worker:
+        kept = bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO))
+    if kept and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
+    return kept
 
 
 def worker_memory() -> bool:

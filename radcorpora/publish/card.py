@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
 from radcorpora.schemas.features import features_yaml_for
 from radcorpora.spec.card import CardContent
 from radcorpora.store import atomic
+from radcorpora.store.folder import shard_footer
 
 
 def _size_category(rows: int) -> str:
@@ -50,7 +50,7 @@ def card_metadata(build: Path, configs: dict[str, type[BaseModel]], default: str
         total_bytes = 0
         for split in splits:
             files = sorted(folder.glob(f"{split}-*.parquet"))
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            rows = sum(shard_footer(f).num_rows for f in files)
             size = sum(f.stat().st_size for f in files)
             total_bytes += size
             split_infos.append({"name": split, "num_bytes": size, "num_examples": rows})

@@ -20,7 +20,7 @@ from radcorpora.ops.image_check import ImageCheck, ImageCheckError, check_image
 from radcorpora.schemas.features import arrow_schema_for
 from radcorpora.schemas.interleaved import NEAR_PLACEHOLDER, placeholder_rows
 from radcorpora.spec.report import ValidationReport
-from radcorpora.store.folder import SHARD_RE, config_shards, iter_rows, read_card_yaml
+from radcorpora.store.folder import SHARD_RE, config_shards, iter_rows, read_card_yaml, shard_footer, shard_schema
 
 
 def check_layout(build: Path, records: dict[str, type[BaseModel]], report: ValidationReport,
@@ -50,7 +50,7 @@ def check_layout(build: Path, records: dict[str, type[BaseModel]], report: Valid
                                 f"{name}/{split}: shard set incomplete or inconsistent: {[p.name for p in paths]}")
             for path in paths:
                 try:
-                    schema = pq.read_schema(path)
+                    schema = shard_schema(path)
                 except Exception as exc:  # truncated / not Parquet: a finding naming the shard
                     schema_check.fail(f"{path.relative_to(build)}: not a readable Parquet shard ({exc})")
                     continue
@@ -184,6 +184,6 @@ def placeholder_problems(table: pa.Table, where: PlaceholderColumns) -> dict[int
 def images_length_leaf(path: Path) -> str | None:
     """The Parquet leaf `images.<list>.<element>.path` of a shard: read alone, it gives every row's
     image count without the image bytes."""
-    schema = pq.ParquetFile(path).schema
+    schema = shard_footer(path).schema
     return next((schema.column(i).path for i in range(len(schema))
                  if schema.column(i).path.startswith("images.") and schema.column(i).path.endswith(".path")), None)
