@@ -3,7 +3,8 @@ before the command line is imported, then `cli.run`, then, for a build, a quick 
 
 - The collector is off while the command line imports: the imports make several hundred
   thousand objects and no garbage, and each full collection on the way walked all of them again
-  (~30 ms of a ~0.3 s start-up).
+  (~30 ms of a ~0.3 s start-up); they are then frozen (`gc.freeze`), so the collections of the
+  command itself (parsing options, importing a corpus, scanning) do not walk them either.
 - A `build` process runs numpy's OpenBLAS with one thread (unless OPENBLAS_NUM_THREADS is set):
   OpenBLAS starts a thread per core when numpy is imported, and each spins for ~0.2 s waiting
   for work a build never gives it (its numpy multiplies no matrices), a tenth of a 5k-image
@@ -32,6 +33,7 @@ def main() -> None:
     try:
         from radcorpora.cli import run
     finally:
+        gc.freeze()  # what the imports made lives to the end: later collections skip it
         if collecting:
             gc.enable()
     if not building:
