@@ -51,11 +51,11 @@ def main() -> None:
 
 
 def quick_exit(code: int) -> None:
-    """Exit handlers, flushed output, then `os._exit(code)`; a normal exit while any other thread
-    still runs (its work would be cut short)."""
-    atexit._run_exitfuncs()
+    """Exit handlers, flushed output, then `os._exit(code)`; a normal exit (which runs the exit
+    handlers itself) while any other thread still runs, as its work would be cut short."""
     if threading.active_count() > 1:
         sys.exit(code)
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
