@@ -393,6 +393,17 @@ def test_avoid_lists_stay_out_of_the_manifest_and_in_local_json():
     assert other.model_dump(mode="json")["sha256"] != public["sha256"]  # the fingerprint follows the ids
 
 
+
+@pytest.mark.parametrize("corpus", ["radimagenet-vqa", "mmrad-ivl"])
+def test_avoid_help_shows_no_model_repr(corpus):
+    """`--avoid`'s help names what it takes, not the repr of its empty default (it printed
+    "[default: build='' patients=[] ...]"); plain defaults still show."""
+    result = CliRunner().invoke(app, ["build", corpus, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--avoid BUILD" in text and "patients=[]" not in text and "build=''" not in text
+    assert "[default: 0]" in text  # --seed
+
 # -- the columnar join (issue 24 item 4) against the obvious per-line reading ----------------------
 
 

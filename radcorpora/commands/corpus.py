@@ -103,6 +103,18 @@ def _plain(annotation: Any) -> Any:
     return annotation
 
 
+def _shown_default(value: Any) -> str:
+    """A default as help text shows it: a number, a word, a path or a list of them; nothing for a
+    value that only a parser makes (an empty `--avoid` list is no build, not its model's repr)."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float, str, Path)):
+        return str(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float, str, Path)) for v in value):
+        return ", ".join(map(str, value))
+    return ""
+
+
 def setting_options(settings: type[BaseModel]) -> list[tuple[str, Cli, inspect.Parameter]]:
     """(field, its Cli metadata, the typer parameter) for each settings field that is an option."""
     found = []
@@ -124,8 +136,8 @@ def setting_options(settings: type[BaseModel]) -> list[tuple[str, Cli, inspect.P
         else:
             raise TypeError(f"{settings.__name__}.{name}: a {info.annotation} field needs Cli(parse=...) or "
                             "Cli(hidden=True) to be read from the command line")
-        shown = info.get_default(call_default_factory=True)
-        if not (cli.repeat or cli.required or cli.auto) and plain is not bool and shown not in (None, {}, []):
+        shown = _shown_default(info.get_default(call_default_factory=True))
+        if not (cli.repeat or cli.required or cli.auto) and plain is not bool and shown:
             help_text += f" [default: {shown}]"
         option = typer.Option(... if cli.required else default, flag, help=help_text, metavar=cli.metavar,
                               show_default=False)
