@@ -70,3 +70,30 @@ def test_check_runs_the_papers_contrast_and_the_text_only_twin(build):
         run_check(build, CheckConfig(preset="tiny-lora", max_steps=1), recipe, variants=["crops", "text-only"])
     refused = runner.invoke(cli.app, ["check", str(build), "--variant", "crops", "--variant", "sideways"])
     assert refused.exit_code == 2 and "no variant 'sideways'" in refused.output
+
+
+def test_train_text_only_trains_the_checks_twin_and_evaluate_asks_with_it(build, tmp_path):
+    """`train --text-only` trains what `check` trains as the text-only twin (the no-crops
+    conversation, images withheld), not the crops conversation stripped of its images; the run
+    records the rendering and `evaluate` asks with it by default."""
+    from radcorpora.reference_models.data import training_examples
+
+    recipe = CORPORA["mmrad-ivl"].evaluation
+    out = tmp_path / "twin"
+    result = runner.invoke(cli.app, ["train", str(build), "--model", "tiny", "--preset", "tiny-lora", "--max-steps", "1",
+                                     "--text-only", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((out / "train_result.json").read_text())
+    assert trained["variant"] == "text-only" and trained["text_only"] is True and "(text-only)" in result.output
+    twin, crops = (training_examples(build, recipe, variant=v) for v in ("text-only", "crops"))
+    assert twin[0]["conversations"] != crops[0]["conversations"]  # the two renderings differ: the choice matters
+    assert [t["value"] for t in twin[0]["conversations"]] == \
+        [t["value"] for t in training_examples(build, recipe, variant="no-crops")[0]["conversations"]]
+
+    asked = runner.invoke(cli.app, ["evaluate", str(build), "--adapter", str(out), "--limit", "1"])
+    assert asked.exit_code == 0, asked.output
+    assert "(text-only, " in asked.output and "images withheld" in asked.output
+
+    bad = runner.invoke(cli.app, ["train", str(build), "--model", "tiny", "--out", str(tmp_path / "bad"),
+                                  "--variant", "sideways"])
+    assert bad.exit_code == 2 and "no variant 'sideways'" in bad.output and not (tmp_path / "bad").exists()

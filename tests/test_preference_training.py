@@ -164,6 +164,9 @@ def test_train_command_on_trl_preference_jsonl(tmp_path):
     (tmp_path / "empty").mkdir()
     nothing = runner.invoke(app, ["train", str(tmp_path / "empty"), "--model", "tiny", "--out", str(tmp_path / "y")])
     assert nothing.exit_code == 2 and "neither a build folder" in nothing.output
+    rendering = runner.invoke(app, ["train", str(source), "--model", "tiny", "--out", str(tmp_path / "z"),
+                                    "--variant", "crops"])
+    assert rendering.exit_code == 2 and "--variant: preference pairs come in one rendering" in rendering.output
 
 
 def test_preference_build_rows_train_through_the_command(tmp_path):

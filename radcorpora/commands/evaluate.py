@@ -54,7 +54,7 @@ def evaluate_cmd(
     from radcorpora.store.folder import read_manifest
 
     errors = (*USER_ERRORS, EndpointError) if endpoint is not None else (*_model_errors(), EndpointError)
-    text_only = False
+    text_only, trained = False, None
     try:
         recipe = _recipe(build_dir)
         rows = evaluation_rows(build_dir, recipe, config, limit)
@@ -70,8 +70,7 @@ def evaluate_cmd(
             generator = InProcessGenerator(model, processor)
             target = out or (adapter if (adapter / "train_result.json").exists() else adapter.parent)
         try:
-            chosen = recipe.variant(variant) if variant else next(
-                (v for v in recipe.variants if not v.images), recipe.variants[0]) if text_only else recipe.variants[0]
+            chosen = recipe.chosen_variant(variant or (trained.variant if trained else None), text_only)
         except KeyError as exc:
             raise BuildFolderError(f"--variant: {exc.args[0]}") from None
         metrics, samples = evaluate(recipe, generator, rows, manifest=read_manifest(build_dir), variant=chosen,

@@ -38,7 +38,11 @@ def train_cmd(
                                                              "tiny-lora | dpo | tiny-dpo"),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1,
                                          help="Stop after this many optimiser steps in all (alignment steps included)"),
-    text_only: bool = typer.Option(False, "--text-only", help="Withhold the images (the shortcut twin)"),
+    text_only: bool = typer.Option(False, "--text-only", help="Withhold the images (the shortcut twin: the corpus' "
+                                                             "text-only rendering, as `check` trains it)"),
+    variant: str | None = typer.Option(None, "--variant", help="Which of the corpus' renderings to train on (e.g. "
+                                                               "mmrad-ivl: crops, no-crops, text-only; default: the "
+                                                               "image model's, or the text-only twin's with --text-only)"),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and batch order"),
     lora: bool | None = LORA,
     qlora: bool = QLORA,
@@ -61,21 +65,30 @@ def train_cmd(
     try:
         check = CheckConfig(model=model, preset=preset, max_steps=max_steps, seed=seed,
                             **training_settings(lora, qlora, bf16, gradient_checkpointing, report_to))
+        if variant and not (build_dir / MANIFEST).exists():
+            raise BuildFolderError("--variant: preference pairs come in one rendering; give it for a build's SFT configs")
         if not (build_dir / MANIFEST).exists():
             return _train_preference_files(build_dir, check, out, text_only)
         spec = spec_of_build(build_dir)
         trained = config or (spec.evaluation.train_config if spec.evaluation else _preference_config(spec))
         if trained in spec.records and spec.config(trained).loss == "preference":
+            if variant:
+                raise BuildFolderError(f"--variant: `{trained}` holds preference pairs, which come in one rendering")
             return _train_preference_build(build_dir, trained, check, out, text_only)
         recipe = _recipe(build_dir)
+        try:
+            chosen = recipe.chosen_variant(variant, text_only)
+        except KeyError as exc:
+            raise BuildFolderError(f"--variant: {exc.args[0]}") from None
+        text_only = text_only or not chosen.images
         settings = sft_config(check, recipe)
-        examples = training_examples(build_dir, recipe, config)
+        examples = training_examples(build_dir, recipe, config, variant=chosen)
         base = _resolve(lambda: resolve_model(model, out, lambda: training_texts(build_dir, recipe, config), seed=seed))
-        say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir}"
+        say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir} ({chosen.name})"
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,
                        alignment_rows=alignment_examples(build_dir, recipe), loss=_loss_intent(build_dir, trained),
-                       workers=workers)
+                       workers=workers, variant=chosen.name)
     except _model_errors() as exc:
         fail(exc)
     _done(result, out)

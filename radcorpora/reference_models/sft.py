@@ -126,6 +126,7 @@ class TrainResult(BaseModel):
     alignment_steps: int = 0
     processes: int = 1
     objective: str = "sft"  # "sft" or "dpo"
+    variant: str | None = None  # the corpus' rendering of its rows trained on (`evaluate` asks with it by default)
 
 
 WEIGHTS = {"lora": "adapter", "qlora": "adapter", "full": "model"}  # folder under `out` holding the trained weights
@@ -355,10 +356,12 @@ def _trainable(model_path: Path, config: SFTConfig, resume: Path | None, bf16: b
 
 
 def _run_settings(model_path: Path, config: SFTConfig, text_only: bool, examples: int,
-                  alignment_examples: int, loss: str, processes: int) -> dict[str, Any]:
+                  alignment_examples: int, loss: str, processes: int, variant: str | None = None) -> dict[str, Any]:
     settings = {"base_model": str(Path(model_path).resolve()), "text_only": text_only, "examples": examples,
                 "alignment_examples": alignment_examples, "config": config.model_dump(mode="json"),
                 "processes": processes}
+    if variant is not None:  # absent when not given: a run folder made before it resumes as it was
+        settings["variant"] = variant
     return settings if loss == "all_assistant" else {**settings, "loss": loss}
 
 
@@ -451,20 +454,21 @@ class _PlanTrainer(RunTrainer, Trainer):
 def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: SFTConfig,
           text_only: bool = False, log: Callable[[str], None] | None = None,
           alignment_rows: Sequence[dict[str, Any]] | None = None, loss: str = "all_assistant",
-          workers: int = 0) -> TrainResult:
+          workers: int = 0, variant: str | None = None) -> TrainResult:
     """Fine-tune the checkpoint at `model_path` on `rows` (after the alignment steps on
     `alignment_rows`, when given; those train every assistant turn, `rows` their `loss` intent);
     weights saved to `out/adapter` (LoRA) or `out/model` (full). A run killed after a checkpoint
     resumes from it when started again with the same `out` and settings; a finished run is
     returned as it is. `workers`: data-loader processes (not a setting: results do not depend on
-    it). Under `accelerate launch` every process calls this; each trains its share of each step."""
+    it). `variant`: the name of the corpus' rendering `rows` come in, recorded with the run. Under
+    `accelerate launch` every process calls this; each trains its share of each step."""
     out = Path(out)
     if not len(rows):
         raise TrainingError("no training examples")
     processes = process_state().num_processes
     alignment_rows = alignment_rows if alignment_rows is not None and config.alignment_steps else []
     bf16 = mixed_precision(config)
-    settings = _run_settings(model_path, config, text_only, len(rows), len(alignment_rows), loss, processes)
+    settings = _run_settings(model_path, config, text_only, len(rows), len(alignment_rows), loss, processes, variant)
     finished = open_run(out, settings, config.method)
     if finished is not None:
         return finished
@@ -493,7 +497,7 @@ def train(model_path: Path, rows: Sequence[dict[str, Any]], out: Path, config: S
                          steps=step, examples_seen=seen, seconds=round(seconds, 2), first_loss=first_loss,
                          last_loss=last_loss, samples_per_second=round(seen_now / seconds, 2) if seconds else 0.0,
                          tokens_per_second=round(tokens_now / seconds, 1) if seconds else 0.0, config=config,
-                         alignment_steps=steps[0], processes=processes)
+                         alignment_steps=steps[0], processes=processes, variant=variant)
     return finish_run(out, result)
 
 

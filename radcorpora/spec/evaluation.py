@@ -189,6 +189,16 @@ class CorpusEvaluation:
                 return variant
         raise KeyError(f"no variant {name!r} (known: {', '.join(v.name for v in self.variants)})")
 
+    def chosen_variant(self, name: str | None = None, text_only: bool = False) -> Variant:
+        """The variant named, else for a run with images withheld the corpus' text-only twin (the
+        one `check` trains: mmrad-ivl's is its no-crops rendering, not the crops one stripped of
+        images), else the image model's. KeyError for an unknown name."""
+        if name:
+            return self.variant(name)
+        if text_only:
+            return next((v for v in self.variants if not v.images), self.variants[0])
+        return self.variants[0]
+
 
 EvaluationRecipe = CorpusEvaluation  # the name the trainer's presets and the CLI know it by
 
