@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from PIL import Image
@@ -63,8 +63,9 @@ from radcorpora.sources.mimic_cxr import scan_mimic_cxr
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
+from radcorpora.store.spill import RecordSpill
 from radcorpora.store.source_index import read_file
-from radcorpora.store.state import LLM_STORE, ChunkResult, ShardInfo, derived_once
+from radcorpora.store.state import LLM_STORE, STATE_DIR, ChunkResult, ShardInfo, derived_once
 
 SPLITS = ("train", "benchmark", "validation", "test")
 FIDELITY_FILE = "build/fidelity_audit.jsonl"
@@ -297,21 +298,34 @@ def benchmark_ids(train: dict[str, tuple[str, int]], fraction: float, seed: int,
     return chosen, {str(n): {"train": c - taken[n], "benchmark": taken[n]} for n, c in sorted(strata.items())}
 
 
-def figures(records_by_split: dict[str, list[MmradIvlRecord]]) -> dict[str, Any]:
+class TraceFigures(NamedTuple):
+    """What `figures` needs of one record (kept for every record; the record itself is spilled)."""
+
+    groups: tuple[str, ...]  # each step's group
+    grounded: int  # steps with a crop
+    words: int  # rationale words over the steps
+    changes: int  # reflection changes
+
+
+def trace_figures(record: MmradIvlRecord) -> TraceFigures:
+    return TraceFigures(groups=tuple(s.group for s in record.steps), grounded=sum(1 for s in record.steps if s.image >= 1),
+                        words=sum(len(s.text.split()) for s in record.steps), changes=len(record.llm.reflection_changes))
+
+
+def figures(by_split: dict[str, list[TraceFigures]]) -> dict[str, Any]:
     """The paper's figures: traces, mean steps per trace, mean rationale words, share of steps
     grounded (a box and a crop), steps per group; overall and per split."""
-    def of(records: list[MmradIvlRecord]) -> dict[str, Any]:
-        steps = [s for r in records for s in r.steps]
-        words = [sum(len(s.text.split()) for s in r.steps) for r in records]
-        return {"traces": len(records),
-                "mean_steps_per_trace": round(len(steps) / len(records), 3) if records else None,
-                "mean_rationale_words": round(sum(words) / len(records), 1) if records else None,
-                "steps_grounded_share": round(sum(1 for s in steps if s.image >= 1) / len(steps), 4) if steps else None,
-                "steps_per_group": dict(sorted(Counter(s.group for s in steps).items())),
-                "traces_by_steps": {str(k): v for k, v in sorted(Counter(len(r.steps) for r in records).items())},
-                "reflection_changes": sum(len(r.llm.reflection_changes) for r in records)}
-    every = [r for split in SPLITS for r in records_by_split.get(split, [])]
-    return {**of(every), "splits": {split: of(records_by_split.get(split, [])) for split in SPLITS}}
+    def of(traces: list[TraceFigures]) -> dict[str, Any]:
+        steps = sum(len(t.groups) for t in traces)
+        return {"traces": len(traces),
+                "mean_steps_per_trace": round(steps / len(traces), 3) if traces else None,
+                "mean_rationale_words": round(sum(t.words for t in traces) / len(traces), 1) if traces else None,
+                "steps_grounded_share": round(sum(t.grounded for t in traces) / steps, 4) if steps else None,
+                "steps_per_group": dict(sorted(Counter(g for t in traces for g in t.groups).items())),
+                "traces_by_steps": {str(k): v for k, v in sorted(Counter(len(t.groups) for t in traces).items())},
+                "reflection_changes": sum(t.changes for t in traces)}
+    every = [t for split in SPLITS for t in by_split.get(split, [])]
+    return {**of(every), "splits": {split: of(by_split.get(split, [])) for split in SPLITS}}
 
 
 # --------------------------------------------------------------------------- the fidelity audit (d)
@@ -377,77 +391,84 @@ def run(prepared: Prepared, settings: MmradIvlSettings, ctx: BuildContext) -> St
     graph, judge = pipeline(settings), fidelity_pipeline(settings)
     responders = {**graph.offline_responders(), **(judge.offline_responders() if judge else {})}
     session = ctx.llm_session(responders)
+    spill = RecordSpill(out / STATE_DIR, "mmrad-ivl-records")  # deleted when the shards are written
     counts: Counter = Counter(plan.counts)
     rejects: list[Reject] = list(plan.rejects)
-    try:
-        result = graph.run(plan.traces, session, ctx.llm_store, decisions)
-        for node in ("summarise", "reflect", *(("cross_audit",) if settings.auditors else ())):
-            for item_id, reject in sorted(result[node].rejects.items()):
-                rejects.append(_reject_of(plan.where[item_id].gemex, reject.reason, reject.detail))
-                counts[f"rejected_{reject.reason}"] += 1
-        reflected: dict[str, Reflected] = result["reflect"].outputs
-        audit = result["cross_audit"] if settings.auditors else None
-        kept = {i: (item, audit.settled[i] if audit else "not_run") for i, item in reflected.items()
-                if audit is None or i in audit.outputs}
+    with spill:
+        try:
+            result = graph.run(plan.traces, session, ctx.llm_store, decisions)
+            for node in ("summarise", "reflect", *(("cross_audit",) if settings.auditors else ())):
+                for item_id, reject in sorted(result[node].rejects.items()):
+                    rejects.append(_reject_of(plan.where[item_id].gemex, reject.reason, reject.detail))
+                    counts[f"rejected_{reject.reason}"] += 1
+            reflected: dict[str, Reflected] = result["reflect"].outputs
+            audit = result["cross_audit"] if settings.auditors else None
+            kept = {i: (item, audit.settled[i] if audit else "not_run") for i, item in reflected.items()
+                    if audit is None or i in audit.outputs}
 
-        used = ["mmrad_ivl_summarise", "mmrad_ivl_reflect", *(["mmrad_ivl_audit"] if settings.auditors else [])]
-        lineage_ids = ([prompts[n].id for n in used] + [wording.id], [prompts[n].content_hash for n in used]
-                       + [wording.content_hash], [model_id(settings.llm), *(model_id(a) for a in settings.auditors)])
-        records: dict[str, MmradIvlRecord] = {}
-        for trace in plan.traces:
-            if trace.id not in kept:
-                continue
-            item, verification = kept[trace.id]
-            source = plan.where[trace.id]
-            groups, step_rejects = aggregate(item, source)
-            rejects.extend(step_rejects)
-            counts.update(f"rejected_{r.reason}" for r in step_rejects)
-            if not groups:
-                rejects.append(_reject_of(source.gemex, "no_grounded_step", "no step is left after the aggregation"))
-                counts["rejected_no_grounded_step"] += 1
-                continue
-            try:
-                records[trace.id] = make_record(item, groups, source, verification, settings, out, wording, lineage_ids)
-            except (OSError, CropError) as exc:
-                rejects.append(_reject_of(source.gemex, "image_unusable", f"{source.image.path}: {exc}"))
-                counts["rejected_image_unusable"] += 1
+            used = ["mmrad_ivl_summarise", "mmrad_ivl_reflect", *(["mmrad_ivl_audit"] if settings.auditors else [])]
+            lineage_ids = ([prompts[n].id for n in used] + [wording.id], [prompts[n].content_hash for n in used]
+                           + [wording.content_hash], [model_id(settings.llm), *(model_id(a) for a in settings.auditors)])
+            made: dict[str, TraceFigures] = {}  # the records made, in plan order (each one is in the spill)
+            patients: dict[str, str] = {}
+            for trace in plan.traces:
+                if trace.id not in kept:
+                    continue
+                item, verification = kept[trace.id]
+                source = plan.where[trace.id]
+                groups, step_rejects = aggregate(item, source)
+                rejects.extend(step_rejects)
+                counts.update(f"rejected_{r.reason}" for r in step_rejects)
+                if not groups:
+                    rejects.append(_reject_of(source.gemex, "no_grounded_step", "no step is left after the aggregation"))
+                    counts["rejected_no_grounded_step"] += 1
+                    continue
+                try:
+                    record = make_record(item, groups, source, verification, settings, out, wording, lineage_ids)
+                except (OSError, CropError) as exc:
+                    rejects.append(_reject_of(source.gemex, "image_unusable", f"{source.image.path}: {exc}"))
+                    counts["rejected_image_unusable"] += 1
+                    continue
+                spill.put(trace.id, record)
+                made[trace.id], patients[trace.id] = trace_figures(record), record.subject_id
+                del record  # its images live in the spill only
 
-        train = {i: (r.subject_id, len(r.steps)) for i, r in records.items() if plan.where[i].split == "train"}
-        bench, strata = benchmark_ids(train, settings.benchmark_fraction, settings.seed,
-                                      avoided_patients(settings.avoid))
-        by_split: dict[str, list[MmradIvlRecord]] = {s: [] for s in SPLITS}
-        for trace_id, record in records.items():
-            split = plan.where[trace_id].split
-            by_split["benchmark" if trace_id in bench else split].append(record)
+            train = {i: (patients[i], len(f.groups)) for i, f in made.items() if plan.where[i].split == "train"}
+            bench, strata = benchmark_ids(train, settings.benchmark_fraction, settings.seed,
+                                          avoided_patients(settings.avoid))
+            by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+            for trace_id in made:
+                split = plan.where[trace_id].split
+                by_split["benchmark" if trace_id in bench else split].append(trace_id)
 
-        fidelity: dict[str, Any] = {"sample": 0}
-        files = [FAILURES_FILE, QUEUE_FILE, *([DECISIONS_FILE] if decisions else [])]
-        if judge is not None and records:
-            sample = fidelity_sample(sorted(records), settings.audit_sample, settings.seed)
-            judged = judge.run([reflected[i] for i in sample], session, ctx.llm_store)
-            scores = judged["fidelity"].outputs
-            for item_id, reject in sorted(judged["fidelity"].rejects.items()):
-                counts[f"fidelity_{reject.reason}"] += 1
-            expert = dict(settings.expert_scores) or None
-            write_sheet(out / SHEET_FILE, [reflected[i] for i in sample], scores, expert)
-            atomic.write_jsonl(out / FIDELITY_FILE, [{"id": i, "score": scores[i].score, "reason": scores[i].reason}
-                                                     for i in sample if i in scores])
-            fidelity = {"sample": len(sample), "judge": model_id(judge.nodes[0].models[0]),
-                        **fidelity_figures({i: s.score for i, s in scores.items()}, expert)}
-            files += [SHEET_FILE, FIDELITY_FILE]
-    finally:
-        session.close()
-
-    chunks: list[ChunkResult] = []
-    for split in SPLITS:
-        rows = sorted(by_split[split], key=lambda r: r.id)
-        written = write_split(out, "default", split, rows, len(rows), MmradIvlRecord, settings.images_per_shard)
-        chunks.append(ChunkResult(chunk_id=f"default-{split}", shards={
-            rel: ShardInfo(rows=n, sha256=digest) for rel, (n, digest) in written.items()}))
+            fidelity: dict[str, Any] = {"sample": 0}
+            files = [FAILURES_FILE, QUEUE_FILE, *([DECISIONS_FILE] if decisions else [])]
+            if judge is not None and made:
+                sample = fidelity_sample(sorted(made), settings.audit_sample, settings.seed)
+                judged = judge.run([reflected[i] for i in sample], session, ctx.llm_store)
+                scores = judged["fidelity"].outputs
+                for item_id, reject in sorted(judged["fidelity"].rejects.items()):
+                    counts[f"fidelity_{reject.reason}"] += 1
+                expert = dict(settings.expert_scores) or None
+                write_sheet(out / SHEET_FILE, [reflected[i] for i in sample], scores, expert)
+                atomic.write_jsonl(out / FIDELITY_FILE, [{"id": i, "score": scores[i].score, "reason": scores[i].reason}
+                                                         for i in sample if i in scores])
+                fidelity = {"sample": len(sample), "judge": model_id(judge.nodes[0].models[0]),
+                            **fidelity_figures({i: s.score for i, s in scores.items()}, expert)}
+                files += [SHEET_FILE, FIDELITY_FILE]
+        finally:
+            session.close()
+        chunks: list[ChunkResult] = []
+        for split in SPLITS:
+            ids = sorted(by_split[split])  # a record's id is its trace's
+            written = write_split(out, "default", split, spill.take(ids), len(ids), MmradIvlRecord,
+                                  settings.images_per_shard)
+            chunks.append(ChunkResult(chunk_id=f"default-{split}", shards={
+                rel: ShardInfo(rows=n, sha256=digest) for rel, (n, digest) in written.items()}))
     queue = result.queue
     atomic.write_jsonl(out / FAILURES_FILE, session.ledger.entries)
     atomic.write_jsonl(out / QUEUE_FILE, [q.model_dump(mode="json") for q in queue])
-    counts["traces"] = len(records)
+    counts["traces"] = len(made)
     agreement = {k: v for k, v in audit.agreement.items() if k != "settled"} if audit else {}
     return StageOutput(
         chunks=chunks, rejects=rejects, counts=counts, configs_asked=["default"], files=files,
@@ -456,7 +477,7 @@ def run(prepared: Prepared, settings: MmradIvlSettings, ctx: BuildContext) -> St
         manifest={
             "source": {"datasets": ["GEMeX-ThinkVG", "MIMIC-CXR-JPG", "MIMIC-CXR reports"],
                        "box_frame": settings.box_frame, "traces_joined": len(plan.traces)},
-            "figures": figures(by_split),
+            "figures": figures({split: [made[i] for i in ids] for split, ids in by_split.items()}),
             "benchmark": {"fraction": settings.benchmark_fraction, "stratified_by": "steps", "strata": strata},
             "fidelity": fidelity,
             "prompts": {**{prompts[n].id: prompts[n].content_hash for n in used}, wording.id: wording.content_hash},
