@@ -375,3 +375,52 @@ def test_preview_shows_the_per_role_table(offline_build, tmp_path):
         assert (int(given), int(sent), int(kept), int(rejected)) == (
             figures["in"], stages[role]["sent"], figures["out"], sum(figures["rejected"].values()))
     assert "verifier_inconsistent: " in section and "vacuous_thinking: 0" in section
+
+
+def test_the_driver_holds_one_scans_slices_at_a_time(sources, tmp_path, monkeypatch):
+    """With --slices N the rows' slices are read back from the build's kept files as each scan's
+    rows are written (rows of a scan are written one after another), not held for every scan from
+    the start: scan_volumes keeps slice-less references, and while the shards are written each
+    scan's slices are read once per config that has rows of it."""
+    from collections import Counter
+
+    from radcorpora.corpora.ct_reasoning import build as ct_build
+
+    kept: dict = {}
+    real_scan_volumes, real_read = ct_build.scan_volumes, ct_build.read_volume
+
+    def scan_volumes(*a, **k):
+        found, failed = real_scan_volumes(*a, **k)
+        kept.update(found)
+        return found, failed
+
+    reads: Counter = Counter()
+    writing: list[bool] = [False]
+
+    def read_volume(job, out):
+        if writing[0]:
+            reads[job.path] += 1
+        return real_read(job, out)
+
+    real_write = ct_build.write_split
+
+    def write_split(*a, **k):
+        writing[0] = True
+        return real_write(*a, **k)
+
+    monkeypatch.setattr(ct_build, "scan_volumes", scan_volumes)
+    monkeypatch.setattr(ct_build, "read_volume", read_volume)
+    monkeypatch.setattr(ct_build, "write_split", write_split)
+    out = tmp_path / "b"
+    result = runner.invoke(cli.app, args(sources, out, tmp_path / "c.sqlite", "--llm", "offline", "--slices", "2",
+                                         "--questions-per-report", "3"))
+    assert result.exit_code == 0, result.output
+    assert kept and all(not r.slices for v in kept.values() for r in v.refs)
+    assert all(v.sliced is not None and v.sliced.slices == 2 for v in kept.values())
+    configs = {"vqa_thinking", "report_thinking"}
+    rows = {c: every(out, c) for c in configs}
+    assert all(len(r["volume"]["slices"]) == 2 for c in configs for r in rows[c])
+    scans_per_config = Counter(v.sliced.path for v in kept.values()
+                               for c in configs if any(r["volume"]["sha256"] == v.refs[0].sha256 for r in rows[c]))
+    assert reads and reads == scans_per_config  # once per scan and config, however many rows it has
+    assert len(rows["vqa_thinking"]) > len(kept)  # several question rows per scan, their slices read once

@@ -18,6 +18,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,14 @@ from radcorpora.sources.nifti import VolumeError, axial_slices, volume_ref
 from radcorpora.spec.context import BuildContext, Prepared, StageOutput
 from radcorpora.store import atomic
 from radcorpora.store.shards import write_split
-from radcorpora.store.state import LLM_STORE, ChunkResult, ChunkSpec, ShardInfo, derived_once
+from radcorpora.store.state import (
+    LLM_STORE,
+    BuildStateError,
+    ChunkResult,
+    ChunkSpec,
+    ShardInfo,
+    derived_once,
+)
 
 SPLITS = ("train", "validation", "test")
 CONFIGS = ("vqa_thinking", "report_thinking", "report_rewrite", "translation")
@@ -220,18 +228,38 @@ def volume_jobs(scan: Scan, settings: CtReasoningSettings, slices_on: int = 0) -
             for k, v in enumerate(scan.report.volumes)]
 
 
+@dataclass(frozen=True)
+class ScanVolumes:
+    """A scan's readable volumes, without slices (small: kept for every scan), and the job whose
+    kept derived file holds its first readable volume with its --slices N slices (None without
+    slices). Slices are read back when a row is written, so the driver never holds every scan's
+    slices at once (8 slices of 50k CT-RATE scans are ~20 GB)."""
+
+    refs: list[VolumeRef]
+    sliced: VolumeJob | None
+
+    def volume(self, out: Path) -> VolumeRef:
+        """The row's `volume`: the first readable one, with its slices."""
+        if self.sliced is None:
+            return self.refs[0]
+        found = read_volume(self.sliced, out)
+        if isinstance(found, VolumeError):  # read once already: only a changed state folder gets here
+            raise BuildStateError(f"{self.sliced.path}: its kept slices no longer read back ({found})")
+        return found
+
+
 def scan_volumes(scans: list[Scan], settings: CtReasoningSettings, ctx: BuildContext
-                 ) -> tuple[dict[str, tuple[VolumeRef, list[VolumeRef]]], list[tuple[Scan, VolumeError]]]:
+                 ) -> tuple[dict[str, ScanVolumes], list[tuple[Scan, VolumeError]]]:
     """Every volume of every scan hashed (and the first one sliced) on the engine's executor, in
-    chunks of VOLUMES_PER_CHUNK; then per scan (its first readable volume with slices, all its
-    readable volumes without), and each unreadable volume with its error. A scan whose first
-    volume fails has its first readable one sliced here, on the driver."""
+    chunks of VOLUMES_PER_CHUNK; then per scan its readable volumes, and each unreadable volume
+    with its error. A scan whose first volume fails has its first readable one sliced here, on the
+    driver."""
     jobs = [job for scan in scans for job in volume_jobs(scan, settings)]
     specs = [ChunkSpec(f"volumes-{k // VOLUMES_PER_CHUNK:05d}", len(jobs[k:k + VOLUMES_PER_CHUNK]),
                        tuple(jobs[k:k + VOLUMES_PER_CHUNK])) for k in range(0, len(jobs), VOLUMES_PER_CHUNK)]
     if specs:
         ctx.run_chunks(specs, volume_chunk, "hashing and slicing volumes")
-    found: dict[str, tuple[VolumeRef, list[VolumeRef]]] = {}
+    found: dict[str, ScanVolumes] = {}
     failed: list[tuple[Scan, VolumeError]] = []
     for scan in scans:
         refs: list[tuple[int, VolumeRef]] = []
@@ -240,13 +268,14 @@ def scan_volumes(scans: list[Scan], settings: CtReasoningSettings, ctx: BuildCon
             if isinstance(got, VolumeError):
                 failed.append((scan, got))
             else:
-                refs.append((k, got))
+                refs.append((k, got.model_copy(update={"slices": []})))
         if not refs:
             continue
-        first, ref = refs[0]
-        if first != 0 and settings.slices:
-            ref = read_volume(volume_jobs(scan, settings, slices_on=first)[first], ctx.out)
-        found[scan.id] = (ref, [r.model_copy(update={"slices": []}) for _, r in refs])
+        first = refs[0][0]
+        sliced = volume_jobs(scan, settings, slices_on=first)[first] if settings.slices else None
+        if sliced is not None and first != 0:
+            read_volume(sliced, ctx.out)  # sliced here, kept for the rows
+        found[scan.id] = ScanVolumes([r for _, r in refs], sliced)
     return found, failed
 
 
@@ -294,9 +323,8 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
     for scan, exc in unreadable:
         rejects.append(_source_reject(scan, exc.reason, f"{scan.id}: {exc}"))
         counts[f"rejected_{exc.reason}"] += 1
-    volumes = {scan_id: ref for scan_id, (ref, _) in every.items()}
-    counts["volumes_referenced"] = sum(len(refs) for _, refs in every.values())
-    scans = {s.id: s for s in plan.scans if s.id in volumes}
+    counts["volumes_referenced"] = sum(len(v.refs) for v in every.values())
+    scans = {s.id: s for s in plan.scans if s.id in every}
     reports = [report_item(s) for s in scans.values()]
 
     graph, narrator = pipeline(settings), narrative_pipeline(settings)
@@ -332,37 +360,46 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
                        prompt_ids=[prompts[n].id for n in used], prompt_hashes=[prompts[n].content_hash for n in used],
                        models=models)
 
-    def base(scan: Scan, row_id: str) -> dict[str, Any]:
-        return {"id": row_id, "source": scan.report.source, "scan_id": scan.report.scan_id,
-                "patient_id": scan.report.patient_id, "volume": volumes[scan.id], "volumes": every[scan.id][1],
-                "lineage": lineage(scan, volumes[scan.id])}
+    loaded: list[Any] = [None, None]  # (scan id, its volume): rows of one scan are written one after another
 
-    rows: dict[str, dict[str, list[Any]]] = {c: {s: [] for s in SPLITS} for c in CONFIGS}
+    def base(scan: Scan, row_id: str) -> dict[str, Any]:
+        if loaded[0] != scan.id:
+            loaded[:] = [scan.id, every[scan.id].volume(out)]
+        volume = loaded[1]
+        return {"id": row_id, "source": scan.report.source, "scan_id": scan.report.scan_id,
+                "patient_id": scan.report.patient_id, "volume": volume, "volumes": every[scan.id].refs,
+                "lineage": lineage(scan, volume)}
+
+    # Each row as (id, scan, maker of the record from its base fields): a record is made when its
+    # shard is written (in id order, so one scan's rows come together), its slices read back then.
+    rows: dict[str, dict[str, list[tuple[str, Scan, Callable[[dict[str, Any]], Any]]]]] = {
+        c: {s: [] for s in SPLITS} for c in CONFIGS}
     for group in grouped:
         scan = scans[group.report.id]
         for item in group.items:
             t = item.thought
-            rows["vqa_thinking"][scan.report.split].append(VqaThinkingRecord(
-                **base(scan, f"{scan.id}/q{t.question.index}"), question=t.question.question, focus=t.question.focus,
+            rows["vqa_thinking"][scan.report.split].append((f"{scan.id}/q{t.question.index}", scan, partial(
+                VqaThinkingRecord, question=t.question.question, focus=t.question.focus,
                 origin=t.question.origin, options=t.question.options, correct_option=t.question.correct,
-                report=group.report.text, thinking=item.thinking, answer=t.answer, raw_thinking=t.thinking, thinking_from=t.thinking_from))
+                report=group.report.text, thinking=item.thinking, answer=t.answer, raw_thinking=t.thinking,
+                thinking_from=t.thinking_from)))
         narrative: Narrative | None = told["narrative"].outputs.get(group.report.id)
         if narrative is not None:
-            rows["report_thinking"][scan.report.split].append(ReportThinkingRecord(
-                **base(scan, scan.id), report=group.report.text, **narrative.model_dump(),
-                questions=[i.thought.question.question for i in group.items]))
+            rows["report_thinking"][scan.report.split].append((scan.id, scan, partial(
+                ReportThinkingRecord, report=group.report.text, **narrative.model_dump(),
+                questions=[i.thought.question.question for i in group.items])))
     if settings.rewrite:
         for item_id, item in result["rewrite_judge"].outputs.items():
             scan = scans[item_id]
             verdicts = result["rewrite_judge"].verdicts.get(item_id, {})
-            rows["report_rewrite"][scan.report.split].append(ReportRewriteRecord(
-                **base(scan, scan.id), report=item.report.text, rewrite=item.text,
-                judge_reason="; ".join(v.reason for _, v in sorted(verdicts.items()))))
+            rows["report_rewrite"][scan.report.split].append((scan.id, scan, partial(
+                ReportRewriteRecord, report=item.report.text, rewrite=item.text,
+                judge_reason="; ".join(v.reason for _, v in sorted(verdicts.items())))))
     if settings.translate:
         for item_id, item in result["translate"].outputs.items():
             scan = scans[item_id]
-            rows["translation"][scan.report.split].append(TranslationRecord(
-                **base(scan, scan.id), report=item.report.text, language=item.language, translation=item.text))
+            rows["translation"][scan.report.split].append((scan.id, scan, partial(
+                TranslationRecord, report=item.report.text, language=item.language, translation=item.text)))
 
     asked = ["vqa_thinking", "report_thinking", *(["report_rewrite"] if settings.rewrite else []),
              *(["translation"] if settings.translate else [])]
@@ -371,8 +408,9 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
     chunks: list[ChunkResult] = []
     for config in asked:
         for split in SPLITS:
-            kept = sorted(rows[config][split], key=lambda r: r.id)
-            written = write_split(out, config, split, kept, len(kept), records[config], settings.rows_per_shard)
+            kept = sorted(rows[config][split], key=lambda r: r[0])
+            made = (make(**base(scan, row_id)) for row_id, scan, make in kept)
+            written = write_split(out, config, split, made, len(kept), records[config], settings.rows_per_shard)
             chunks.append(ChunkResult(chunk_id=f"{config}-{split}", shards={
                 rel: ShardInfo(rows=n, sha256=digest) for rel, (n, digest) in written.items()}))
     queue = [*result.queue]
