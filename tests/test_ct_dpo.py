@@ -364,3 +364,43 @@ def test_trl_dpo_trainer_trains_on_the_export(build, tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_cases_keep_slices_in_their_shard_until_asked(build, cases, tmp_path, monkeypatch):
+    """load_cases holds each case's row without its slices (all of them at once would be the whole
+    report_thinking config); `slices` reads them back from the shard, equal to the stored ones; a
+    shard changed during the run is refused, not read at the wrong rows. Candidates sampled a few
+    scans per session call equal those of one call."""
+    import shutil
+
+    from radcorpora.llm.session import LLMSession, LLMSettings
+
+    copy = tmp_path / "cases"
+    shutil.copytree(build, copy)
+    loaded = dpo.load_cases(copy)
+    assert set(loaded) == set(cases)
+    for scan, case in loaded.items():
+        stored = cases[scan]["volume"]["slices"]
+        assert case.row["volume"]["slices"] == [] and len(stored) == 2
+        assert case.slices == stored and case.volume == cases[scan]["volume"]
+    settings = dpo.DpoSettings(sampler="offline", n=3)
+
+    def sampled(per_call: int):
+        monkeypatch.setattr(dpo, "CASES_PER_CALL", per_call)
+        session = LLMSession(LLMSettings(cache_path=str(tmp_path / f"cache-{per_call}.sqlite")),
+                             {dpo.STAGE: dpo.offline_candidate})
+        try:
+            found, never = dpo.sample_candidates(session, "offline", loaded, settings)
+        finally:
+            session.close()
+        return found.by_scan, never
+
+    by_call, never = sampled(2)
+    assert (by_call, never) == sampled(10_000) and len(by_call) == len(loaded) and not never
+
+    shard = next(iter(sorted((copy / "data/report_thinking").glob("*.parquet"))))
+    later = next(c for c in loaded.values() if c.where and c.where[0] == str(shard.resolve()))
+    dpo._row_group_slices.cache_clear()
+    os.utime(shard, ns=(later.where[4] + 10**9, later.where[4] + 10**9))
+    with pytest.raises(dpo.DpoError, match="changed during the run"):
+        later.slices

@@ -28,10 +28,12 @@ score and seed in build/candidates.jsonl.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -236,19 +238,41 @@ class Case:
     scan_id: str
     split: str
     report: str
-    row: dict[str, Any]  # the report_thinking row (volume, volumes, lineage, patient)
-
-    @property
-    def volume(self) -> dict[str, Any]:
-        return self.row["volume"]
+    row: dict[str, Any]  # the report_thinking row (volume, volumes, lineage, patient), its slices left out
+    where: tuple[str, int, int, int, int] | None = None  # its slices: shard, row group, row, shard size, mtime
 
     @property
     def slices(self) -> list[dict[str, Any]]:
-        return self.volume.get("slices") or []
+        """The stored slices, read from the cases' shard when asked for (every case's slices at
+        once would be the whole volume config: 8 slices of 50k scans are ~20 GB)."""
+        return _stored_slices(*self.where) if self.where else []
+
+    @property
+    def volume(self) -> dict[str, Any]:
+        return {**self.row["volume"], "slices": self.slices}
+
+
+@functools.lru_cache(maxsize=16)  # one row group per source and split being walked in scan order
+def _row_group_slices(shard: str, group: int, size: int, mtime: int) -> tuple[list[dict[str, Any]], ...]:
+    import pyarrow.parquet as pq
+
+    volumes = pq.ParquetFile(shard).read_row_group(group, columns=["volume"]).column("volume").to_pylist()
+    return tuple((v or {}).get("slices") or [] for v in volumes)
+
+
+def _stored_slices(shard: str, group: int, row: int, size: int, mtime: int) -> list[dict[str, Any]]:
+    try:
+        st = os.stat(shard)
+    except OSError as exc:
+        raise DpoError(f"{shard}: the cases' shard went away during the run ({exc.strerror})") from None
+    if (st.st_size, st.st_mtime_ns) != (size, mtime):
+        raise DpoError(f"{shard}: the cases' shard changed during the run; start again")
+    return _row_group_slices(shard, group, size, mtime)[row]
 
 
 def load_cases(build: Path) -> dict[str, Case]:
-    """scan id -> its report_thinking row, from a ct-reasoning build folder."""
+    """scan id -> its report_thinking row, from a ct-reasoning build folder (a row group at a
+    time; slices stay in the shard until a case's `slices` are asked for)."""
     import pyarrow.parquet as pq
 
     from radcorpora.store.folder import BuildFolderError, read_manifest
@@ -268,8 +292,14 @@ def load_cases(build: Path) -> dict[str, Case]:
     cases: dict[str, Case] = {}
     for shard in shards:
         split = shard.name.split("-")[0]
-        for row in pq.read_table(shard).to_pylist():
-            cases[row["scan_id"]] = Case(row["id"], row["scan_id"], split, row["report"], row)
+        path, st = str(shard.resolve()), shard.stat()
+        parquet = pq.ParquetFile(shard)
+        for group in range(parquet.num_row_groups):
+            for k, row in enumerate(parquet.read_row_group(group).to_pylist()):
+                sliced = bool(row["volume"].get("slices"))
+                row["volume"] = {**row["volume"], "slices": []}
+                cases[row["scan_id"]] = Case(row["id"], row["scan_id"], split, row["report"], row,
+                                             (path, group, k, st.st_size, st.st_mtime_ns) if sliced else None)
     return cases
 
 
@@ -395,6 +425,11 @@ def local_sampler(spec: str) -> tuple[LocalSampler, str] | None:
     return None
 
 
+# Scans whose candidates go to the session in one call (with --batch: one provider batch each).
+# Every request of a call is made before any is sent, each holding its scan's slices.
+CASES_PER_CALL = 2000
+
+
 def sample_candidates(session: Any, spec: str, cases: dict[str, Case], settings: DpoSettings
                       ) -> tuple[Candidates, list[tuple[str, int]]]:
     """`n` candidates per scan from model `spec` through the LLM session; an empty or failed
@@ -402,20 +437,24 @@ def sample_candidates(session: Any, spec: str, cases: dict[str, Case], settings:
     candidates (in index order, each with its seed) and the (scan, index) samples that never came."""
     stage = CandidateStage(settings)
     got: dict[tuple[str, int], dict[str, Any]] = {}
-    todo = [(scan, i) for scan in sorted(cases) for i in range(settings.n)]
-    for attempt in range(settings.retries + 1):
-        if not todo:
-            break
-        rows = [(cases[scan], i, attempt) for scan, i in todo]
-        left = []
-        for (case, i, _), made in stage.run(session, spec, rows):
-            if isinstance(made, Reject):
-                left.append((case.scan_id, i))
-            else:
-                got[(case.scan_id, i)] = {"report": made[0], "index": i, "attempt": attempt,
-                                          "seed": candidate_seed(settings.seed, case.scan_id, i, attempt)}
-        todo = left
-    return collect(cases, got, settings.n), todo
+    never: list[tuple[str, int]] = []
+    scans = sorted(cases)
+    for start in range(0, len(scans), CASES_PER_CALL):  # a call's requests hold their scans' slices
+        todo = [(scan, i) for scan in scans[start:start + CASES_PER_CALL] for i in range(settings.n)]
+        for attempt in range(settings.retries + 1):
+            if not todo:
+                break
+            rows = [(cases[scan], i, attempt) for scan, i in todo]
+            left = []
+            for (case, i, _), made in stage.run(session, spec, rows):
+                if isinstance(made, Reject):
+                    left.append((case.scan_id, i))
+                else:
+                    got[(case.scan_id, i)] = {"report": made[0], "index": i, "attempt": attempt,
+                                              "seed": candidate_seed(settings.seed, case.scan_id, i, attempt)}
+            todo = left
+        never += todo
+    return collect(cases, got, settings.n), never
 
 
 def collect(cases: dict[str, Case], got: dict[tuple[str, int], dict[str, Any]], n: int) -> Candidates:
@@ -465,9 +504,29 @@ def make_pair(case: Case, chosen: str, rejected: str, scores: tuple[float, float
             {**case.volume, "slices": []}]])
 
 
+@dataclass(frozen=True)
+class PlannedPair:
+    """A pair decided (its answers and scores), made into its row when its shard is written: the
+    row carries the scan's slices, read from the cases' shard then."""
+
+    case: Case
+    chosen: str
+    rejected: str
+    scores: tuple[float, float]
+    scorer: str
+    model: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.case.id}#dpo"
+
+    def make(self) -> CtPreferencePair:
+        return make_pair(self.case, self.chosen, self.rejected, self.scores, self.scorer, self.model)
+
+
 @dataclass
 class DpoResult:
-    pairs: list[tuple[str, CtPreferencePair]]  # (split, pair)
+    pairs: list[tuple[str, PlannedPair]]  # (split, pair)
     skipped: dict[str, int]
     skipped_by_source: dict[str, int]  # "<source>/<reason>" -> scans
     scored: list[dict[str, Any]]  # every candidate with its score (build/candidates.jsonl)
@@ -492,7 +551,7 @@ def pair_up(cases: dict[str, Case], candidates: Candidates, metric: str, model: 
             by_source[f"{case.row['source']}/{picked}"] += 1
             continue
         best, worst = picked
-        pairs.append((case.split, make_pair(case, texts[best], texts[worst], (scores[best], scores[worst]), metric,
-                                            model)))
+        pairs.append((case.split, PlannedPair(case, texts[best], texts[worst], (scores[best], scores[worst]), metric,
+                                              model)))
     return DpoResult(pairs, dict(skipped), dict(sorted(by_source.items())), scored,
                      len(set(cases) - set(candidates.by_scan)))

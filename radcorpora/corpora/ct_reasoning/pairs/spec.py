@@ -130,8 +130,10 @@ def run(prepared: Prepared, settings: dpo.DpoSettings, ctx: BuildContext) -> Sta
     splits = sorted({s for s, _ in result.pairs} | {"train"}, key=dpo.SPLITS.index)
     chunks = []
     for split in splits:
-        rows = sorted((p for s, p in result.pairs if s == split), key=lambda p: p.id)
-        written = write_split(ctx.out, dpo.CONFIG, split, rows, len(rows), CtPreferencePair, settings.rows_per_shard)
+        planned = sorted((p for s, p in result.pairs if s == split), key=lambda p: p.id)
+        rows = (p.make() for p in planned)  # each row's slices read from the cases' shard as it is written
+        written = write_split(ctx.out, dpo.CONFIG, split, rows, len(planned), CtPreferencePair,
+                              settings.rows_per_shard)
         chunks.append(ChunkResult(chunk_id=f"{dpo.CONFIG}-{split}", shards={
             rel: ShardInfo(rows=n, sha256=digest) for rel, (n, digest) in written.items()}))
     for reject in rejects:
