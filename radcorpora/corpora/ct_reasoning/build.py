@@ -370,9 +370,9 @@ def run(prepared: Prepared, settings: CtReasoningSettings, ctx: BuildContext) ->
                 "patient_id": scan.report.patient_id, "volume": volume, "volumes": every[scan.id].refs,
                 "lineage": lineage(scan, volume)}
 
-    # Each row as (id, scan, maker of the record from its base fields): a record is made when its
+    # Each row as (id, scan, maker of the record given its base fields): a record is made when its
     # shard is written (in id order, so one scan's rows come together), its slices read back then.
-    rows: dict[str, dict[str, list[tuple[str, Scan, Callable[[dict[str, Any]], Any]]]]] = {
+    rows: dict[str, dict[str, list[tuple[str, Scan, Callable[..., Any]]]]] = {
         c: {s: [] for s in SPLITS} for c in CONFIGS}
     for group in grouped:
         scan = scans[group.report.id]
