@@ -162,7 +162,9 @@ def test_train_and_evaluate_by_cli(family, checkpoints, demo_build, tmp_path):
                                   "--preset", "tiny-lora", "--max-steps", "2"])
     assert trained.exit_code == 0, trained.output
     assert (out / "adapter" / "adapter_config.json").exists()
-    assert json.loads((out / "train_result.json").read_text())["steps"] == 2
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["steps"] == 2
+    assert result["variant"] is None  # rows rendered one way only: text_only says what the run saw
     evaluated = runner.invoke(app, ["evaluate", str(demo_build), "--adapter", str(out), "--limit", "5"])
     assert evaluated.exit_code == 0, evaluated.output
     predictions = (out / "predictions.jsonl").read_text().splitlines()

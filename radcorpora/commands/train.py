@@ -88,7 +88,7 @@ def train_cmd(
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,
                        alignment_rows=alignment_examples(build_dir, recipe), loss=_loss_intent(build_dir, trained),
-                       workers=workers, variant=chosen.name)
+                       workers=workers, variant=recipe.rendering(chosen))
     except _model_errors() as exc:
         fail(exc)
     _done(result, out)

@@ -133,11 +133,11 @@ def run_check(build: Path, config: CheckConfig, recipe: EvaluationRecipe, judge:
         text_only = not variant.images
         try:
             trained = train(base, examples[variant.name], out, sft, text_only=text_only, log=log_variant,
-                            alignment_rows=captions, variant=variant.name)
+                            alignment_rows=captions, variant=recipe.rendering(variant))
         except SettingsChanged:  # the folder holds a run with other settings: this check owns it, start over
             shutil.rmtree(out)
             trained = train(base, examples[variant.name], out, sft, text_only=text_only, log=log_variant,
-                            alignment_rows=captions, variant=variant.name)
+                            alignment_rows=captions, variant=recipe.rendering(variant))
         model, processor, _ = load_trained(out)
         generator = InProcessGenerator(model, processor)
         t1 = time.time()

@@ -189,6 +189,11 @@ class CorpusEvaluation:
                 return variant
         raise KeyError(f"no variant {name!r} (known: {', '.join(v.name for v in self.variants)})")
 
+    def rendering(self, variant: Variant) -> str | None:
+        """The variant's name where the corpus renders its rows per variant (a training run records
+        it); None where a variant only withholds images, which `text_only` records already."""
+        return variant.name if self.example is not None else None
+
     def chosen_variant(self, name: str | None = None, text_only: bool = False) -> Variant:
         """The variant named, else for a run with images withheld the corpus' text-only twin (the
         one `check` trains: mmrad-ivl's is its no-crops rendering, not the crops one stripped of
