@@ -30,3 +30,19 @@ def test_demo_without_the_check(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "radimagenet-vqa/README.md").exists()
     assert not (tmp_path / "radimagenet-vqa/build/reference_check.json").exists()
+
+
+def test_demo_out_that_cannot_hold_the_sources_is_one_line_exit_2(tmp_path):
+    """A file given as --out, or a file where a demo source folder goes: `error: ...`, exit 2,
+    no traceback (it ended in NotADirectoryError)."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = CliRunner().invoke(app, ["demo", "--out", str(afile), "--no-check"])
+    assert result.exit_code == 2 and "is a file; give a folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    blocked = tmp_path / "blocked"
+    (blocked / "sources").mkdir(parents=True)
+    (blocked / "sources/radimagenet").write_text("in the way")
+    result = CliRunner().invoke(app, ["demo", "--out", str(blocked), "--no-check"])
+    assert result.exit_code == 2 and "cannot write the demo sources of radimagenet-vqa" in result.output
+    assert "Traceback" not in result.output

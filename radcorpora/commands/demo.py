@@ -13,7 +13,7 @@ from radcorpora.commands.options import (
     build_named,
 )
 from radcorpora.commands.reference import train_stack
-from radcorpora.commands.ui import say
+from radcorpora.commands.ui import fail, say
 
 
 def demo_cmd(
@@ -25,6 +25,12 @@ def demo_cmd(
     """Write small demo sources in the upstream formats, build and validate every corpus from them
     (LLM stages with the offline stand-in), check the corpora that declare it against a tiny
     model, and write an HTML preview of each build."""
+    if out.exists() and not out.is_dir():
+        fail(NotADirectoryError(f"--out {out}: is a file; give a folder for the demo sources and builds"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(OSError(f"--out {out}: cannot make the folder ({exc.strerror})"))
     if check:
         train_stack()
     from radcorpora.llm.session import LLMSettings
@@ -35,7 +41,10 @@ def demo_cmd(
     for spec in CORPORA.values():
         if spec.demo is None:
             continue
-        sources = spec.demo.write_sources(out / "sources", {"images_per_class": images_per_class})
+        try:
+            sources = spec.demo.write_sources(out / "sources", {"images_per_class": images_per_class})
+        except OSError as exc:  # a full disk, a file where a folder goes
+            fail(OSError(f"cannot write the demo sources of {spec.name} under {out / 'sources'}: {exc}"))
         say(f"demo sources of {spec.name}: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
         llm = LLMSettings(cache_path=str(out / "llm-cache.sqlite")) if spec.demo.uses_llm else None
         valid = build_named(spec.name, sources, spec.demo.settings(), out / spec.name, workers=workers,
