@@ -192,15 +192,22 @@ def loss_intent(name: str, config: str) -> str:
     return corpus(name).config(config).loss
 
 
-def export(build: Path, fmt: str, out: Path, config: str | None = None, split: str | None = None) -> dict[str, Any]:
+def export(build: Path, fmt: str, out: Path, config: str | None = None, split: str | None = None,
+           variant: str | None = None) -> dict[str, Any]:
     """`radcorpora export BUILD --format FMT --out DIR`: a trainer format (publish.exports) for the
     config (default: the corpus' default config) with its declared loss intent, or one of the
-    corpus' own public formats (`CorpusSpec.exports`). Returns the recorded export settings."""
+    corpus' own public formats (`CorpusSpec.exports`). A config stored in its own shape is
+    exported as its conversation (`ConfigSpec.conversation`), in the corpus' rendering `variant`
+    (default its first: mmrad-ivl's crops conversation). Returns the recorded export settings."""
     from radcorpora.publish.exports import EXPORTERS, ExportError, export_file
+    from radcorpora.spec.evaluation import IMAGE, EvalContext
+    from radcorpora.store.folder import read_manifest
 
     build = Path(build)
     spec = spec_of_build(build)
     if fmt in spec.exports:
+        if variant:
+            raise ExportError(f"--variant: `{fmt}` is {spec.name}'s own layout, written one way")
         options = {"splits": (split,)} if split else {}
         return export_file(fmt, spec.exports[fmt], build, Path(out), f"{fmt.removesuffix('-csv')}.csv", **options)
     if fmt not in EXPORTERS:
@@ -208,8 +215,24 @@ def export(build: Path, fmt: str, out: Path, config: str | None = None, split: s
         raise ExportError(f"unknown export format {fmt!r} for a {spec.name} build (known: {', '.join(known)})")
     config = config or spec.default_config
     try:
-        intent = spec.config(config or "").loss
+        chosen_config = spec.config(config or "")
     except KeyError:
         raise ExportError(f"{build}: corpus {spec.name} has no config {config!r} "
                           f"(configs: {', '.join(c.name for c in spec.configs)})") from None
-    return EXPORTERS[fmt](build, Path(out), config=config, splits=[split] if split else None, loss=intent)
+    intent, render, rendering = chosen_config.loss, None, None
+    if chosen_config.conversation is not None and intent != "none":
+        try:
+            rendered = spec.evaluation.chosen_variant(variant) if spec.evaluation else IMAGE
+        except KeyError as exc:
+            raise ExportError(f"--variant: {exc.args[0]}") from None
+        if variant and not rendered.images:
+            raise ExportError(f"--variant {variant}: a text-only twin withholds the images at training time "
+                              "(`radcorpora train --text-only`); export an image rendering")
+        context = EvalContext(read_manifest(build), rendered)
+        conversation = chosen_config.conversation
+        render, rendering, intent = (lambda row: conversation(row, context)), rendered.name, rendered.loss or intent
+    elif variant:
+        raise ExportError(f"--variant: config {config!r} of {spec.name} holds its conversations as they are "
+                          "(one rendering)")
+    return EXPORTERS[fmt](build, Path(out), config=config, splits=[split] if split else None, loss=intent,
+                          render=render, rendering=rendering)

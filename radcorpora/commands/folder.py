@@ -26,6 +26,9 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write (created; a previous export there is replaced)"),
     config: str | None = typer.Option(None, "--config", help="Config to export (default: the corpus' default)"),
     split: str | None = typer.Option(None, "--split", help="Split to export (default: every split of the config)"),
+    variant: str | None = typer.Option(None, "--variant", help="The rendering of a config stored in its own shape "
+                                                               "(e.g. mmrad-ivl: crops, no-crops; default: the "
+                                                               "corpus' first)"),
 ) -> None:
     """Export a build for a trainer: `radcorpora export BUILD --format FORMAT --out DIR`. Each image
     is written once under DIR/images/, the settings in DIR/export_settings.json; which assistant
@@ -39,7 +42,7 @@ def export_cmd(
             raise BuildFolderError(f"unexpected argument {str(legacy_build)!r} after the build folder {target}")
         if not fmt:
             raise BuildFolderError("--format is required (llava, sharegpt, trl, swift, or a corpus' own format)")
-        settings = export(Path(target), fmt, out, config=config, split=split)
+        settings = export(Path(target), fmt, out, config=config, split=split, variant=variant)
     except (*USER_ERRORS, ValueError, OSError) as exc:
         fail(exc)
     files = {name: entry for name, entry in settings["files"].items() if "rows" in entry and name != "dataset_info.json"}

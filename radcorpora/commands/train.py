@@ -87,7 +87,8 @@ def train_cmd(
         say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir} ({chosen.name})"
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,
-                       alignment_rows=alignment_examples(build_dir, recipe), loss=_loss_intent(build_dir, trained),
+                       alignment_rows=alignment_examples(build_dir, recipe),
+                       loss=_rendered_loss(chosen, _loss_intent(build_dir, trained)),
                        workers=workers, variant=recipe.rendering(chosen))
     except _model_errors() as exc:
         fail(exc)
@@ -105,6 +106,11 @@ def training_settings(lora: bool | None, qlora: bool, bf16: bool | None, gradien
     method = "qlora" if qlora else None if lora is None else "lora" if lora else "full"
     mixed_precision(SFTConfig(method=method or "lora", bf16=bf16))
     return {"method": method, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing, "report_to": report_to}
+
+
+def _rendered_loss(variant, intent: str) -> str:
+    """The config's loss intent, or the rendering's own where it cuts the answer into several turns."""
+    return variant.loss or intent
 
 
 def _preference_config(spec) -> str | None:

@@ -64,6 +64,10 @@ class ConfigSpec:
     splits: tuple[str, ...]
     default: bool = False
     loss: LossIntent = "all_assistant"
+    # How a row reads as a training conversation, for a config stored in its own shape (no LLaVA
+    # `conversations` column): `(row, EvalContext) -> {id, images, conversations}`, the k-th
+    # `<image>` across turns being images[k]. The trainer exports render rows with it.
+    conversation: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

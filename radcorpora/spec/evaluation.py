@@ -29,6 +29,9 @@ class Variant:
     name: str
     description: str
     images: bool = True
+    # The loss intent of this rendering's turns where it is not the config's: mmrad-ivl's crops
+    # conversation cuts the row's one response into a gpt turn per crop, and every one trains.
+    loss: str | None = None
 
 
 IMAGE = Variant("image", "the model trained and asked with the row's images")

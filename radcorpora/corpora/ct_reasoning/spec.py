@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from radcorpora.corpora.ct_reasoning import build
-from radcorpora.corpora.ct_reasoning.evaluation import EVALUATION
+from radcorpora.corpora.ct_reasoning import build, conversations
+from radcorpora.corpora.ct_reasoning.evaluation import EVALUATION, example
 from radcorpora.corpora.ct_reasoning.card import ROLE_COLUMNS, ct_reasoning_card, role_rows
 from radcorpora.corpora.ct_reasoning.llm import STAGES
 from radcorpora.corpora.ct_reasoning.records import (
@@ -46,12 +46,13 @@ SPEC = CorpusSpec(
             "answers, gated and refined, and one findings / impression / follow-up narrative per scan",
     settings=CtReasoningSettings,
     configs=(ConfigSpec("vqa_thinking", VqaThinkingRecord, "volume reference, question, thinking, answer",
-                        build.SPLITS, default=True, loss="final_assistant"),
+                        build.SPLITS, default=True, loss="final_assistant", conversation=example),
              ConfigSpec("report_thinking", ReportThinkingRecord, "volume reference, report, narrative in three "
-                        "sections", build.SPLITS, loss="final_assistant"),
+                        "sections", build.SPLITS, loss="final_assistant", conversation=conversations.report_thinking),
              ConfigSpec("report_rewrite", ReportRewriteRecord, "the report paraphrased, meaning kept (--rewrite)",
-                        build.SPLITS),
-             ConfigSpec("translation", TranslationRecord, "the report translated (--translate LANG)", build.SPLITS)),
+                        build.SPLITS, conversation=conversations.report_rewrite),
+             ConfigSpec("translation", TranslationRecord, "the report translated (--translate LANG)", build.SPLITS,
+                        conversation=conversations.translation)),
     sources=(SourceOption("ct_rate", "--ct-rate", "CT-RATE folder (dataset/ with radiology_text_reports/, metadata/, "
                           "train/ or train_fixed/, valid/ or valid_fixed/)"),
              SourceOption("amos_mm", "--amos-mm", "AMOS-MM folder (dataset.json, imagesTr/, imagesVa/)"),

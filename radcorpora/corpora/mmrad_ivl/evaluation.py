@@ -37,7 +37,8 @@ from radcorpora.spec.evaluation import (
     queries_from_example,
 )
 
-CROPS = Variant("crops", "full image + regional text + regional crops (the paper's multimodal CoT)")
+CROPS = Variant("crops", "full image + regional text + regional crops (the paper's multimodal CoT)",
+                loss="all_assistant")  # its gpt turns are the row's one response, cut at the crops
 NO_CROPS = Variant("no-crops", "full image + regional text, crops left out (the paper's text-only CoT)")
 TEXT_ONLY = Variant("text-only", "regional text only: the no-crops conversation with every image withheld",
                     images=False)

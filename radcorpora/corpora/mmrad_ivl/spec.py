@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from radcorpora.corpora.mmrad_ivl import build
-from radcorpora.corpora.mmrad_ivl.evaluation import EVALUATION
+from radcorpora.corpora.mmrad_ivl.evaluation import EVALUATION, example
 from radcorpora.corpora.mmrad_ivl.card import mmrad_ivl_card
 from radcorpora.corpora.mmrad_ivl.export import export_mmrad_ivl_jsonl
 from radcorpora.corpora.mmrad_ivl.llm import STAGES
@@ -47,7 +47,7 @@ SPEC = CorpusSpec(
             "group, the report (LLM summary, self-reflection, cross-audit)",
     settings=MmradIvlSettings,
     configs=(ConfigSpec("default", MmradIvlRecord, "full image + group crops, interleaved steps, report",
-                        build.SPLITS, default=True, loss="final_assistant"),),
+                        build.SPLITS, default=True, loss="final_assistant", conversation=example),),
     sources=(SourceOption("gemex_thinkvg", "--gemex-thinkvg", "GEMeX-ThinkVG Parquet file or dataset folder "
                           "(data/train-*.parquet)", required=True, accepts_file=True),
              SourceOption("mimic_cxr", "--mimic-cxr", "MIMIC-CXR-JPG folder (files/ and the metadata, split CSVs)",

@@ -32,14 +32,16 @@ FORMATS: dict[str, ModuleType] = {m.NAME: m for m in (llava, sharegpt, trl, swif
 
 
 def export(fmt: str, build: Path, out: Path, *, config: str, splits: list[str] | None = None,
-           loss: str = "all_assistant") -> dict[str, Any]:
+           loss: str = "all_assistant", render: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+           rendering: str | None = None) -> dict[str, Any]:
     """Export `config` (its `splits`, default all) of `build` to `out` in format `fmt`; returns
-    what was recorded in `export_settings.json`."""
+    what was recorded in `export_settings.json`. `render` turns a row stored in its corpus' own
+    shape into its conversation ({id, images, conversations}); `rendering` names it in the settings."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
     module = FORMATS[fmt]
     build = Path(build)
-    chosen = sources(build, config, splits, loss)
+    chosen = sources(build, config, splits, loss, render)
     for source in chosen:
         refuse_untrained(source, fmt, has_preference_form=getattr(module, "PREFERENCE", False))
 
@@ -67,6 +69,7 @@ def export(fmt: str, build: Path, out: Path, *, config: str, splits: list[str] |
     settings = {"format": fmt, "build": build_identity(build), "config": config,
                 "splits": [s.split for s in chosen], "loss": loss,
                 "per_question": any(s.per_question for s in chosen),
+                **({"rendering": rendering} if rendering else {}),
                 "replication": "repeated: ids <id>, <id>#r1, ... (no target format has a per-row weight)",
                 "trainer": module.trainer_notes(chosen)}
     return write_export(out, write, settings)

@@ -106,29 +106,36 @@ class Source:
     loss: str
     shards: list[Path]
     columns: list[str]
+    # the corpus' conversation of a row stored in its own shape (ConfigSpec.conversation, for a
+    # chosen rendering): row -> {id, images, conversations}; reads every column of the row
+    render: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def per_question(self) -> bool:
-        return "questions" in self.columns
+        return self.render is None and "questions" in self.columns
 
     @property
     def preference(self) -> bool:
-        return "chosen" in self.columns and "rejected" in self.columns
+        return self.render is None and "chosen" in self.columns and "rejected" in self.columns
 
     @property
     def multi_image(self) -> bool:
-        return "images" in self.columns
+        return self.render is not None or "images" in self.columns
 
     @property
     def turns(self) -> str | None:
         """The column holding each example's turns (a pair's prompt), if any."""
+        if self.render is not None:
+            return "conversations"
         if self.preference and "prompt" in self.columns:
             return "prompt"
         return "conversations" if "conversations" in self.columns else None
 
 
-def sources(build: Path, config: str, splits: list[str] | None, loss: str) -> list[Source]:
-    """The config/splits asked for, checked: the config exists, has conversations, and trains."""
+def sources(build: Path, config: str, splits: list[str] | None, loss: str,
+            render: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Source]:
+    """The config/splits asked for, checked: the config exists, has conversations (or `render`
+    makes them), and trains."""
     build = Path(build)
     manifest = read_manifest(build)
     if loss not in LOSS_INTENTS:
@@ -148,7 +155,7 @@ def sources(build: Path, config: str, splits: list[str] | None, loss: str) -> li
         except Exception as exc:  # pyarrow raises several types for a broken file
             raise BuildFolderError(f"{shards[split][0]}: not a readable Parquet shard ({exc})") from exc
         out.append(Source(build, str(manifest.get("corpus")), config, split, loss, shards[split],
-                          [c for c in _COLUMNS if c in names]))
+                          [c for c in _COLUMNS if c in names], render))
     return out
 
 
@@ -173,8 +180,12 @@ def refuse_untrained(source: Source, fmt: str, has_preference_form: bool = True)
 def examples(source: Source, images: ImageWriter, batch_size: int = 256) -> Iterator[Example]:
     """Every example of one config/split, streamed shard by shard (images written on the way)."""
     for shard in source.shards:
-        for batch in iter_batches(shard, batch_size, columns=source.columns):
+        for batch in iter_batches(shard, batch_size, columns=None if source.render else source.columns):
             for row in batch.to_pylist():
+                if source.render is not None:
+                    rendered = source.render(row)
+                    row = {"id": rendered["id"], "images": rendered["images"],
+                           "conversations": rendered["conversations"]}
                 yield from _row_examples(row, images)
 
 
