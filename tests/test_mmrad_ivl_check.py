@@ -94,6 +94,16 @@ def test_train_text_only_trains_the_checks_twin_and_evaluate_asks_with_it(build,
     assert asked.exit_code == 0, asked.output
     assert "(text-only, " in asked.output and "images withheld" in asked.output
 
+    # the crops rendering cuts the one response into a gpt turn per crop: every one trains (as in
+    # `check`), where the config's intent (final_assistant) would train the last piece only
+    crops = tmp_path / "crops"
+    result = runner.invoke(cli.app, ["train", str(build), "--model", "tiny", "--preset", "tiny-lora", "--max-steps", "1",
+                                     "--out", str(crops)])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((crops / "run_settings.json").read_text())
+    assert settings["variant"] == "crops" and "loss" not in settings  # all_assistant is the unmarked default
+    assert json.loads((out / "run_settings.json").read_text())["loss"] == "final_assistant"  # the twin: one turn
+
     bad = runner.invoke(cli.app, ["train", str(build), "--model", "tiny", "--out", str(tmp_path / "bad"),
                                   "--variant", "sideways"])
     assert bad.exit_code == 2 and "no variant 'sideways'" in bad.output and not (tmp_path / "bad").exists()
