@@ -248,7 +248,6 @@ def test_every_refusal_is_one_line_exit_2(demo, tmp_path):
         ([f"{demo / 'rad-ace-cot'}=1", demo / "radimagenet-vqa:instruct"], "give every input a weight, or none"),
         ([demo / "rad-ace-cot:nope"], "has no config 'nope'"),
         ([demo / "radimagenet-vqa:benchmark"], "is not mixable: its loss intent is 'none'"),
-        ([demo / "mmrad-ivl"], "is not mixable: its rows hold no LLaVA `conversations`"),
         ([demo / "rad-ace-cot", demo / "rad-ace-cot:default"], "is given twice"),
         ([tmp_path / "missing"], "no such build folder"),
         ([demo / "rad-ace-cot", "--by", "words"], "--by must be rows or tokens"),
@@ -282,7 +281,34 @@ def test_shapes_a_mix_takes():
     volume = pa.schema([("id", pa.string()), ("volume", pa.string()), ("conversations", turns), ("lineage", lineage)])
     assert "no `image` or `images`" in shape_problem(volume, "row")  # ct-reasoning's volume references
     trace = pa.schema([("id", pa.string()), ("images", pa.list_(image)), ("prompt", pa.string())])
-    assert "no LLaVA `conversations`" in shape_problem(trace, "row")  # mmrad-ivl's prompt/response traces
+    assert "no LLaVA `conversations`" in shape_problem(trace, "row")  # mmrad-ivl's prompt/response traces...
+    assert "no `lineage`" in shape_problem(trace, "render")  # ...which its corpus renders, given a lineage
+    assert shape_problem(trace.append(pa.field("lineage", lineage)), "render") is None
     assert parse_input("a/b:instruct=2.5") == (Path("a/b"), "instruct", 2.5)
     assert parse_input("a/b") == (Path("a/b"), None, None)
     assert parse_input("c:/x/b=1") == (Path("c:/x/b"), None, 1.0)
+
+
+def test_rows_stored_in_their_own_shape_mix_as_their_conversations(demo, tmp_path):
+    """mmrad-ivl's trace rows join a mix as their corpus' crops conversation (ConfigSpec.conversation):
+    the full image with the instruction, then a human turn per crop and a gpt turn per piece of the
+    response; every image the row's own, in order; every gpt turn trains (the rendering's intent).
+    A mix of conversation rows only keeps the fingerprint it had (no rendering fields in it)."""
+    out = tmp_path / "with-traces"
+    result = cli("mix", demo / "mmrad-ivl", demo / "rad-ace-cot", "--out", out, "--allow-leakage")
+    assert result.exit_code == 0, result.output
+    inputs = {e["corpus"]: e for e in manifest(out)["mix"]["inputs"]}
+    assert inputs["mmrad-ivl"]["expand"] == "render" and inputs["mmrad-ivl"]["loss"] == "all_assistant"
+    source = {r["id"]: r for r in rows_of(demo / "mmrad-ivl", "default", "train")}
+    mixed = [r for r in rows_of(out, "default", "train") if r["corpus"] == "mmrad-ivl"]
+    assert len(mixed) == len(source) > 0
+    for row in mixed:
+        original = source[row["source_row"]]
+        said = [t["value"] for t in row["conversations"]]
+        assert [t["from"] for t in row["conversations"]] == ["human", "gpt"] * len(original["images"])
+        assert [hashlib.sha256(i["bytes"]).hexdigest() for i in row["images"]] == \
+            [hashlib.sha256(i["bytes"]).hexdigest() for i in original["images"]]
+        assert said[0] == original["prompt"] and all(s == "<image>" for s in said[2::2])
+        assert " ".join(" <image> ".join(said[1::2]).split()) == " ".join(original["response"].split())
+    config = manifest(out)["fingerprint"]["config"]["inputs"]
+    assert {i["corpus"]: ("render" in i) for i in config} == {"mmrad-ivl": True, "rad-ace-cot": False}

@@ -40,14 +40,25 @@ def _input(text: str, source: str, build: Path, manifest: dict[str, Any]) -> Mix
     recipe = spec.evaluation
     expand = "question" if recipe and config in recipe.per_question else \
         "instance" if recipe and config in recipe.per_instance else "row"
+    loss = declared.loss if declared is not None else "all_assistant"
+    render = rendering = None
+    if declared is not None and declared.conversation is not None:  # stored in its own shape: the corpus renders it
+        from radcorpora.spec.evaluation import IMAGE
+
+        variant = recipe.chosen_variant() if recipe else IMAGE
+        function = declared.conversation
+        render, rendering = f"{function.__module__}:{function.__qualname__}", variant.name
+        if "." in function.__qualname__ or "<" in function.__qualname__:
+            raise MixError(f"{text}: config {config!r} renders its rows with {render}, which a worker cannot import")
+        expand, loss = "render", variant.loss or loss
     shards = all_shards(build, [config])
     problem = shape_problem(open_shard(shards[0].path).schema_arrow, expand) if shards else "no shards"
     if problem:
         raise MixError(f"{text}: config {config!r} is not mixable: {problem} (a mix takes configs of the trainable "
                        "shape: conversations + images)")
     return MixInput(source=source, build=build.name, corpus=spec.name, config=config, weight=weight, expand=expand,
-                    loss=declared.loss if declared is not None else "all_assistant",  # type: ignore[arg-type]
-                    licence_class=manifest.get("licence_class") or "credentialed")
+                    loss=loss,  # type: ignore[arg-type]
+                    licence_class=manifest.get("licence_class") or "credentialed", render=render, rendering=rendering)
 
 
 def _held(out: Path) -> str | None:

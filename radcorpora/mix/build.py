@@ -22,6 +22,7 @@ from radcorpora.mix.plan import (
     Unit,
     interleave,
     read_units,
+    renderer,
     select,
     shards_of,
 )
@@ -191,8 +192,14 @@ def _read_rows(path: Path, rows: set[int]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def examples_of(row: dict[str, Any], item: MixInput) -> list[dict[str, Any]]:
-    """The training examples of one source row: {id, images, conversations}."""
+def examples_of(row: dict[str, Any], item: MixInput,
+                render: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The training examples of one source row: {id, images, conversations} (`render`: the
+    input's conversation of a row stored in its own shape, for expand "render")."""
+    if item.expand == "render" and render is not None:
+        made = render(row)
+        return [{"id": str(made["id"]), "images": [i for i in made["images"] if i],
+                 "conversations": made["conversations"]}]
     images = row.get("images") if row.get("images") is not None else [row.get("image")]
     images = [i for i in images if i]
     if item.expand == "question":
@@ -225,6 +232,8 @@ def write_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
         path = Path(payload["paths"][inputs[number].source]) / shard
         for r, row in _read_rows(path, needed).items():
             rows[(number, shard, r)] = row
+    renders = {n: renderer(item, read_manifest(Path(payload["paths"][item.source])))
+               for n, item in enumerate(inputs) if item.expand == "render"}
     rel = shard_relpath(CONFIG, payload["split"], payload["index"], payload["total"])
     writer = ShardWriter(out / rel, MixRecord, shared_images=True)
     result = ChunkResult(chunk_id=spec.chunk_id)
@@ -234,7 +243,7 @@ def write_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
         for unit in units:
             item = inputs[unit.input]
             made = _unit_rows(rows[(unit.input, unit.shard, unit.row)], item, label_of(item, inputs), unit,
-                              payload["paths"], result)
+                              result, renders.get(unit.input))
             if batch and len(batch) + len(made) > ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_pylist(batch, schema=writer.schema))
                 batch = []
@@ -251,12 +260,12 @@ def write_chunk(spec: ChunkSpec, out: Path) -> ChunkResult:
     return result
 
 
-def _unit_rows(row: dict[str, Any], item: MixInput, label: str, unit: Unit, paths: dict[str, str],
-               result: ChunkResult) -> list[dict[str, Any]]:
+def _unit_rows(row: dict[str, Any], item: MixInput, label: str, unit: Unit, result: ChunkResult,
+               render: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     lineage = row.get("lineage") or {}
     made = []
     hashes: dict[int, str] = {}
-    for example in examples_of(row, item):
+    for example in examples_of(row, item, render):
         images = example["images"]
         turns = _with_placeholder(example["conversations"], len(images))
         roles = [t["from"] for t in turns]

@@ -12,10 +12,11 @@ config, row key), so a row's fate does not depend on worker count or on the othe
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +24,11 @@ import pyarrow.compute as pc
 
 from radcorpora.mix.settings import MixInput, MixSettings
 from radcorpora.schemas.identity import EVAL_SPLITS, TRAIN_SPLITS
-from radcorpora.store.folder import all_shards, open_shard
+from radcorpora.spec.evaluation import EvalContext, Variant
+from radcorpora.store.folder import all_shards, open_shard, read_manifest
 
 MIX_SPLITS = (*TRAIN_SPLITS, *EVAL_SPLITS)
+_TURNS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 TOKEN = r"\w+|[^\w\s]"  # a word or a punctuation mark: `--by tokens` counts these in the assistant turns
 _TOKEN_RE = re.compile(TOKEN)
 
@@ -75,9 +78,33 @@ def _is_image(kind: pa.DataType) -> bool:
     return pa.types.is_struct(kind) and {f.name for f in kind} >= {"bytes", "path"}
 
 
+def _holds_bytes(kind: pa.DataType) -> bool:
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return True
+    if pa.types.is_struct(kind):
+        return any(_holds_bytes(f.type) for f in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _holds_bytes(kind.value_type)
+    return False
+
+
+def renderer(item: MixInput, manifest: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An input's conversation of a row stored in its corpus' own shape (expand "render"): the
+    function its `render` names, in its `rendering`, over the input build's manifest."""
+    module, _, name = (item.render or "").partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MixError(f"{item.build}:{item.config}: cannot import its conversation {item.render!r} ({exc})") from None
+    context = EvalContext(manifest, Variant(item.rendering or "image", "the rendering the mix asked for"))
+    return lambda row: function(row, context)
+
+
 def shape_problem(schema: pa.Schema, expand: str) -> str | None:
     """Why rows of this schema are not trainable examples (conversations + images), or None."""
     names = set(schema.names)
+    if expand == "render":  # the corpus makes the conversation; an example without an image is rejected
+        return None if "lineage" in names else "its rows hold no `lineage`"
     image = ("image" in names and _is_image(schema.field("image").type)) or \
         ("images" in names and pa.types.is_list(schema.field("images").type)
          and _is_image(schema.field("images").type.value_type))
@@ -123,6 +150,7 @@ def read_units(build: Path, number: int, item: MixInput) -> dict[str, list[Unit]
     """split -> the units of one input, rows in shard order (no image is read)."""
     units: dict[str, list[Unit]] = {}
     counted: dict[str, int] = {}
+    manifest = read_manifest(build) if item.expand == "render" else {}
     for shard in all_shards(build, [item.config]):
         if shard.split not in MIX_SPLITS:
             continue
@@ -131,7 +159,14 @@ def read_units(build: Path, number: int, item: MixInput) -> dict[str, list[Unit]
         if problem:
             raise MixError(f"{build}:{item.config}: not mixable: {problem} (a mix takes configs of the trainable "
                            "shape: conversations + images)")
-        if item.expand == "instance":
+        if item.expand == "render":  # the conversations without the image bytes: tokens and turns only
+            table = parquet.read(columns=[f.name for f in parquet.schema_arrow if not _holds_bytes(f.type)])
+            render = renderer(item, manifest)
+            conv = pa.array([render(row)["conversations"] for row in table.to_pylist()], type=_TURNS)
+            tokens = _gpt_tokens(conv)
+            examples = np.ones(len(conv), dtype=np.int64)
+            many = _gpt_roles(conv) > 1
+        elif item.expand == "instance":
             table = parquet.read(columns=["id", "instances"])
             instances = table.column("instances").combine_chunks()
             examples = np.asarray(pc.list_value_length(instances).fill_null(0))

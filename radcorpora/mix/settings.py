@@ -4,15 +4,16 @@ examples) and how it mixes them. Every field is part of the mix's fingerprint: t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from radcorpora.schemas.common import LicenceClass
 
-Expand = Literal["row", "question", "instance"]
+Expand = Literal["row", "question", "instance", "render"]
 """How a source row becomes examples: as it is (conversations + image(s)), one per question of a
-multi-question row (radimagenet-vqa `instruct`), one per instance (radvlm)."""
+multi-question row (radimagenet-vqa `instruct`), one per instance (radvlm), or through its corpus'
+conversation of a row stored in its own shape (`ConfigSpec.conversation`: mmrad-ivl, ct-reasoning)."""
 Loss = Literal["all_assistant", "final_assistant"]
 
 
@@ -27,6 +28,18 @@ class MixInput(BaseModel):
     expand: Expand = "row"
     loss: Loss = "all_assistant"
     licence_class: LicenceClass = "credentialed"  # the input build's (most restrictive when unknown)
+    # expand "render": the corpus' conversation function as `module:function` (what the workers
+    # import) and the rendering (variant) it is asked for; absent from the fingerprint otherwise
+    render: str | None = None
+    rendering: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unused_rendering(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in ("render", "rendering"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class MixSettings(BaseModel):
