@@ -493,3 +493,21 @@ def test_offline_responders_cover_every_stage():
     assert set(responders) == {"questions", "answers", "audit"}
     assert Counter(json.loads(responders["questions"](QuestionStage().prompt(INPUTS[0])))["terms"]) == Counter(
         terms(REPORTS["r1"]))
+
+
+def test_decision_files_say_what_is_wrong_with_a_line(tmp_path):
+    """Every line of a decisions file is a queue entry (JSON) or `id,decision`; an undecided line
+    must still name a queued item; a bare word was skipped as "undecided" before."""
+    from radcorpora.llm.audit import AdjudicationError
+
+    queued = {"r1/0", "r1/1"}
+    path = tmp_path / "d.csv"
+    path.write_text("id,decision\nr1/0,accept\nr1/1,\n")
+    assert read_decisions(path, queued) == {"r1/0": "accept"}
+    for text, message in (("r1/0,accept\nx\n", "line 2: neither a queue entry"),
+                          ("r9/9,\n", "line 1: 'r9/9' is not in this build's adjudication queue"),
+                          ('{"id": "r9/9", "decision": null}\n', "'r9/9' is not in this build's adjudication queue"),
+                          ("r1/0,maybe\n", "use accept or reject")):
+        path.write_text(text)
+        with pytest.raises(AdjudicationError, match=message):
+            read_decisions(path, queued)

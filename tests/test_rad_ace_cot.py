@@ -207,6 +207,10 @@ def test_build_through_real_sdks_with_two_verifiers_and_adjudication(sources, tm
         bad.write_text("Alignment_VQA_99999,accept\n")
         result = runner.invoke(app, ["adjudicate", "apply", str(out), str(bad)])
         assert result.exit_code == 2 and "not in this build's adjudication queue" in result.output
+        undecided = tmp_path / "undecided.csv"
+        undecided.write_text("id,decision\n")
+        result = runner.invoke(app, ["adjudicate", "apply", str(out), str(undecided)])
+        assert result.exit_code == 2 and "nothing to apply" in result.output
 
 
 def test_export_csv_and_estimate(sources, tmp_path):

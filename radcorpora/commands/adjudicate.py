@@ -32,7 +32,10 @@ def adjudicate_apply_cmd(
             raise AdjudicationError(f"{build_dir}: a {spec.name} build has no verification to adjudicate")
         previous = read_decisions(build_dir / DECISIONS_FILE) if (build_dir / DECISIONS_FILE).exists() else {}
         queue_ids = {entry.id for entry in read_queue(build_dir / QUEUE_FILE)} | set(previous)
-        decisions = {**previous, **read_decisions(decisions_file, queue_ids)}
+        given = read_decisions(decisions_file, queue_ids)
+        if not given:
+            raise AdjudicationError(f"{decisions_file}: no line decides (accept or reject) an item: nothing to apply")
+        decisions = {**previous, **given}
         local = read_local(build_dir)  # absolute paths and settings in full, on this machine (never pushed)
         config = spec.settings.model_validate({**(local.get("settings") or manifest["fingerprint"]["config"]),
                                                "decisions": decisions})

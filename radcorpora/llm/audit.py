@@ -151,14 +151,16 @@ def read_decisions(path: Path, queue_ids: set[str] | None = None) -> dict[str, L
                 item_id, decision = str(raw["id"]), raw.get("decision")
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise AdjudicationError(f"{path} line {number}: not a queue entry with an id: {exc}") from exc
-        else:
+        elif "," in line:
             item_id, _, decision = (part.strip() for part in line.partition(","))
+        else:
+            raise AdjudicationError(f"{path} line {number}: neither a queue entry (a JSON line) nor `id,decision`")
+        if queue_ids is not None and item_id not in queue_ids:
+            raise AdjudicationError(f"{path} line {number}: {item_id!r} is not in this build's adjudication queue")
         if decision is None or decision == "":
             continue  # not decided yet: stays in the queue
         if decision not in DECISIONS:
             raise AdjudicationError(f"{path} line {number}: decision {decision!r} for {item_id!r}; use accept or reject")
-        if queue_ids is not None and item_id not in queue_ids:
-            raise AdjudicationError(f"{path} line {number}: {item_id!r} is not in this build's adjudication queue")
         if decisions.get(item_id, decision) != decision:
             raise AdjudicationError(f"{path} line {number}: {item_id!r} decided twice, differently")
         decisions[item_id] = decision
