@@ -60,3 +60,27 @@ def test_a_build_without_slices_is_refused(sources, tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--slices" in lines[0] and "Traceback" not in result.output
     assert not (build / "build" / "reference_check").exists()  # refused before any training
+
+
+def test_train_on_another_config_renders_its_own_rows(sources, tmp_path):
+    """`train --config report_thinking` trains that config's conversations (the slices and the
+    report-writing instruction; the narrative then the report), not the vqa_thinking renderer (a
+    KeyError traceback before); `evaluate --config report_thinking` is refused in one line: the
+    corpus' metrics score vqa_thinking only."""
+    from radcorpora.corpora.ct_reasoning import conversations
+    from radcorpora.reference_models.data import training_examples
+
+    build = _build(sources, tmp_path / "b", "--slices", "2")
+    out = tmp_path / "run"
+    result = runner.invoke(cli.app, ["train", str(build), "--config", "report_thinking", "--model", "tiny",
+                                     "--preset", "tiny-lora", "--max-steps", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    recipe = CORPORA["ct-reasoning"].evaluation
+    examples = training_examples(build, recipe, "report_thinking", render=conversations.report_thinking)
+    first = examples[0]
+    assert first["conversations"][0]["value"].count("<image>") == len(first["images"]) == 2
+    assert first["conversations"][1]["value"].startswith("<think>\nFindings: ")
+    with pytest.raises(Exception, match="declares no conversation"):
+        training_examples(build, recipe, "report_thinking")  # without its renderer: refused, not a KeyError
+    asked = runner.invoke(cli.app, ["evaluate", str(build), "--adapter", str(out), "--config", "report_thinking"])
+    assert asked.exit_code == 2 and "score `vqa_thinking` only" in asked.output

@@ -58,6 +58,11 @@ def evaluate_cmd(
     try:
         recipe = _recipe(build_dir)
         rows = evaluation_rows(build_dir, recipe, config, limit)
+        if config not in (None, recipe.eval_config) and recipe.example is not None and \
+                "conversations" not in rows.column_names:
+            raise BuildFolderError(f"--config {config}: its rows are stored in their own shape, and the corpus' metrics "
+                                   f"score `{recipe.eval_config}` only; evaluate that config (or export `{config}` for "
+                                   "your own evaluation)")
         if endpoint is not None:
             _credentialed_refusal(rows, approve_credentialed, endpoint, read_manifest(build_dir))
             generator = EndpointGenerator(endpoint, served_model or "", concurrency=concurrency)

@@ -82,8 +82,10 @@ def train_cmd(
             raise BuildFolderError(f"--variant: {exc.args[0]}") from None
         text_only = text_only or not chosen.images
         settings = sft_config(check, recipe)
-        examples = training_examples(build_dir, recipe, config, variant=chosen)
-        base = _resolve(lambda: resolve_model(model, out, lambda: training_texts(build_dir, recipe, config), seed=seed))
+        render = spec.config(config).conversation if config in spec.records else None  # --config's own shape
+        examples = training_examples(build_dir, recipe, config, variant=chosen, render=render)
+        base = _resolve(lambda: resolve_model(model, out, lambda: training_texts(build_dir, recipe, config, render=render),
+                                              seed=seed))
         say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir} ({chosen.name})"
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,

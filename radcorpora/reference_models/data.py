@@ -57,19 +57,35 @@ class ExampleView(Sequence):
             yield self._render(row, self._ctx)
 
 
+Render = Callable[[dict[str, Any], EvalContext], dict[str, Any]]
+
+
+def _renderer(recipe: EvaluationRecipe, config: str, render: Render | None, build: Path) -> Render:
+    """How rows of `config` stored in their own shape become conversations: the config's own
+    (`ConfigSpec.conversation`, given as `render`), else the recipe's, which is its train config's."""
+    if render is not None:
+        return render
+    if recipe.example is None or config != recipe.train_config:
+        raise BuildFolderError(f"{build}: config `{config}` stores its rows in its own shape (no `conversations`) "
+                               "and its corpus declares no conversation for them: train on another config")
+    return recipe.example
+
+
 def training_examples(build: Path, recipe: EvaluationRecipe, config: str | None = None,
-                      split: str = "train", variant: Variant | str | None = None) -> Sequence[dict[str, Any]]:
+                      split: str = "train", variant: Variant | str | None = None,
+                      render: Render | None = None) -> Sequence[dict[str, Any]]:
     """The examples of `config`/`split`, rendered for `variant` (default the corpus' first) where
-    the corpus renders its rows itself."""
+    the corpus renders its rows itself (`render`: the config's own conversation, where it is not
+    the recipe's train config)."""
     config = config or recipe.train_config
     held_out_only = config == recipe.eval_config and set(config_shards(build, config)) <= {recipe.eval_split}
     if (config, split) == (recipe.eval_config, recipe.eval_split) or held_out_only:
         raise BuildFolderError(f"{build}: `{config}` is the held-out evaluation config "
                                f"({recipe.eval_config}/{recipe.eval_split}); train on another one")
     dataset = load_split(build, config, split)
-    if recipe.example is not None and "conversations" not in dataset.column_names:
+    if "conversations" not in dataset.column_names and (render is not None or recipe.example is not None):
         chosen = recipe.variant(variant) if isinstance(variant, str) else (variant or recipe.variants[0])
-        return ExampleView(dataset, recipe.example, EvalContext(read_manifest(build), chosen))
+        return ExampleView(dataset, _renderer(recipe, config, render, build), EvalContext(read_manifest(build), chosen))
     if config in recipe.per_question:
         return QuestionView(dataset)
     return InstanceView(dataset) if config in recipe.per_instance else dataset
@@ -88,21 +104,23 @@ def evaluation_rows(build: Path, recipe: EvaluationRecipe, config: str | None = 
 
 
 def training_texts(build: Path, recipe: EvaluationRecipe, config: str | None = None, split: str = "train",
-                   limit: int = 20000) -> list[str]:
+                   limit: int = 20000, render: Render | None = None) -> list[str]:
     """Up to about `limit` turns of conversation text, read straight from the shards (no images),
     to train the tiny model's tokenizer on (captions too, where the corpus has them)."""
     import pyarrow.parquet as pq
 
-    configs = [config or recipe.train_config, *([recipe.alignment_config] if recipe.alignment_config else [])]
+    trained = config or recipe.train_config
+    configs = [trained, *([recipe.alignment_config] if recipe.alignment_config else [])]
     texts: list[str] = []
-    manifest = read_manifest(build) if recipe.example is not None else {}
-    for shard in [s for c in configs for s in config_shards(build, c).get(split, [])]:
+    manifest = read_manifest(build) if (render or recipe.example) is not None else {}
+    for config_name, shard in [(c, s) for c in configs for s in config_shards(build, c).get(split, [])]:
         names = pq.read_schema(shard).names
-        if "conversations" not in names and "instances" not in names and recipe.example is not None:
+        if "conversations" not in names and "instances" not in names and (render or recipe.example) is not None:
             # rendered by the corpus (both renderings where it has several: the tokenizer sees all)
+            rendering = _renderer(recipe, config_name, render if config_name == trained else None, build)
             table = pq.read_table(shard, columns=[n for n in names if n not in ("image", "images")])
             ctx = [EvalContext(manifest, v) for v in recipe.variants]
-            conversations = [recipe.example(row, c)["conversations"] for row in table.to_pylist() for c in ctx[:2]]
+            conversations = [rendering(row, c)["conversations"] for row in table.to_pylist() for c in ctx[:2]]
         elif "conversations" in names:
             conversations = pq.read_table(shard, columns=["conversations"]).column("conversations").to_pylist()
         else:  # rows of instances (radvlm): every instance's conversation
