@@ -83,4 +83,4 @@ def test_train_on_another_config_renders_its_own_rows(sources, tmp_path):
     with pytest.raises(Exception, match="declares no conversation"):
         training_examples(build, recipe, "report_thinking")  # without its renderer: refused, not a KeyError
     asked = runner.invoke(cli.app, ["evaluate", str(build), "--adapter", str(out), "--config", "report_thinking"])
-    assert asked.exit_code == 2 and "score `vqa_thinking` only" in asked.output
+    assert asked.exit_code == 2 and "score `vqa_thinking` rows only" in asked.output

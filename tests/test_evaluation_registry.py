@@ -359,3 +359,22 @@ def test_a_credentialed_build_is_refused_for_an_endpoint_even_without_row_lineag
         _credentialed_refusal(rows, [], "http://x/v1", {"licence_class": "credentialed"})
     _credentialed_refusal(rows, [], "http://x/v1", {"licence_class": "public"})  # nothing says credentialed
     _credentialed_refusal(rows, ["endpoint"], "http://x/v1", {"licence_class": "credentialed"})  # approved
+
+
+def test_evaluate_refuses_a_config_its_metrics_do_not_read(demo_build, tmp_path):
+    """`evaluate --config` on a config whose rows the corpus' scorer does not read (radimagenet-vqa
+    `instruct`: the benchmark scorer reads one question per row) is one line and exit 2 before any
+    model is loaded (it reached the scorer and ended in a KeyError once `--split` let it through);
+    the recipe says which configs it scores."""
+    from radcorpora.registry import CORPORA
+
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["evaluate", str(demo_build), "--adapter", str(tmp_path / "none"),
+                                     "--config", "instruct", "--split", "validation"])
+    assert result.exit_code == 2 and "score `benchmark` rows only" in result.output, result.output
+    missing = runner.invoke(cli.app, ["evaluate", str(demo_build), "--adapter", str(tmp_path / "none"),
+                                      "--split", "nope"])
+    assert missing.exit_code == 2 and "no benchmark/nope shards" in missing.output
+    radvlm, rvqa = CORPORA["radvlm"].evaluation, CORPORA["radimagenet-vqa"].evaluation
+    assert all(radvlm.scores(c) for c in radvlm.per_instance) and rvqa.scores("benchmark")
+    assert not rvqa.scores("instruct") and not rvqa.scores("alignment") and not CORPORA["rad-ace-cot"].evaluation.scores("default")

@@ -29,6 +29,8 @@ def evaluate_cmd(
                                                                "mmrad-ivl: crops, no-crops, text-only; default: the "
                                                                "image model's, or text-only for a text-only run)"),
     config: str | None = typer.Option(None, "--config", help="Held-out config (default: the corpus' evaluation config)"),
+    split: str | None = typer.Option(None, "--split", help="Split to evaluate (default: the corpus' held-out split, "
+                                                           "e.g. test)"),
     judge: str | None = typer.Option(None, "--judge", help="PROVIDER:MODEL of an LLM judge (open answers, criteria, "
                                                             "conversation scores)"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate the first N rows only"),
@@ -57,12 +59,11 @@ def evaluate_cmd(
     text_only, trained = False, None
     try:
         recipe = _recipe(build_dir)
-        rows = evaluation_rows(build_dir, recipe, config, limit)
-        if config not in (None, recipe.eval_config) and recipe.example is not None and \
-                "conversations" not in rows.column_names:
-            raise BuildFolderError(f"--config {config}: its rows are stored in their own shape, and the corpus' metrics "
-                                   f"score `{recipe.eval_config}` only; evaluate that config (or export `{config}` for "
-                                   "your own evaluation)")
+        if config is not None and not recipe.scores(config):
+            raise BuildFolderError(f"--config {config}: the corpus' metrics score `{recipe.eval_config}` rows only; "
+                                   f"evaluate that config (any split with --split), or export `{config}` for your own "
+                                   "evaluation")
+        rows = evaluation_rows(build_dir, recipe, config, limit, split)
         if endpoint is not None:
             _credentialed_refusal(rows, approve_credentialed, endpoint, read_manifest(build_dir))
             generator = EndpointGenerator(endpoint, served_model or "", concurrency=concurrency)

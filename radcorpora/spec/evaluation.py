@@ -192,6 +192,11 @@ class CorpusEvaluation:
                 return variant
         raise KeyError(f"no variant {name!r} (known: {', '.join(v.name for v in self.variants)})")
 
+    def scores(self, config: str) -> bool:
+        """Whether `queries` and `score` read rows of `config`: the evaluation config's, and configs
+        of the same row shape (radvlm scores every task config's instances)."""
+        return config == self.eval_config or config in self.per_instance or config in self.judged_configs
+
     def rendering(self, variant: Variant) -> str | None:
         """The variant's name where the corpus renders its rows per variant (a training run records
         it); None where a variant only withholds images, which `text_only` records already."""
