@@ -511,3 +511,6 @@ def test_decision_files_say_what_is_wrong_with_a_line(tmp_path):
         path.write_text(text)
         with pytest.raises(AdjudicationError, match=message):
             read_decisions(path, queued)
+    path.write_bytes(b"r1/0,accept\n\xa0\xff\n")
+    with pytest.raises(AdjudicationError, match="d.csv: not UTF-8 text"):
+        read_decisions(path, queued)

@@ -141,6 +141,8 @@ def read_decisions(path: Path, queue_ids: set[str] | None = None) -> dict[str, L
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise AdjudicationError(f"{path}: cannot read decisions: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise AdjudicationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     decisions: dict[str, Literal["accept", "reject"]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#") or line.strip().lower() == "id,decision":
