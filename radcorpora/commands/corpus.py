@@ -85,6 +85,10 @@ def llm_settings(options: dict[str, Any]) -> Any:
         raise ValueError(f"--cache-scope must be model or endpoint, got {scope!r}")
     limits = RunnerLimits(concurrency=options["concurrency"], rpm=options["rpm"], tpm=options["tpm"],
                           timeout_s=options["timeout"], max_attempts=options["max_attempts"])
+    if options["prices"]:  # read now: a bad table stops the command before any work, naming the file
+        from radcorpora.llm.usage import load_prices
+
+        load_prices(Path(options["prices"]))
     return LLMSettings(limits=limits, batch=options["batch"], cache_scope=scope,
                        cache_path=str(options["cache"]) if options["cache"] else None,
                        prices_path=str(options["prices"]) if options["prices"] else None,

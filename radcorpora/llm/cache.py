@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from radcorpora.llm.errors import CacheFileError
 from radcorpora.llm.request import LLMResponse
 
 SCHEMA = """
@@ -57,15 +58,23 @@ def default_cache_path() -> Path:
 class AnswerCache:
     def __init__(self, path: Path | str, *, commit_window_s: float = 0.25, commit_every_n: int = 1000):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.commit_window_s = commit_window_s
         self.commit_every_n = commit_every_n
         self._pending: dict[str, tuple[str, str, str | None, float]] = {}  # key -> row, not yet committed
         self._pending_since = 0.0
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(SCHEMA)
+            except sqlite3.Error:
+                self._db.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:  # a file of something else, a folder, no room to make one
+            raise CacheFileError(f"{self.path}: not an answer cache (SQLite) and none can be made there ({exc}); "
+                                 "give --cache a new file") from None
 
     def get(self, key: str) -> LLMResponse | None:
         pending = self._pending.get(key)

@@ -56,6 +56,10 @@ class ProviderConfigError(ValueError):
     """A `--llm` spec or provider setting is wrong (unknown provider, missing key, ...)."""
 
 
+class CacheFileError(ProviderConfigError):
+    """`--cache` names a file that is not an answer cache (or a place where none can be made)."""
+
+
 def parse_retry_after(headers: object) -> float | None:
     """Seconds to wait from Retry-After / retry-after-ms / x-ratelimit-reset-* headers, if any."""
     if headers is None:

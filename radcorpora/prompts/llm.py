@@ -36,6 +36,8 @@ def load_prompt(name: str, path: Path | None = None, fields: frozenset[str] = fr
             text, origin = Path(path).read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read prompt file: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     else:
         origin, text = packaged_text(package, name)
     try:

@@ -84,6 +84,8 @@ def load_template_set(
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read template file: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         return _parse(text, str(path), required, placeholders)
     origin, text = packaged_text(package, name)
     return _parse(text, origin, required, placeholders)

@@ -165,6 +165,8 @@ def load_label_map(path: Path | None) -> LabelMap:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SourceError(f"{path}: cannot read label map: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
