@@ -60,3 +60,32 @@ def test_llm_corpus_files(pubmedvision, tmp_path, junk, option, message):
     estimate = CliRunner().invoke(app, ["estimate", "rad-ace-cot", "--source", str(pubmedvision), "--llm",
                                         "openai:gpt-4o", option, str(target)])
     assert estimate.exit_code == 2 and message in estimate.output and "Traceback" not in estimate.output
+
+
+def test_broken_yaml_is_one_line_with_where(demo_source, pubmedvision, tmp_path):
+    """A YAML file that does not parse: the file, the line and column, and what is wrong, on one line
+    (PyYAML's own message spans four lines with a caret drawing)."""
+    from radcorpora.schemas.yaml_errors import yaml_problem
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("slots: [one,\n  two\n")
+    import yaml
+
+    with pytest.raises(yaml.YAMLError) as raised:
+        yaml.safe_load(broken.read_text())
+    mark = raised.value.problem_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: "
+    assert yaml_problem(raised.value).startswith(where)
+    runs = [["build", "radimagenet-vqa", "--source", str(demo_source), "--out", str(tmp_path / "a"), "--label-map",
+             str(broken)],
+            ["build", "radimagenet-vqa", "--source", str(demo_source), "--out", str(tmp_path / "b"), "--templates",
+             str(broken)],
+            ["build", "rad-ace-cot", "--source", str(pubmedvision), "--out", str(tmp_path / "c"), "--llm", "offline",
+             "--prices", str(broken)],
+            ["build", "rad-ace-cot", "--source", str(pubmedvision), "--out", str(tmp_path / "d"), "--llm", "offline",
+             "--prompt", str(broken)]]
+    for args in runs:
+        result = CliRunner().invoke(app, args)
+        error = [line for line in result.output.splitlines() if line.startswith("error: ")]
+        assert result.exit_code == 2 and len(error) == 1, result.output
+        assert f"{broken}: " in error[0] and where in error[0] and result.output.rstrip().endswith(error[0])

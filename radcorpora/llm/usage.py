@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from radcorpora.llm.request import LLMResponse, Usage
+from radcorpora.schemas.yaml_errors import yaml_problem
 
 
 class ModelPrice(BaseModel):
@@ -53,7 +54,9 @@ def load_prices(path: Path | None = None) -> PriceTable:
     try:
         override = PriceTable.model_validate({**table.model_dump(exclude={"models"}),
                                               **(yaml.safe_load(Path(path).read_text()) or {})})
-    except (OSError, yaml.YAMLError, ValueError) as exc:
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not a price table: not valid YAML ({yaml_problem(exc)})") from None
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a price table: {exc}") from exc
     return PriceTable(as_of=override.as_of, batch_discount=override.batch_discount,
                       models={**table.models, **override.models})

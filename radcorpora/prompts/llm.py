@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from radcorpora.prompts.loader import TemplateError, packaged_text
+from radcorpora.schemas.yaml_errors import yaml_problem
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def load_prompt(name: str, path: Path | None = None, fields: frozenset[str] = fr
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise TemplateError(f"{origin}: not valid YAML: {exc}") from exc
+        raise TemplateError(f"{origin}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) and raw[k].strip() for k in ("id", "system", "user")):
         raise TemplateError(f"{origin}: expected non-empty string keys `id`, `system` and `user`")
     used = {f for _, f, _, _ in string.Formatter().parse(raw["user"]) if f}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from radcorpora.schemas.yaml_errors import yaml_problem
+
 MIN_VARIANTS, MAX_VARIANTS = 2, 7
 
 
@@ -36,7 +38,7 @@ def _parse(text: str, origin: str, required: tuple[str, ...], placeholders: froz
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise TemplateError(f"{origin}: not valid YAML: {exc}") from exc
+        raise TemplateError(f"{origin}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("slots"), dict) or not raw.get("id"):
         raise TemplateError(f"{origin}: expected keys `id` and `slots`")
     slots: dict[str, tuple[str, ...]] = {}

@@ -23,6 +23,7 @@ import yaml
 
 from radcorpora.schemas.common import Reject
 from radcorpora.schemas.taxonomy import Taxonomy, normalise_label, radimagenet_vqa_taxonomy
+from radcorpora.schemas.yaml_errors import yaml_problem
 from radcorpora.sources.base import UNREADABLE, present
 from radcorpora.sources.errors import SourceError
 
@@ -169,8 +170,10 @@ def load_label_map(path: Path | None) -> LabelMap:
         raise SourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SourceError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{path}: not valid JSON ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise SourceError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     return default.overridden_by(LabelMap.from_mapping(raw or {}, str(path)))
 
 

@@ -17,6 +17,7 @@ from radcorpora.corpora.radvlm.records import (
     TASKS,
 )
 from radcorpora.prompts.loader import TemplateSet, load_template_set
+from radcorpora.schemas.yaml_errors import yaml_problem
 from radcorpora.sources.errors import SourceError
 from radcorpora.spec.corpus import Cli
 
@@ -132,8 +133,12 @@ def load_replication(path: Path | None) -> dict[str, int]:
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise RadVLMConfigError(f"{path}: cannot read the replication file ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise RadVLMConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise RadVLMConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise RadVLMConfigError(f"{path}: expected a mapping of task or task/source to a factor")
     out: dict[str, int] = {}
