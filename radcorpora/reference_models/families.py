@@ -70,8 +70,11 @@ QWEN3_VL_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-# llava-hf/llava-onevision-qwen2-*-ov-hf chat_template.json, without its generation markers:
-# a turn's images first, then its videos, then its text.
+# The chat template transformers' convert_llava_onevision_weights_to_hf.py writes, without its
+# generation markers: a turn's images first, then its videos, then its text. (The llava-hf hub
+# checkpoints' chat_template.json differs in whitespace only: a space after the role, "\n" before
+# each text and none after <image> or <|im_end|>; the assistant mask is taken from the rendered
+# prefix either way.)
 LLAVA_ONEVISION_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
