@@ -228,7 +228,7 @@ def test_a_changed_input_is_never_answered_with_the_old_mix(demo, tmp_path):
     assert len(mix_rows(out, "train")) == first - 2 and "already complete" not in changed.output
 
 
-def test_mix_trains_through_radcorpora_train(demo, tmp_path):
+def test_mix_trains_through_radcorpora_train(demo, allowed, tmp_path):
     cot = train_only(demo / "rad-ace-cot", tmp_path / "cot")
     radvlm = train_only(demo / "radvlm", tmp_path / "radvlm")
     out = tmp_path / "mix"
@@ -236,6 +236,9 @@ def test_mix_trains_through_radcorpora_train(demo, tmp_path):
     result = cli("train", out, "--model", "tiny", "--max-steps", 2, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "trained: 2 steps" in result.output
+    # a mix has no benchmark: evaluating on it is one line and exit 2 (a MixError traceback before)
+    asked = cli("evaluate", allowed, "--adapter", tmp_path / "run", "--limit", 1)
+    assert asked.exit_code == 2 and asked.output.startswith("error: a mix has no benchmark of its own")
 
 
 def test_every_refusal_is_one_line_exit_2(demo, tmp_path):

@@ -16,6 +16,7 @@ from rich.text import Text
 from radcorpora.engine.executors import ExecutorError
 from radcorpora.llm.errors import ComplianceError, LLMError, ProviderConfigError
 from radcorpora.llm.verify import AdjudicationError
+from radcorpora.mix.errors import MixError
 from radcorpora.prompts.loader import TemplateError
 from radcorpora.publish.push import PublishError
 from radcorpora.sources.errors import SourceError
@@ -26,7 +27,7 @@ from radcorpora.store.state import BuildStateError
 console = Console(stderr=True)
 
 USER_ERRORS = (SourceError, BuildStateError, TemplateError, BuildFolderError, PublishError, ComplianceError,
-               ProviderConfigError, LLMError, AdjudicationError, ExecutorError)
+               ProviderConfigError, LLMError, AdjudicationError, ExecutorError, MixError)
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 

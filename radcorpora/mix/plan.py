@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from radcorpora.mix.errors import MixError
 from radcorpora.mix.settings import MixInput, MixSettings
 from radcorpora.schemas.identity import EVAL_SPLITS, TRAIN_SPLITS
 from radcorpora.spec.evaluation import EvalContext, Variant
@@ -31,10 +32,6 @@ MIX_SPLITS = (*TRAIN_SPLITS, *EVAL_SPLITS)
 _TURNS = pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())]))
 TOKEN = r"\w+|[^\w\s]"  # a word or a punctuation mark: `--by tokens` counts these in the assistant turns
 _TOKEN_RE = re.compile(TOKEN)
-
-
-class MixError(ValueError):
-    """The mix cannot be made as asked; the message (one line) says why and names the input."""
 
 
 class Unit(NamedTuple):
