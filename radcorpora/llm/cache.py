@@ -73,6 +73,9 @@ class AnswerCache:
                 self._db.close()
                 raise
         except (OSError, sqlite3.Error) as exc:  # a file of something else, a folder, no room to make one
+            if "locked" in str(exc):  # another build holds it past the timeout: the file itself is fine
+                raise CacheFileError(f"{self.path}: the answer cache is in use by another process ({exc}); "
+                                     "wait for it, or give --cache another file") from None
             raise CacheFileError(f"{self.path}: not an answer cache (SQLite) and none can be made there ({exc}); "
                                  "give --cache a new file") from None
 
