@@ -89,3 +89,18 @@ def test_broken_yaml_is_one_line_with_where(demo_source, pubmedvision, tmp_path)
         error = [line for line in result.output.splitlines() if line.startswith("error: ")]
         assert result.exit_code == 2 and len(error) == 1, result.output
         assert f"{broken}: " in error[0] and where in error[0] and result.output.rstrip().endswith(error[0])
+
+
+def test_a_cache_locked_past_the_timeout_is_not_called_broken(monkeypatch, tmp_path):
+    import sqlite3
+
+    from radcorpora.llm import cache
+    from radcorpora.llm.errors import CacheFileError
+
+    def locked(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(cache.sqlite3, "connect", locked)
+    with pytest.raises(CacheFileError, match="in use by another process") as raised:
+        cache.AnswerCache(tmp_path / "c.sqlite")
+    assert "not an answer cache" not in str(raised.value)
