@@ -65,7 +65,7 @@ def test_llm_corpus_files(pubmedvision, tmp_path, junk, option, message):
 def test_broken_yaml_is_one_line_with_where(demo_source, pubmedvision, tmp_path):
     """A YAML file that does not parse: the file, the line and column, and what is wrong, on one line
     (PyYAML's own message spans four lines with a caret drawing)."""
-    from radcorpora.schemas.yaml_errors import yaml_problem
+    from radcorpora.schemas.file_errors import yaml_problem
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("slots: [one,\n  two\n")

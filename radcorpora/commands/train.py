@@ -81,6 +81,7 @@ def train_cmd(
         except KeyError as exc:
             raise BuildFolderError(f"--variant: {exc.args[0]}") from None
         text_only = text_only or not chosen.images
+        intent = _loss_intent(build_dir, trained)  # refuses an evaluation-only config
         settings = sft_config(check, recipe)
         render = spec.config(config).conversation if config in spec.records else None  # --config's own shape
         examples = training_examples(build_dir, recipe, config, variant=chosen, render=render)
@@ -90,7 +91,7 @@ def train_cmd(
             f"{' with images withheld' if text_only else ''}")
         result = train(base, examples, out, settings, text_only=text_only, log=say,
                        alignment_rows=alignment_examples(build_dir, recipe),
-                       loss=_rendered_loss(chosen, _loss_intent(build_dir, trained)),
+                       loss=chosen.loss or intent,  # a rendering that cuts the answer into turns says its own
                        workers=workers, variant=recipe.rendering(chosen))
     except _model_errors() as exc:
         fail(exc)
@@ -108,11 +109,6 @@ def training_settings(lora: bool | None, qlora: bool, bf16: bool | None, gradien
     method = "qlora" if qlora else None if lora is None else "lora" if lora else "full"
     mixed_precision(SFTConfig(method=method or "lora", bf16=bf16))
     return {"method": method, "bf16": bf16, "gradient_checkpointing": gradient_checkpointing, "report_to": report_to}
-
-
-def _rendered_loss(variant, intent: str) -> str:
-    """The config's loss intent, or the rendering's own where it cuts the answer into several turns."""
-    return variant.loss or intent
 
 
 def _preference_config(spec) -> str | None:

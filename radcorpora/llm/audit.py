@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from radcorpora.schemas.file_errors import utf8_problem
+
 Outcome = Literal["pass", "fail", "disagree"]
 # Where a build keeps its queue and a person's decisions (every corpus with auditors).
 QUEUE_FILE = "build/adjudication_queue.jsonl"
@@ -142,7 +144,7 @@ def read_decisions(path: Path, queue_ids: set[str] | None = None) -> dict[str, L
     except OSError as exc:
         raise AdjudicationError(f"{path}: cannot read decisions: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise AdjudicationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise AdjudicationError(f"{path}: {utf8_problem(exc)}") from None
     decisions: dict[str, Literal["accept", "reject"]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#") or line.strip().lower() == "id,decision":

@@ -11,8 +11,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from radcorpora.llm.errors import ProviderConfigError
 from radcorpora.llm.request import LLMResponse, Usage
-from radcorpora.schemas.yaml_errors import yaml_problem
+from radcorpora.schemas.file_errors import yaml_problem
 
 
 class ModelPrice(BaseModel):
@@ -55,9 +56,9 @@ def load_prices(path: Path | None = None) -> PriceTable:
         override = PriceTable.model_validate({**table.model_dump(exclude={"models"}),
                                               **(yaml.safe_load(Path(path).read_text()) or {})})
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not a price table: not valid YAML ({yaml_problem(exc)})") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a price table: {exc}") from exc
+        raise ProviderConfigError(f"{path}: not a price table: not valid YAML ({yaml_problem(exc)})") from None
+    except (OSError, ValueError) as exc:  # a user error wherever it is read (a build's session too)
+        raise ProviderConfigError(f"{path}: not a price table: {exc}") from exc
     return PriceTable(as_of=override.as_of, batch_discount=override.batch_discount,
                       models={**table.models, **override.models})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from radcorpora.prompts.loader import TemplateError, packaged_text
-from radcorpora.schemas.yaml_errors import yaml_problem
+from radcorpora.schemas.file_errors import utf8_problem, yaml_problem
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def load_prompt(name: str, path: Path | None = None, fields: frozenset[str] = fr
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read prompt file: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise TemplateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise TemplateError(f"{path}: {utf8_problem(exc)}") from None
     else:
         origin, text = packaged_text(package, name)
     try:

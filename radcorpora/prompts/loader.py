@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from radcorpora.schemas.yaml_errors import yaml_problem
+from radcorpora.schemas.file_errors import utf8_problem, yaml_problem
 
 MIN_VARIANTS, MAX_VARIANTS = 2, 7
 
@@ -87,7 +87,7 @@ def load_template_set(
         except OSError as exc:
             raise TemplateError(f"{path}: cannot read template file: {exc}") from exc
         except UnicodeDecodeError as exc:
-            raise TemplateError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise TemplateError(f"{path}: {utf8_problem(exc)}") from None
         return _parse(text, str(path), required, placeholders)
     origin, text = packaged_text(package, name)
     return _parse(text, origin, required, placeholders)

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from radcorpora.schemas.common import Reject
+from radcorpora.schemas.file_errors import utf8_problem, yaml_problem
 from radcorpora.schemas.taxonomy import Taxonomy, normalise_label, radimagenet_vqa_taxonomy
-from radcorpora.schemas.yaml_errors import yaml_problem
 from radcorpora.sources.base import UNREADABLE, present
 from radcorpora.sources.errors import SourceError
 
@@ -167,7 +167,7 @@ def load_label_map(path: Path | None) -> LabelMap:
     except OSError as exc:
         raise SourceError(f"{path}: cannot read label map: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise SourceError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise SourceError(f"{path}: {utf8_problem(exc)}") from None
     try:
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:

@@ -17,7 +17,7 @@ from radcorpora.corpora.radvlm.records import (
     TASKS,
 )
 from radcorpora.prompts.loader import TemplateSet, load_template_set
-from radcorpora.schemas.yaml_errors import yaml_problem
+from radcorpora.schemas.file_errors import utf8_problem, yaml_problem
 from radcorpora.sources.errors import SourceError
 from radcorpora.spec.corpus import Cli
 
@@ -136,7 +136,7 @@ def load_replication(path: Path | None) -> dict[str, int]:
     except OSError as exc:
         raise RadVLMConfigError(f"{path}: cannot read the replication file ({exc})") from exc
     except UnicodeDecodeError as exc:
-        raise RadVLMConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise RadVLMConfigError(f"{path}: {utf8_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise RadVLMConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
