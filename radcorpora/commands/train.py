@@ -81,7 +81,6 @@ def train_cmd(
         except KeyError as exc:
             raise BuildFolderError(f"--variant: {exc.args[0]}") from None
         text_only = text_only or not chosen.images
-        intent = _loss_intent(build_dir, trained)  # refuses an evaluation-only config
         settings = sft_config(check, recipe)
         render = spec.config(config).conversation if config in spec.records else None  # --config's own shape
         examples = training_examples(build_dir, recipe, config, variant=chosen, render=render)
@@ -89,6 +88,7 @@ def train_cmd(
                                               seed=seed))
         say(f"training {model} ({settings.method}) on {len(examples)} examples of {build_dir} ({chosen.name})"
             f"{' with images withheld' if text_only else ''}")
+        intent = _loss_intent(build_dir, trained)  # refuses an evaluation-only config
         result = train(base, examples, out, settings, text_only=text_only, log=say,
                        alignment_rows=alignment_examples(build_dir, recipe),
                        loss=chosen.loss or intent,  # a rendering that cuts the answer into turns says its own
